@@ -1,0 +1,1 @@
+"""ensemble: combine segmenters into one zone map with uncertainty."""

@@ -1,0 +1,1 @@
+"""localize: lesion localisation downstream of the zone map, with Grad-CAM explanations."""

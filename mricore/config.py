@@ -1,0 +1,171 @@
+"""Typed YAML config: files map onto small dataclasses, checked at load.
+
+- Unknown keys fail with a close-match hint naming the file and dotted key.
+- Types are checked (int/float/str/bool, lists, tuples, nested dataclasses, Optional, Literal).
+- Cross-field rules live in each dataclass's `validate()` and raise `ConfigError`.
+- `--set a.b=value` overrides are parsed as YAML scalars and applied before checking.
+- The resolved config is written beside every output with `save_config`.
+
+Example:
+    >>> @dataclass
+    ... class Train:
+    ...     epochs: int = 10
+    >>> from_dict(Train, {"epochs": 3}, "x.yaml").epochs
+    3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str, key: str):
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {key}", f"must be one of {list(args)}", repr(value),
+                              f"use one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}", "must be a mapping", type(value).__name__, "")
+        return from_dict(tp, value, where, prefix=key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key}", f"must be a list ({_type_name(tp)})", repr(value), "write [a, b]")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: {key}", f"must have {len(args)} items", len(value), "")
+            return tuple(_coerce(v, a, where, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, where, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}", "must be a mapping", type(value).__name__, "")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, where, key): _coerce(v, vt, where, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key}", "must be a number", repr(value), "")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}", "must be an integer", repr(value), "")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}", "must be true or false", repr(value), "")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key}", "must be a string", repr(value), "quote it")
+        return value
+    return value
+
+
+def from_dict(cls, data: dict, where: str = "config", prefix: str = ""):
+    """Build dataclass `cls` from a mapping, checking keys and types; then call `validate()`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(where, "top level must be a mapping", type(data).__name__, "")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for k in data:
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {sorted(fields)}"
+            raise ConfigError(f"{where}", f"unknown key '{prefix}{k}'", None, hint)
+    kwargs = {k: _coerce(v, hints[k], where, prefix + k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(where)
+    return obj
+
+
+def to_dict(obj) -> dict:
+    """Dataclass to plain, YAML-able dict (tuples become lists)."""
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(obj)
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """['train.epochs=5', 'model.name=unet'] -> nested dict; values parsed as YAML scalars."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}", "must be key=value", item, "e.g. --set train.epochs=5")
+        key, raw = item.split("=", 1)
+        d = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Load YAML `path` (or defaults when None), apply `--set` overrides, check, return a `cls`."""
+    data: dict = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.exists():
+            raise ConfigError(path, "config file does not exist", None, "check the path (configs/...)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(path, "not valid YAML", str(e).splitlines()[0], "fix the syntax") from None
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+        where += " (with --set)"
+    return from_dict(cls, data, where)
+
+
+def save_config(obj, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically)."""
+    from .io import write_text
+
+    return write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), path)

@@ -1,0 +1,240 @@
+"""One loader for three dataset layouts, all giving a list of `Case`.
+
+1. Case folders (the layout of ../shared/data): `root/[dataset/]<case>/t2.nii.gz, adc.nii.gz, ...,
+   zones.nii.gz`. File stems per channel come from `DEFAULT_FILES` or the config (`files:`), so a
+   new sequence is a config change.
+2. Medical Segmentation Decathlon: `root/dataset.json` with `modality`, `labels`, `training`;
+   images either 4D (one channel per volume index) or `_0000`, `_0001` channel files.
+3. A datalist (CSV or JSON list of rows) with a `patient_id` column, a column per channel and
+   optional label columns; relative paths are relative to the datalist file.
+
+`load_case` reads a case's channels, brings them onto the reference grid (the first channel, T2W
+in practice) in physical space and stacks them; labels must already lie on that grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .align import alignment_score, register_rigid, resample_to
+from .errors import GeometryError, InputError
+from .io import read_nifti
+from .volume import Volume, stack
+
+# Channel name -> file stem in case folders. Extend with `files:` in a config for new sequences.
+DEFAULT_FILES = {"T2W": "t2", "ADC": "adc", "DWI": "dwi", "zones": "zones", "zones_ai": "zones_ai",
+                 "wg": "wg", "wg_ai": "wg_ai", "lesion": "lesion"}
+LABEL_KEYS = ("zones", "zones_ai", "wg", "wg_ai", "lesion")
+MSD_NAMES = {"T2": "T2W", "T2W": "T2W", "ADC": "ADC", "DWI": "DWI", "HBV": "DWI"}
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A file, and the index along its 4th axis for 4D MSD images (None for 3D files)."""
+
+    path: Path
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    patient_id: str
+    images: dict = field(default_factory=dict)   # channel name -> ImageRef
+    labels: dict = field(default_factory=dict)   # label key ('zones', 'lesion', ...) -> ImageRef
+    dataset: str = ""
+
+
+def _nii(folder: Path, stem: str) -> Path | None:
+    for ext in (".nii.gz", ".nii"):
+        p = folder / f"{stem}{ext}"
+        if p.exists():
+            return p
+    return None
+
+
+def scan_case_folder(folder: Path, files: dict | None = None, dataset: str = "") -> Case | None:
+    files = {**DEFAULT_FILES, **(files or {})}
+    images, labels = {}, {}
+    for name, stem in files.items():
+        p = _nii(folder, stem)
+        if p is not None:
+            (labels if name in LABEL_KEYS else images)[name] = ImageRef(p)
+    if not images:
+        return None
+    return Case(folder.name, folder.name, images, labels, dataset)
+
+
+def load_case_folders(root: Path, files: dict | None = None) -> list[Case]:
+    """Case folders directly under `root`, or one level deeper (root/dataset/case)."""
+    root = Path(root)
+    direct = scan_case_folder(root, files)
+    if direct is not None:
+        return [direct]
+    cases = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        c = scan_case_folder(sub, files, dataset=root.name)
+        if c is not None:
+            cases.append(c)
+            continue
+        for case_dir in sorted(p for p in sub.iterdir() if p.is_dir()):
+            c = scan_case_folder(case_dir, files, dataset=sub.name)
+            if c is not None:
+                cases.append(c)
+    return cases
+
+
+def load_msd(root: Path) -> list[Case]:
+    """MSD layout: dataset.json + imagesTr (4D or _0000 files) + labelsTr."""
+    root = Path(root)
+    meta = json.loads((root / "dataset.json").read_text())
+    modality = meta.get("modality") or meta.get("channel_names") or {"0": "T2W"}
+    names = [MSD_NAMES.get(str(modality[k]).upper(), str(modality[k])) for k in sorted(modality, key=int)]
+    cases = []
+    for row in meta.get("training", []):
+        img = row["image"] if isinstance(row, dict) else row
+        img_path = (root / img).resolve()
+        cid = img_path.name.split(".nii")[0]
+        images = {}
+        if img_path.exists():
+            import nibabel as nib
+
+            ndim = len(nib.load(str(img_path)).shape)
+            for i, n in enumerate(names):
+                images[n] = ImageRef(img_path, i if ndim == 4 else None)
+        else:  # nnU-Net style channel files
+            for i, n in enumerate(names):
+                p = img_path.parent / f"{cid}_{i:04d}.nii.gz"
+                if not p.exists():
+                    raise InputError(p, "MSD channel file missing", None, "check imagesTr")
+                images[n] = ImageRef(p)
+        labels = {}
+        if isinstance(row, dict) and row.get("label"):
+            labels["zones"] = ImageRef((root / row["label"]).resolve())
+        cases.append(Case(cid, cid, images, labels, meta.get("name", root.name)))
+    return cases
+
+
+def load_datalist(path: Path) -> list[Case]:
+    """CSV or JSON datalist: one row per case, a `patient_id` column, channel and label columns."""
+    path = Path(path)
+    if path.suffix == ".json":
+        rows = json.loads(path.read_text())
+        rows = rows.get("cases", rows) if isinstance(rows, dict) else rows
+    else:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    cases = []
+    for i, row in enumerate(rows):
+        if not row.get("patient_id"):
+            raise InputError(f"{path} row {i + 1}", "every row needs a patient_id", row.get("patient_id"),
+                             "add a patient_id column so splits can be made by patient")
+        images, labels = {}, {}
+        for k, v in row.items():
+            if k in ("patient_id", "case_id", "dataset") or v in (None, ""):
+                continue
+            ref = ImageRef((path.parent / v).resolve())
+            (labels if k in LABEL_KEYS else images)[k] = ref
+        cid = row.get("case_id") or row["patient_id"]
+        cases.append(Case(cid, row["patient_id"], images, labels, row.get("dataset", path.stem)))
+    return cases
+
+
+def load_dataset(path: str | Path, files: dict | None = None) -> list[Case]:
+    """Detect the layout of `path` and return its cases."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "dataset path does not exist", None, "check the path")
+    if path.is_file() and path.suffix in (".csv", ".json"):
+        return load_datalist(path)
+    if path.is_dir() and (path / "dataset.json").exists():
+        return load_msd(path)
+    if path.is_dir():
+        cases = load_case_folders(path, files)
+        if not cases:
+            raise InputError(path, "no cases found (no t2.nii.gz/adc.nii.gz... case folders, no dataset.json)",
+                             None, "point to a case folder, a dataset folder, an MSD folder or a datalist")
+        return cases
+    raise InputError(path, "unknown dataset layout", path.suffix, "use a folder, dataset.json folder, .csv or .json")
+
+
+def read_ref(ref: ImageRef, name: str, case_id: str, label: bool = False) -> Volume:
+    if ref.index is None:
+        return read_nifti(ref.path, name, case_id, label=label)
+    import nibabel as nib
+
+    img = nib.load(str(ref.path))
+    data = np.asarray(img.dataobj[..., ref.index])
+    data = data.astype(np.uint8) if label else data.astype(np.float32)
+    return Volume(data[None], img.affine, (name,), case_id, img.header.copy())
+
+
+def load_case(case: Case, channels: list[str], label_key: str | None = None, register: bool = False,
+              optional: bool = False):
+    """Read `channels` of a case onto the grid of the first one, and the label map if asked.
+
+    Returns (image Volume with the requested channels, label Volume or None, info dict with per
+    channel alignment: resampled or not, registration metric and NMI score).
+    With optional=True, missing channels are left out instead of raising (ensembles skip members).
+    """
+    info: dict = {"case_id": case.case_id, "alignment": {}}
+    present = [c for c in channels if c in case.images]
+    missing = [c for c in channels if c not in case.images]
+    if missing and not optional:
+        raise InputError(case.case_id, f"channel(s) {missing} not found", sorted(case.images),
+                         "add the files, or map the names with `files:` in the config")
+    if not present:
+        raise InputError(case.case_id, "none of the channels found", channels, "")
+    ref = read_ref(case.images[present[0]], present[0], case.case_id)
+    vols = [ref]
+    for c in present[1:]:
+        v = read_ref(case.images[c], c, case.case_id)
+        entry = {"same_grid": v.same_grid(ref)}
+        if not entry["same_grid"]:
+            if register:
+                v, reg = register_rigid(ref, v)
+                entry["registration"] = reg
+            else:
+                v = resample_to(v, ref)
+            entry["nmi"] = round(alignment_score(ref, v), 4)
+        info["alignment"][c] = entry
+        vols.append(v)
+    image = stack(vols, case.case_id)
+    label = None
+    if label_key is not None:
+        if label_key not in case.labels:
+            raise InputError(case.case_id, f"label '{label_key}' not found", sorted(case.labels), "")
+        label = read_ref(case.labels[label_key], label_key, case.case_id, label=True)
+        if not label.same_grid(ref):
+            raise GeometryError(case.labels[label_key].path, "label grid must equal its image grid",
+                                f"shape {label.shape} vs image {ref.shape}",
+                                "resample the label onto the image with nearest neighbour")
+    return image, label, info
+
+
+def image_from_inputs(inputs: list[Path], channels: list[str], case_id: str | None = None) -> Case:
+    """A Case from what a user typed: one case folder, a DICOM folder, or NIfTI files (one per channel,
+    in the order given; names from the file stem when it is a known one)."""
+    inputs = [Path(p) for p in inputs]
+    for p in inputs:
+        if not p.exists():
+            raise InputError(p, "input does not exist", None, "check the path")
+    if len(inputs) == 1 and inputs[0].is_dir():
+        c = scan_case_folder(inputs[0])
+        if c is not None:
+            return c
+        raise InputError(inputs[0], "folder holds no t2/adc/dwi NIfTI files", None,
+                         "pass NIfTI files, a case folder, or a DICOM series folder via --dicom")
+    stems = {v: k for k, v in DEFAULT_FILES.items()}
+    images = {}
+    for i, p in enumerate(inputs):
+        stem = p.name.split(".nii")[0].lower()
+        name = stems.get(stem) or (channels[i] if i < len(channels) else f"ch{i}")
+        images[name] = ImageRef(p)
+    cid = case_id or (inputs[0].parent.name if inputs[0].name.split(".nii")[0] in stems else inputs[0].name.split(".nii")[0])
+    return Case(cid, cid, images, {}, "")

@@ -1,0 +1,249 @@
+"""NIfTI and DICOM I/O into `Volume`, with checks that name the file and the fix.
+
+NIfTI: read with nibabel; the qform/sform (matrices and codes) and the header are kept, so a file
+written "like" its input round-trips the affine exactly. Writes are atomic (temporary file in the
+same folder, then rename) and refuse to overwrite without `force`.
+
+DICOM: one series folder read with SimpleITK; slices sorted along the slice normal (GDCM), a gap in
+slice positions is an error. SimpleITK works in LPS; the affine is converted to RAS+.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .errors import GeometryError, InputError, OutputExistsError
+from .volume import Volume
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _check_exists(path: Path, what: str = "file") -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, f"{what} does not exist", None, "check the path")
+    return path
+
+
+def load_nifti_image(path: str | Path) -> nib.Nifti1Image:
+    """Open a NIfTI file (header only until data is read); errors name the file."""
+    path = _check_exists(Path(path))
+    if path.is_dir():
+        raise InputError(path, "expected a NIfTI file (.nii or .nii.gz)", "a folder",
+                         "pass a file, or a case folder where a folder is accepted")
+    try:
+        img = nib.load(str(path))
+    except Exception as e:  # nibabel raises several types for non-NIfTI input
+        raise InputError(path, "not a readable NIfTI file", type(e).__name__,
+                         "convert it to .nii.gz (e.g. with SimpleITK or dcm2niix)") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(path, "not a NIfTI file", type(img).__name__, "convert it to .nii.gz")
+    return img
+
+
+def read_nifti(path: str | Path, channel: str = "image", case_id: str = "",
+               label: bool = False) -> Volume:
+    """Read one 3D NIfTI file into a one-channel `Volume`.
+
+    Args:
+        path: .nii or .nii.gz file holding a 3D image (a trailing axis of length 1 is dropped).
+        channel: the channel name to give it.
+        label: read as an integer label map (uint8), checking values are whole numbers.
+
+    Raises:
+        InputError: missing/unreadable file, not 3D, NaN/Inf voxels, non-integer labels.
+    """
+    img = load_nifti_image(path)
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(path, "expected a 3D volume", f"shape {img.shape}",
+                         "split 4D files into one file per channel, or use the MSD loader")
+    try:
+        data = np.asarray(img.dataobj).reshape(shape)
+    except Exception as e:
+        raise InputError(path, "voxel data could not be read", type(e).__name__,
+                         "the file is truncated or corrupt; re-export it") from None
+    if label:
+        if not np.issubdtype(data.dtype, np.integer):
+            if not np.all(np.isfinite(data)) or not np.all(np.equal(np.mod(data, 1), 0)):
+                raise InputError(path, "label maps must hold whole numbers", "fractional or NaN values",
+                                 "export labels with nearest-neighbour interpolation")
+        if data.min() < 0 or data.max() > 255:
+            raise InputError(path, "label values must lie in 0..255", f"{data.min()}..{data.max()}", "")
+        data = data.astype(np.uint8)
+    else:
+        data = np.asarray(data, dtype=np.float32)
+        if not np.all(np.isfinite(data)):
+            n = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+            raise InputError(path, "voxels must be finite", f"{n} NaN/Inf voxels",
+                             "replace NaN/Inf (e.g. with 0) before use")
+    return Volume(data[None], img.affine, (channel,), case_id, img.header.copy())
+
+
+def _atomic_target(path: Path, force: bool) -> Path:
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(path, "output exists", None, "pass --force to overwrite, or choose another output")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _replace_atomically(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_nifti(array: np.ndarray, like: Volume | None, path: str | Path, *, affine: np.ndarray | None = None,
+                dtype=None, force: bool = False) -> Path:
+    """Write a 3D array atomically as NIfTI on the grid of `like` (or the given affine).
+
+    When `like` carries a source header, its qform/sform matrices and codes are kept exactly, so the
+    output lands on the input's exact grid.
+    """
+    path = _atomic_target(Path(path), force)
+    array = np.asarray(array)
+    if dtype is not None:
+        array = array.astype(dtype)
+    if like is not None and array.shape[:3] != like.shape:
+        raise GeometryError(path, "array must match the reference grid", f"{array.shape} vs {like.shape}", "")
+    header = None
+    if like is not None and like.header is not None:
+        header = like.header.copy()
+    aff = like.affine if like is not None else affine
+    img = nib.Nifti1Image(array, aff, header=header)
+    if header is not None:
+        # Keep the source's qform and sform exactly (nibabel may otherwise rewrite the qform).
+        img.header.set_qform(*like.header.get_qform(coded=True))
+        img.header.set_sform(*like.header.get_sform(coded=True))
+    else:
+        img.header.set_qform(aff, code=1)
+        img.header.set_sform(aff, code=1)
+    img.header.set_data_dtype(array.dtype)
+    img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+    _replace_atomically(path, lambda tmp: nib.save(img, tmp))
+    return path
+
+
+def write_json(obj: Any, path: str | Path, force: bool = True) -> Path:
+    """Write JSON atomically (sidecars are rewritten with their outputs, hence force=True)."""
+    path = _atomic_target(Path(path), force)
+    text = json.dumps(obj, indent=2, default=_json_default)
+    _replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def write_text(text: str, path: str | Path, force: bool = True) -> Path:
+    path = _atomic_target(Path(path), force)
+    _replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+def sitk_to_affine(img) -> np.ndarray:
+    """RAS+ voxel-to-world affine of a SimpleITK image (which is LPS) in (x, y, z) = (i, j, k) order."""
+    direction = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing = np.array(img.GetSpacing(), dtype=np.float64)
+    aff = np.eye(4)
+    aff[:3, :3] = direction * spacing[None, :]
+    aff[:3, 3] = img.GetOrigin()
+    return LPS_TO_RAS @ aff
+
+
+def affine_to_sitk(img, affine: np.ndarray) -> None:
+    """Set origin/spacing/direction of a SimpleITK image from a RAS+ affine."""
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetDirection([float(d) for d in (lps[:3, :3] / spacing[None, :]).ravel()])
+    img.SetOrigin([float(o) for o in lps[:3, 3]])
+
+
+def volume_to_sitk(vol: Volume, channel: int = 0):
+    """One channel of a Volume as a SimpleITK image (float32 unless integer)."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(vol.array[channel].transpose(2, 1, 0)))
+    affine_to_sitk(img, vol.affine)
+    return img
+
+
+def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str = "",
+                      rel_tol: float = 0.05) -> Volume:
+    """Read one DICOM series folder into a `Volume`.
+
+    Slices are sorted along the slice normal; a missing slice (a gap larger than the median step by
+    more than `rel_tol`) or several series in one folder is an error naming the folder.
+    """
+    import SimpleITK as sitk
+
+    folder = _check_exists(Path(folder), "DICOM folder")
+    if not folder.is_dir():
+        raise InputError(folder, "expected a folder of DICOM files", "a file", "pass the series folder")
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(folder, "no DICOM series found", "0 series", "point to a folder of .dcm files")
+    if len(series) > 1:
+        raise InputError(folder, "one DICOM series per folder", f"{len(series)} series",
+                         "split the series into separate folders")
+    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    if len(files) < 2:
+        raise InputError(folder, "a series needs at least 2 slices", f"{len(files)} file(s)", "")
+    # Slice positions along the normal, from each file's header, to detect gaps.
+    positions = []
+    normal = None
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        r.ReadImageInformation()
+        ipp = np.array([float(x) for x in r.GetMetaData("0020|0032").split("\\")])
+        if normal is None:
+            iop = np.array([float(x) for x in r.GetMetaData("0020|0037").split("\\")])
+            normal = np.cross(iop[:3], iop[3:])
+        positions.append(float(ipp @ normal))
+    pos = np.sort(np.array(positions))
+    steps = np.diff(pos)
+    if np.any(steps < 1e-3):
+        raise InputError(folder, "slices must have distinct positions", "duplicate slice positions",
+                         "the folder mixes series (e.g. several b-values); split it first")
+    step = float(np.median(steps))
+    bad = np.where(np.abs(steps - step) > rel_tol * step)[0]
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(folder, "slice positions must be evenly spaced (a slice is missing)",
+                         f"gap of {steps[i]:.2f} mm after slice {i} where the step is {step:.2f} mm",
+                         "re-export the complete series")
+    reader.SetFileNames(files)
+    img = reader.Execute()
+    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0).astype(np.float32)
+    aff = sitk_to_affine(img)
+    # SimpleITK derives z spacing from the first two slices; use the measured median step instead.
+    aff[:3, 2] *= step / np.linalg.norm(aff[:3, 2])
+    return Volume(arr[None], aff, (channel,), case_id or folder.name)

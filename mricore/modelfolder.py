@@ -1,0 +1,63 @@
+"""A trained model is a folder that describes itself.
+
+    model_dir/
+      model.json        kind, architecture name and arguments, channels, labels, label scheme,
+                        preprocessing spec, validation metrics, software version
+      weights.pt        state_dict (loaded with torch.load(..., weights_only=True))
+      config.yaml       the resolved training config
+      history.csv       per-epoch log (training writes it)
+
+Prediction and ensembling need only the path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import InputError
+from .io import _replace_atomically, write_json
+
+REQUIRED = ("model.json", "weights.pt")
+
+
+def save_weights(state_dict, path: Path, half: bool = False) -> Path:
+    """Atomically save a state_dict; half=True stores floating tensors as fp16 (bundled models)."""
+    import torch
+
+    if half:
+        state_dict = {k: (v.half() if v.is_floating_point() else v) for k, v in state_dict.items()}
+    _replace_atomically(Path(path), lambda tmp: torch.save(state_dict, tmp))
+    return Path(path)
+
+
+def save_model_folder(folder: str | Path, state_dict, meta: dict, half: bool = False) -> Path:
+    from . import __version__
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(state_dict, folder / "weights.pt", half=half)
+    write_json({**meta, "software_version": __version__}, folder / "model.json")
+    return folder
+
+
+def read_model_meta(folder: str | Path) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "model folder does not exist", None, "pass a folder made by `segment train`")
+    for name in REQUIRED:
+        if not (folder / name).exists():
+            raise InputError(folder, f"model folder is missing {name}", None,
+                             "use a complete folder written by `segment train` / `localize train`")
+    try:
+        return json.loads((folder / "model.json").read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(folder / "model.json", "not valid JSON", str(e), "re-export the model") from None
+
+
+def load_weights(folder: str | Path):
+    """state_dict as float32 tensors, read with weights_only=True."""
+    import torch
+
+    sd = torch.load(Path(folder) / "weights.pt", map_location="cpu", weights_only=True)
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}

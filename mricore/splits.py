@@ -1,0 +1,65 @@
+"""Patient-level k-fold splits, stratified by label presence, saved to and read from JSON.
+
+No patient is ever in two folds: all cases of a patient move together.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, InputError
+
+
+def patient_folds(patients: list[str], positive: list[bool] | None = None, k: int = 5, seed: int = 0) -> list[list[str]]:
+    """Assign unique patient ids to k folds; positives and negatives are dealt round-robin separately
+    after a seeded shuffle, so every fold holds positives when there are at least k of them."""
+    uniq = sorted(set(patients))
+    if k < 2 or k > len(uniq):
+        raise ConfigError("folds", f"k must be in 2..{len(uniq)} (number of patients)", k, "lower the fold count")
+    pos = {p: False for p in uniq}
+    if positive is not None:
+        for p, y in zip(patients, positive):
+            pos[p] = pos[p] or bool(y)
+    rng = np.random.default_rng(seed)
+    folds: list[list[str]] = [[] for _ in range(k)]
+    start = 0
+    for group in ([p for p in uniq if pos[p]], [p for p in uniq if not pos[p]]):
+        group = list(rng.permutation(group))
+        for i, p in enumerate(group):
+            folds[(start + i) % k].append(str(p))
+        start = (start + len(group)) % k
+    return [sorted(f) for f in folds]
+
+
+def make_splits(cases, k: int = 5, seed: int = 0, positive=None) -> list[dict]:
+    """[{fold, train: [case ids], val: [case ids]}] with folds made on patient ids."""
+    patients = [c.patient_id for c in cases]
+    folds = patient_folds(patients, positive, k, seed)
+    out = []
+    for i, f in enumerate(folds):
+        fs = set(f)
+        out.append({"fold": i,
+                    "train": [c.case_id for c in cases if c.patient_id not in fs],
+                    "val": [c.case_id for c in cases if c.patient_id in fs]})
+    return out
+
+
+def save_splits(splits: list[dict], path: str | Path) -> Path:
+    from .io import write_json
+
+    return write_json(splits, path)
+
+
+def load_splits(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "splits file does not exist", None, "create it with make_splits/save_splits")
+    splits = json.loads(path.read_text())
+    for s in splits:
+        overlap = set(s["train"]) & set(s["val"])
+        if overlap:
+            raise InputError(path, "a case is in both train and val", sorted(overlap)[:3], "regenerate the splits")
+    return splits

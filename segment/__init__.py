@@ -1,0 +1,1 @@
+"""segment: train, predict and evaluate MONAI U-Net style zonal segmenters (WG, TZ, PZ)."""

@@ -1,0 +1,102 @@
+"""`segment` command line: train, predict, evaluate, augment. Heavy imports live inside commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mricore.errors import run_cli
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segment", description="Prostate zonal segmentation (WG, TZ, PZ).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train one fold (or all data) from a YAML config")
+    t.add_argument("--config", required=True, help="configs/segment/<name>.yaml")
+    t.add_argument("--fold", default="0", help="fold index, or 'all' to train on every labelled case")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    t.add_argument("--init-from", metavar="MODEL_DIR", help="initialise weights from another model folder")
+    t.add_argument("--force", action="store_true", help="overwrite an existing model folder")
+    t.add_argument("--cv", action="store_true", help="train every fold, then write the cross-validation summary")
+
+    pr = sub.add_parser("predict", help="apply a model folder to volumes, case folders or a datalist")
+    pr.add_argument("--model", required=True, help="model folder written by `segment train`")
+    pr.add_argument("inputs", nargs="+", help="NIfTI file(s) of one case, a case folder, a dataset folder or datalist")
+    pr.add_argument("-o", "--output", required=True, help="output folder")
+    pr.add_argument("--probabilities", action="store_true", help="also write <case>_prob.nii.gz (float16)")
+    pr.add_argument("--force", action="store_true")
+
+    ev = sub.add_parser("evaluate", help="score predictions against reference zone maps")
+    ev.add_argument("--pred", required=True, help="folder of <case>.nii.gz predictions")
+    ev.add_argument("--ref", required=True, help="dataset folder or datalist holding the references")
+    ev.add_argument("--label", default="zones", help="reference label key (zones, zones_ai, wg)")
+    ev.add_argument("-o", "--output", required=True, help="report folder")
+    ev.add_argument("--force", action="store_true")
+
+    au = sub.add_parser("augment", help="offline augmentation: write N augmented copies of each training case")
+    au.add_argument("--config", required=True)
+    au.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    au.add_argument("--copies", type=int, default=None, help="copies per case (default augment.offline_copies)")
+    au.add_argument("-o", "--output", required=True)
+    au.add_argument("--force", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    def run():
+        from mricore.config import load_config
+
+        from .config import SegmentConfig
+
+        if args.cmd == "train":
+            from .train import train
+
+            cfg = load_config(SegmentConfig, args.config, args.overrides)
+            if args.cv:
+                from .crossval import cross_validate
+
+                cross_validate(cfg, force=args.force, init_from=args.init_from)
+                return 0
+            fold = args.fold if args.fold == "all" else _int(args.fold, "--fold")
+            out = train(cfg, fold, resume=args.resume, init_from=args.init_from, force=args.force)
+            print(f"model folder: {out}")
+        elif args.cmd == "predict":
+            from .predict import predict
+
+            rows = predict(args.model, args.inputs, args.output, args.probabilities, args.force)
+            for r in rows:
+                print(f"{r['case_id']}: WG {r['volume_ml']['WG']:.1f} mL in {r['seconds']:.2f} s")
+        elif args.cmd == "evaluate":
+            from .evaluate import evaluate
+
+            evaluate(args.pred, args.ref, args.output, label=args.label, force=args.force)
+        elif args.cmd == "augment":
+            from .offline import write_augmented
+
+            cfg = load_config(SegmentConfig, args.config, args.overrides)
+            write_augmented(cfg, args.output, args.copies, force=args.force)
+        return 0
+
+    return run_cli(run)
+
+
+def _int(v: str, name: str) -> int:
+    from mricore.errors import UserError
+
+    try:
+        return int(v)
+    except ValueError:
+        raise UserError(name, "must be an integer or 'all'", repr(v), "e.g. --fold 0") from None
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,137 @@
+"""Typed config of `segment train` (YAML under configs/segment/ maps onto these dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mricore.config import ConfigError
+from mricore.preprocess import PreprocessSpec
+
+ZONE_NAMES = {1: "TZ", 2: "PZ"}  # label values in zones.nii.gz; WG = TZ ∪ PZ
+
+
+@dataclass
+class DataConfig:
+    root: str = "../shared/data"          # dataset folder, MSD folder or datalist (relative to the CWD)
+    datasets: list[str] = field(default_factory=list)  # keep only these dataset names ([] = all)
+    label: str = "zones"                  # expert label key
+    silver_label: str | None = None       # used where `label` is missing (e.g. zones_ai); never for validation
+    files: dict[str, str] = field(default_factory=dict)  # extra channel -> file stem (new sequences)
+    folds: int = 3                        # patient-level k-fold
+    split_seed: int = 0
+    splits_file: str | None = None        # reuse saved splits (JSON) instead of making them
+    register: bool = False                # rigid registration of other channels onto T2W
+
+    def validate(self, where):
+        if self.folds < 2:
+            raise ConfigError(where, "data.folds must be >= 2", self.folds, "")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"                    # registry name: unet, dynunet, segresnet
+    spatial_dims: Literal[2, 3] = 2
+    context: int = 0                      # 2.5D: neighbouring slices each side as extra channels (2D only)
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2])
+    num_res_units: int = 1
+    dropout: float = 0.1
+    norm: str = "batch"
+    label_scheme: Literal["multiclass", "regions"] = "multiclass"
+
+    def validate(self, where):
+        if self.context and self.spatial_dims == 3:
+            raise ConfigError(where, "model.context (2.5D) needs spatial_dims 2", self.context, "set context: 0")
+        if len(self.strides) != len(self.channels) - 1:
+            raise ConfigError(where, "model.strides needs one entry fewer than model.channels",
+                              f"{len(self.strides)} strides, {len(self.channels)} channels", "")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(where, "model.dropout must be in [0, 1)", self.dropout, "")
+
+
+@dataclass
+class AugmentConfig:
+    mode: Literal["online", "offline", "none"] = "online"
+    offline_copies: int = 4               # copies per case written by `segment augment`
+    elastic_p: float = 0.3
+    elastic_sigma: float = 3.0            # displacement std of the control grid, in voxels
+    elastic_points: int = 3               # control points per axis
+    flip_p: float = 0.5                   # left-right flip (axis i in LPS storage)
+    rotate_p: float = 0.3
+    rotate_deg: float = 10.0              # in-plane
+    scale_p: float = 0.3
+    scale_range: float = 0.1
+    gamma_p: float = 0.2
+    contrast_p: float = 0.2
+    brightness_p: float = 0.2
+    noise_p: float = 0.1
+    noise_std: float = 0.05
+    bias_p: float = 0.1
+
+    def validate(self, where):
+        for k, v in vars(self).items():
+            if k.endswith("_p") and not 0 <= v <= 1:
+                raise ConfigError(where, f"augment.{k} is a probability in [0, 1]", v, "")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    iters_per_epoch: int = 50
+    batch_size: int = 8
+    patch: list[int] = field(default_factory=lambda: [160, 160])  # 2D (i, j) or 3D (i, j, k) voxels
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    loss: Literal["dice_ce", "dice", "ce"] = "dice_ce"
+    class_weights: list[float] | None = None  # CE weights per output class (imbalance)
+    foreground_p: float = 0.67            # share of patches centred on foreground (oversampling)
+    patience: int = 10                    # early stopping on validation mean DSC (epochs)
+    freeze_encoder_epochs: int = 0        # transfer learning: encoder frozen for the first N epochs
+    num_workers: int = 0                  # 2 cores: extra workers compete with compute (bench/)
+    seed: int = 0
+    amp: bool = True                      # only on CUDA
+    tensorboard: bool = True              # when the tensorboard package is installed
+
+    def validate(self, where):
+        if self.epochs < 1 or self.iters_per_epoch < 1 or self.batch_size < 1:
+            raise ConfigError(where, "train.epochs, iters_per_epoch, batch_size must be >= 1",
+                              (self.epochs, self.iters_per_epoch, self.batch_size), "")
+        if not 0 <= self.foreground_p <= 1:
+            raise ConfigError(where, "train.foreground_p is a probability", self.foreground_p, "")
+
+
+@dataclass
+class PredictConfig:
+    overlap: float = 0.25
+    sw_batch_size: int = 8
+    tta_flip: bool = False
+    largest_component: bool = True
+    mode: Literal["gaussian", "constant"] = "gaussian"
+
+
+@dataclass
+class SegmentConfig:
+    name: str = "zonal"
+    output_dir: str = "runs"              # model folders go to output_dir/name/fold_K
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def validate(self, where):
+        need = self.model.spatial_dims
+        if len(self.train.patch) != need:
+            raise ConfigError(where, f"train.patch needs {need} sizes for spatial_dims {need}",
+                              self.train.patch, f"e.g. {[160, 160] if need == 2 else [128, 128, 16]}")
+        if self.train.class_weights is not None and len(self.train.class_weights) != n_outputs(self.model.label_scheme):
+            raise ConfigError(where, "train.class_weights needs one weight per output",
+                              self.train.class_weights, f"{n_outputs(self.model.label_scheme)} values")
+
+
+def n_outputs(scheme: str) -> int:
+    """multiclass: background, TZ, PZ (softmax); regions: WG, TZ (sigmoid, PZ = WG - TZ)."""
+    return 3 if scheme == "multiclass" else 2

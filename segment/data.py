@@ -1,0 +1,141 @@
+"""Training data: cases preprocessed once into memory, and a patch sampler with foreground
+oversampling and paired augmentation.
+
+Small data is the norm here (tens of cases), so every case lives in memory on the working grid. Each
+batch is a function of (seed, epoch, rank, batch index) only: runs repeat exactly and `--resume`
+needs no data-loader state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mricore.datasets import Case, load_case
+from mricore.errors import InputError
+from mricore.preprocess import PreprocessSpec, prepare_label, preprocess
+
+from .augment import augment_patch
+from .config import AugmentConfig
+
+MARGIN = 16  # voxels around a 2D/3D patch handed to the elastic deformation (pulls from outside)
+
+
+@dataclass
+class Item:
+    case_id: str
+    patient_id: str
+    image: np.ndarray       # (C, I, J, K) float32, working grid
+    label: np.ndarray       # (I, J, K) uint8
+    fg: np.ndarray          # (N, 3) foreground voxel indices
+    silver: bool = False    # label came from `silver_label`
+
+
+def label_key_for(case: Case, label: str, silver: str | None) -> tuple[str | None, bool]:
+    if label in case.labels:
+        return label, False
+    if silver and silver in case.labels:
+        return silver, True
+    return None, False
+
+
+def load_items(cases: list[Case], spec: PreprocessSpec, label: str, silver: str | None = None,
+               register: bool = False, progress: bool = False) -> list[Item]:
+    """Preprocess labelled cases onto the working grid (cases without the label are left out)."""
+    from tqdm import tqdm
+
+    items = []
+    for case in tqdm(cases, desc="preprocess", disable=not progress, leave=False):
+        key, is_silver = label_key_for(case, label, silver)
+        if key is None or any(c not in case.images for c in spec.channels):
+            continue
+        image, lab, _ = load_case(case, spec.channels, key, register=register)
+        prep = preprocess(image, spec)
+        y = prepare_label(lab, prep)
+        items.append(Item(case.case_id, case.patient_id, prep.array, y, np.argwhere(y > 0), is_silver))
+    return items
+
+
+def crop_pad(arr: np.ndarray, start: list[int], size: list[int], fill: float) -> np.ndarray:
+    """arr[..., start:start+size] over the trailing len(size) axes, padding with `fill` outside."""
+    lead = arr.ndim - len(size)
+    src, dst, pads = [slice(None)] * lead, [], []
+    for s, n, dim in zip(start, size, arr.shape[lead:]):
+        a, b = max(s, 0), min(s + n, dim)
+        src.append(slice(a, max(a, b)))
+        pads.append((a - s, n - (a - s) - max(0, b - a)))
+    out = arr[tuple(src)]
+    if any(p != (0, 0) for p in pads):
+        out = np.pad(out, [(0, 0)] * lead + pads, constant_values=fill)
+    return out
+
+
+class PatchSampler:
+    """Draws (image, label) training patches.
+
+    2D (spatial_dims 2): a slice (with `context` neighbours each side as channels, 2.5D) and an
+    in-plane patch; 3D: an (i, j, k) block. With probability `foreground_p` the patch is centred on a
+    random foreground voxel (imbalance), else anywhere.
+    """
+
+    def __init__(self, items: list[Item], patch: list[int], spatial_dims: int, context: int,
+                 foreground_p: float, augment: AugmentConfig | None):
+        if not items:
+            raise InputError("training set", "no labelled cases", 0, "check data.root, data.datasets and data.label")
+        self.items, self.patch, self.dims = items, list(patch), spatial_dims
+        self.context, self.fg_p, self.aug = context, foreground_p, augment
+
+    def sample(self, rng: np.random.Generator):
+        it = self.items[rng.integers(len(self.items))]
+        I, J, K = it.label.shape
+        if len(it.fg) and rng.random() < self.fg_p:
+            ci, cj, ck = it.fg[rng.integers(len(it.fg))]
+        else:
+            ci, cj, ck = rng.integers(I), rng.integers(J), rng.integers(K)
+        pi, pj = self.patch[0], self.patch[1]
+        m = MARGIN if self.aug is not None else 0
+        si, sj = ci - pi // 2 - m, cj - pj // 2 - m
+        fill = float(it.image.min())
+        if self.dims == 2:
+            ks = np.clip(np.arange(ck - self.context, ck + self.context + 1), 0, K - 1)
+            img = it.image[:, :, :, ks]                       # (C, I, J, 2c+1)
+            img = np.moveaxis(img, 3, 1).reshape(-1, I, J)    # channels: seq-major, then slice
+            lab = it.label[:, :, ck]
+            img = crop_pad(img, [si, sj], [pi + 2 * m, pj + 2 * m], fill)
+            lab = crop_pad(lab, [si, sj], [pi + 2 * m, pj + 2 * m], 0)
+        else:
+            pk = self.patch[2]
+            sk = int(np.clip(ck - pk // 2, min(0, K - pk), max(0, K - pk)))
+            img = crop_pad(it.image, [si, sj, sk], [pi + 2 * m, pj + 2 * m, pk], fill)
+            lab = crop_pad(it.label, [si, sj, sk], [pi + 2 * m, pj + 2 * m, pk], 0)
+        if self.aug is not None:
+            img, lab = augment_patch(rng, self.aug, img, lab, (slice(m, m + pi), slice(m, m + pj)))
+        return img, lab
+
+    def batch(self, rng: np.random.Generator, n: int):
+        xs, ys = zip(*(self.sample(rng) for _ in range(n)))
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)[:, None].astype(np.int64))
+
+
+def batch_rng(seed: int, epoch: int, rank: int, index: int) -> np.random.Generator:
+    """The generator for one batch: a pure function of its coordinates (repeatable, resumable)."""
+    return np.random.default_rng([seed, epoch, rank, index])
+
+
+class EpochBatches(torch.utils.data.IterableDataset):
+    """The batches of one epoch, split across DataLoader workers by batch index."""
+
+    def __init__(self, sampler: PatchSampler, seed, epoch, rank, n_batches, batch_size):
+        self.s, self.seed, self.epoch, self.rank = sampler, seed, epoch, rank
+        self.n, self.bs = n_batches, batch_size
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        for b in range(wid, self.n, nw):
+            yield self.s.batch(batch_rng(self.seed, self.epoch, self.rank, b), self.bs)
+
+    def __len__(self):
+        return self.n

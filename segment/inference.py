@@ -1,0 +1,112 @@
+"""Sliding-window inference of one segmenter on a preprocessed array, and post-processing.
+
+`Segmenter.probabilities(prepared.array)` -> (3, I, J, K) float32 background/TZ/PZ probabilities on
+the working grid. 2D models run slice-wise (all slices as one batch; 2.5D stacks neighbours as
+channels). Windows are blended with a Gaussian; optional left-right flip test-time augmentation.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from mricore.config import from_dict
+from mricore.errors import InputError
+from mricore.modelfolder import load_weights, read_model_meta
+from mricore.preprocess import PreprocessSpec
+
+from .config import ModelConfig, PredictConfig
+from .networks import build_network, class_probabilities
+
+
+def slices_with_context(array: np.ndarray, context: int) -> np.ndarray:
+    """(C, I, J, K) -> (K, C*(2c+1), I, J): each slice with `context` neighbours each side (clamped)."""
+    C, I, J, K = array.shape
+    idx = np.clip(np.arange(K)[:, None] + np.arange(-context, context + 1)[None, :], 0, K - 1)  # (K, 2c+1)
+    out = array[:, :, :, idx]                      # (C, I, J, K, 2c+1)
+    return np.ascontiguousarray(out.transpose(3, 0, 4, 1, 2).reshape(K, C * (2 * context + 1), I, J))
+
+
+class Segmenter:
+    """A network plus everything needed to run it: built from a model folder or from parts."""
+
+    def __init__(self, net: torch.nn.Module, model_cfg: ModelConfig, spec: PreprocessSpec, patch: list[int],
+                 predict_cfg: PredictConfig | None = None, meta: dict | None = None, name: str = ""):
+        self.net = net.eval()
+        self.model_cfg, self.spec, self.patch = model_cfg, spec, list(patch)
+        self.predict_cfg = predict_cfg or PredictConfig()
+        self.meta = meta or {}
+        self.name = name
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Segmenter":
+        folder = Path(folder)
+        meta = read_model_meta(folder)
+        if meta.get("kind") != "segmenter":
+            raise InputError(folder, "not a segmenter model folder", meta.get("kind"), "pass a folder from `segment train`")
+        mcfg = from_dict(ModelConfig, meta["model"], f"{folder}/model.json", "model.")
+        spec = from_dict(PreprocessSpec, meta["preprocess"], f"{folder}/model.json", "preprocess.")
+        pcfg = from_dict(PredictConfig, meta.get("predict", {}), f"{folder}/model.json", "predict.")
+        net = build_network(mcfg, len(spec.channels))
+        try:
+            net.load_state_dict(load_weights(folder))
+        except RuntimeError as e:
+            raise InputError(folder / "weights.pt", "weights do not match the architecture in model.json",
+                             str(e).splitlines()[0][:120], "re-export the model folder") from None
+        return cls(net, mcfg, spec, meta["patch"], pcfg, meta, folder.name)
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.spec.channels)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        from monai.inferers import sliding_window_inference
+
+        p = self.predict_cfg
+        roi = self.patch if self.model_cfg.spatial_dims == 2 else [
+            min(a, b) if i == 2 else a for i, (a, b) in enumerate(zip(self.patch, x.shape[2:]))]
+        logits = sliding_window_inference(x, roi, p.sw_batch_size, self.net, overlap=p.overlap, mode=p.mode,
+                                          padding_mode="replicate")
+        return class_probabilities(logits, self.model_cfg.label_scheme)
+
+    @torch.inference_mode()
+    def probabilities(self, array: np.ndarray) -> np.ndarray:
+        """(C, I, J, K) normalised array on the working grid -> (3, I, J, K) float32 probabilities."""
+        if self.model_cfg.spatial_dims == 2:
+            x = torch.from_numpy(slices_with_context(array, self.model_cfg.context))  # (K, C', I, J)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(array))[None]                  # (1, C, I, J, K)
+        prob = self._run(x)
+        if self.predict_cfg.tta_flip:  # left-right flip: voxel axis i
+            prob = 0.5 * (prob + self._run(x.flip(2)).flip(2))
+        prob = prob.numpy()
+        return np.ascontiguousarray(prob.transpose(1, 2, 3, 0) if self.model_cfg.spatial_dims == 2 else prob[0])
+
+
+def labels_from_probabilities(prob: np.ndarray) -> np.ndarray:
+    """(3, ...) background/TZ/PZ probabilities -> uint8 zone labels (argmax; ties go to the lower label)."""
+    return np.argmax(prob, axis=0).astype(np.uint8)
+
+
+def keep_largest_component(label: np.ndarray) -> np.ndarray:
+    """Keep the largest 3D connected component of the gland (WG = label > 0); zones outside it -> 0.
+    WG = TZ ∪ PZ holds before and after."""
+    wg = label > 0
+    if not wg.any():
+        return label
+    cc, n = ndimage.label(wg)
+    if n <= 1:
+        return label
+    sizes = np.bincount(cc.ravel())
+    sizes[0] = 0
+    return np.where(cc == sizes.argmax(), label, 0).astype(np.uint8)
+
+
+def timed(fn, *a, **k):
+    t = time.perf_counter()
+    out = fn(*a, **k)
+    return out, time.perf_counter() - t

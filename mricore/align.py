@@ -18,15 +18,25 @@ def resample_array(array: np.ndarray, src_affine: np.ndarray, dst_affine: np.nda
                    dst_shape: tuple[int, int, int], order: int, cval: float = 0.0) -> np.ndarray:
     """Resample a (C, I, J, K) array from one grid to another through world coordinates.
 
-    order 0 (nearest) keeps label values exactly; order 1 is trilinear. Voxels outside the source
-    get `cval`.
+    order 0 (nearest) keeps label values exactly; order 1 is trilinear. A destination voxel whose
+    centre falls inside the footprint of the source grid (voxel index -0.5 .. n-0.5 on every axis)
+    gets a value (the edge voxel's value in the outer half voxel); voxels outside it get `cval`.
     """
     vox = np.linalg.inv(src_affine) @ dst_affine  # dst voxel -> src voxel
-    out = np.empty((array.shape[0],) + tuple(dst_shape), dtype=array.dtype if order == 0 else np.float32)
+    matrix, offset = vox[:3, :3], vox[:3, 3]
+    dst_shape = tuple(int(s) for s in dst_shape)
+    # Why not mode="constant" alone: it rejects coordinates a rounding error beyond the first/last
+    # voxel centre (e.g. k = -1e-15), which silently dropped whole edge slices of thick-slice
+    # labels. Extend the edges ("nearest") and cut at the voxel footprint with an indicator array.
+    inside = np.pad(np.ones(array.shape[1:], np.uint8), 1)
+    inside = ndimage.affine_transform(inside, matrix, offset + 1.0, output_shape=dst_shape, order=0,
+                                      mode="constant", cval=0, prefilter=False).astype(bool)
+    out = np.empty((array.shape[0],) + dst_shape, dtype=array.dtype if order == 0 else np.float32)
     for c in range(array.shape[0]):
         src = array[c] if order == 0 else array[c].astype(np.float32, copy=False)
-        out[c] = ndimage.affine_transform(src, vox[:3, :3], vox[:3, 3], output_shape=tuple(dst_shape),
-                                          order=order, mode="constant", cval=cval, prefilter=False)
+        out[c] = ndimage.affine_transform(src, matrix, offset, output_shape=dst_shape,
+                                          order=order, mode="nearest", prefilter=False)
+        out[c][~inside] = cval
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -25,6 +26,9 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from .errors import ConfigError
+
+# Numbers in exponent notation without a dot (1e-3), which YAML 1.1 leaves as strings.
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _type_name(tp) -> str:
@@ -72,6 +76,9 @@ def _coerce(value: Any, tp, where: str, key: str):
         kt, vt = args if args else (Any, Any)
         return {_coerce(k, kt, where, key): _coerce(v, vt, where, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            # PyYAML (YAML 1.1) reads 1e-3 as a string (it wants 1.0e-3); accept what people write.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key}", "must be a number", repr(value), "")
         return float(value)

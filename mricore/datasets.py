@@ -19,7 +19,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from .align import alignment_score, register_rigid, resample_to
 from .errors import GeometryError, InputError
@@ -92,7 +91,10 @@ def load_case_folders(root: Path, files: dict | None = None) -> list[Case]:
 def load_msd(root: Path) -> list[Case]:
     """MSD layout: dataset.json + imagesTr (4D or _0000 files) + labelsTr."""
     root = Path(root)
-    meta = json.loads((root / "dataset.json").read_text())
+    try:
+        meta = json.loads((root / "dataset.json").read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(root / "dataset.json", "not valid JSON", str(e), "fix or regenerate dataset.json") from None
     modality = meta.get("modality") or meta.get("channel_names") or {"0": "T2W"}
     names = [MSD_NAMES.get(str(modality[k]).upper(), str(modality[k])) for k in sorted(modality, key=int)]
     cases = []
@@ -164,14 +166,8 @@ def load_dataset(path: str | Path, files: dict | None = None) -> list[Case]:
 
 
 def read_ref(ref: ImageRef, name: str, case_id: str, label: bool = False) -> Volume:
-    if ref.index is None:
-        return read_nifti(ref.path, name, case_id, label=label)
-    import nibabel as nib
-
-    img = nib.load(str(ref.path))
-    data = np.asarray(img.dataobj[..., ref.index])
-    data = data.astype(np.uint8) if label else data.astype(np.float32)
-    return Volume(data[None], img.affine, (name,), case_id, img.header.copy())
+    """One channel of a case (3D file, or one volume of a 4D MSD file), with read_nifti's checks."""
+    return read_nifti(ref.path, name, case_id, label=label, index=ref.index)
 
 
 def load_case(case: Case, channels: list[str], label_key: str | None = None, register: bool = False,

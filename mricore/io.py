@@ -23,6 +23,9 @@ from .errors import GeometryError, InputError, OutputExistsError
 from .volume import Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# NIfTI header fields that define the grid (qform quaternion + offsets + qfac/voxel sizes, sform rows).
+_GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x",
+                    "qoffset_y", "qoffset_z", "pixdim", "srow_x", "srow_y", "srow_z", "xyzt_units")
 
 
 def _check_exists(path: Path, what: str = "file") -> Path:
@@ -49,26 +52,33 @@ def load_nifti_image(path: str | Path) -> nib.Nifti1Image:
 
 
 def read_nifti(path: str | Path, channel: str = "image", case_id: str = "",
-               label: bool = False) -> Volume:
-    """Read one 3D NIfTI file into a one-channel `Volume`.
+               label: bool = False, index: int | None = None) -> Volume:
+    """Read one 3D NIfTI file (or one volume of a 4D file) into a one-channel `Volume`.
 
     Args:
         path: .nii or .nii.gz file holding a 3D image (a trailing axis of length 1 is dropped).
         channel: the channel name to give it.
         label: read as an integer label map (uint8), checking values are whole numbers.
+        index: for 4D files (MSD layout), the volume along the 4th axis to read; None for 3D files.
 
     Raises:
-        InputError: missing/unreadable file, not 3D, NaN/Inf voxels, non-integer labels.
+        InputError: missing/unreadable file, not 3D (or index out of range), NaN/Inf voxels,
+            non-integer labels.
     """
     img = load_nifti_image(path)
     shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
+    if index is not None:
+        if len(shape) != 4 or not 0 <= index < shape[3]:
+            raise InputError(path, f"expected a 4D volume with a channel {index}", f"shape {shape}",
+                             "check the modality list in dataset.json")
+        shape = shape[:3]
+    elif len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
         raise InputError(path, "expected a 3D volume", f"shape {img.shape}",
                          "split 4D files into one file per channel, or use the MSD loader")
     try:
-        data = np.asarray(img.dataobj).reshape(shape)
+        data = np.asarray(img.dataobj[..., index] if index is not None else img.dataobj).reshape(shape)
     except Exception as e:
         raise InputError(path, "voxel data could not be read", type(e).__name__,
                          "the file is truncated or corrupt; re-export it") from None
@@ -128,9 +138,11 @@ def write_nifti(array: np.ndarray, like: Volume | None, path: str | Path, *, aff
     aff = like.affine if like is not None else affine
     img = nib.Nifti1Image(array, aff, header=header)
     if header is not None:
-        # Keep the source's qform and sform exactly (nibabel may otherwise rewrite the qform).
-        img.header.set_qform(*like.header.get_qform(coded=True))
-        img.header.set_sform(*like.header.get_sform(coded=True))
+        # Keep the source's qform and sform exactly: copy the stored fields. set_qform() would
+        # recompute the quaternion (sign flipped, last bits changed), so the qform matrix would no
+        # longer equal the input's bit for bit.
+        for key in _GEOMETRY_FIELDS:
+            img.header[key] = like.header[key]
     else:
         img.header.set_qform(aff, code=1)
         img.header.set_sform(aff, code=1)

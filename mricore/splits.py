@@ -54,12 +54,26 @@ def save_splits(splits: list[dict], path: str | Path) -> Path:
 
 
 def load_splits(path: str | Path) -> list[dict]:
+    """Read splits written by `save_splits`; reject a malformed file, a case in both train and val
+    of a fold, and a case validated in two folds."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "splits file does not exist", None, "create it with make_splits/save_splits")
-    splits = json.loads(path.read_text())
-    for s in splits:
+    try:
+        splits = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(path, "not valid JSON", str(e), "regenerate the splits") from None
+    if not isinstance(splits, list) or not all(isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits):
+        raise InputError(path, "splits must be a list of {fold, train, val}", type(splits).__name__,
+                         "regenerate the splits with make_splits/save_splits")
+    validated: dict[str, int] = {}
+    for i, s in enumerate(splits):
         overlap = set(s["train"]) & set(s["val"])
         if overlap:
             raise InputError(path, "a case is in both train and val", sorted(overlap)[:3], "regenerate the splits")
+        for c in s["val"]:
+            if c in validated:
+                raise InputError(path, "a case is in the validation set of two folds",
+                                 f"{c!r} in folds {validated[c]} and {i}", "regenerate the splits")
+            validated[c] = i
     return splits

@@ -41,9 +41,12 @@ def paired_difference(a, b, n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Per-case differences a - b on the same cases (pairs with a NaN dropped): mean, bootstrap CI,
     Wilcoxon signed-rank p (NaN with fewer than 2 non-zero differences)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same cases: {a.shape} vs {b.shape}")
     ok = np.isfinite(a) & np.isfinite(b)
     d = a[ok] - b[ok]
-    out = summarize(d, n_boot, seed)
+    # n_excluded counts the pairs dropped for a NaN on either side.
+    out = {**summarize(d, n_boot, seed), "n_excluded": int(len(a) - ok.sum())}
     p = float("nan")
     if np.count_nonzero(d) >= 2:
         from scipy.stats import wilcoxon
@@ -60,3 +63,26 @@ def fmt(s: dict, digits: int = 3) -> str:
     ex = f" ({s['n_excluded']} excluded)" if s["n_excluded"] else ""
     return (f"mean {f.format(s['mean'])} (95% CI {f.format(s['ci_low'])}-{f.format(s['ci_high'])}), "
             f"median {f.format(s['median'])}, n={s['n']}{ex}")
+
+
+def compare_models(values: dict, n_boot: int = N_BOOT, seed: int = 0) -> list[dict]:
+    """Paired comparison of every pair of models on the cases both have.
+
+    Args:
+        values: {model: {case_id: value}} for one zone and metric (NaN values allowed).
+
+    Returns one dict per pair (a, b) in the order the models were given: "a", "b", "differences"
+    ({case_id: a - b} on the shared cases with both values finite), and paired_difference's summary
+    (mean difference, bootstrap 95 % CI, median, IQR, n, n_excluded, wilcoxon_p).
+    """
+    from itertools import combinations
+
+    out = []
+    for a, b in combinations(list(values), 2):
+        shared = [c for c in values[a] if c in values[b]]
+        va = np.array([values[a][c] for c in shared], float)
+        vb = np.array([values[b][c] for c in shared], float)
+        ok = np.isfinite(va) & np.isfinite(vb)
+        diffs = {c: float(x - y) for c, x, y, k in zip(shared, va, vb, ok) if k}
+        out.append({"a": a, "b": b, **paired_difference(va, vb, n_boot, seed), "differences": diffs})
+    return out

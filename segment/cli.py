@@ -26,8 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", required=True, help="model folder written by `segment train`")
     pr.add_argument("inputs", nargs="+", help="NIfTI file(s) of one case, a case folder, a dataset folder or datalist")
     pr.add_argument("-o", "--output", required=True, help="output folder")
-    pr.add_argument("--probabilities", action="store_true", help="also write <case>_prob.nii.gz (float16)")
+    pr.add_argument("--probabilities", action="store_true", help="also write <case>_prob.nii.gz (float32, background/TZ/PZ on the 4th axis)")
     pr.add_argument("--force", action="store_true")
+    pr.add_argument("--explain", metavar="ZONE", default=None,
+                    help="also write a Grad-CAM heat map of ZONE (TZ or PZ): NIfTI, PNG and faithfulness JSON")
 
     ev = sub.add_parser("evaluate", help="score predictions against reference zone maps")
     ev.add_argument("--pred", required=True, help="folder of <case>.nii.gz predictions")
@@ -68,13 +70,22 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "predict":
             from .predict import predict
 
+            explain = None
+            if args.explain:  # validated before predict writes anything
+                from .explain import prepare_explain
+
+                explain = prepare_explain(args.model, args.inputs, args.explain, args.output, args.force)
             rows = predict(args.model, args.inputs, args.output, args.probabilities, args.force)
+            for info in explain() if explain else []:
+                f = info["faithfulness"]
+                print(f"{info['case_id']}: Grad-CAM {info['zone']} top-10% drop {f['drop_top_k']:.3g} "
+                      f"vs random {f['drop_random_mean']:.3g}")
             for r in rows:
                 print(f"{r['case_id']}: WG {r['volume_ml']['WG']:.1f} mL in {r['seconds']:.2f} s")
         elif args.cmd == "evaluate":
             from .evaluate import evaluate
 
-            evaluate(args.pred, args.ref, args.output, label=args.label, force=args.force)
+            print(f"report: {evaluate(args.pred, args.ref, args.output, label=args.label, force=args.force)}")
         elif args.cmd == "augment":
             from .offline import write_augmented
 

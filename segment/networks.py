@@ -28,6 +28,8 @@ def _dynunet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
     from monai.networks.nets import DynUNet
 
     n = len(cfg.channels)
+    if n < 3:  # MONAI DynUNet needs input block, >= 1 downsampling and a bottleneck
+        raise ConfigError("model.channels", "dynunet needs at least 3 levels", cfg.channels, "e.g. [16, 32, 64]")
     strides = [1] + list(cfg.strides)
     if cfg.spatial_dims == 3:  # anisotropic: never downsample the 3 mm slice axis in the first level
         strides = [1] + [(s, s, 1) if i == 0 else (s, s, s) for i, s in enumerate(cfg.strides)]

@@ -1,7 +1,7 @@
 """`segment predict`: one model folder applied to volumes, case folders or a datalist.
 
 Outputs per case, on the input's exact grid and affine: `<case>.nii.gz` (uint8 zones) and, with
-`--probabilities`, `<case>_prob.nii.gz` (float16, background/TZ/PZ along the 4th axis).
+`--probabilities`, `<case>_prob.nii.gz` (float32; NIfTI has no float16, background/TZ/PZ along the 4th axis).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool
         write_nifti(label, image, out / f"{c.case_id}.nii.gz", dtype=np.uint8, force=force)
         if probabilities:
             write_nifti(prob.transpose(1, 2, 3, 0), image, out / f"{c.case_id}_prob.nii.gz",
-                        dtype=np.float16, force=force)
+                        dtype=np.float32, force=force)
         vml = image.voxel_volume_ml
         rows.append({"case_id": c.case_id, "seconds": round(time.perf_counter() - t, 3),
                      "volume_ml": {"WG": float((label > 0).sum() * vml), "TZ": float((label == 1).sum() * vml),

@@ -21,6 +21,7 @@ from mricore.config import save_config, to_dict
 from mricore.datasets import load_dataset
 from mricore.errors import ConfigError, InputError, OutputExistsError
 from mricore.io import _replace_atomically, write_json
+from mricore.metrics import ZONES, dice
 from mricore.modelfolder import load_weights, read_model_meta, save_model_folder
 from mricore.splits import load_splits, make_splits, save_splits
 
@@ -28,19 +29,6 @@ from .config import SegmentConfig
 from .data import EpochBatches, PatchSampler, load_items
 from .inference import Segmenter, labels_from_probabilities
 from .networks import build_network, encoder_parameters, targets_for
-
-ZONES = {"WG": lambda y: y > 0, "TZ": lambda y: y == 1, "PZ": lambda y: y == 2}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """DSC; NaN when both are empty (excluded from means)."""
-    s = a.sum() + b.sum()
-    return float("nan") if s == 0 else float(2.0 * np.logical_and(a, b).sum() / s)
-
-
-def zone_dice(pred: np.ndarray, ref: np.ndarray) -> dict:
-    return {z: dice(f(pred), f(ref)) for z, f in ZONES.items()}
-
 
 def _dist() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
@@ -104,7 +92,7 @@ def validate(seg: Segmenter, items) -> dict:
     rows = []
     for it in items:
         pred = labels_from_probabilities(seg.probabilities(it.image))
-        rows.append({"case_id": it.case_id, **zone_dice(pred, it.label)})
+        rows.append({"case_id": it.case_id, **{z: dice(f(pred), f(it.label)) for z, f in ZONES.items()}})
     out = {"cases": rows}
     for z in ZONES:
         v = np.array([r[z] for r in rows], dtype=float)

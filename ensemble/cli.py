@@ -1,0 +1,83 @@
+"""`ensemble` command line: predict (one case or a batch) and evaluate. Heavy imports (torch, MONAI)
+live inside the commands, so `ensemble --help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mricore.errors import run_cli
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ensemble", description="Combine zonal segmenters into one zone map "
+                                "with uncertainty (0 background, 1 TZ, 2 PZ).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    pr = sub.add_parser("predict", help="zones of one case (or every case of a dataset folder / datalist)")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="a volume, several channel files (t2/adc/dwi by name, else T2W, ADC, DWI in order), "
+                         "a case folder, a DICOM series folder; or one dataset folder / .csv / .json datalist")
+    pr.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
+    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set method=vote (repeatable)")
+    pr.add_argument("-o", "--output", required=True, help="output folder (batch: one sub-folder per case)")
+    pr.add_argument("--probabilities", action="store_true", help="also write probabilities.nii.gz (float16)")
+    pr.add_argument("--report", action="store_true", help="also write report.html")
+    pr.add_argument("--force", action="store_true", help="overwrite existing outputs")
+
+    ev = sub.add_parser("evaluate", help="score the ensemble and each member side by side on labelled cases")
+    ev.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--ref", required=True, help="dataset folder or datalist holding the reference labels")
+    ev.add_argument("--label", default="zones", help="reference label key (zones, zones_ai)")
+    ev.add_argument("-o", "--output", required=True, help="report folder")
+    ev.add_argument("--force", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    def run():
+        from .config import load_ensemble_config
+
+        cfg = load_ensemble_config(args.config, args.overrides)
+        if args.cmd == "predict":
+            from .predict import is_batch_input, predict, predict_batch
+
+            probs = True if args.probabilities else None
+            if is_batch_input(args.inputs):
+                rows = predict_batch(args.inputs[0], args.output, cfg, args.force, probs, args.report)
+                for r in rows:
+                    _print_case(r["case_id"], r["volume_ml"], r["uncertainty"])
+            else:
+                side = predict(args.inputs, args.output, cfg, args.force, probs, args.report)
+                _print_case(side["case_id"], side["volume_ml"], side["uncertainty"])
+        elif args.cmd == "evaluate":
+            from mricore.stats import fmt
+
+            from .evaluate import evaluate
+
+            summary = evaluate(cfg, args.ref, args.output, label=args.label, force=args.force)
+            for zone, z in summary["zones"].items():
+                if "ensemble_minus_best_member_dsc" in z:
+                    print(f"{zone}: DSC ensemble − best member ({z['best_member']}): "
+                          f"{fmt(z['ensemble_minus_best_member_dsc'])}")
+        return 0
+
+    return run_cli(run)
+
+
+def _print_case(case_id: str, vol: dict, unc: dict) -> None:
+    flag = "  REVIEW" if unc["review"] else ""
+    print(f"{case_id}: WG {vol['WG']:.1f} mL (TZ {vol['TZ']:.1f}, PZ {vol['PZ']:.1f}), "
+          f"uncertainty {unc['score']:.3f}{flag}")
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,87 @@
+"""Typed config of an ensemble (YAML under configs/ensemble/ or beside bundled members).
+
+Member paths are model folders written by `segment train`; relative paths are resolved against the
+folder of the config file (so a config travels with its members), absolute paths are kept.
+With no config, `ensemble predict` uses the bundled ensemble at ensemble/models/default/ensemble.yaml.
+
+Example (configs/ensemble/default.yaml):
+    members: [../../runs/zonal_t2w_2d/fold_0, ../../runs/zonal_t2w_2d/fold_1]
+    method: mean
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from mricore.config import load_config
+from mricore.errors import ConfigError
+
+METHODS = ("mean", "weighted", "vote", "staple")
+BUNDLED = Path(__file__).resolve().parent / "models" / "default" / "ensemble.yaml"
+HOW_TO_TRAIN = ("train members with `segment train --config configs/segment/zonal_t2w_2d.yaml --fold all`, "
+                "copy the model folders into ensemble/models/default/ and list them in "
+                "ensemble/models/default/ensemble.yaml (members: [...]), or pass --config")
+
+
+@dataclass
+class EnsembleConfig:
+    """What to combine and how.
+
+    members: model folders (relative to this file's folder).
+    method: mean (of probabilities, default) | weighted | vote (majority of label maps) | staple.
+    weights: one weight per member (weighted); null = per zone from each member's validation DSC
+        (model.json validation WG_mean/TZ_mean/PZ_mean for background/TZ/PZ).
+    largest_component: keep the largest 3D gland component of the combined zones.
+    uncertainty_threshold: review flag when the per-case uncertainty score (mean normalised entropy in
+        the gland region, 0..1) exceeds it.
+    probabilities: also write probabilities.nii.gz (float16).
+    tta: left-right flip test-time augmentation in every member (doubles network time).
+    register: rigid registration of ADC/DWI onto T2W before preprocessing (else resampling by affine).
+    """
+
+    members: list[str] = field(default_factory=list)
+    method: str = "mean"  # str, not Literal, so a miss lists the registry (combine.METHODS) by name
+    weights: list[float] | None = None
+    largest_component: bool = True
+    uncertainty_threshold: float = 0.25  # a starting point, not a calibrated value: tune on validation cases
+    probabilities: bool = False
+    tta: bool = False
+    register: bool = False
+
+    def validate(self, where: str = "config"):
+        if not self.members:
+            raise ConfigError(f"{where}: members", "an ensemble needs at least one member", "[]",
+                              "list model folders written by `segment train` under members:")
+        if self.method not in METHODS:
+            raise ConfigError(f"{where}: method", "unknown combination method", repr(self.method),
+                              f"use one of {list(METHODS)}")
+        if self.weights is not None:
+            if len(self.weights) != len(self.members):
+                raise ConfigError(f"{where}: weights", "needs one weight per member",
+                                  f"{len(self.weights)} weights for {len(self.members)} members",
+                                  "give one weight per member, or null for validation-DSC weights")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ConfigError(f"{where}: weights", "weights must be >= 0 with a positive sum",
+                                  self.weights, "")
+        if not 0 <= self.uncertainty_threshold <= 1:
+            raise ConfigError(f"{where}: uncertainty_threshold", "is a normalised entropy in [0, 1]",
+                              self.uncertainty_threshold, "e.g. 0.25")
+
+
+def load_ensemble_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EnsembleConfig:
+    """Load and check a config; member paths come back absolute. path=None -> the bundled ensemble.
+
+    Raises ConfigError (bad file/keys/values, bundled ensemble missing) naming the file and the fix.
+    """
+    if path is None:
+        if not BUNDLED.exists():
+            raise ConfigError("bundled ensemble", "not installed (no ensemble/models/default/ensemble.yaml)",
+                              None, HOW_TO_TRAIN)
+        path = BUNDLED
+    path = Path(path)
+    cfg = load_config(EnsembleConfig, path, overrides)
+    base = path.resolve().parent
+    members = [str(p if Path(p).is_absolute() else (base / p).resolve()) for p in cfg.members]
+    return replace(cfg, members=members)

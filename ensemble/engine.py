@@ -1,0 +1,153 @@
+"""Run the members of an ensemble on one image and combine them on the image's own grid.
+
+Cost model (what bench/ensemble_bench.py measures):
+- the image is read and aligned once (by the caller), and preprocessed once per distinct
+  PreprocessSpec (`PreprocessSpec.key()`), never once per member;
+- members are loaded and run one after another; each member's probabilities are added to a running
+  weighted sum on the working grid of its spec, then dropped, so peak memory is about one member plus
+  the sums plus one uint8 label map per member;
+- each spec group's weighted sum is restored onto the input grid once. Restoring is linear
+  interpolation, so restoring the sum equals summing the restored members: the combination is the
+  one on the input grid, in float32, at the cost of one restore per spec instead of one per member.
+Member label maps (for vote, STAPLE and disagreement) are each member's argmax on its working grid,
+carried to the input grid with nearest neighbour (masks are never interpolated).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mricore.preprocess import preprocess, restore
+from mricore.volume import Volume
+
+from . import combine
+from .config import EnsembleConfig
+from .members import Member
+
+
+@dataclass
+class EnsembleResult:
+    """Outputs on the input grid (I, J, K): zones uint8, combined probabilities (3, ...) float32,
+    normalised entropy and member disagreement float32, and the sidecar facts in `info`."""
+
+    label: np.ndarray
+    prob: np.ndarray
+    entropy: np.ndarray
+    disagreement: np.ndarray
+    member_labels: np.ndarray          # (M, I, J, K) uint8, members in `info["members_used"]` order
+    info: dict = field(default_factory=dict)
+
+
+def member_weights(cfg: EnsembleConfig, used: list[Member]) -> np.ndarray:
+    """(M, 3) per-class weights of the members that run (skipped members' weights are dropped)."""
+    if cfg.method != "weighted":
+        return np.ones((len(used), combine.N_CLASSES))
+    if cfg.weights is None:
+        return combine.weights_from_validation([m.validation for m in used], [str(m.path) for m in used])
+    by_path = {str(p): w for p, w in zip(cfg.members, cfg.weights)}
+    w = np.array([by_path.get(str(m.path), 1.0) for m in used], dtype=np.float64)
+    if w.sum() <= 0:
+        from mricore.errors import ConfigError
+
+        raise ConfigError("weights", "the members that can run all have weight 0", w.tolist(),
+                          "give a positive weight to at least one usable member")
+    return np.repeat(w[:, None], combine.N_CLASSES, axis=1)
+
+
+def nearest_index_map(prep) -> np.ndarray:
+    """(I, J, K) int32 map from each input-grid voxel to 1 + the flat index of its nearest working-grid
+    voxel (0 outside the working grid): `restore(..., label=True)` computed once per spec, so carrying
+    each member's labels onto the input grid is a gather instead of a resampling."""
+    index = np.arange(1, prep.array[0].size + 1, dtype=np.int32).reshape(prep.array.shape[1:])
+    return restore(index[None], prep, label=True)[0]
+
+
+def carry_labels(work_label: np.ndarray, index_map: np.ndarray) -> np.ndarray:
+    """Working-grid uint8 labels -> input grid through `nearest_index_map` (0 outside)."""
+    return np.concatenate([np.zeros(1, np.uint8), work_label.ravel()])[index_map]
+
+
+def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> EnsembleResult:
+    """Members `used` (all of whose channels `image` has) on `image`; combination by `cfg.method`."""
+    from segment.inference import Segmenter, keep_largest_component
+
+    weights = member_weights(cfg, used)
+    timings = {"preprocess": 0.0, "network": {}, "restore": 0.0, "combine": 0.0, "postprocess": 0.0}
+    groups: dict[str, list[int]] = {}
+    for i, m in enumerate(used):
+        groups.setdefault(m.spec.key(), []).append(i)
+
+    acc = combine.WeightedSum()
+    member_labels = np.zeros((len(used),) + image.shape, np.uint8)
+    for idxs in groups.values():
+        t = time.perf_counter()
+        prep = preprocess(image, used[idxs[0]].spec)
+        timings["preprocess"] += time.perf_counter() - t
+        work = combine.WeightedSum()
+        t = time.perf_counter()
+        to_input = nearest_index_map(prep)
+        timings["restore"] += time.perf_counter() - t
+        for i in idxs:
+            t = time.perf_counter()
+            seg = Segmenter.load(used[i].path)
+            seg.predict_cfg.tta_flip = cfg.tta
+            prob = seg.probabilities(prep.array)
+            del seg
+            timings["network"][used[i].name] = time.perf_counter() - t
+            t = time.perf_counter()
+            work.add(prob, weights[i])
+            member_labels[i] = carry_labels(combine.labels_from_probabilities(prob), to_input)
+            timings["restore"] += time.perf_counter() - t
+            del prob
+        t = time.perf_counter()
+        # Outside the working grid every member says background with probability 1.
+        acc.add_sum(restore(work.total, prep, fill=[float(work.weight[0]), 0.0, 0.0]), work.weight)
+        timings["restore"] += time.perf_counter() - t
+
+    t = time.perf_counter()
+    prob = acc.result()
+    staple_perf = None
+    if cfg.method == "vote":
+        label = combine.majority_vote(member_labels, tie_break=prob)
+        prob = combine.vote_fractions(member_labels)
+    elif cfg.method == "staple":
+        label, staple_perf = combine.staple(member_labels, undecided=combine.majority_vote(member_labels, prob))
+        prob = combine.vote_fractions(member_labels)
+    else:
+        label = combine.labels_from_probabilities(prob)
+    timings["combine"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if cfg.largest_component:
+        label = keep_largest_component(label)
+    ent = combine.entropy(prob)
+    dis = combine.disagreement(member_labels, label)
+    score = combine.uncertainty_score(ent, label, member_labels)
+    timings["postprocess"] = time.perf_counter() - t
+
+    vml = image.voxel_volume_ml
+    masks = combine.zone_masks(label)
+    info = {
+        "method": cfg.method,
+        "members_used": [{"member": m.name, "path": str(m.path), "channels": m.channels} for m in used],
+        "weights": {m.name: dict(zip(combine.CLASS_NAMES, map(float, w))) for m, w in zip(used, weights)},
+        "preprocessing_passes": len(groups),
+        "volume_ml": {z: round(float(mk.sum()) * vml, 3) for z, mk in masks.items()},
+        "uncertainty": {"score": round(score, 4), "threshold": cfg.uncertainty_threshold,
+                        "review": bool(score > cfg.uncertainty_threshold or not masks["WG"].any()),
+                        "definition": "mean normalised entropy (0..1) over voxels any member or the "
+                                      "ensemble labels gland; review also when the gland is empty",
+                        "mean_disagreement_in_gland": round(float(dis[masks["WG"]].mean()), 4)
+                        if masks["WG"].any() else None},
+        "timings_s": _rounded(timings),
+    }
+    if staple_perf is not None:
+        info["staple_performance"] = {m.name: p for m, p in zip(used, staple_perf)}
+    return EnsembleResult(label, prob, ent, dis, member_labels, info)
+
+
+def _rounded(t: dict) -> dict:
+    return {k: (_rounded(v) if isinstance(v, dict) else round(v, 4)) for k, v in t.items()}

@@ -1,0 +1,127 @@
+"""`ensemble evaluate`: the ensemble and each member scored side by side on the same cases.
+
+Per case, model (the ensemble and every member that could run) and zone (WG, TZ, PZ): DSC,
+sensitivity, specificity and HD95 (mm) from mricore.metrics.zone_metrics on the input grid, under its
+written empty-mask rule. Members are scored as they enter the ensemble (argmax on their working grid,
+nearest neighbour onto the input grid) with the ensemble's largest-component rule, so the comparison
+isolates the combination. Per zone, the best member is the one with the highest mean DSC over the
+cases; the per-case paired differences ensemble − best member get a mean, median, case-level
+bootstrap 95 % CI and Wilcoxon p (mricore.stats.paired_difference).
+
+Writes, in REPORT_DIR: metrics.csv, metrics.json, report.html (mricore.report.write_report when it
+is installed; metrics.csv/json only otherwise) and evaluate.json (summaries and paired differences).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mricore.errors import GeometryError, InputError, OutputExistsError
+
+METRICS = ("dsc", "sensitivity", "specificity", "hd95")
+ZONES = ("WG", "TZ", "PZ")
+
+
+def score_case(result, ref: np.ndarray, spacing, member_names: list[str], largest_component: bool) -> list[dict]:
+    """Rows {case_id?, model, zone, metrics} for the ensemble and each member of one case."""
+    from mricore.metrics import zone_metrics
+    from segment.inference import keep_largest_component
+
+    preds = {"ensemble": result.label}
+    for name, lab in zip(member_names, result.member_labels):
+        preds[name] = keep_largest_component(lab) if largest_component else lab
+    rows = []
+    for model, pred in preds.items():
+        for zone, m in zone_metrics(pred, ref, spacing).items():
+            rows.append({"model": model, "zone": zone, **{k: m[k] for k in METRICS}})
+    return rows
+
+
+def paired_summary(rows: list[dict]) -> dict:
+    """Per zone: mean DSC per model, the best member, and ensemble − best member paired differences."""
+    from mricore.stats import paired_difference, summarize
+
+    out = {}
+    for zone in ZONES:
+        by_model: dict[str, dict[str, float]] = {}
+        for r in rows:
+            if r["zone"] == zone:
+                by_model.setdefault(r["model"], {})[r["case_id"]] = r["dsc"]
+        summaries = {m: summarize(list(v.values())) for m, v in by_model.items()}
+        members = [m for m in by_model if m != "ensemble"]
+        if not members or "ensemble" not in by_model:
+            out[zone] = {"dsc": summaries}
+            continue
+        best = max(members, key=lambda m: np.nan_to_num(summaries[m]["mean"], nan=-1.0))
+        cases = [c for c in by_model["ensemble"] if c in by_model[best]]
+        diff = paired_difference([by_model["ensemble"][c] for c in cases], [by_model[best][c] for c in cases])
+        out[zone] = {"dsc": summaries, "best_member": best, "ensemble_minus_best_member_dsc": diff}
+    return out
+
+
+def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, progress: bool = True) -> dict:
+    """Score the ensemble of `config` and its members on every case of `ref` that has `label`."""
+    from tqdm import tqdm
+
+    from mricore.datasets import load_dataset, read_ref
+    from mricore.io import write_json
+
+    from .members import read_members
+    from .predict import _plan, _resolve, run_case, source_from_case
+
+    cfg = _resolve(config)
+    members = read_members(cfg.members)
+    cases = [c for c in load_dataset(ref) if label in c.labels]
+    if not cases:
+        raise InputError(ref, f"no case has the reference label '{label}'", 0,
+                         "point --ref to labelled cases, or choose --label (zones, zones_ai)")
+    out = Path(out_dir)
+    for name in ("evaluate.json", "metrics.csv", "metrics.json", "report.html"):
+        if (out / name).exists() and not force:
+            raise OutputExistsError(out / name, "output exists", None, "pass --force to overwrite")
+    sources = [(c, source_from_case(c)) for c in cases]
+    for _, s in sources:
+        _plan(s, members, cfg, notify=False)
+    rows, skipped = [], {}
+    for case, s in tqdm(sources, desc="ensemble evaluate", disable=not progress, file=sys.stderr):
+        image, result, sk = run_case(s, members, cfg, notify=False)
+        reference = read_ref(case.labels[label], label, case.case_id, label=True)
+        if not reference.same_grid(image):
+            raise GeometryError(case.labels[label].path, "reference label grid must equal the image grid",
+                                f"shape {reference.shape} vs {image.shape}",
+                                "resample the label onto the T2W with nearest neighbour")
+        names = [m["member"] for m in result.info["members_used"]]
+        for r in score_case(result, reference.array[0], image.spacing, names, cfg.largest_component):
+            rows.append({"case_id": case.case_id, **r})
+        skipped[case.case_id] = sk
+    summary = {"reference": str(ref), "label": label, "method": cfg.method, "n_cases": len(cases),
+               "members": [m.name for m in members], "skipped": skipped, "zones": paired_summary(rows)}
+    _write_report(out, rows, summary, force)
+    write_json(summary, out / "evaluate.json", force=True)
+    return summary
+
+
+def _write_report(out: Path, rows: list[dict], summary: dict, force: bool) -> None:
+    try:
+        from mricore.report import write_report
+    except ImportError:  # the shared report engine is not installed: write the tables only
+        write_report = None
+    if write_report is not None:
+        settings = {"method": summary["method"], "reference": summary["reference"], "label": summary["label"],
+                    "members": ", ".join(summary["members"])}
+        write_report(out, rows, title="Ensemble vs members", settings=settings, force=force)
+        return
+    import csv
+    import io
+
+    from mricore.io import write_json, write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["case_id", "model", "zone", *METRICS])
+    w.writeheader()
+    w.writerows(rows)
+    write_text(buf.getvalue(), out / "metrics.csv", force=force)
+    write_json(rows, out / "metrics.json", force=force)

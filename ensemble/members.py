@@ -1,0 +1,91 @@
+"""Ensemble members: model folders read by their model.json alone (weights load later, one at a time).
+
+Checks made before any input is read or output written:
+- the folder is a complete segmenter model folder (mricore.modelfolder.read_model_meta);
+- every member uses the platform's zone coding `ZONE_LABELS` (label values and names). A member with
+  other label names or values is rejected with an error naming it. The output parameterisation
+  (model.label_scheme multiclass or regions) may differ between members: segment.networks
+  .class_probabilities maps both to (background, TZ, PZ), so they average like with like.
+Members whose input channels the case lacks are skipped with a notice (`split_available`).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mricore.config import from_dict
+from mricore.errors import ConfigError, InputError
+from mricore.modelfolder import read_model_meta
+from mricore.preprocess import PreprocessSpec
+
+ZONE_LABELS = {"0": "background", "1": "TZ", "2": "PZ"}
+
+
+@dataclass(frozen=True)
+class Member:
+    path: Path
+    name: str            # unique in the ensemble: folder name, or parent/folder when folder names repeat
+    meta: dict           # model.json
+    spec: PreprocessSpec
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.spec.channels)
+
+    @property
+    def validation(self) -> dict | None:
+        return self.meta.get("validation")
+
+
+def read_members(paths: list[str | Path]) -> list[Member]:
+    """Member metadata for each folder; raises ConfigError/InputError naming the member."""
+    if not paths:
+        raise ConfigError("members", "an ensemble needs at least one member", "[]",
+                          "list model folders written by `segment train` under members:")
+    paths = [Path(p) for p in paths]
+    folder_names = [p.name for p in paths]
+    members, names = [], set()
+    for p in paths:
+        meta = read_model_meta(p)
+        if meta.get("kind") != "segmenter":
+            raise InputError(p, "ensemble members must be segmenter model folders", meta.get("kind"),
+                             "use folders written by `segment train`")
+        labels = {str(k): v for k, v in (meta.get("labels") or {}).items()}
+        if labels != ZONE_LABELS:
+            raise ConfigError(f"member {p}", f"label scheme must be the platform's zones {ZONE_LABELS}",
+                              labels or None, "remove this member or retrain it with the zone labels 0/1/2")
+        spec = from_dict(PreprocessSpec, meta.get("preprocess", {}), f"{p}/model.json", "preprocess.")
+        # Folder names like fold_0 repeat across runs: then the run folder is part of the name.
+        name = p.name if folder_names.count(p.name) == 1 else f"{p.parent.name}/{p.name}"
+        while name in names:
+            name += "'"
+        names.add(name)
+        members.append(Member(p, name, meta, spec))
+    return members
+
+
+def split_available(members: list[Member], available: list[str], notify: bool = True):
+    """(usable members, skipped [{member, reason}]) for a case whose channels are `available`."""
+    used, skipped = [], []
+    for m in members:
+        missing = [c for c in m.channels if c not in available]
+        if missing:
+            reason = f"needs channel(s) {', '.join(missing)}; the input has {', '.join(available) or 'none'}"
+            skipped.append({"member": m.name, "path": str(m.path), "reason": reason})
+            if notify:
+                print(f"notice: skipping member {m.name}: {reason}", file=sys.stderr)
+        else:
+            used.append(m)
+    return used, skipped
+
+
+def channel_order(members: list[Member]) -> list[str]:
+    """Union of member channels, T2W first: the first available one is the reference (output) grid."""
+    seen = []
+    for m in members:
+        for c in m.channels:
+            if c not in seen:
+                seen.append(c)
+    return sorted(seen, key=lambda c: (c != "T2W", seen.index(c)))

@@ -1,0 +1,253 @@
+"""`ensemble predict`: one case (a volume, several channel files, a case folder or a DICOM series
+folder) or a batch (a dataset folder or a datalist) through an ensemble of segmenters.
+
+Outputs per case in OUT (batch: OUT/<case_id>/), all on the input's exact grid, affine and header
+(qform/sform copied from the reference channel, T2W when present), each written atomically:
+- zones.nii.gz: uint8 0 background, 1 TZ, 2 PZ (WG = label > 0 = TZ ∪ PZ);
+- uncertainty.nii.gz: float32 4D, two volumes along the 4th axis: [..., 0] normalised entropy (0..1)
+  of the combined probabilities, [..., 1] fraction of members disagreeing with the combined label;
+- probabilities.nii.gz (optional): float32 4D, background/TZ/PZ along the 4th axis (float16 was
+  asked for, but NIfTI-1 has no half-float type: nibabel refuses to write one);
+- zones.json: members used and skipped (with reasons), method, weights, volumes in mL, uncertainty
+  score and review flag, alignment of the inputs, timings per stage, software version;
+- ensemble.yaml: the resolved config (member paths absolute);
+- report.html (optional): volumes, uncertainty, members, three-plane overlay.
+Nothing is written until every check has passed; existing outputs need force=True.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mricore.errors import InputError, OutputExistsError
+
+from .config import EnsembleConfig, load_ensemble_config
+from .members import Member, channel_order, read_members, split_available
+
+# NIfTI files with an unknown stem (and DICOM folders) take these names in the order given.
+POSITIONAL_CHANNELS = ["T2W", "ADC", "DWI"]
+OUTPUTS = ("zones.nii.gz", "uncertainty.nii.gz", "probabilities.nii.gz", "zones.json", "ensemble.yaml",
+           "report.html")
+
+
+@dataclass
+class Source:
+    """A case before reading: its id, the channel names it offers, and a reader for some of them."""
+
+    case_id: str
+    available: list[str]
+    read: Callable  # (channels, register) -> (Volume, alignment info {channel: {...}})
+    inputs: list[str]
+
+
+def _is_dicom_folder(p: Path) -> bool:
+    return p.is_dir() and not any(p.glob("*.nii*")) and any(
+        f.is_file() and not f.name.startswith(".") for f in p.iterdir())
+
+
+def source_from_case(case) -> Source:
+    from mricore.datasets import load_case
+
+    def read(channels, register):
+        image, _, info = load_case(case, channels, register=register, optional=True)
+        return image, info["alignment"]
+    return Source(case.case_id, sorted(case.images), read, [str(r.path) for r in case.images.values()])
+
+
+def source_from_inputs(inputs: list[str | Path]) -> Source:
+    """What a user typed for one case: NIfTI file(s), a case folder, or DICOM series folder(s).
+
+    Files named t2/adc/dwi(.nii.gz) are named by their stem; others, and DICOM folders, take
+    T2W, ADC, DWI in the order given.
+    """
+    from mricore.datasets import image_from_inputs
+
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise InputError("INPUT", "give at least one input", "none", "pass a volume, case folder or DICOM folder")
+    for p in paths:
+        if not p.exists():
+            raise InputError(p, "input does not exist", None, "check the path")
+    if not any(_is_dicom_folder(p) for p in paths):
+        return source_from_case(image_from_inputs(paths, POSITIONAL_CHANNELS))
+    if not all(_is_dicom_folder(p) for p in paths):
+        raise InputError(", ".join(map(str, paths)), "do not mix DICOM folders with NIfTI files", None,
+                         "convert the DICOM series to NIfTI, or pass only DICOM series folders")
+    if len(paths) > len(POSITIONAL_CHANNELS):
+        raise InputError(", ".join(map(str, paths)), f"at most {len(POSITIONAL_CHANNELS)} DICOM series",
+                         len(paths), f"pass them in the order {POSITIONAL_CHANNELS}")
+    names = POSITIONAL_CHANNELS[:len(paths)]
+
+    def read(channels, register):
+        from mricore.align import alignment_score, register_rigid, resample_to
+        from mricore.io import read_dicom_series
+        from mricore.volume import stack
+
+        want = [c for c in channels if c in names]
+        vols = [read_dicom_series(paths[names.index(c)], c, paths[0].name) for c in want]
+        info = {}
+        for i, v in enumerate(vols[1:], 1):
+            entry = {"same_grid": v.same_grid(vols[0])}
+            if not entry["same_grid"]:
+                if register:
+                    v, entry["registration"] = register_rigid(vols[0], v)
+                else:
+                    v = resample_to(v, vols[0])
+                entry["nmi"] = round(alignment_score(vols[0], v), 4)
+            vols[i] = v
+            info[want[i]] = entry
+        return stack(vols, paths[0].name), info
+    return Source(paths[0].name, names, read, [str(p) for p in paths])
+
+
+def _resolve(config) -> EnsembleConfig:
+    return config if isinstance(config, EnsembleConfig) else load_ensemble_config(config)
+
+
+def _check_outputs(out: Path, force: bool) -> None:
+    for name in OUTPUTS:
+        if (out / name).exists() and not force:
+            raise OutputExistsError(out / name, "output exists", None, "pass --force to overwrite, or choose another -o")
+
+
+def _plan(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool):
+    used, skipped = split_available(members, source.available, notify=notify)
+    if not used:
+        need = sorted({c for m in members for c in m.channels})
+        raise InputError(source.case_id, "no ensemble member can run on the channels given",
+                         ", ".join(source.available) or "none", f"provide one of the channels {need}")
+    if cfg.method == "weighted":
+        from .engine import member_weights
+
+        member_weights(cfg, used)  # weight errors before any reading
+    return used, skipped
+
+
+def run_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool = True):
+    """Read `source` once, run the usable members, combine. Returns (image, EnsembleResult, skipped)."""
+    from .engine import run_ensemble
+
+    used, skipped = _plan(source, members, cfg, notify)
+    t = time.perf_counter()
+    image, alignment = source.read(channel_order(used), cfg.register)
+    read_s = time.perf_counter() - t
+    result = run_ensemble(image, used, cfg)
+    result.info["timings_s"] = {"read_align": round(read_s, 4), **result.info["timings_s"]}
+    nmi = [a["nmi"] for a in alignment.values() if "nmi" in a]
+    result.info["alignment"] = {"reference": image.channels[0], "channels": alignment,
+                                "score": min(nmi) if nmi else None,
+                                "score_definition": "lowest normalised mutual information of a resampled "
+                                                    "channel with the reference (0 independent, 1 identical); "
+                                                    "null when every channel shares the reference grid"}
+    return image, result, skipped
+
+
+def write_outputs(out: Path, image, result, skipped: list[dict], source: Source, cfg: EnsembleConfig,
+                  probabilities: bool, report: bool, force: bool) -> dict:
+    """Write every output of one case (see module docstring); returns the zones.json content."""
+    from mricore import __version__
+    from mricore.config import save_config
+    from mricore.io import write_json, write_nifti
+
+    t = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    write_nifti(result.label, image, out / "zones.nii.gz", dtype=np.uint8, force=force)
+    unc = np.stack([result.entropy, result.disagreement], axis=-1)
+    write_nifti(unc, image, out / "uncertainty.nii.gz", dtype=np.float32, force=force)
+    if probabilities:
+        # float32, not float16: NIfTI-1 has no half-float type (nibabel refuses to write one).
+        write_nifti(result.prob.transpose(1, 2, 3, 0), image, out / "probabilities.nii.gz",
+                    dtype=np.float32, force=force)
+    save_config(cfg, out / "ensemble.yaml")
+    info = result.info
+    sidecar = {
+        "case_id": source.case_id,
+        "inputs": source.inputs,
+        "grid": {"shape": list(image.shape), "spacing_mm": [round(s, 5) for s in image.spacing],
+                 "affine": image.affine.round(6).tolist()},
+        "members_used": info["members_used"],
+        "members_skipped": skipped,
+        **{k: v for k, v in info.items() if k != "members_used"},
+        "outputs": {"zones.nii.gz": "uint8 0 background, 1 TZ, 2 PZ; WG = TZ ∪ PZ",
+                    "uncertainty.nii.gz": "float32 4D: [...,0] normalised entropy, [...,1] member disagreement",
+                    **({"probabilities.nii.gz": "float32 4D: background, TZ, PZ"} if probabilities else {}),
+                    "ensemble.yaml": "resolved config"},
+        "software_version": __version__,
+    }
+    if report:
+        from .report import write_predict_report
+
+        write_predict_report(out / "report.html", image, result.label, sidecar, force=force)
+        sidecar["outputs"]["report.html"] = "prediction report"
+    sidecar["timings_s"]["write"] = round(time.perf_counter() - t, 4)
+    write_json(sidecar, out / "zones.json")
+    return sidecar
+
+
+def predict(inputs, out_dir, config=None, force: bool = False, probabilities: bool | None = None,
+            report: bool = False, notify: bool = True) -> dict:
+    """Run the ensemble on one case and write its outputs to `out_dir`; returns the zones.json content.
+
+    inputs: a path or list of paths (volume, channel files, case folder, DICOM series folder(s)).
+    config: an EnsembleConfig, a YAML path, or None for the bundled ensemble.
+    probabilities: write probabilities.nii.gz (None: as the config says).
+    Raises UserError subclasses (nothing written) for bad config, members, inputs or existing outputs.
+    """
+    cfg = _resolve(config)
+    members = read_members(cfg.members)
+    source = source_from_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
+    _plan(source, members, cfg, notify=False)
+    out = Path(out_dir)
+    _check_outputs(out, force)
+    image, result, skipped = run_case(source, members, cfg, notify)
+    probs = cfg.probabilities if probabilities is None else probabilities
+    return write_outputs(out, image, result, skipped, source, replace(cfg, probabilities=probs), probs,
+                         report, force)
+
+
+def predict_batch(dataset, out_dir, config=None, force: bool = False, probabilities: bool | None = None,
+                  report: bool = False, progress: bool = True) -> list[dict]:
+    """Every case of a dataset folder / MSD folder / datalist into `out_dir/<case_id>/`, with a progress
+    bar; `out_dir/summary.json` lists per-case volumes, scores and review flags. All cases are checked
+    (members runnable, outputs absent) before the first is written."""
+    from tqdm import tqdm
+
+    from mricore.datasets import load_dataset
+    from mricore.io import write_json
+
+    cfg = _resolve(config)
+    members = read_members(cfg.members)
+    sources = [source_from_case(c) for c in load_dataset(dataset)]
+    out = Path(out_dir)
+    for s in sources:
+        _plan(s, members, cfg, notify=False)
+        _check_outputs(out / s.case_id, force)
+    if (out / "summary.json").exists() and not force:
+        raise OutputExistsError(out / "summary.json", "output exists", None, "pass --force to overwrite")
+    probs = cfg.probabilities if probabilities is None else probabilities
+    rows = []
+    for s in tqdm(sources, desc="ensemble predict", disable=not progress, file=sys.stderr):
+        image, result, skipped = run_case(s, members, cfg, notify=False)
+        side = write_outputs(out / s.case_id, image, result, skipped, s, replace(cfg, probabilities=probs),
+                             probs, report, force)
+        rows.append({"case_id": s.case_id, "volume_ml": side["volume_ml"], "uncertainty": side["uncertainty"],
+                     "members_used": [m["member"] for m in side["members_used"]],
+                     "members_skipped": [m["member"] for m in side["members_skipped"]]})
+    write_json({"dataset": str(dataset), "method": cfg.method, "cases": rows}, out / "summary.json")
+    return rows
+
+
+def is_batch_input(inputs: list[str]) -> bool:
+    """One datalist, or one folder holding case folders (no NIfTI, no DICOM files of its own)."""
+    if len(inputs) != 1:
+        return False
+    p = Path(inputs[0])
+    if p.is_file():
+        return p.suffix in (".csv", ".json")
+    return p.is_dir() and not any(p.glob("*.nii*")) and not _is_dicom_folder(p)

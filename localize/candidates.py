@@ -1,0 +1,51 @@
+"""Lesion candidates from a lesion probability map (PI-CAI style detection map).
+
+Connected regions (26-connectivity, 3D) of `prob >= threshold` become candidates; each gets one score
+(the maximum probability inside it), the majority zone of the zone map under it, its volume in mL and
+its centroid in scanner millimetres. Labels are 1..n in order of decreasing score; the patient score
+is the maximum probability anywhere in the gland (0 when the map is empty).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+ZONE_NAMES = {0: "outside", 1: "TZ", 2: "PZ"}
+
+
+def extract_candidates(prob: np.ndarray, zones: np.ndarray, affine: np.ndarray, threshold: float,
+                       min_volume_ml: float = 0.0) -> tuple[np.ndarray, list[dict]]:
+    """(I, J, K) probabilities and zone map on one grid -> (uint16 labelled blobs, candidate dicts).
+
+    Each dict: label, score, zone, volume_ml, voxels, centroid_ijk, centroid_ras_mm (NIfTI world,
+    RAS+) and centroid_lps_mm (DICOM scanner convention: x and y negated).
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    blobs, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3, 3), bool))
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3])) / 1000.0)
+    found = []
+    for lab in range(1, n + 1):
+        m = blobs == lab
+        vox = int(m.sum())
+        if vox * voxel_ml < min_volume_ml:
+            continue
+        z = zones[m]
+        counts = np.bincount(z[z > 0], minlength=3)[1:] if (z > 0).any() else None
+        ijk = np.argwhere(m).mean(0)
+        ras = (affine @ np.r_[ijk, 1.0])[:3]
+        found.append({"score": float(prob[m].max()), "zone": ZONE_NAMES[0 if counts is None else int(counts.argmax()) + 1],
+                      "volume_ml": vox * voxel_ml, "voxels": vox, "centroid_ijk": [float(v) for v in ijk],
+                      "centroid_ras_mm": [float(v) for v in ras],
+                      "centroid_lps_mm": [float(-ras[0]), float(-ras[1]), float(ras[2])], "_mask": m})
+    found.sort(key=lambda c: -c["score"])
+    out = np.zeros(prob.shape, np.uint16)
+    for i, c in enumerate(found, start=1):
+        out[c.pop("_mask")] = i
+        c["label"] = i
+    return out, found
+
+
+def patient_score(prob: np.ndarray) -> float:
+    """Maximum lesion probability (0 for an empty map)."""
+    return float(np.max(prob)) if np.size(prob) else 0.0

@@ -1,0 +1,97 @@
+"""Typed config of `localize train` (YAML under configs/localize/ maps onto these dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mricore.config import ConfigError
+from mricore.preprocess import PreprocessSpec
+
+# Covariates the pipeline can compute itself, with the scale that brings them near 1 for the head.
+COVARIATES = {
+    "prostate_volume_ml": 0.01,  # gland (TZ + PZ) volume from the zone map, in 100 mL
+    "zone_pz": 1.0,              # 1 when the candidate patch is mostly PZ, 0 for TZ
+}
+
+
+@dataclass
+class DataConfig:
+    root: str = "../shared/data"
+    datasets: list[str] = field(default_factory=lambda: ["prostatex", "prostate158"])
+    label: str = "lesion"                 # expert lesion mask
+    zones: list[str] = field(default_factory=lambda: ["zones", "zones_ai"])  # first one present is used
+    folds: int = 3                        # patient-level, stratified by lesion presence
+    split_seed: int = 0
+
+    def validate(self, where):
+        if self.folds < 2:
+            raise ConfigError(where, "data.folds must be >= 2", self.folds, "")
+        if not self.zones:
+            raise ConfigError(where, "data.zones needs at least one label key", self.zones, "e.g. [zones, zones_ai]")
+
+
+@dataclass
+class CandidateConfig:
+    spatial_dims: Literal[2, 3] = 2
+    patch: list[int] = field(default_factory=lambda: [64, 64])     # voxels of the working grid (i, j[, k])
+    stride: list[int] = field(default_factory=lambda: [32, 32])
+    positive_min_voxels: int = 5          # lesion voxels in the patch centre that make a patch positive
+    threshold: float = 0.5                # lesion probability that starts a candidate
+    min_volume_ml: float = 0.01           # smaller connected regions are dropped
+
+    def validate(self, where):
+        n = self.spatial_dims
+        if len(self.patch) != n or len(self.stride) != n:
+            raise ConfigError(where, f"candidates.patch and stride need {n} sizes for spatial_dims {n}",
+                              (self.patch, self.stride), "e.g. [64, 64] (2D) or [64, 64, 8] (3D)")
+        if min(self.patch) < 1 or min(self.stride) < 1 or any(s > p for s, p in zip(self.stride, self.patch)):
+            raise ConfigError(where, "candidates.stride must be in 1..patch", (self.patch, self.stride),
+                              "use a stride no larger than the patch so tiles cover the gland")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(where, "candidates.threshold is a probability in (0, 1)", self.threshold, "")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"                # mricore.classifiers registry name
+    width: float = 0.25                   # feature-channel scale (CPU-sized)
+    dropout: float = 0.2
+    covariates: list[str] = field(default_factory=list)   # names from COVARIATES
+    cam_layer: str | None = None          # Grad-CAM target; None = the backbone's default
+
+    def validate(self, where):
+        bad = [c for c in self.covariates if c not in COVARIATES]
+        if bad:
+            raise ConfigError(where, "unknown covariate", bad, f"use names from {sorted(COVARIATES)}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    iters_per_epoch: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    weighted_bce: bool = True             # pos_weight = negatives / positives of the training patches
+    balanced_sampling: bool = False       # draw half positive, half negative patches per batch
+    patience: int = 6                     # early stopping on validation AUC (epochs)
+    init_from: str | None = None          # model folder: a lesion classifier or a segmenter
+    freeze_encoder_epochs: int = 0        # two-stage fine-tuning: encoder frozen for the first N epochs
+    seed: int = 0
+
+    def validate(self, where):
+        if min(self.epochs, self.iters_per_epoch, self.batch_size) < 1:
+            raise ConfigError(where, "train.epochs, iters_per_epoch, batch_size must be >= 1",
+                              (self.epochs, self.iters_per_epoch, self.batch_size), "")
+
+
+@dataclass
+class LocalizeConfig:
+    name: str = "lesion"
+    output_dir: str = "runs"              # model folders go to output_dir/name/fold_K
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessSpec = field(default_factory=lambda: PreprocessSpec(crop_mm=None))
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,111 @@
+"""A lesion classifier with everything needed to run it on one study: preprocessing, tiling over the
+gland, covariates, scoring. Built from a model folder (kind "lesion_classifier") or from a config.
+
+The network returns logits; `lesion_probability` is the one place they become probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mricore.classifiers import DEFAULT_CAM_LAYER, build_classifier
+from mricore.config import from_dict
+from mricore.errors import InputError
+from mricore.modelfolder import load_weights, read_model_meta
+from mricore.preprocess import Prepared, PreprocessSpec, prepare_label, preprocess
+from mricore.volume import Volume
+
+from .config import COVARIATES, CandidateConfig, ModelConfig
+from .patches import Tiles, extract, tile_gland
+
+KIND = "lesion_classifier"
+
+
+def lesion_probability(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 1) logits -> (N,) float32 lesion probabilities."""
+    return torch.sigmoid(logits.float()[:, 0])
+
+
+@dataclass
+class CaseTiles:
+    """One study on the working grid: preprocessed image, zones, tiles, patches and covariates."""
+
+    prepared: Prepared
+    zones: np.ndarray         # (I, J, K) uint8 on the working grid
+    tiles: Tiles
+    patches: np.ndarray       # (n, C, pi, pj[, pk]) float32
+    covariates: np.ndarray    # (n, n_covariates) float32
+
+
+class LesionModel:
+    def __init__(self, net: torch.nn.Module, model_cfg: ModelConfig, cand: CandidateConfig, spec: PreprocessSpec,
+                 meta: dict | None = None, name: str = ""):
+        self.net, self.model_cfg, self.cand, self.spec = net, model_cfg, cand, spec
+        self.meta, self.name = meta or {}, name
+
+    @classmethod
+    def build(cls, model_cfg: ModelConfig, cand: CandidateConfig, spec: PreprocessSpec) -> "LesionModel":
+        net = build_classifier(model_cfg.name, cand.spatial_dims, len(spec.channels), 1,
+                               len(model_cfg.covariates), model_cfg.width, model_cfg.dropout)
+        return cls(net, model_cfg, cand, spec)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "LesionModel":
+        folder = Path(folder)
+        meta = read_model_meta(folder)
+        if meta.get("kind") != KIND:
+            raise InputError(folder, f"not a {KIND} model folder", meta.get("kind"),
+                             "pass a folder written by `localize train`")
+        where = f"{folder}/model.json"
+        m = cls.build(from_dict(ModelConfig, meta["model"], where, "model."),
+                      from_dict(CandidateConfig, meta["candidates"], where, "candidates."),
+                      from_dict(PreprocessSpec, meta["preprocess"], where, "preprocess."))
+        try:
+            m.net.load_state_dict(load_weights(folder))
+        except RuntimeError as e:
+            raise InputError(folder / "weights.pt", "weights do not match the architecture in model.json",
+                             str(e).splitlines()[0][:120], "re-export the model folder") from None
+        m.net.eval()
+        m.meta, m.name = meta, folder.name
+        return m
+
+    @property
+    def cam_layer(self) -> str:
+        return self.model_cfg.cam_layer or DEFAULT_CAM_LAYER[self.model_cfg.name.lower()]
+
+    def tiles_for(self, image: Volume, zones: Volume) -> CaseTiles:
+        """Preprocess a study and tile its gland. `zones` must lie on the image's grid."""
+        prep = preprocess(image, self.spec)
+        z = prepare_label(zones, prep)
+        tiles = tile_gland(z, self.cand.patch, self.cand.stride)
+        cov = covariates(self.model_cfg.covariates, zones, tiles)
+        return CaseTiles(prep, z, tiles, extract(prep.array, tiles), cov)
+
+    @torch.no_grad()
+    def score(self, patches: np.ndarray, cov: np.ndarray, batch: int = 64) -> np.ndarray:
+        """(n, C, ...) patches -> (n,) lesion probabilities."""
+        self.net.eval()
+        out = []
+        for s in range(0, len(patches), batch):
+            x = torch.from_numpy(patches[s:s + batch])
+            c = torch.from_numpy(cov[s:s + batch]) if cov.shape[1] else None
+            out.append(lesion_probability(self.net(x, c)).numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def covariates(names: list[str], zones: Volume, tiles: Tiles) -> np.ndarray:
+    """(n_tiles, len(names)) float32, scaled by COVARIATES (see localize.config)."""
+    n = len(tiles.corners)
+    cols = []
+    for name in names:
+        if name == "prostate_volume_ml":
+            v = float(np.count_nonzero(zones.array[0]) * zones.voxel_volume_ml)
+            cols.append(np.full(n, v))
+        elif name == "zone_pz":
+            cols.append((tiles.zone == 2).astype(float))
+        cols[-1] = cols[-1] * COVARIATES[name]
+    return np.stack(cols, 1).astype(np.float32) if cols else np.zeros((n, 0), np.float32)

@@ -1,0 +1,145 @@
+"""mricore.preprocess: working grid there and back on real oblique cases, orientation, normalisation
+rules, and the serialisable spec."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mricore.config import ConfigError, from_dict, to_dict
+from mricore.errors import InputError
+from mricore.io import read_nifti
+from mricore.preprocess import (ChannelNorm, PreprocessSpec, normalise, prepare_label, preprocess,
+                                restore)
+from mricore.volume import Volume
+
+ORIGINAL_GRID = [
+    ("prostate158/001", "zones"),           # oblique, 0.47 mm -> 0.6 mm, FOV cropped to 128 mm
+    ("prostatex/ProstateX-0000", "zones_ai"),  # oblique, 0.5 mm
+    ("i2cvb/Patient_68619", "zones"),       # 5-slice slab, labels on every slice
+]
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+@pytest.mark.parametrize("case,key", ORIGINAL_GRID)
+def test_restore_returns_to_exact_original_grid_and_labels_agree(data_dir, case, key):
+    t2 = read_nifti(data_dir / case / "t2.nii.gz", "T2W")
+    lab = read_nifti(data_dir / case / f"{key}.nii.gz", label=True)
+    prep = preprocess(t2, PreprocessSpec())
+    np.testing.assert_allclose(prep.affine[:3, :3] @ np.linalg.inv(prep.affine[:3, :3]), np.eye(3), atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(prep.affine[:3, :3], axis=0)[:2], [0.6, 0.6])
+    y = prepare_label(lab, prep)
+    assert y.dtype == np.uint8 and set(np.unique(y)) == {0, 1, 2}
+    back = restore(y[None], prep, label=True)[0]
+    assert back.shape == t2.shape and prep.original_shape == t2.shape
+    np.testing.assert_array_equal(prep.original_affine, t2.affine)
+    assert dice(back > 0, lab.array[0] > 0) > 0.95  # WG
+    for k in (1, 2):
+        assert dice(back == k, lab.array[0] == k) > 0.9
+    # One-hot "probabilities" restored linearly, argmax: the same agreement, and fill outside.
+    prob = restore(np.stack([y == k for k in range(3)]).astype(np.float32), prep, fill=[1.0, 0.0, 0.0])
+    assert prob.shape == (3,) + t2.shape
+    np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-5)
+    assert dice(prob.argmax(0) > 0, lab.array[0] > 0) > 0.95
+
+
+def test_prostate158_001_wg_round_trip_dice(data_dir):
+    """The issue's figure: WG through prepare_label + restore(label=True) agrees with DSC > 0.95."""
+    t2 = read_nifti(data_dir / "prostate158/001/t2.nii.gz", "T2W")
+    lab = read_nifti(data_dir / "prostate158/001/zones.nii.gz", label=True)
+    prep = preprocess(t2, PreprocessSpec())
+    back = restore(prepare_label(lab, prep)[None], prep, label=True)[0]
+    assert dice(back > 0, lab.array[0] > 0) > 0.95
+
+
+def _ras_copy(path, name="T2W"):
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    return Volume(np.asarray(img.dataobj, np.float32)[None], img.affine, (name,), "ras")
+
+
+def test_ras_input_gives_the_lps_result_up_to_the_flip(data_dir):
+    path = data_dir / "prostate158/001/t2.nii.gz"
+    lps = read_nifti(path, "T2W")
+    ras = _ras_copy(path)
+    spec = PreprocessSpec()
+    a, b = preprocess(lps, spec), preprocess(ras, spec)
+    np.testing.assert_allclose(b.affine, a.affine, atol=1e-6)   # same working grid in the world
+    np.testing.assert_allclose(b.array, a.array, atol=1e-5)
+    # Restored onto each input's own grid, the outputs are flips of each other (L->R, P->A).
+    out_a = restore(a.array, a)[0]
+    out_b = restore(b.array, b)[0]
+    np.testing.assert_allclose(out_b, out_a[::-1, ::-1, :], atol=1e-4)
+
+
+@pytest.mark.parametrize("codes", ["LPS", "RAS", "LAS"])
+def test_working_grid_points_along_the_requested_axes(data_dir, codes):
+    t2 = read_nifti(data_dir / "i2cvb/Patient_68619/t2.nii.gz", "T2W")
+    prep = preprocess(t2, PreprocessSpec(orientation=codes))
+    assert "".join(nib.aff2axcodes(prep.affine)) == codes
+
+
+NORM_CASES = [
+    # rule, input, expected output
+    (ChannelNorm("fixed", scale=0.001, clip_low=0.0, clip_high=4.0),
+     [0.0, 1000.0, 2500.0, 9000.0], [0.0, 1.0, 2.5, 4.0]),                         # ADC units -> 1e-3 mm^2/s, clipped
+    (ChannelNorm("fixed", scale=2.0, offset=-1.0, clip_low=-5.0, clip_high=5.0),
+     [-10.0, 0.0, 1.0, 10.0], [-5.0, -1.0, 1.0, 5.0]),                            # offset and both clips
+    (ChannelNorm("percentile", lower=0.0, upper=100.0), [2.0, 4.0, 6.0], [0.0, 0.5, 1.0]),  # min-max
+]
+
+
+@pytest.mark.parametrize("rule,x,expected", NORM_CASES)
+def test_normalisation_rules(rule, x, expected):
+    out = normalise(np.array(x, np.float32), rule)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_percentile_clips_outliers(rng):
+    x = rng.normal(100, 10, 10_000).astype(np.float32)
+    x[0] = 1e6   # one hot voxel must not squash the range
+    out = normalise(x, ChannelNorm("percentile", lower=1.0, upper=99.0))
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert 0.3 < np.median(out) < 0.7
+
+
+def test_zscore_uses_foreground_only(rng):
+    fg = rng.normal(500, 50, 5000).astype(np.float32)
+    x = np.concatenate([np.zeros(20_000, np.float32), fg])  # MRI background is 0
+    out = normalise(x, ChannelNorm("zscore"))
+    assert abs(out[20_000:].mean()) < 1e-3 and abs(out[20_000:].std() - 1) < 1e-3
+
+
+def test_spec_round_trips_through_dict_and_key_is_stable():
+    spec = PreprocessSpec(channels=["T2W", "ADC"], target_spacing=[0.5, 0.5, 3.0], crop_mm=None,
+                          norm={"ADC": ChannelNorm("fixed", scale=0.001, clip_low=0.0, clip_high=4.0)})
+    again = from_dict(PreprocessSpec, to_dict(spec), "model.json")
+    assert again == spec and again.key() == spec.key()
+    assert isinstance(again.norm["ADC"], ChannelNorm)
+    assert PreprocessSpec().key() == PreprocessSpec().key()
+    assert PreprocessSpec(crop_mm=[100.0, 100.0]).key() != PreprocessSpec().key()
+
+
+BAD_SPECS = [
+    ({"orientation": "LPX"}, "orientation"),               # not an axis letter
+    ({"target_spacing": [0.6, 0.6]}, "3 values"),          # one value missing
+    ({"target_spacing": [0.6, -1.0, None]}, "positive"),   # negative spacing
+    ({"crop_mm": [100.0]}, "crop_mm"),                     # needs 2 values
+    ({"channels": []}, "must not be empty"),
+    ({"norm": {"T2W": {"method": "percentile", "lower": 99.0, "upper": 1.0}}}, "lower < upper"),
+]
+
+
+@pytest.mark.parametrize("data,match", BAD_SPECS)
+def test_invalid_spec_is_a_config_error(data, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(PreprocessSpec, data, "cfg.yaml", "preprocess.")
+
+
+def test_missing_channel_names_what_to_provide(data_dir):
+    t2 = read_nifti(data_dir / "i2cvb/Patient_68619/t2.nii.gz", "T2W")
+    with pytest.raises(InputError, match="provide ADC"):
+        preprocess(t2, PreprocessSpec(channels=["T2W", "ADC"]))

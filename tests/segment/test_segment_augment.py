@@ -1,0 +1,90 @@
+"""Paired augmentation: one draw for image and mask, masks nearest-neighbour, flips exact,
+intensity transforms never touch the mask."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from mricore.io import read_nifti
+from segment.augment import apply_intensity, apply_spatial, augment_patch, draw
+from segment.config import AugmentConfig
+
+CROP = (slice(16, 112), slice(16, 112))
+OFF = dict(elastic_p=0.0, rotate_p=0.0, scale_p=0.0, flip_p=0.0, gamma_p=0.0, contrast_p=0.0,
+           brightness_p=0.0, noise_p=0.0, bias_p=0.0)
+
+
+@pytest.fixture(scope="module")
+def zone_slice(data_dir):
+    """A 128x128 in-plane crop of a real zone map (prostate158/001, middle slice) with TZ and PZ."""
+    z = read_nifti(data_dir / "prostate158" / "001" / "zones.nii.gz", label=True).array[0]
+    k = int(np.argmax((z > 0).sum(axis=(0, 1))))
+    ci, cj = np.argwhere(z[:, :, k] > 0).mean(0).astype(int)
+    out = z[ci - 64: ci + 64, cj - 64: cj + 64, k]
+    assert set(np.unique(out)) == {0, 1, 2}
+    return out
+
+
+def test_elasticdeform_imports():
+    # The 0.5.1 wheel fails with numpy 2 (`_ARRAY_API not found`); the Makefile builds it from source.
+    import elasticdeform
+
+    assert callable(elasticdeform.deform_grid)
+
+
+def test_image_and_mask_receive_the_same_deformation(zone_slice):
+    cfg = AugmentConfig(**{**OFF, "elastic_p": 1.0, "rotate_p": 1.0, "scale_p": 1.0, "elastic_sigma": 4.0})
+    image = zone_slice[None].astype(np.float32)  # an image made from the mask
+    d = draw(np.random.default_rng(1), cfg)
+    img, msk = apply_spatial(image, zone_slice, d, CROP)
+    same = np.mean(np.rint(img[0]).clip(0, 2) == msk)
+    # A different draw moves things elsewhere: agreement must drop, so the check can fail.
+    _, other = apply_spatial(image, zone_slice, draw(np.random.default_rng(2), cfg), CROP)
+    assert same > 0.97
+    assert np.mean(np.rint(img[0]).clip(0, 2) == other) < same - 0.01
+
+
+def test_no_new_label_values_over_many_draws(zone_slice):
+    cfg = AugmentConfig(**{**OFF, "elastic_p": 1.0, "rotate_p": 1.0, "scale_p": 1.0, "flip_p": 0.5,
+                           "elastic_sigma": 6.0})
+    rng = np.random.default_rng(0)
+    image = np.random.default_rng(3).normal(size=(2,) + zone_slice.shape).astype(np.float32)
+    for _ in range(100):
+        _, msk = augment_patch(rng, cfg, image, zone_slice, CROP)
+        assert msk.dtype == zone_slice.dtype
+        assert set(np.unique(msk)) <= {0, 1, 2}
+
+
+def test_3d_mask_keeps_its_labels_and_slices(zone_slice):
+    vol = np.stack([zone_slice, zone_slice[::-1], zone_slice], axis=-1)  # (I, J, 3)
+    cfg = AugmentConfig(**{**OFF, "elastic_p": 1.0, "rotate_p": 1.0})
+    img, msk = apply_spatial(vol[None].astype(np.float32), vol, draw(np.random.default_rng(4), cfg), CROP)
+    assert msk.shape == (96, 96, 3) and img.shape == (1, 96, 96, 3)
+    assert set(np.unique(msk)) <= {0, 1, 2}
+    # in-plane only: slices 0 and 2 were equal before and get the same field, so stay equal
+    np.testing.assert_array_equal(msk[..., 0], msk[..., 2])
+
+
+def test_flip_is_exact(zone_slice):
+    cfg = AugmentConfig(**{**OFF, "flip_p": 1.0})
+    image = np.random.default_rng(0).normal(size=(2,) + zone_slice.shape).astype(np.float32)
+    img, msk = apply_spatial(image, zone_slice, draw(np.random.default_rng(0), cfg), CROP)
+    np.testing.assert_array_equal(img, image[(slice(None),) + CROP][:, ::-1])
+    np.testing.assert_array_equal(msk, zone_slice[CROP][::-1])
+
+
+@pytest.mark.parametrize("name", ["gamma_p", "contrast_p", "brightness_p", "noise_p", "bias_p"])
+def test_intensity_transforms_never_touch_the_mask(zone_slice, name):
+    cfg = AugmentConfig(**{**OFF, name: 1.0})
+    image = (np.random.default_rng(0).normal(size=(1,) + zone_slice.shape) + 2).astype(np.float32)
+    img, msk = augment_patch(np.random.default_rng(5), cfg, image, zone_slice, CROP)
+    np.testing.assert_array_equal(msk, zone_slice[CROP])
+    assert not np.allclose(img, image[(slice(None),) + CROP])  # the image did change
+
+
+def test_intensity_alone_is_image_only():
+    d = draw(np.random.default_rng(0), replace(AugmentConfig(**OFF), gamma_p=1.0))
+    x = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8)
+    y = apply_intensity(x, d)
+    assert y.shape == x.shape and y.dtype == np.float32

@@ -1,0 +1,126 @@
+"""`segment` CLI in-process: predict on a volume, a case folder and a datalist; --probabilities;
+no overwrite without --force; every bad input gives exit 2, one stderr line, nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mricore.modelfolder import save_model_folder
+from segment.cli import main
+from segment.networks import build_network
+from segment.train import _meta
+from segment_helpers import DEFAULT_CONFIG, tiny_config, tiny_overrides
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_predict_a_volume_with_probabilities(tiny_model, data_dir, tmp_path):
+    t2 = data_dir / "prostate158" / "001" / "t2.nii.gz"
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(tiny_model), str(t2), "-o", str(out), "--probabilities"]) == 0
+    src, lab = nib.load(t2), nib.load(out / "001.nii.gz")
+    assert lab.shape == src.shape and lab.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(lab.affine, src.affine, atol=1e-6)   # the input's exact grid
+    prob = nib.load(out / "001_prob.nii.gz")
+    assert prob.shape == src.shape + (3,)
+    assert json.loads((out / "predict.json").read_text())["cases"][0]["case_id"] == "001"
+
+
+def test_predict_refuses_to_overwrite_without_force(tiny_model, data_dir, tmp_path, capsys):
+    case = data_dir / "i2cvb" / "Patient_68619"
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(tiny_model), str(case), "-o", str(out)]) == 0
+    before = (out / "Patient_68619.nii.gz").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tiny_model), str(case), "-o", str(out)]) == 2
+    assert "--force" in _one_error_line(capsys)
+    assert (out / "Patient_68619.nii.gz").stat().st_mtime_ns == before
+    assert main(["predict", "--model", str(tiny_model), str(case), "-o", str(out), "--force"]) == 0
+
+
+def test_predict_a_datalist(tiny_model, data_dir, tmp_path):
+    dl = tmp_path / "list.csv"
+    dl.write_text("patient_id,T2W\n"
+                  f"p1,{data_dir / 'prostate158' / '021' / 't2.nii.gz'}\n"
+                  f"p2,{data_dir / 'i2cvb' / 'Patient_52209036' / 't2.nii.gz'}\n")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(tiny_model), str(dl), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["p1.nii.gz", "p2.nii.gz"]
+
+
+# ---- bad input: one test each -------------------------------------------------------------------
+
+def test_config_unknown_key(data_dir, tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(DEFAULT_CONFIG.read_text().replace("  epochs: 30", "  epoch: 30"))
+    rc = main(["train", "--config", str(cfg), "--set", f"output_dir={tmp_path / 'runs'}"])
+    assert rc == 2
+    assert "unknown key 'train.epoch'" in _one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_wrong_type(tmp_path, capsys):
+    rc = main(["train", "--config", str(DEFAULT_CONFIG), "--set", "train.epochs=many",
+               "--set", f"output_dir={tmp_path / 'runs'}"])
+    assert rc == 2
+    assert "must be an integer" in _one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_model_folder_missing_a_file(tiny_model, data_dir, tmp_path, capsys):
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model, broken)
+    (broken / "weights.pt").unlink()
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(broken), str(data_dir / "prostate158" / "001"), "-o", str(out)]) == 2
+    assert "missing weights.pt" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_input_channels_do_not_match_the_model(data_dir, tmp_path, capsys):
+    cfg = tiny_config(data_dir, tmp_path, preprocess__channels="[T2W, ADC]")
+    net = build_network(cfg.model, 2)
+    model = save_model_folder(tmp_path / "t2w_adc", net.state_dict(), _meta(cfg, "all", [], None, 0, []))
+    out = tmp_path / "out"
+    # prostate158/021 holds T2W only
+    assert main(["predict", "--model", str(model), str(data_dir / "prostate158" / "021"), "-o", str(out)]) == 2
+    assert "model expects T2W, ADC; got T2W" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_empty_training_set(data_dir, tmp_path, capsys):
+    # prostate158/i2cvb have expert zones but no ADC: nothing left to train on
+    sets = [a for s in tiny_overrides(data_dir, tmp_path / "runs", preprocess__channels="[ADC]") for a in ("--set", s)]
+    assert main(["train", "--config", str(DEFAULT_CONFIG), "--fold", "all", *sets]) == 2
+    assert "empty training set" in _one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_no_case_has_the_label(data_dir, tmp_path, capsys):
+    sets = [a for s in tiny_overrides(data_dir, tmp_path / "runs", data__datasets="[promise12]") for a in ("--set", s)]
+    assert main(["train", "--config", str(DEFAULT_CONFIG), *sets]) == 2
+    assert "no case has label 'zones'" in _one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("fold", ["3", "-1"])
+def test_fold_out_of_range(data_dir, tmp_path, capsys, fold):
+    sets = [a for s in tiny_overrides(data_dir, tmp_path / "runs") for a in ("--set", s)]
+    assert main(["train", "--config", str(DEFAULT_CONFIG), "--fold", fold, *sets]) == 2
+    assert "must be in 0..2" in _one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fold_not_an_integer(tmp_path, capsys):
+    assert main(["train", "--config", str(DEFAULT_CONFIG), "--fold", "first"]) == 2
+    assert "integer or 'all'" in _one_error_line(capsys)

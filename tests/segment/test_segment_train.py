@@ -1,0 +1,111 @@
+"""Training on real cases (tiny): model folder contents, prediction on the input grid, exact resume,
+transfer learning with a frozen encoder, DistributedDataParallel with 2 CPU processes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mricore.modelfolder import read_model_meta
+from mricore.io import read_nifti
+from segment.inference import Segmenter
+from segment.networks import build_network, encoder_parameters
+from segment.predict import predict_volume
+from segment.train import train
+
+from segment_helpers import DEFAULT_CONFIG, tiny_config, tiny_overrides
+
+
+def test_model_folder_describes_itself(tiny_model):
+    for name in ("model.json", "weights.pt", "config.yaml", "history.csv", "checkpoint_last.pt"):
+        assert (tiny_model / name).is_file(), name
+    sd = torch.load(tiny_model / "weights.pt", map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in sd.values())
+    meta = read_model_meta(tiny_model)
+    assert meta["kind"] == "segmenter" and meta["channels"] == ["T2W"]
+    assert meta["model"]["channels"] == [8, 16] and meta["patch"] == [64, 64]
+    cfg = yaml.safe_load((tiny_model / "config.yaml").read_text())
+    assert cfg["train"]["epochs"] == 1
+    rows = list(csv.DictReader(open(tiny_model / "history.csv")))
+    assert len(rows) == 1 and float(rows[0]["loss"]) > 0
+
+
+def test_segmenter_predicts_on_the_input_grid(tiny_model, data_dir):
+    seg = Segmenter.load(tiny_model)
+    image = read_nifti(data_dir / "prostate158" / "021" / "t2.nii.gz", "T2W", "021")
+    label, prob = predict_volume(seg, image)
+    assert label.shape == image.shape and label.dtype == np.uint8
+    assert prob.shape == (3,) + image.shape
+    np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-4)
+    assert set(np.unique(label)) <= {0, 1, 2}
+
+
+def _weights(folder: Path) -> dict:
+    return torch.load(folder / "checkpoint_last.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def test_resume_after_a_kill_mid_epoch_matches_an_uninterrupted_run(data_dir, tmp_path):
+    extra = dict(train__epochs=2, train__iters_per_epoch=3, data__folds=2)
+    full = train(tiny_config(data_dir, tmp_path / "a", **extra), 0, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, it):
+        if epoch == 1 and it == 1:
+            raise Killed
+
+    cfg = tiny_config(data_dir, tmp_path / "b", **extra)
+    with pytest.raises(Killed):
+        train(cfg, 0, progress=False, on_iteration=kill)
+    resumed = train(cfg, 0, resume=True, progress=False)
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert len(list(csv.DictReader(open(resumed / "history.csv")))) == 2
+
+
+def test_init_from_and_frozen_encoder(tiny_model, data_dir, tmp_path):
+    cfg = tiny_config(data_dir, tmp_path, train__epochs=2, train__freeze_encoder_epochs=1, name="transfer")
+    net = build_network(cfg.model, 1)
+    names = {id(p): n for n, p in net.named_parameters()}
+    enc = [names[id(p)] for p in encoder_parameters(net, "unet")]
+    dec = [n for n in names.values() if n not in enc]
+    src = torch.load(tiny_model / "weights.pt", weights_only=True)
+    after_frozen = {}
+
+    def grab(epoch, it):  # at the first step of epoch 1 the last checkpoint is the end of epoch 0
+        if epoch == 1 and it == 0:
+            after_frozen.update(_weights(tmp_path / "transfer" / "fold_all"))
+
+    out = train(cfg, "all", init_from=str(tiny_model), progress=False, on_iteration=grab)
+    final = _weights(out)
+    for n in enc:  # frozen during epoch 0: still the loaded weights
+        torch.testing.assert_close(after_frozen[n], src[n], msg=n)
+    assert any(not torch.equal(after_frozen[n], src[n]) for n in dec)       # decoder trained
+    assert any(not torch.equal(final[n], after_frozen[n]) for n in enc)     # encoder trained after
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_write_one_model_folder(data_dir, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(DEFAULT_CONFIG.read_text())
+    sets = [a for s in tiny_overrides(data_dir, tmp_path / "runs") for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "segment.cli", "train", "--config", str(cfg), "--fold", "all", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes on 2 cores
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    folders = [p.parent for p in (tmp_path / "runs").rglob("model.json")]
+    assert [f.name for f in folders] == ["fold_all"]
+    assert read_model_meta(folders[0])["history_epochs"] == 1

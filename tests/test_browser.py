@@ -1,0 +1,128 @@
+"""Render report.html in real headless Chromium (selenium + Debian's chromium/chromium-driver).
+
+Asserts the rendered page shows the summary (and comparison) table, every <img> decoded
+(naturalWidth > 0), and that no request left the machine: every URL the browser requested, taken
+from Chrome's DevTools network log, is a data: or file: URL. A control page with one remote image
+proves that the network check can fail. Skips only when /usr/bin/chromium is absent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mricore.report import write_report
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser test needs /usr/bin/chromium "
+                                "(apt-get install chromium chromium-driver; .ci/run does this)")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs the 'browser' extra (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 "--window-size=1300,2400", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(flag)
+    # The performance log carries the DevTools Network.* events: every request the page made.
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    drv = webdriver.Chrome(options=opts, service=Service(str(DRIVER)))
+    yield drv
+    drv.quit()
+
+
+def _requested_urls(drv) -> list[str]:
+    urls = []
+    for entry in drv.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg["method"] == "Network.requestWillBeSent":
+            urls.append(msg["params"]["request"]["url"])
+    return urls
+
+
+def _open(drv, path: Path) -> list[str]:
+    drv.get_log("performance")  # drop events of earlier pages
+    drv.get(path.resolve().as_uri())
+    drv.execute_script("return document.readyState")
+    return _requested_urls(drv)
+
+
+def _volumes(folder: Path, case: str, shift: int) -> dict:
+    """A small synthetic T2-like image with a two-zone gland, and a shifted prediction."""
+    g = np.indices((48, 40, 10)).astype(float)
+    gland = ((g[0] - 24) / 14) ** 2 + ((g[1] - 20) / 11) ** 2 + ((g[2] - 5) / 4) ** 2 <= 1
+    ref = np.where(gland, np.where(g[1] < 17, 2, 1), 0).astype(np.uint8)
+    img = (200 + 300 * gland + np.random.default_rng(shift).normal(0, 20, gland.shape)).astype(np.float32)
+    aff = np.diag([0.5, 0.5, 3.0, 1.0])
+    paths = {"case_id": case}
+    for name, arr in (("image", img), ("ref", ref), ("pred", np.roll(ref, shift, axis=0))):
+        paths[name] = folder / f"{case}_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(arr, aff), str(paths[name]))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    d = tmp_path_factory.mktemp("browser_report")
+    overlays = [_volumes(d, f"c{i}", shift=i) for i in range(4)]
+    rng = np.random.default_rng(0)
+    rows = [{"case_id": f"c{i}", "model": m, "zone": z, "dsc": float(rng.uniform(0.6, 0.9)),
+             "hd95": float(rng.uniform(2, 9))} for m in ("unet", "ensemble") for z in ("WG", "TZ", "PZ")
+            for i in range(4)]
+    curves = {"roc": {"unet": ([0, 0.2, 1], [0, 0.7, 1], 0.75)}, "froc": {"unet": ([0, 0.5, 2], [0, 0.5, 0.8])}}
+    return write_report(d / "out", rows, title="browser test", settings={"seed": 0}, overlays=overlays,
+                        curves=curves)
+
+
+def test_report_renders_offline_with_tables_and_images(browser, report, tmp_path):
+    urls = _open(browser, report)
+    from selenium.webdriver.common.by import By
+
+    summary = browser.find_element(By.ID, "summary")
+    assert summary.is_displayed()
+    # 2 models x 3 zones x 2 metrics rows + the header row.
+    assert len(summary.find_elements(By.TAG_NAME, "tr")) == 1 + 12
+    assert "dsc" in summary.text and "95 % CI" in summary.text
+    assert browser.find_element(By.ID, "comparison").is_displayed()
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.src.slice(0, 22)])")
+    # 2 metric plots + ROC + FROC + 3 overlays (best, median, worst).
+    assert len(images) == 7
+    for alt, complete, width, src in images:
+        assert complete and width > 0, f"image '{alt}' did not load"
+        assert src.startswith("data:image/png;base64")
+    assert urls, "the DevTools log recorded no request at all: the check would be blind"
+    remote = [u for u in urls if not u.startswith(("data:", "file:"))]
+    assert remote == [], f"requests left the machine: {remote}"
+    assert browser.get_screenshot_as_file(str(tmp_path / "report.png"))
+
+
+def test_network_check_catches_a_remote_request(browser, tmp_path):
+    # Control: a page with one remote image must show up as a non-local request.
+    page = tmp_path / "remote.html"
+    page.write_text("<html><body><img src='http://example.invalid/x.png'></body></html>")
+    urls = _open(browser, page)
+    assert any(u.startswith("http://example.invalid") for u in urls)
+
+
+def test_broken_image_is_detected(browser, tmp_path):
+    # Control: an undecodable inline image has naturalWidth 0, so the image check can fail too.
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><img src='data:image/png;base64,AAAA'></body></html>")
+    _open(browser, page)
+    assert browser.execute_script("return document.images[0].naturalWidth") == 0
+
+
+def test_ci_installs_the_browser_before_the_tests():
+    # .ci/run must install the browser before `make test`, or this file silently skips in CI.
+    text = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert "chromium-driver" in text and text.index("chromium-driver") < text.index("make test")

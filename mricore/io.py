@@ -22,6 +22,9 @@ import numpy as np
 from .errors import GeometryError, InputError, OutputExistsError
 from .volume import Volume
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # NIfTI header fields that define the grid (qform quaternion + offsets + qfac/voxel sizes, sform rows).
 _GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x",
@@ -112,6 +115,7 @@ def _replace_atomically(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 from mricore.config import load_config
 from mricore.errors import ConfigError
@@ -42,7 +41,7 @@ class EnsembleConfig:
     """
 
     members: list[str] = field(default_factory=list)
-    method: str = "mean"  # str, not Literal, so a miss lists the registry (combine.METHODS) by name
+    method: str = "mean"  # str, not Literal: a miss gets the one-line error listing METHODS
     weights: list[float] | None = None
     largest_component: bool = True
     uncertainty_threshold: float = 0.25  # a starting point, not a calibrated value: tune on validation cases

@@ -60,7 +60,7 @@ def evaluate(pred_dir: str, ref: str, out_dir: str, force: bool = False) -> dict
     model = "?"
     for d, meta, zkey in preds:
         cid = meta["case_id"]
-        model = f"{meta['model'].get('name')}/fold_{meta['model'].get('fold')}" if len(preds) == 1 else meta["model"].get("name") or "model"
+        model = meta["model"].get("name") or "model"  # folds of one config are one model (cross-validation)
         lesion = read_ref(cases[cid].labels["lesion"], "lesion", cid, label=True)
         zones = read_ref(cases[cid].labels[zkey], zkey, cid, label=True).array[0]
         cand = read_nifti(d / "lesion_candidates.nii.gz", "candidates", cid, label=True)

@@ -68,7 +68,7 @@ def class_cam(model: nn.Module, x: torch.Tensor, layer: str, class_idx: int = 0,
     cam = GradCAM(nn_module=model, target_layers=layer, postprocessing=_minmax)
     kwargs = {} if covariates is None else {"covariates": covariates}
     with torch.enable_grad():
-        out = cam(x.detach().float(), class_idx=class_idx, **kwargs)
+        out = cam(x.detach().float().requires_grad_(True), class_idx=class_idx, **kwargs)
     return out[:, 0].detach().cpu().numpy().astype(np.float32)
 
 
@@ -94,7 +94,7 @@ def region_cam(net: nn.Module, x: torch.Tensor, layer: str, channel: int, mask: 
     wrapped = RegionScore(net, channel, mask).eval()
     cam = GradCAM(nn_module=wrapped, target_layers=f"net.{layer}", postprocessing=_identity)
     with torch.enable_grad():
-        out = cam(x.detach().float(), class_idx=0)[:, 0].detach().cpu().numpy().astype(np.float32)
+        out = cam(x.detach().float().requires_grad_(True), class_idx=0)[:, 0].detach().cpu().numpy().astype(np.float32)
     top = float(out.max())
     return out / top if top > 0 else out
 

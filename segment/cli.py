@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", required=True, help="model folder written by `segment train`")
     pr.add_argument("inputs", nargs="+", help="NIfTI file(s) of one case, a case folder, a dataset folder or datalist")
     pr.add_argument("-o", "--output", required=True, help="output folder")
-    pr.add_argument("--probabilities", action="store_true", help="also write <case>_prob.nii.gz (float32, background/TZ/PZ on the 4th axis)")
+    pr.add_argument("--probabilities", action="store_true",
+                    help="also write <case>_prob.nii.gz (float32, background/TZ/PZ on the 4th axis)")
     pr.add_argument("--force", action="store_true")
     pr.add_argument("--explain", metavar="ZONE", default=None,
                     help="also write a Grad-CAM heat map of ZONE (TZ or PZ): NIfTI, PNG and faithfulness JSON")

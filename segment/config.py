@@ -105,7 +105,8 @@ class TrainConfig:
 @dataclass
 class PredictConfig:
     overlap: float = 0.25
-    sw_batch_size: int = 8
+    sw_batch_size: int = 8                # windows per forward; short batches are padded to it (never batch 1:
+                                          # CPU Conv3d at batch 1 takes the slow_conv3d path, bench/segment_bench.py)
     tta_flip: bool = False
     largest_component: bool = True
     mode: Literal["gaussian", "constant"] = "gaussian"

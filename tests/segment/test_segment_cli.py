@@ -9,7 +9,6 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from mricore.modelfolder import save_model_folder
 from segment.cli import main

@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/segment_bench.py [--data ../shared/data] [--iters 15] [--compile]
 Writes bench/results/segment_bench.json and prints:
-- fp32 matmul peak (2048x2048 torch.mm, best of 5): the yardstick for GFLOP/s;
+- fp32 matmul peak (2048x2048 torch.mm, best of 5, the better of before and after): the yardstick;
 - training at the default config (configs/segment/zonal_t2w_2d.yaml, fold 'all', one epoch of
   --iters steps): steps/s and share of step time waiting for data, with num_workers 0 and 1;
 - `segment predict` seconds for prostate158/001 with the default 2D and 3D configs (models from a
@@ -42,7 +42,7 @@ def matmul_peak_gflops(n: int = 2048) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _best(fn, repeats=3) -> float:
+def _best(fn, repeats=5) -> float:
     fn()
     ts = []
     for _ in range(repeats):
@@ -140,6 +140,10 @@ def main(argv=None) -> dict:
             if a.compile:
                 res["network"][dim]["compiled_freezing"] = compiled_gflops(
                     net, shape, res["network"][dim]["configured_batch"])
+
+    # The machine is shared: take the better of the peak measured before and after the runs.
+    res["matmul_fp32_peak_gflops"] = max(res["matmul_fp32_peak_gflops"], matmul_peak_gflops())
+    for dim in res["network"]:
         for v in res["network"][dim].values():
             v["share_of_peak"] = v["gflops"] / res["matmul_fp32_peak_gflops"]
 

@@ -32,7 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--ref", required=True, help="dataset folder or datalist holding the reference labels")
     ev.add_argument("--label", default="zones", help="reference label key (zones, zones_ai)")
     ev.add_argument("-o", "--output", required=True, help="report folder")
+    ev.add_argument("--cv", action="store_true",
+                    help="cross-validated: score each case only with the members that held it out "
+                         "(validation cases in each member's model.json)")
     ev.add_argument("--force", action="store_true")
+
+    pk = sub.add_parser("pack", help="copy trained member folders into one self-contained ensemble folder")
+    pk.add_argument("members", nargs="+", metavar="MODEL_DIR", help="model folders written by `segment train`")
+    pk.add_argument("-o", "--output", required=True, help="ensemble folder (e.g. ensemble/models/default)")
+    pk.add_argument("--method", default="mean", help="combination method written to ensemble.yaml")
+    pk.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, half the size)")
+    pk.add_argument("--cv-report", metavar="DIR", help="report folder of `ensemble evaluate --cv`, for the model card")
+    pk.add_argument("--force", action="store_true", help="replace an existing ensemble folder")
     return p
 
 
@@ -40,6 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     def run():
+        if args.cmd == "pack":
+            from .config import METHODS
+            from .pack import pack
+
+            if args.method not in METHODS:
+                from mricore.errors import ConfigError
+
+                raise ConfigError("--method", "unknown combination method", repr(args.method),
+                                  f"use one of {list(METHODS)}")
+            out = pack(args.members, args.output, args.method, half=not args.fp32, cv_report=args.cv_report,
+                       force=args.force)
+            print(f"ensemble folder: {out}")
+            return 0
         from .config import load_ensemble_config
 
         cfg = load_ensemble_config(args.config, args.overrides)
@@ -59,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
             from .evaluate import evaluate
 
-            summary = evaluate(cfg, args.ref, args.output, label=args.label, force=args.force)
+            summary = evaluate(cfg, args.ref, args.output, label=args.label, force=args.force,
+                               cross_validated=args.cv)
             for zone, z in summary["zones"].items():
                 if "ensemble_minus_best_member_dsc" in z:
                     print(f"{zone}: DSC ensemble − best member ({z['best_member']}): "

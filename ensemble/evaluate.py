@@ -62,8 +62,29 @@ def paired_summary(rows: list[dict]) -> dict:
     return out
 
 
-def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, progress: bool = True) -> dict:
-    """Score the ensemble of `config` and its members on every case of `ref` that has `label`."""
+def cv_groups(members, case_ids: list[str]) -> dict[str, list[int]]:
+    """Cross-validated scoring: case id -> indices of the members that held it out.
+
+    Each member's model.json lists its validation cases (`validation.cases`, written by `segment
+    train`); a case is scored only by the members that never trained on it, so the fold-k ensemble is
+    judged on fold k's held-out patients. Cases no member held out are left out.
+    """
+    out: dict[str, list[int]] = {}
+    for i, m in enumerate(members):
+        for c in (m.validation or {}).get("cases", []):
+            if c in case_ids:
+                out.setdefault(c, []).append(i)
+    return out
+
+
+def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, progress: bool = True,
+             cross_validated: bool = False) -> dict:
+    """Score the ensemble of `config` and its members on every case of `ref` that has `label`.
+
+    cross_validated: score each case only with the members that held it out (see `cv_groups`); members
+    are then named by their training config name (e.g. unet2d), pooled over folds, so the paired
+    comparison is ensemble-of-fold-k vs each architecture of fold k on the same held-out cases.
+    """
     from tqdm import tqdm
 
     from mricore.datasets import load_dataset, read_ref
@@ -82,22 +103,36 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
     for name in ("evaluate.json", "metrics.csv", "metrics.json", "report.html"):
         if (out / name).exists() and not force:
             raise OutputExistsError(out / name, "output exists", None, "pass --force to overwrite")
+    groups = {c.case_id: list(range(len(members))) for c in cases}
+    if cross_validated:
+        groups = cv_groups(members, [c.case_id for c in cases])
+        cases = [c for c in cases if c.case_id in groups]
+        if not cases:
+            raise InputError(ref, "no reference case is a validation case of any member", 0,
+                             "evaluate cross-validated members on the dataset they were trained from")
     sources = [(c, source_from_case(c)) for c in cases]
-    for _, s in sources:
-        _plan(s, members, cfg, notify=False)
+    for c, s in sources:
+        _plan(s, [members[i] for i in groups[c.case_id]], cfg, notify=False)
     rows, skipped = [], {}
     for case, s in tqdm(sources, desc="ensemble evaluate", disable=not progress, file=sys.stderr):
-        image, result, sk = run_case(s, members, cfg, notify=False)
+        case_members = [members[i] for i in groups[case.case_id]]
+        image, result, sk = run_case(s, case_members, cfg, notify=False)
         reference = read_ref(case.labels[label], label, case.case_id, label=True)
         if not reference.same_grid(image):
             raise GeometryError(case.labels[label].path, "reference label grid must equal the image grid",
                                 f"shape {reference.shape} vs {image.shape}",
                                 "resample the label onto the T2W with nearest neighbour")
         names = [m["member"] for m in result.info["members_used"]]
+        if cross_validated:  # one name per architecture/config, pooled over folds
+            by_name = {m.name: m.meta.get("name", m.name) for m in case_members}
+            names = [by_name[n] for n in names]
         for r in score_case(result, reference.array[0], image.spacing, names, cfg.largest_component):
             rows.append({"case_id": case.case_id, **r})
         skipped[case.case_id] = sk
     summary = {"reference": str(ref), "label": label, "method": cfg.method, "n_cases": len(cases),
+               "cross_validated": cross_validated,
+               "folds": {c: sorted({str(members[i].meta.get("fold")) for i in g}) for c, g in groups.items()}
+               if cross_validated else None,
                "members": [m.name for m in members], "skipped": skipped, "zones": paired_summary(rows)}
     _write_report(out, rows, summary, force)
     write_json(summary, out / "evaluate.json", force=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="package", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Small tensors: one thread is faster than contended threads on the shared 2-core CPU."""
     threads = torch.get_num_threads()

@@ -18,14 +18,14 @@ import torch
 from mricore.classifiers import encoder_parameters, load_matching
 from mricore.config import save_config, to_dict
 from mricore.datasets import load_case, load_dataset, read_ref
-from mricore.errors import ConfigError, InputError, OutputExistsError
+from mricore.errors import ConfigError, InputError
 from mricore.io import _replace_atomically, write_json
-from mricore.modelfolder import load_weights, read_model_meta, save_model_folder
+from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder
 from mricore.preprocess import prepare_label
 from mricore.splits import make_splits, save_splits
 
 from .config import LocalizeConfig
-from .model import KIND, LesionModel, lesion_probability
+from .model import KIND, LesionModel
 from .patches import patch_labels
 
 
@@ -78,12 +78,7 @@ def _init_from(net, folder: str) -> dict:
 
 def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force: bool = False) -> Path:
     """Train one fold (or 'all' cases without validation); return the model folder."""
-    run_dir = Path(cfg.output_dir) / cfg.name / f"fold_{fold}"
-    last = run_dir / "checkpoint_last.pt"
-    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
-        raise OutputExistsError(run_dir, "model folder exists", None, "pass --resume to continue or --force to restart")
-    if resume and not last.exists():
-        raise InputError(last, "nothing to resume", None, "train without --resume first")
+    run_dir, last = run_folder(cfg.output_dir, cfg.name, fold, resume, force)
     torch.manual_seed(cfg.train.seed)
     model = LesionModel.build(cfg.model, cfg.candidates, cfg.preprocess)
     net = model.net

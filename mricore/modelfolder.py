@@ -61,3 +61,17 @@ def load_weights(folder: str | Path):
 
     sd = torch.load(Path(folder) / "weights.pt", map_location="cpu", weights_only=True)
     return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+
+
+def run_folder(output_dir: str | Path, name: str, fold, resume: bool, force: bool) -> tuple[Path, Path]:
+    """The folder of one training run (output_dir/name/fold_K) and its last checkpoint, after the rules:
+    an existing run is continued only with resume and replaced only with force."""
+    from .errors import OutputExistsError
+
+    run_dir = Path(output_dir) / name / f"fold_{fold}"
+    last = run_dir / "checkpoint_last.pt"
+    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
+        raise OutputExistsError(run_dir, "model folder exists", None, "pass --resume to continue or --force to restart")
+    if resume and not last.exists():
+        raise InputError(last, "nothing to resume", None, "train without --resume first")
+    return run_dir, last

@@ -61,7 +61,7 @@ def load_items(cases: list[Case], spec: PreprocessSpec, label: str, silver: str 
 def crop_pad(arr: np.ndarray, start: list[int], size: list[int], fill: float) -> np.ndarray:
     """arr[..., start:start+size] over the trailing len(size) axes, padding with `fill` outside."""
     lead = arr.ndim - len(size)
-    src, dst, pads = [slice(None)] * lead, [], []
+    src, pads = [slice(None)] * lead, []
     for s, n, dim in zip(start, size, arr.shape[lead:]):
         a, b = max(s, 0), min(s + n, dim)
         src.append(slice(a, max(a, b)))

@@ -19,10 +19,10 @@ import torch
 
 from mricore.config import save_config, to_dict
 from mricore.datasets import load_dataset
-from mricore.errors import ConfigError, InputError, OutputExistsError
+from mricore.errors import ConfigError, InputError
 from mricore.io import _replace_atomically, write_json
 from mricore.metrics import ZONES, dice
-from mricore.modelfolder import load_weights, read_model_meta, save_model_folder
+from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder
 from mricore.splits import load_splits, make_splits, save_splits
 
 from .config import SegmentConfig
@@ -109,12 +109,7 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
           force: bool = False, progress: bool = True, on_iteration=None) -> Path:
     """Train one fold; return the model folder. `on_iteration(epoch, it)` is called after each step."""
     rank, world = _dist()
-    run_dir = Path(cfg.output_dir) / cfg.name / (f"fold_{fold}")
-    last = run_dir / "checkpoint_last.pt"
-    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
-        raise OutputExistsError(run_dir, "model folder exists", None, "pass --resume to continue or --force to restart")
-    if resume and not last.exists():
-        raise InputError(last, "nothing to resume", None, "train without --resume first")
+    run_dir, last = run_folder(cfg.output_dir, cfg.name, fold, resume, force)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
 

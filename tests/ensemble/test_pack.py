@@ -5,7 +5,6 @@ import shutil
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 
 from ensemble.cli import main

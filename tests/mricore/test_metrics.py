@@ -8,7 +8,6 @@ import pytest
 import torch
 from monai.metrics import (DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric,
                            compute_confusion_matrix_metric, get_confusion_matrix)
-from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mricore import metrics as M

@@ -35,6 +35,7 @@ bundle: venv
 	for c in unet2d unet25d; do for f in 0 1 2; do \
 	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force || exit 1; done; done
 	$(BIN)/ensemble evaluate --config configs/ensemble/default.yaml --cv --ref $(DATA) -o $(BUNDLE_RUNS)/cv_report --force
-	$(BIN)/ensemble pack $(BUNDLE_MEMBERS) -o ensemble/models/default --cv-report $(BUNDLE_RUNS)/cv_report --force
+	$(BIN)/ensemble pack $(BUNDLE_MEMBERS) -o ensemble/models/default --cv-report $(BUNDLE_RUNS)/cv_report \
+	  --uncertainty-threshold 0.55 --notes configs/bundle/MODEL_CARD_NOTES.md --force
 
 .PHONY: venv demo test bundle

@@ -33,13 +33,21 @@ def member_folder_name(meta: dict, src: Path) -> str:
 
 
 def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", half: bool = True,
-         cv_report: str | Path | None = None, force: bool = False) -> Path:
-    """Copy member folders (weights optionally as fp16) and write ensemble.yaml (+ model card)."""
+         cv_report: str | Path | None = None, force: bool = False, uncertainty_threshold: float = 0.25, notes: str | Path | None = None) -> Path:
+    """Copy member folders (weights optionally as fp16) and write ensemble.yaml (+ model card).
+
+    notes: a Markdown file appended to the model card (measurements made outside `ensemble evaluate`,
+    e.g. ablations, with their commands)."""
     from .members import read_members
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputExistsError(out, "ensemble folder exists", None, "pass --force to replace it")
+    if not 0 <= uncertainty_threshold <= 1:
+        from mricore.errors import ConfigError
+
+        raise ConfigError("--uncertainty-threshold", "is a normalised entropy in [0, 1]", uncertainty_threshold,
+                          "e.g. 0.55")
     read_members(members)  # every member complete, segmenter, platform zone labels: checked first
     cv = None
     if cv_report is not None:
@@ -48,6 +56,8 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
             raise InputError(p, "cross-validation report not found", None,
                              "run `ensemble evaluate --cv ... -o DIR` first and pass DIR")
         cv = json.loads(p.read_text())
+    if notes is not None and not Path(notes).is_file():
+        raise InputError(notes, "model card notes file not found", None, "pass a Markdown file or leave out --notes")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
@@ -66,12 +76,15 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
             names.append(name)
             metas.append(meta)
         cfg = {"members": names, "method": method, "weights": None, "largest_component": True,
-               "uncertainty_threshold": 0.25, "probabilities": False, "tta": False, "register": False}
+               "uncertainty_threshold": uncertainty_threshold, "probabilities": False, "tta": False, "register": False}
         header = "# Bundled ensemble written by `ensemble pack`; member paths are relative to this folder.\n"
         (tmp / "ensemble.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))
         if cv is not None:
             (tmp / "cv_evaluate.json").write_text(json.dumps(cv, indent=2))
-        (tmp / "MODEL_CARD.md").write_text(model_card(names, metas, cv, half))
+        card = model_card(names, metas, cv, half, uncertainty_threshold)
+        if notes is not None:
+            card += "\n" + Path(notes).read_text()
+        (tmp / "MODEL_CARD.md").write_text(card)
         tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
@@ -89,7 +102,7 @@ def _cell(s: dict | None) -> str:
             + (f" ({s['n_excluded']} excl.)" if s.get("n_excluded") else ""))
 
 
-def model_card(names: list[str], metas: list[dict], cv: dict | None, half: bool) -> str:
+def model_card(names: list[str], metas: list[dict], cv: dict | None, half: bool, threshold: float = 0.25) -> str:
     """Markdown model card from the members' model.json and the cross-validated evaluation."""
     cfg0 = metas[0]
     lines = ["# Bundled default ensemble: model card", "",
@@ -129,7 +142,9 @@ def model_card(names: list[str], metas: list[dict], cv: dict | None, half: bool)
             if d:
                 lines.append(f"| {zone} | {z['best_member']} | {d['mean']:+.3f} ({d['ci_low']:+.3f} to "
                              f"{d['ci_high']:+.3f}) | {d['wilcoxon_p']:.3g} | {d['n']} |")
-    lines += ["", "## Training data", "", TRAINING_DATA, "", "## Known limits", "", LIMITS, "",
+    lines += ["", "## Training data", "", TRAINING_DATA, "", "## Known limits", "", LIMITS,
+              f"- The review flag is raised above an uncertainty score of {threshold} (mean normalised entropy in "
+              "the gland region); this threshold is a judgement from a handful of studies, not a calibration.", "",
               "## Retraining", "", "`make bundle` (see the Makefile) retrains every member from scratch with "
               "`segment train`, scores them with `ensemble evaluate --cv` and packs them with `ensemble pack`.", ""]
     return "\n".join(lines)
@@ -152,5 +167,4 @@ LIMITS = """\
 - Cross-validated figures come from 5 patients (two of them thin slabs): their confidence intervals are
   wide and they are not a claim of clinical accuracy.
 - T2W input only. The in-plane field of view is cropped to the central region of the image: a gland far
-  from the image centre will be missed.
-- The uncertainty threshold for the review flag (0.25) is not calibrated."""
+  from the image centre will be missed."""

@@ -34,7 +34,7 @@ def overlay_png(image: np.ndarray, label: np.ndarray, affine: np.ndarray) -> byt
     planes = [("axial", img[:, :, k].T, lab[:, :, k].T, sp[1] / sp[0]),
               ("coronal", img[:, j, :].T, lab[:, j, :].T, sp[2] / sp[0]),
               ("sagittal", img[i, :, :].T, lab[i, :, :].T, sp[2] / sp[1])]
-    fig, axes = plt.subplots(1, 3, figsize=(9.0, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13.0, 5.0))
     for ax, (name, im, lb, aspect) in zip(axes, planes):
         ax.imshow(im, cmap="gray", origin="lower", aspect=aspect, vmin=lim[0], vmax=lim[1])
         rgba = np.zeros(lb.shape + (4,))
@@ -45,7 +45,7 @@ def overlay_png(image: np.ndarray, label: np.ndarray, affine: np.ndarray) -> byt
         ax.axis("off")
     fig.suptitle("ensemble zones: yellow TZ, cyan PZ", fontsize=9)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 

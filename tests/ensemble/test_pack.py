@@ -98,3 +98,16 @@ def test_evaluate_cv_without_held_out_cases_is_one_line_error(data_dir, members,
                  "-o", str(tmp_path / "r")]) == 2
     assert "validation case" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_pack_appends_notes_and_rejects_missing_notes(members, tmp_path, capsys):
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Ablation\n\nsilver helped in 5 of 5 cases\n")
+    out = tmp_path / "bundle"
+    assert main(["pack", str(members["t2_a"]), "-o", str(out), "--notes", str(notes),
+                 "--uncertainty-threshold", "0.5"]) == 0
+    assert (out / "MODEL_CARD.md").read_text().rstrip().endswith("silver helped in 5 of 5 cases")
+    assert "uncertainty_threshold: 0.5" in (out / "ensemble.yaml").read_text()
+    assert main(["pack", str(members["t2_a"]), "-o", str(tmp_path / "b2"), "--notes", str(tmp_path / "no.md")]) == 2
+    assert main(["pack", str(members["t2_a"]), "-o", str(tmp_path / "b3"), "--uncertainty-threshold", "2"]) == 2
+    assert not (tmp_path / "b2").exists() and not (tmp_path / "b3").exists()

@@ -104,20 +104,22 @@ def main(argv=None) -> dict:
     common = [f"data.root={a.data}", f"output_dir={tmp}", "train.epochs=1", "train.tensorboard=false"]
 
     res["train"] = {}
-    for nw in (0, 1):
+    # The default (0 workers, prefetch thread), the plain main-thread loop, and one worker process.
+    for key, nw, pf in (("num_workers_0", 0, True), ("num_workers_0_no_prefetch", 0, False), ("num_workers_1", 1, False)):
         cfg = load_config(SegmentConfig, CONFIGS["2d"], common + [f"train.iters_per_epoch={a.iters}",
-                                                                  f"train.num_workers={nw}", f"name=bench_nw{nw}"])
+                                                                  f"train.num_workers={nw}", f"train.prefetch={pf}",
+                                                                  f"name=bench_{key}"])
         folder = train(cfg, "all", force=True, progress=False)
         row = json.loads((folder / "model.json").read_text())
         import csv
 
         h = list(csv.DictReader(open(folder / "history.csv")))[-1]
-        res["train"][f"num_workers_{nw}"] = {
+        res["train"][key] = {
             "steps": a.iters, "batch_size": cfg.train.batch_size, "patch": cfg.train.patch,
             "epoch_s": float(h["seconds"]), "steps_per_s": a.iters / float(h["seconds"]),
             "data_wait_share": float(h["data_wait_share"])}
         del row
-    model_2d = tmp / "bench_nw0" / "fold_all"
+    model_2d = tmp / "bench_num_workers_0" / "fold_all"
     cfg3 = load_config(SegmentConfig, CONFIGS["3d"], common + ["train.iters_per_epoch=2", "name=bench_3d"])
     model_3d = train(cfg3, "all", force=True, progress=False)
 

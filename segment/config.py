@@ -90,6 +90,7 @@ class TrainConfig:
     patience: int = 10                    # early stopping on validation mean DSC (epochs)
     freeze_encoder_epochs: int = 0        # transfer learning: encoder frozen for the first N epochs
     num_workers: int = 0                  # 2 cores: extra workers compete with compute (bench/)
+    prefetch: bool = True                 # with num_workers 0: a thread prepares the next batch during the step
     seed: int = 0
     amp: bool = True                      # only on CUDA
     tensorboard: bool = True              # when the tensorboard package is installed

@@ -26,7 +26,7 @@ from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_
 from mricore.splits import load_splits, make_splits, save_splits
 
 from .config import SegmentConfig
-from .data import EpochBatches, PatchSampler, load_items
+from .data import EpochBatches, PatchSampler, Prefetch, load_items
 from .inference import Segmenter, labels_from_probabilities
 from .networks import build_network, encoder_parameters, targets_for
 
@@ -188,9 +188,11 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
         for p in enc:
             p.requires_grad_(not frozen)
         model.train()
-        loader = torch.utils.data.DataLoader(
-            EpochBatches(sampler, cfg.train.seed, epoch, rank, cfg.train.iters_per_epoch, cfg.train.batch_size),
-            batch_size=None, num_workers=cfg.train.num_workers)
+        batches = EpochBatches(sampler, cfg.train.seed, epoch, rank, cfg.train.iters_per_epoch, cfg.train.batch_size)
+        if cfg.train.num_workers == 0 and cfg.train.prefetch:
+            loader = Prefetch(batches)
+        else:
+            loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.train.num_workers)
         t0, wait, losses = time.perf_counter(), 0.0, []
         t_data = time.perf_counter()
         for it, (x, y) in enumerate(loader):

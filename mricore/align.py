@@ -21,10 +21,17 @@ def resample_array(array: np.ndarray, src_affine: np.ndarray, dst_affine: np.nda
     order 0 (nearest) keeps label values exactly; order 1 is trilinear. A destination voxel whose
     centre falls inside the footprint of the source grid (voxel index -0.5 .. n-0.5 on every axis)
     gets a value (the edge voxel's value in the outer half voxel); voxels outside it get `cval`.
+    When the voxel mapping is diagonal (same axes, other spacing or offset, as between a volume and
+    its preprocessing grid) a separable path gives the same values several times faster.
     """
     vox = np.linalg.inv(src_affine) @ dst_affine  # dst voxel -> src voxel
     matrix, offset = vox[:3, :3], vox[:3, 3]
     dst_shape = tuple(int(s) for s in dst_shape)
+    if np.allclose(matrix, np.diag(np.diag(matrix)), atol=1e-9):
+        if order == 1:
+            return _separable_linear(array, np.diag(matrix), offset, dst_shape, cval)
+        if order == 0:
+            return _separable_nearest(array, np.diag(matrix), offset, dst_shape, cval)
     # Why not mode="constant" alone: it rejects coordinates a rounding error beyond the first/last
     # voxel centre (e.g. k = -1e-15), which silently dropped whole edge slices of thick-slice
     # labels. Extend the edges ("nearest") and cut at the voxel footprint with an indicator array.
@@ -37,6 +44,58 @@ def resample_array(array: np.ndarray, src_affine: np.ndarray, dst_affine: np.nda
         out[c] = ndimage.affine_transform(src, matrix, offset, output_shape=dst_shape,
                                           order=order, mode="nearest", prefilter=False)
         out[c][~inside] = cval
+    return out
+
+
+def _axis_weights(n_src: int, n_dst: int, scale: float, offset: float):
+    """Linear interpolation along one axis as an (n_dst, n_src) matrix, and which destination voxels
+    fall inside the source footprint (index -0.5 <= x < n - 0.5, the rule of the general path)."""
+    x = scale * np.arange(n_dst, dtype=np.float64) + offset
+    inside = (x >= -0.5) & (x < n_src - 0.5)
+    xc = np.clip(x, 0, n_src - 1)  # edge voxels extend half a voxel outwards ("nearest")
+    i0 = np.floor(xc).astype(int)
+    i1 = np.minimum(i0 + 1, n_src - 1)
+    f = (xc - i0).astype(np.float32)
+    w = np.zeros((n_dst, n_src), np.float32)
+    rows = np.arange(n_dst)
+    np.add.at(w, (rows, i0), 1 - f)
+    np.add.at(w, (rows, i1), f)
+    w[~inside] = 0
+    return w, inside
+
+
+def _separable_linear(array: np.ndarray, scale: np.ndarray, offset: np.ndarray, dst_shape, cval: float):
+    """Trilinear resampling when the voxel mapping is diagonal (same axes, new spacing/offset: what
+    preprocessing and its inverse produce): one small matrix product per axis over all channels,
+    several times faster than ndimage.affine_transform; same values to float32 rounding."""
+    out = array.astype(np.float32, copy=False)
+    inside = []
+    for ax in range(3):
+        w, ins = _axis_weights(array.shape[ax + 1], dst_shape[ax], float(scale[ax]), float(offset[ax]))
+        inside.append(ins)
+        if w.shape[0] == w.shape[1] and np.array_equal(w, np.eye(w.shape[0], dtype=np.float32)):
+            continue  # identity along this axis (e.g. slices kept as acquired)
+        out = np.moveaxis(np.tensordot(w, out, axes=([1], [ax + 1])), 0, ax + 1)
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    if not mask.all():
+        out[:, ~mask] = cval
+    return out
+
+
+def _separable_nearest(array: np.ndarray, scale: np.ndarray, offset: np.ndarray, dst_shape, cval):
+    """Nearest neighbour for a diagonal voxel mapping: one index vector per axis (labels keep their
+    values exactly); rounding as ndimage's order 0 (floor(x + 0.5)), same footprint rule as above."""
+    idx, inside = [], []
+    for ax in range(3):
+        n = array.shape[ax + 1]
+        x = float(scale[ax]) * np.arange(dst_shape[ax], dtype=np.float64) + float(offset[ax])
+        inside.append((x >= -0.5) & (x < n - 0.5))
+        idx.append(np.clip(np.floor(x + 0.5), 0, n - 1).astype(np.intp))
+    out = array[:, idx[0][:, None, None], idx[1][None, :, None], idx[2][None, None, :]]
+    mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    if not mask.all():
+        out[:, ~mask] = cval
     return out
 
 

@@ -126,3 +126,26 @@ def test_ci_installs_the_browser_before_the_tests():
     # .ci/run must install the browser before `make test`, or this file silently skips in CI.
     text = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "chromium-driver" in text and text.index("chromium-driver") < text.index("make test")
+
+
+def test_report_from_real_predictions_renders(browser, data_dir, tmp_path):
+    """`segment predict` with a bundled member on the 3 Prostate158 cases, `segment evaluate` against the
+    expert zones, and the resulting report.html in Chromium: tables, every image, nothing remote."""
+    from ensemble.config import BUNDLED
+    from segment.cli import main
+
+    member = BUNDLED.parent / "unet2d_fold0"
+    if not member.exists():
+        pytest.skip("bundled ensemble not packed (run `make bundle`)")
+    pred, rep = tmp_path / "pred", tmp_path / "report"
+    assert main(["predict", "--model", str(member), str(data_dir / "prostate158"), "-o", str(pred)]) == 0
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(data_dir / "prostate158"), "-o", str(rep)]) == 0
+    urls = _open(browser, rep / "report.html")
+    from selenium.webdriver.common.by import By
+
+    summary = browser.find_element(By.ID, "summary")
+    assert summary.is_displayed() and "WG" in summary.text and "dsc" in summary.text
+    images = browser.execute_script("return Array.from(document.images).map(i => [i.alt, i.naturalWidth])")
+    assert len(images) >= 4  # metric plots and the best / median / worst overlays
+    assert all(width > 0 for _, width in images), images
+    assert urls and not [u for u in urls if not u.startswith(("data:", "file:"))]

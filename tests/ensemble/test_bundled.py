@@ -13,6 +13,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 from scipy import ndimage
 
 from ensemble.cli import main
@@ -36,7 +37,8 @@ def expert_case_run(data_dir, tmp_path_factory):
 def test_bundled_members_all_run_on_a_t2w_study(expert_case_run):
     side, _ = expert_case_run
     used = [m["member"] for m in side["members_used"]]
-    assert len(used) == 6 and not side["members_skipped"]
+    listed = yaml.safe_load(BUNDLED.read_text())["members"]
+    assert len(used) == len(listed) >= 3 and not side["members_skipped"]
     assert all(str(BUNDLED.parent) in m["path"] for m in side["members_used"])
 
 

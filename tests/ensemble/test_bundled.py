@@ -1,9 +1,9 @@
 """The bundled default ensemble (ensemble/models/default) loads and gives plausible zones on real studies.
 
 Floors, measured when the bundle was packed (see its MODEL_CARD.md):
-- prostate158/001, expert zones: the full bundle scored WG DSC 0.69, TZ 0.73. Only the two fold-0
-  members held this case out (the other four trained on it), so this is a regression floor, not an
-  accuracy claim; the cross-validated figures are in the model card. Floor: WG >= 0.6, TZ >= 0.6.
+- prostate158/001, expert zones: the full bundle scored WG DSC 0.75, TZ 0.78. Only the three fold-0
+  members held this case out (the other six trained on it), so this is a regression floor, not an
+  accuracy claim; the cross-validated figures are in the model card. Floor: WG >= 0.65, TZ >= 0.65.
 - Prostate3T-03-0001 (unlabelled, never seen in training): gland 40.9 mL; plausible adult range
   asserted (15-150 mL), both zones present, one connected gland.
 """
@@ -49,8 +49,8 @@ def test_bundled_zones_on_expert_case_above_floor(data_dir, expert_case_run):
     assert img.shape == t2.shape and np.allclose(img.affine, t2.affine, atol=1e-6)
     pred = np.asarray(img.dataobj)
     ref = np.asarray(nib.load(case / "zones.nii.gz").dataobj)
-    assert dice(pred > 0, ref > 0) >= 0.6
-    assert dice(pred == 1, ref == 1) >= 0.6
+    assert dice(pred > 0, ref > 0) >= 0.65
+    assert dice(pred == 1, ref == 1) >= 0.65
 
 
 def test_bundled_zones_plausible_on_unseen_study(data_dir, tmp_path):

@@ -105,7 +105,8 @@ def main(argv=None) -> int:
     shapes = {f.name: list(nib.load(str(f)).shape) for f in sorted(Path(args.case).glob("*.nii*"))
               if f.name.split(".")[0] in ("t2", "adc")}
     report = {
-        "case": args.case, "case_shapes": shapes, "cpu_count": os.cpu_count(),
+        # The case path relative to the repository: results name no machine's paths.
+        "case": os.path.relpath(args.case, ROOT), "case_shapes": shapes, "cpu_count": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
         "members": "given" if args.members else "trained: 2D U-Net [16,32,64,128], T2W+ADC, 0.6 mm, 120 mm FOV",
         "results": {str(k): v for k, v in results.items()},

@@ -8,8 +8,7 @@ isolates the combination. Per zone, the best member is the one with the highest 
 cases; the per-case paired differences ensemble − best member get a mean, median, case-level
 bootstrap 95 % CI and Wilcoxon p (mricore.stats.paired_difference).
 
-Writes, in REPORT_DIR: metrics.csv, metrics.json, report.html (mricore.report.write_report when it
-is installed; metrics.csv/json only otherwise) and evaluate.json (summaries and paired differences).
+Writes, in REPORT_DIR: metrics.csv, metrics.json, report.html (mricore.report.write_report) and evaluate.json (summaries and paired differences).
 """
 
 from __future__ import annotations
@@ -140,23 +139,8 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
 
 
 def _write_report(out: Path, rows: list[dict], summary: dict, force: bool) -> None:
-    try:
-        from mricore.report import write_report
-    except ImportError:  # the shared report engine is not installed: write the tables only
-        write_report = None
-    if write_report is not None:
-        settings = {"method": summary["method"], "reference": summary["reference"], "label": summary["label"],
-                    "members": ", ".join(summary["members"])}
-        write_report(out, rows, title="Ensemble vs members", settings=settings, force=force)
-        return
-    import csv
-    import io
+    from mricore.report import write_report
 
-    from mricore.io import write_json, write_text
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["case_id", "model", "zone", *METRICS])
-    w.writeheader()
-    w.writerows(rows)
-    write_text(buf.getvalue(), out / "metrics.csv", force=force)
-    write_json(rows, out / "metrics.json", force=force)
+    settings = {"method": summary["method"], "reference": summary["reference"], "label": summary["label"],
+                "members": ", ".join(summary["members"])}
+    write_report(out, rows, title="Ensemble vs members", settings=settings, force=force)

@@ -170,6 +170,22 @@ def write_text(text: str, path: str | Path, force: bool = True) -> Path:
     return path
 
 
+def write_csv(rows: list[dict], path: str | Path, force: bool = True) -> Path:
+    """Write dict rows atomically as CSV; columns are the union of the rows' keys, in first-seen order."""
+    import csv
+
+    path = _atomic_target(Path(path), force)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+    _replace_atomically(path, write)
+    return path
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()

@@ -14,7 +14,6 @@ empty-mask rule applies (a zone empty in both reference and prediction is exclud
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import numpy as np
 from mricore.config import to_dict
 from mricore.datasets import load_case, load_dataset
 from mricore.errors import OutputExistsError
-from mricore.io import _replace_atomically, write_json, write_nifti
+from mricore.io import write_csv, write_json, write_nifti
 from mricore.metrics import ZONES, zone_metrics
 from mricore.stats import fmt, summarize
 
@@ -69,21 +68,9 @@ def cross_validate(cfg: SegmentConfig, force: bool = False, init_from: str | Non
         "config": to_dict(cfg),
     }
     write_json(summary, cv_dir / "summary.json")
-    _write_csv(rows, cv_dir / "per_case.csv")
-    _write_csv([{"zone": z, "metric": name, **s} for z, d in summary["zones"].items() for name, s in d.items()],
+    write_csv(rows, cv_dir / "per_case.csv")
+    write_csv([{"zone": z, "metric": name, **s} for z, d in summary["zones"].items() for name, s in d.items()],
                cv_dir / "summary.csv")
     for z in ZONES:
         print(f"{z} DSC: {fmt(summary['zones'][z]['dsc'])}")
     return summary
-
-
-def _write_csv(rows: list[dict], path: Path) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-    _replace_atomically(path, write)

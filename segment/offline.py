@@ -20,7 +20,6 @@ Nothing is written when the output folder exists without `force`; every file is 
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 from mricore.config import to_dict
 from mricore.datasets import DEFAULT_FILES, load_case, load_dataset
 from mricore.errors import InputError, OutputExistsError
-from mricore.io import _replace_atomically, write_json, write_nifti
+from mricore.io import write_csv, write_json, write_nifti
 
 from .augment import apply_intensity, apply_spatial, draw
 from .config import SegmentConfig
@@ -84,19 +83,8 @@ def write_augmented(cfg: SegmentConfig, out_dir: str | Path, copies: int | None 
                 row[c] = str(write_nifti(arr, image, folder / f"{stems[c]}.nii.gz", dtype=np.float32).relative_to(out))
             row[key] = str(write_nifti(lab, image, folder / f"{stems[key]}.nii.gz", dtype=np.uint8).relative_to(out))
             rows.append(row)
-    _write_datalist(rows, out / "datalist.csv")
+    write_csv(rows, out / "datalist.csv")
     write_json({"copies": n, "seed": cfg.train.seed, "augment": to_dict(cfg.augment), "channels": chans,
                 "sources": {r["case_id"]: r["patient_id"] for r in rows}}, out / "augment.json")
     print(f"wrote {len(rows)} augmented cases to {out}")
     return rows
-
-
-def _write_datalist(rows: list[dict], path: Path) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-    _replace_atomically(path, write)

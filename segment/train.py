@@ -8,7 +8,6 @@ Output: a self-describing model folder `output_dir/name/fold_K` (see mricore.mod
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -20,7 +19,7 @@ import torch
 from mricore.config import save_config, to_dict
 from mricore.datasets import load_dataset
 from mricore.errors import ConfigError, InputError
-from mricore.io import _replace_atomically, write_json
+from mricore.io import _replace_atomically, write_csv, write_json
 from mricore.metrics import ZONES, dice
 from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder
 from mricore.splits import load_splits, make_splits, save_splits
@@ -235,7 +234,7 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
         state = dict(model=net.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                      rng=_rng_state(), epoch=epoch, best=best, best_epoch=best_epoch, bad=bad, history=history)
         _save_checkpoint(last, **state)
-        _write_history(history, run_dir / "history.csv")
+        write_csv(history, run_dir / "history.csv")
         if val_items and bad >= cfg.train.patience:
             print(f"early stop at epoch {epoch}: no improvement of validation mean DSC for {bad} epochs")
             break
@@ -271,14 +270,3 @@ def _meta(cfg: SegmentConfig, fold, val_cases, val: dict | None, best_epoch: int
             "per_case": val["cases"],
             **{k: v for k, v in val.items() if k != "cases"}},
     }
-
-
-def _write_history(history: list[dict], path: Path) -> None:
-    keys = list(dict.fromkeys(k for r in history for k in r))
-
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(history)
-    _replace_atomically(path, write)

@@ -6,14 +6,6 @@ import torch
 from mricore.classifiers import DEFAULT_CAM_LAYER, REGISTRY, build_classifier, check_name, load_matching
 from mricore.errors import ConfigError, UserError
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster than contended threads on the shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # (name, spatial_dims, width): CPU-sized widths; EfficientNet-B0 has a fixed width by definition.
 BUILD_CASES = [(n, d, 1.0 if n == "efficientnet-b0" else 0.125) for n in sorted(REGISTRY) for d in (2, 3)]

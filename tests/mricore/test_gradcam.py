@@ -24,17 +24,9 @@ def _square_batch(n: int, rng: np.random.Generator):
     return torch.from_numpy(x), torch.from_numpy(y), where
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than contended threads on the shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
-def trained(one_thread):
+def trained():
     """A tiny ResNet18 trained for a few steps until it separates square from no square."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -9,7 +9,9 @@ Methods (registry `METHODS` in ensemble.config):
 - mean: average of probabilities (nnU-Net / MONAI ensembling); label = argmax, ties to the lower label.
 - weighted: per member and per class weights w[m, c]; p_c = Σ_m w_mc p_mc / Σ_m w_mc, then renormalised
   over classes (per-class weights break the sum-to-one otherwise). Weights come from the config or
-  per zone from validation DSC (background <- WG_mean, TZ <- TZ_mean, PZ <- PZ_mean).
+  per zone from each member's inner-validation DSC (model.json `selection`: background <- WG_mean,
+  TZ <- TZ_mean, PZ <- PZ_mean). Never from the held-out `validation` block: a held-out case decides
+  nothing, ensemble weights included.
 - vote: majority of member label maps. Tie rule: among labels with the most votes, the one with the
   highest mean member probability wins; if that also ties (or no probabilities are given), the
   lowest label value wins (background < TZ < PZ, i.e. ties lean conservative).
@@ -24,8 +26,8 @@ import numpy as np
 
 N_CLASSES = 3
 CLASS_NAMES = ("background", "TZ", "PZ")
-# model.json validation key giving each class's weight in `weighted` with weights: null.
-VALIDATION_KEYS = ("WG_mean", "TZ_mean", "PZ_mean")
+# model.json `selection` key (inner-validation DSC) giving each class's weight in `weighted` with weights: null.
+SELECTION_KEYS = ("WG_mean", "TZ_mean", "PZ_mean")
 
 
 class WeightedSum:
@@ -84,20 +86,21 @@ def weighted_mean(probs: np.ndarray, weights) -> np.ndarray:
     return acc.result()
 
 
-def weights_from_validation(validations: list[dict | None], names: list[str]) -> np.ndarray:
-    """(M, 3) per-class weights from each member's model.json "validation" (see VALIDATION_KEYS).
+def weights_from_selection(selections: list[dict | None], names: list[str]) -> np.ndarray:
+    """(M, 3) per-class weights from each member's model.json "selection" (inner-validation DSC on
+    training patients; see SELECTION_KEYS).
 
     Raises ConfigError naming the member when a value is missing or not a positive number.
     """
     from mricore.errors import ConfigError
 
     out = np.zeros((len(names), N_CLASSES))
-    for m, (val, name) in enumerate(zip(validations, names)):
-        for c, key in enumerate(VALIDATION_KEYS):
+    for m, (val, name) in enumerate(zip(selections, names)):
+        for c, key in enumerate(SELECTION_KEYS):
             v = (val or {}).get(key)
             if not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
-                raise ConfigError(f"member {name}", f"weighted with weights: null needs validation {key} > 0",
-                                  repr(v), "train it with a validation fold, or give weights: [...] explicitly")
+                raise ConfigError(f"member {name}", f"weighted with weights: null needs inner-validation {key} > 0",
+                                  repr(v), "train it with train.selection: inner, or give weights: [...] explicitly")
             out[m, c] = v
     return out
 

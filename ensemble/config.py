@@ -30,8 +30,8 @@ class EnsembleConfig:
 
     members: model folders (relative to this file's folder).
     method: mean (of probabilities, default) | weighted | vote (majority of label maps) | staple.
-    weights: one weight per member (weighted); null = per zone from each member's validation DSC
-        (model.json validation WG_mean/TZ_mean/PZ_mean for background/TZ/PZ).
+    weights: one weight per member (weighted); null = per zone from each member's inner-validation DSC
+        (model.json selection WG_mean/TZ_mean/PZ_mean for background/TZ/PZ; training patients only).
     largest_component: keep the largest 3D gland component of the combined zones.
     uncertainty_threshold: review flag when the per-case uncertainty score (mean normalised entropy in
         the gland region, 0..1) exceeds it.
@@ -60,7 +60,7 @@ class EnsembleConfig:
             if len(self.weights) != len(self.members):
                 raise ConfigError(f"{where}: weights", "needs one weight per member",
                                   f"{len(self.weights)} weights for {len(self.members)} members",
-                                  "give one weight per member, or null for validation-DSC weights")
+                                  "give one weight per member, or null for inner-validation-DSC weights")
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ConfigError(f"{where}: weights", "weights must be >= 0 with a positive sum",
                                   self.weights, "")

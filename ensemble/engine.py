@@ -46,7 +46,7 @@ def member_weights(cfg: EnsembleConfig, used: list[Member]) -> np.ndarray:
     if cfg.method != "weighted":
         return np.ones((len(used), combine.N_CLASSES))
     if cfg.weights is None:
-        return combine.weights_from_validation([m.validation for m in used], [str(m.path) for m in used])
+        return combine.weights_from_selection([m.meta.get("selection") for m in used], [str(m.path) for m in used])
     by_path = {str(p): w for p, w in zip(cfg.members, cfg.weights)}
     w = np.array([by_path.get(str(m.path), 1.0) for m in used], dtype=np.float64)
     if w.sum() <= 0:

@@ -63,9 +63,13 @@ def load_weights(folder: str | Path):
     return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
 
 
-def run_folder(output_dir: str | Path, name: str, fold, resume: bool, force: bool) -> tuple[Path, Path]:
+def run_folder(output_dir: str | Path, name: str, fold, resume: bool, force: bool,
+               clear: bool = True) -> tuple[Path, Path]:
     """The folder of one training run (output_dir/name/fold_K) and its last checkpoint, after the rules:
-    an existing run is continued only with resume and replaced only with force."""
+    an existing run is continued only with resume and replaced only with force. Replacing empties the
+    folder first (with `clear`; under torchrun only rank 0 clears), so no file of the old run survives."""
+    import shutil
+
     from .errors import OutputExistsError
 
     run_dir = Path(output_dir) / name / f"fold_{fold}"
@@ -74,4 +78,6 @@ def run_folder(output_dir: str | Path, name: str, fold, resume: bool, force: boo
         raise OutputExistsError(run_dir, "model folder exists", None, "pass --resume to continue or --force to restart")
     if resume and not last.exists():
         raise InputError(last, "nothing to resume", None, "train without --resume first")
+    if force and not resume and clear and run_dir.exists():
+        shutil.rmtree(run_dir)
     return run_dir, last

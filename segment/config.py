@@ -8,9 +8,6 @@ from typing import Literal
 from mricore.config import ConfigError
 from mricore.preprocess import PreprocessSpec
 
-ZONE_NAMES = {1: "TZ", 2: "PZ"}  # label values in zones.nii.gz; WG = TZ ∪ PZ
-
-
 @dataclass
 class DataConfig:
     root: str = "../shared/data"          # dataset folder, MSD folder or datalist (relative to the CWD)
@@ -21,11 +18,16 @@ class DataConfig:
     folds: int = 3                        # patient-level k-fold
     split_seed: int = 0
     splits_file: str | None = None        # reuse saved splits (JSON) instead of making them
+    inner_val: int = 1                    # train.selection inner: expert patients drawn from the fold's
+                                          # TRAINING patients to choose the epoch (never the held-out ones)
     register: bool = False                # rigid registration of other channels onto T2W
 
     def validate(self, where):
         if self.folds < 2:
             raise ConfigError(where, "data.folds must be >= 2", self.folds, "")
+        if self.inner_val < 1:
+            raise ConfigError(where, "data.inner_val must be >= 1 (patients)", self.inner_val,
+                              "or set train.selection: fixed to train without an inner split")
 
 
 @dataclass
@@ -87,7 +89,13 @@ class TrainConfig:
     loss: Literal["dice_ce", "dice", "ce"] = "dice_ce"
     class_weights: list[float] | None = None  # CE weights per output class (imbalance)
     foreground_p: float = 0.67            # share of patches centred on foreground (oversampling)
-    patience: int = 10                    # early stopping on validation mean DSC (epochs)
+    # How the weights are chosen. The fold's held-out patients never decide anything; they are scored
+    # once, at the end, on the chosen weights.
+    #   inner: best epoch and early stopping by mean DSC on `data.inner_val` patients drawn from the
+    #          fold's training patients (they do not train);
+    #   fixed: the last epoch of the full schedule, no selection (nnU-Net's rule; no patient is spent).
+    selection: Literal["inner", "fixed"] = "inner"
+    patience: int = 10                    # selection inner: early stop after this many epochs without gain
     freeze_encoder_epochs: int = 0        # transfer learning: encoder frozen for the first N epochs
     num_workers: int = 0                  # 2 cores: extra workers compete with compute (bench/)
     prefetch: bool = True                 # with num_workers 0: a thread prepares the next batch during the step

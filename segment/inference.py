@@ -75,7 +75,9 @@ class Segmenter:
 
     @torch.inference_mode()
     def probabilities(self, array: np.ndarray) -> np.ndarray:
-        """(C, I, J, K) normalised array on the working grid -> (3, I, J, K) float32 probabilities."""
+        """(C, I, J, K) normalised array on the working grid -> (3, I, J, K) float32 probabilities.
+        Always in eval mode: dropout off, BatchNorm on its running statistics (never updated here)."""
+        self.net.eval()
         if self.model_cfg.spatial_dims == 2:
             x = torch.from_numpy(slices_with_context(array, self.model_cfg.context))  # (K, C', I, J)
         else:

@@ -61,8 +61,9 @@ def build_network(cfg: ModelConfig, n_sequences: int) -> nn.Module:
     return REGISTRY[cfg.name](cfg, in_channels(cfg, n_sequences), n_outputs(cfg.label_scheme))
 
 
-def encoder_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
-    """Parameters of the contracting path (frozen first in transfer learning)."""
+def encoder_modules(model: nn.Module, name: str) -> list[nn.Module]:
+    """Modules of the contracting path (frozen first in transfer learning; their norm layers are then
+    kept in eval mode so their running statistics stay those of the source model)."""
     if name == "unet":
         mods = []
         seq = model.model
@@ -75,25 +76,33 @@ def encoder_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
                 mods.append(sub)  # bottom layer
                 break
             seq = sub
-        return [p for m in mods for p in m.parameters()]
+        return mods
     if name == "dynunet":
-        mods = [model.input_block, *model.downsamples, model.bottleneck]
-        return [p for m in mods for p in m.parameters()]
+        return [model.input_block, *model.downsamples, model.bottleneck]
     if name == "segresnet":
-        return list(model.convInit.parameters()) + list(model.down_layers.parameters())
+        return [model.convInit, model.down_layers]
     raise ConfigError("model.name", "no encoder definition", name, f"use one of {sorted(REGISTRY)}")
+
+
+def encoder_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
+    """Parameters of the contracting path (see encoder_modules)."""
+    return [p for m in encoder_modules(model, name) for p in m.parameters()]
 
 
 def class_probabilities(logits: torch.Tensor, scheme: str) -> torch.Tensor:
     """(N, outputs, ...) logits -> (N, 3, ...) probabilities of background, TZ, PZ (float32).
 
-    regions: p(WG) and p(TZ | gland) from sigmoids; TZ = WG * TZ, PZ = WG * (1 - TZ), so TZ ⊂ WG.
+    regions: the two sigmoids are trained on the targets of `targets_for`, WG and TZ, each 0 on the
+    background, so they estimate p(WG) and p(TZ) (not p(TZ | gland)). Decoded as background 1 - p(WG),
+    TZ min(p(TZ), p(WG)), PZ p(WG) - TZ: TZ ⊂ WG and the three sum to 1. Example: p(WG) 0.7, p(TZ) 0.42
+    gives (0.30, 0.42, 0.28), so the voxel is TZ.
     """
     logits = logits.float()
     if scheme == "multiclass":
         return torch.softmax(logits, dim=1)
     wg, tz = torch.sigmoid(logits[:, 0:1]), torch.sigmoid(logits[:, 1:2])
-    return torch.cat([1 - wg, wg * tz, wg * (1 - tz)], dim=1)
+    tz = torch.minimum(tz, wg)
+    return torch.cat([1 - wg, tz, wg - tz], dim=1)
 
 
 def targets_for(label: torch.Tensor, scheme: str) -> torch.Tensor:

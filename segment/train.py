@@ -1,7 +1,9 @@
 """`segment train`: patient-level cross-validation folds, online augmentation, Dice+CE, AdamW with a
-cosine/poly schedule, per-zone validation DSC every epoch, early stopping, atomic last/best
-checkpoints with optimiser, scheduler and RNG state (so `--resume` continues exactly), transfer
-learning with a frozen encoder, and DistributedDataParallel under torchrun (gloo on CPU).
+cosine/poly schedule, weights chosen on training patients only (an inner split with early stopping,
+or a fixed schedule), the held-out fold scored once at the end, atomic last/best checkpoints with
+optimiser, scheduler, RNG state and config (so `--resume` continues exactly, and only with the same
+config), transfer learning with a frozen encoder, and DistributedDataParallel under torchrun (gloo on
+CPU; every rank follows rank 0's stop decision).
 
 Output: a self-describing model folder `output_dir/name/fold_K` (see mricore.modelfolder).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ import torch
 from mricore.config import save_config, to_dict
 from mricore.datasets import load_dataset
 from mricore.errors import ConfigError, InputError
-from mricore.io import _replace_atomically, write_csv, write_json
+from mricore.io import _replace_atomically, write_csv
 from mricore.metrics import ZONES, dice
 from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder
 from mricore.splits import load_splits, make_splits, save_splits
@@ -27,7 +30,7 @@ from mricore.splits import load_splits, make_splits, save_splits
 from .config import SegmentConfig
 from .data import EpochBatches, PatchSampler, Prefetch, load_items
 from .inference import Segmenter, labels_from_probabilities
-from .networks import build_network, encoder_parameters, targets_for
+from .networks import build_network, encoder_modules, targets_for
 
 def _dist() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
@@ -37,30 +40,89 @@ def _dist() -> tuple[int, int]:
     return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
 
 
-def resolve_split(cfg: SegmentConfig, cases, fold: int | str, run_dir: Path):
-    """Expert-labelled cases are split by patient; silver-only cases only ever train."""
+def _from_rank0(values: list[int], world: int) -> list[int]:
+    """Rank 0's decision (stop, improved, ...) sent to every rank, so all ranks leave the loop together."""
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.int64, device="cuda" if torch.cuda.is_available() else "cpu")
+    torch.distributed.broadcast(t, src=0)
+    return [int(v) for v in t.tolist()]
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+@dataclass
+class Split:
+    """One fold's cases. `held_out` never decides anything (scored once at the end); `inner` picks the
+    epoch under train.selection inner; `train` includes silver-only cases."""
+    train: list
+    inner: list
+    held_out: list
+    splits: list | None
+
+
+def resolve_split(cfg: SegmentConfig, cases, fold: int | str) -> Split:
+    """Expert-labelled cases are split by patient; silver-only cases only ever train.
+
+    Outer split: `data.splits_file` or a seeded patient-level k-fold. Inner split (train.selection
+    inner): `data.inner_val` expert patients drawn (seeded by split_seed and fold) from the fold's
+    training patients; they leave the training set.
+    """
     expert = [c for c in cases if cfg.data.label in c.labels]
     silver = [c for c in cases if cfg.data.label not in c.labels and cfg.data.silver_label
               and cfg.data.silver_label in c.labels]
     if not expert and not silver:
         raise InputError(cfg.data.root, f"no case has label '{cfg.data.label}'", 0, "check data.root and data.label")
+    splits = None
     if fold == "all":
-        return expert + silver, [], None
-    if cfg.data.splits_file:
-        splits = load_splits(cfg.data.splits_file)
+        train, held_out = list(expert), []
     else:
-        n_pat = len({c.patient_id for c in expert})
-        if n_pat < cfg.data.folds:
-            raise ConfigError("data.folds", f"needs at least as many expert-labelled patients ({n_pat})",
-                              cfg.data.folds, f"set --set data.folds={max(2, n_pat)} or use --fold all")
-        splits = make_splits(expert, cfg.data.folds, cfg.data.split_seed)
-    if not 0 <= int(fold) < len(splits):
-        raise ConfigError("--fold", f"must be in 0..{len(splits) - 1} or 'all'", fold, "")
-    s = splits[int(fold)]
+        if cfg.data.splits_file:
+            splits = load_splits(cfg.data.splits_file)
+        else:
+            n_pat = len({c.patient_id for c in expert})
+            if n_pat < cfg.data.folds:
+                raise ConfigError("data.folds", f"needs at least as many expert-labelled patients ({n_pat})",
+                                  cfg.data.folds, f"set --set data.folds={max(2, n_pat)} or use --fold all")
+            splits = make_splits(expert, cfg.data.folds, cfg.data.split_seed)
+        if not 0 <= int(fold) < len(splits):
+            raise ConfigError("--fold", f"must be in 0..{len(splits) - 1} or 'all'", fold, "")
+        train, held_out = _fold_cases(cfg, splits[int(fold)], cases, int(fold))
+    inner = []
+    if cfg.train.selection == "inner":
+        patients = sorted({c.patient_id for c in train if cfg.data.label in c.labels})
+        if len(patients) <= cfg.data.inner_val:
+            raise ConfigError("train.selection", f"inner needs more than data.inner_val={cfg.data.inner_val} "
+                              "expert-labelled training patients in the fold", len(patients),
+                              "set --set train.selection=fixed (last epoch of the schedule) or lower data.inner_val")
+        seed = cfg.data.split_seed * 1000 + (0 if fold == "all" else int(fold) + 1)
+        chosen = set(np.random.default_rng(seed).permutation(patients)[: cfg.data.inner_val].tolist())
+        inner = [c for c in train if c.patient_id in chosen]
+        train = [c for c in train if c.patient_id not in chosen]
+    return Split(train + silver, inner, held_out, splits)
+
+
+def _fold_cases(cfg: SegmentConfig, s: dict, cases, fold: int) -> tuple[list, list]:
+    """Training and held-out expert cases of one fold of a split, checked: every id known, the held-out
+    list not empty, no patient on both sides."""
+    where = cfg.data.splits_file or "the generated splits"
     by_id = {c.case_id: c for c in cases}
-    train = [by_id[i] for i in s["train"] if i in by_id] + silver
-    val = [by_id[i] for i in s["val"] if i in by_id]
-    return train, val, splits
+    unknown = [i for i in list(s["train"]) + list(s["val"]) if i not in by_id]
+    if unknown:
+        raise InputError(where, f"fold {fold} names case ids that are not in the dataset", unknown[:3],
+                         "regenerate the splits for this data.root and data.datasets")
+    if not s["val"]:
+        raise InputError(where, f"fold {fold} has no held-out (val) cases", "[]",
+                         "give every fold held-out cases, or train with --fold all")
+    train, held_out = [by_id[i] for i in s["train"]], [by_id[i] for i in s["val"]]
+    both = sorted({c.patient_id for c in train} & {c.patient_id for c in held_out})
+    if both:
+        raise InputError(where, f"fold {fold} has a patient in both train and val", both[:3],
+                         "split by patient: move all cases of a patient to one side")
+    return train, held_out
 
 
 def _rng_state() -> dict:
@@ -87,11 +149,21 @@ def _schedule(cfg, total_iters: int):
 
 
 def validate(seg: Segmenter, items) -> dict:
-    """Per-zone DSC on the working grid for each validation case; mean over zones and cases."""
-    rows = []
-    for it in items:
-        pred = labels_from_probabilities(seg.probabilities(it.image))
-        rows.append({"case_id": it.case_id, **{z: dice(f(pred), f(it.label)) for z, f in ZONES.items()}})
+    """Per-zone DSC on the working grid for each case; mean over zones and cases.
+
+    Runs the network in eval mode under inference_mode (dropout off, BatchNorm on its running
+    statistics, which the pass cannot change) and restores every module's previous mode after.
+    """
+    modes = [(m, m.training) for m in seg.net.modules()]
+    seg.net.eval()
+    try:
+        rows = []
+        for it in items:
+            pred = labels_from_probabilities(seg.probabilities(it.image))
+            rows.append({"case_id": it.case_id, **{z: dice(f(pred), f(it.label)) for z, f in ZONES.items()}})
+    finally:
+        for m, mode in modes:
+            m.training = mode
     out = {"cases": rows}
     for z in ZONES:
         v = np.array([r[z] for r in rows], dtype=float)
@@ -104,21 +176,51 @@ def validate(seg: Segmenter, items) -> dict:
     return out
 
 
+def _check_resume(cfg: SegmentConfig, ck: dict, last: Path) -> None:
+    """A run continues only with the config it started with (dotted keys compared)."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(ck.get("config") or {}), flat(to_dict(cfg))
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        k = diff[0]
+        raise ConfigError("--resume", f"the config differs from the one {last.name} was trained with",
+                          f"{k}: {old.get(k)!r} -> {new.get(k)!r}" + (f" (+{len(diff) - 1} more)" if len(diff) > 1 else ""),
+                          f"resume with {last.parent / 'config.yaml'} or pass --force to start anew")
+
+
+def _wrap(net: torch.nn.Module, world: int, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel over the parameters that train now (rebuilt when the trainable set changes)."""
+    if world == 1:
+        return net
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+
 def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_from: str | None = None,
           force: bool = False, progress: bool = True, on_iteration=None) -> Path:
-    """Train one fold; return the model folder. `on_iteration(epoch, it)` is called after each step."""
+    """Train one fold; return the model folder. `on_iteration(epoch, it)` is called after each step.
+
+    Weights are chosen by `train.selection` (inner split or fixed schedule); the fold's held-out
+    patients are scored once at the end, on the chosen weights, and never decide anything.
+    """
     rank, world = _dist()
-    run_dir, last = run_folder(cfg.output_dir, cfg.name, fold, resume, force)
+    run_dir, last = run_folder(cfg.output_dir, cfg.name, fold, resume, force, clear=rank == 0)
+    _barrier(world)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
 
     cases = load_dataset(cfg.data.root, cfg.data.files)
     if cfg.data.datasets:
         cases = [c for c in cases if c.dataset in cfg.data.datasets]
-    train_cases, val_cases, splits = resolve_split(cfg, cases, fold, run_dir)
+    split = resolve_split(cfg, cases, fold)
     spec = cfg.preprocess
-    train_items = load_items(train_cases, spec, cfg.data.label, cfg.data.silver_label, cfg.data.register)
-    val_items = load_items(val_cases, spec, cfg.data.label, None, cfg.data.register)
+    train_items = load_items(split.train, spec, cfg.data.label, cfg.data.silver_label, cfg.data.register)
+    inner_items = load_items(split.inner, spec, cfg.data.label, None, cfg.data.register)
     if not train_items:
         raise InputError(cfg.data.root, "empty training set (no case has all channels and a label)",
                          f"channels {spec.channels}", "check data.root, data.datasets and preprocess.channels")
@@ -130,10 +232,13 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
         src = load_weights(init_from)
         own = net.state_dict()
         matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+        if not matched:
+            raise InputError(init_from, "no tensor of the source model matches this architecture (name and shape)",
+                             f"source {meta.get('model', {}).get('name')}, target {cfg.model.name}",
+                             "initialise from a model of the same architecture and channels")
         own.update(matched)
         net.load_state_dict(own)
         print(f"init-from {init_from}: {len(matched)}/{len(own)} tensors loaded (arch {meta.get('model', {}).get('name')})")
-    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
 
     from monai.losses import DiceCELoss
 
@@ -147,10 +252,12 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
     use_amp = cfg.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    best_path = run_dir / "checkpoint_best.pt"   # weights of the inner-validation best epoch
 
     start_epoch, best, best_epoch, bad, history = 0, -1.0, -1, 0, []
     if resume:
         ck = torch.load(last, map_location="cpu", weights_only=True)
+        _check_resume(cfg, ck, last)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -160,13 +267,13 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
     sampler = PatchSampler(train_items, cfg.train.patch, cfg.model.spatial_dims, cfg.model.context,
                            cfg.train.foreground_p, cfg.augment if cfg.augment.mode == "online" else None)
     seg = Segmenter(net, cfg.model, spec, cfg.train.patch, cfg.predict)
-    enc = encoder_parameters(net, cfg.model.name) if cfg.train.freeze_encoder_epochs else []
+    enc = encoder_modules(net, cfg.model.name) if cfg.train.freeze_encoder_epochs else []
     writer = None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        if splits is not None:
-            save_splits(splits, run_dir / "splits.json")
+        if split.splits is not None:
+            save_splits(split.splits, run_dir / "splits.json")
         if cfg.train.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -179,14 +286,19 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
 
     bar = tqdm(range(start_epoch, cfg.train.epochs), desc=f"train {cfg.name} fold {fold}",
                disable=not progress or rank != 0, initial=start_epoch, total=cfg.train.epochs)
+    model, wrapped_frozen = None, None
     for epoch in bar:
         # Each epoch's randomness depends only on (seed, epoch): a resumed run repeats it exactly.
         torch.manual_seed(cfg.train.seed * 100003 + epoch)
         np.random.seed((cfg.train.seed * 100003 + epoch) % 2**32)
         frozen = epoch < cfg.train.freeze_encoder_epochs
-        for p in enc:
-            p.requires_grad_(not frozen)
+        if frozen != wrapped_frozen:  # DDP reduces the parameters that train at construction: rebuild
+            for m in enc:
+                m.requires_grad_(not frozen)
+            model, wrapped_frozen = _wrap(net, world, device), frozen
         model.train()
+        for m in enc if frozen else []:
+            m.eval()  # frozen norm layers keep the source model's running statistics
         batches = EpochBatches(sampler, cfg.train.seed, epoch, rank, cfg.train.iters_per_epoch, cfg.train.batch_size)
         if cfg.train.num_workers == 0 and cfg.train.prefetch:
             loader = Prefetch(batches)
@@ -209,48 +321,72 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
                 on_iteration(epoch, it)
             t_data = time.perf_counter()
         epoch_s = time.perf_counter() - t0
-        if rank != 0:
-            continue
-        val = validate(seg, val_items) if val_items else {"mean_dsc": float("nan")}
-        model.train()
-        score = val["mean_dsc"]
-        improved = (not val_items) or (np.isfinite(score) and score > best)
-        if improved:
-            best, best_epoch, bad = (score if val_items else -1.0), epoch, 0
-        else:
-            bad += 1
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
-               "seconds": round(epoch_s, 2), "data_wait_share": round(wait / max(epoch_s, 1e-9), 3),
-               "frozen_encoder": frozen, **{k: v for k, v in val.items() if k != "cases"}}
-        history.append(row)
-        if writer is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    writer.add_scalar(k, v, epoch)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{score:.3f}")
-        meta = _meta(cfg, fold, val_cases, val if val_items else None, best_epoch, history)
-        if improved:
-            save_model_folder(run_dir, net.state_dict(), meta)
-        state = dict(model=net.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                     rng=_rng_state(), epoch=epoch, best=best, best_epoch=best_epoch, bad=bad, history=history)
-        _save_checkpoint(last, **state)
-        write_csv(history, run_dir / "history.csv")
-        if val_items and bad >= cfg.train.patience:
-            print(f"early stop at epoch {epoch}: no improvement of validation mean DSC for {bad} epochs")
+        val, improved, stop = None, 0, 0
+        if rank == 0 and inner_items:
+            val = validate(seg, inner_items)
+            score = val["mean_dsc"]
+            improved = int(bool(np.isfinite(score) and score > best))
+            if improved:
+                best, best_epoch, bad = score, epoch, 0
+                _save_checkpoint(best_path, model=net.state_dict(), epoch=epoch, inner=val)
+            else:
+                bad += 1
+            stop = int(bad >= cfg.train.patience)
+        if inner_items:
+            improved, stop = _from_rank0([improved, stop], world)
+        if rank == 0:
+            row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
+                   "seconds": round(epoch_s, 2), "data_wait_share": round(wait / max(epoch_s, 1e-9), 3),
+                   "frozen_encoder": frozen,
+                   **({f"inner_{k}": v for k, v in val.items() if k != "cases"} if val else {})}
+            history.append(row)
+            if writer is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        writer.add_scalar(k, v, epoch)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", **({"inner": f"{val['mean_dsc']:.3f}"} if val else {}))
+            state = dict(model=net.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                         rng=_rng_state(), epoch=epoch, best=best, best_epoch=best_epoch, bad=bad, history=history,
+                         config=to_dict(cfg))
+            _save_checkpoint(last, **state)
+            write_csv(history, run_dir / "history.csv")
+        if stop:
+            if rank == 0:
+                print(f"early stop at epoch {epoch}: no gain in inner-validation mean DSC for {bad} epochs")
             break
     if writer is not None:
         writer.close()
-    if world > 1:
-        torch.distributed.barrier()
     if rank == 0:
-        # Final metadata: best-epoch validation metrics plus the full history.
-        meta = read_model_meta(run_dir)
-        meta["history_epochs"] = len(history)
-        write_json(meta, run_dir / "model.json")
+        _finish(cfg, fold, split, seg, run_dir, best_path, best_epoch, history)
+    _barrier(world)
     return run_dir
 
 
-def _meta(cfg: SegmentConfig, fold, val_cases, val: dict | None, best_epoch: int, history) -> dict:
+def _finish(cfg: SegmentConfig, fold, split: Split, seg: Segmenter, run_dir: Path, best_path: Path,
+            best_epoch: int, history: list) -> None:
+    """Write the model folder: the chosen weights, then the held-out cases scored once on them."""
+    inner = None
+    if split.inner and best_path.exists():  # absent only if no epoch gave a finite inner DSC
+        ck = torch.load(best_path, map_location="cpu", weights_only=True)
+        seg.net.load_state_dict(ck["model"])
+        inner = ck["inner"]
+    else:
+        best_epoch = len(history) - 1 if history else cfg.train.epochs - 1
+    held = None
+    if split.held_out:
+        items = load_items(split.held_out, cfg.preprocess, cfg.data.label, None, cfg.data.register)
+        held = validate(seg, items)
+    meta = _meta(cfg, fold, split, inner, held, best_epoch, history)
+    save_model_folder(run_dir, seg.net.state_dict(), meta)
+
+
+def _meta(cfg: SegmentConfig, fold, split: Split, inner: dict | None, held: dict | None, epoch: int,
+          history) -> dict:
+    def metrics(v):
+        return {"per_case": v["cases"], **{k: x for k, x in v.items() if k != "cases"}}
+
+    rule = ("inner: best epoch and early stopping by mean DSC on inner-validation patients drawn from "
+            "the fold's training patients" if split.inner else "fixed: last epoch of the schedule, no selection")
     return {
         "kind": "segmenter",
         "name": cfg.name,
@@ -263,10 +399,15 @@ def _meta(cfg: SegmentConfig, fold, val_cases, val: dict | None, best_epoch: int
         "labels": {"0": "background", "1": "TZ", "2": "PZ"},
         "label_scheme": cfg.model.label_scheme,
         "outputs": "class probabilities (background, TZ, PZ); WG = TZ + PZ",
-        "best_epoch": best_epoch,
-        "validation": None if val is None else {
-            "split": f"fold {fold} of {cfg.data.folds} (patient-level), expert labels '{cfg.data.label}'",
-            "cases": [c.case_id for c in val_cases],
-            "per_case": val["cases"],
-            **{k: v for k, v in val.items() if k != "cases"}},
+        "best_epoch": epoch,
+        "history_epochs": len(history),
+        # What chose the weights; its metrics may weight an ensemble (they come from training patients).
+        "selection": {"rule": rule, "epoch": epoch, "cases": [c.case_id for c in split.inner],
+                      **(metrics(inner) if inner else {})},
+        # The fold's held-out patients, scored once on the chosen weights; they decided nothing.
+        "validation": None if held is None else {
+            "split": f"fold {fold} of {cfg.data.folds} (patient-level), expert labels '{cfg.data.label}'; "
+                     "held out: scored once after training, used for no decision",
+            "cases": [c.case_id for c in split.held_out],
+            **metrics(held)},
     }

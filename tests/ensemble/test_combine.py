@@ -39,17 +39,17 @@ def test_weighted_per_class_weights_renormalised():
     np.testing.assert_allclose(out.sum(axis=0), 1.0, atol=1e-6)
 
 
-def test_weights_from_validation_maps_wg_tz_pz():
+def test_weights_from_selection_maps_wg_tz_pz():
     vals = [{"WG_mean": 0.9, "TZ_mean": 0.8, "PZ_mean": 0.6}, {"WG_mean": 0.85, "TZ_mean": 0.7, "PZ_mean": 0.65}]
-    w = combine.weights_from_validation(vals, ["a", "b"])
+    w = combine.weights_from_selection(vals, ["a", "b"])
     np.testing.assert_allclose(w, [[0.9, 0.8, 0.6], [0.85, 0.7, 0.65]])
 
 
 @pytest.mark.parametrize("val", [None, {"WG_mean": 0.9, "TZ_mean": 0.8}, {"WG_mean": 0.9, "TZ_mean": float("nan"),
                                                                           "PZ_mean": 0.5}])
-def test_weights_from_validation_missing_names_member(val):
+def test_weights_from_selection_missing_names_member(val):
     with pytest.raises(ConfigError, match="member b"):
-        combine.weights_from_validation([{"WG_mean": 1, "TZ_mean": 1, "PZ_mean": 1}, val], ["a", "b"])
+        combine.weights_from_selection([{"WG_mean": 1, "TZ_mean": 1, "PZ_mean": 1}, val], ["a", "b"])
 
 
 VOTE_CASES = [

@@ -113,7 +113,7 @@ def test_label_fusion_methods(data_dir, members, tmp_path, method):
         assert all(0 <= v <= 1 for p in perf.values() for v in p["sensitivity"].values())
 
 
-def test_weighted_from_validation_dsc(data_dir, members, tmp_path):
+def test_weighted_from_inner_validation_dsc_never_the_held_out(data_dir, members, tmp_path):
     from ensemble.config import load_ensemble_config
     from ensemble.predict import predict
 
@@ -123,7 +123,8 @@ def test_weighted_from_validation_dsc(data_dir, members, tmp_path):
         f = tmp_path / name
         shutil.copytree(members["t2_a" if name == "a" else "t2_b"], f)
         meta = json.loads((f / "model.json").read_text())
-        meta["validation"] = val
+        meta["selection"] = val  # inner validation (training patients): may weight the members
+        meta["validation"] = {"WG_mean": 0.1, "TZ_mean": 0.1, "PZ_mean": 0.1}  # held out: must not
         (f / "model.json").write_text(json.dumps(meta))
         folders.append(f)
     cfg = load_ensemble_config(write_cfg(tmp_path, folders, method="weighted"))

@@ -16,7 +16,7 @@ from mricore.modelfolder import save_model_folder
 def tiny_segmenter(tmp_path_factory):
     from segment.config import SegmentConfig
     from segment.networks import build_network
-    from segment.train import _meta
+    from segment.train import Split, _meta
 
     cfg = from_dict(SegmentConfig, {
         "preprocess": {"channels": ["T2W"], "target_spacing": [2.0, 2.0, None], "crop_mm": [48.0, 48.0]},
@@ -25,7 +25,7 @@ def tiny_segmenter(tmp_path_factory):
     torch.manual_seed(0)
     net = build_network(cfg.model, 1)
     folder = tmp_path_factory.mktemp("seg") / "model"
-    save_model_folder(folder, net.state_dict(), _meta(cfg, 0, [], None, 0, []))
+    save_model_folder(folder, net.state_dict(), _meta(cfg, 0, Split([], [], [], None), None, None, 0, []))
     return folder
 
 

@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set method=vote (repeatable)")
     pr.add_argument("-o", "--output", required=True, help="output folder (batch: one sub-folder per case)")
-    pr.add_argument("--probabilities", action="store_true", help="also write probabilities.nii.gz (float16)")
+    pr.add_argument("--probabilities", action="store_true", help="also write probabilities.nii.gz (float32; NIfTI-1 has no float16)")
     pr.add_argument("--report", action="store_true", help="also write report.html")
     pr.add_argument("--force", action="store_true", help="overwrite existing outputs")
 

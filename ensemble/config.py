@@ -35,7 +35,7 @@ class EnsembleConfig:
     largest_component: keep the largest 3D gland component of the combined zones.
     uncertainty_threshold: review flag when the per-case uncertainty score (mean normalised entropy in
         the gland region, 0..1) exceeds it.
-    probabilities: also write probabilities.nii.gz (float16).
+    probabilities: also write probabilities.nii.gz (float32: NIfTI-1 has no half-float type).
     tta: left-right flip test-time augmentation in every member (doubles network time).
     register: rigid registration of ADC/DWI onto T2W before preprocessing (else resampling by affine).
     """

@@ -23,10 +23,15 @@ class DataConfig:
     zones: list[str] = field(default_factory=lambda: ["zones", "zones_ai"])  # first one present is used
     folds: int = 3                        # patient-level, stratified by lesion presence
     split_seed: int = 0
+    inner_val: int = 1                    # train.selection inner: patients drawn from the fold's TRAINING
+                                          # patients (a lesion patient first) to choose the epoch
 
     def validate(self, where):
         if self.folds < 2:
             raise ConfigError(where, "data.folds must be >= 2", self.folds, "")
+        if self.inner_val < 1:
+            raise ConfigError(where, "data.inner_val must be >= 1 (patients)", self.inner_val,
+                              "or set train.selection: fixed")
         if not self.zones:
             raise ConfigError(where, "data.zones needs at least one label key", self.zones, "e.g. [zones, zones_ai]")
 
@@ -75,8 +80,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     weighted_bce: bool = True             # pos_weight = negatives / positives of the training patches
     balanced_sampling: bool = False       # draw half positive, half negative patches per batch
-    patience: int = 6                     # early stopping on validation AUC (epochs)
-    init_from: str | None = None          # model folder: a lesion classifier or a segmenter
+    # The fold's held-out patients never choose anything; they are scored once at the end.
+    #   inner: best epoch / early stopping by patch AUC on `data.inner_val` training patients;
+    #   fixed: the last epoch, no selection.
+    selection: Literal["inner", "fixed"] = "inner"
+    patience: int = 6                     # selection inner: early stop after this many epochs without gain
+    init_from: str | None = None          # model folder of a lesion classifier (same backbone)
     freeze_encoder_epochs: int = 0        # two-stage fine-tuning: encoder frozen for the first N epochs
     seed: int = 0
 

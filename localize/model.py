@@ -86,8 +86,9 @@ class LesionModel:
         return CaseTiles(prep, z, tiles, extract(prep.array, tiles), cov)
 
     @torch.no_grad()
+    @torch.inference_mode()
     def score(self, patches: np.ndarray, cov: np.ndarray, batch: int = 64) -> np.ndarray:
-        """(n, C, ...) patches -> (n,) lesion probabilities."""
+        """(n, C, ...) patches -> (n,) lesion probabilities, in eval mode (the caller restores train mode)."""
         self.net.eval()
         out = []
         for s in range(0, len(patches), batch):

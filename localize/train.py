@@ -1,11 +1,13 @@
 """`localize train`: a patch lesion classifier on patient-level folds (stratified by lesion presence).
 
 Weighted BCE (pos_weight = negatives / positives of the training patches) and/or balanced sampling,
-left-right and up-down flips, AdamW, early stopping on validation patch AUC, transfer learning from a
-saved classifier or a segmenter (matching tensor names and shapes, count reported) with the encoder
-frozen for the first N epochs. After every epoch an atomic `checkpoint_last.pt`; the model folder
-(weights of the best epoch + model.json) is rewritten when validation AUC improves. Each epoch's
-randomness depends only on (seed, epoch), so `--resume` repeats the run exactly.
+left-right and up-down flips, AdamW, transfer learning from a saved lesion classifier (matching tensor
+names and shapes, count reported) with the encoder frozen (and its norm layers in eval mode) for the
+first N epochs. The weights are chosen on training patients only (`train.selection`: best epoch and
+early stopping by patch AUC on an inner split, or the last epoch); the fold's held-out patients are
+scored once at the end and decide nothing. After every epoch an atomic `checkpoint_last.pt`; the model
+folder is written once, at the end. Each epoch's randomness depends only on (seed, epoch), so `--resume`
+repeats the run exactly. One process (no torchrun path: the data is a few thousand patches).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from mricore.classifiers import encoder_parameters, load_matching
 from mricore.config import save_config, to_dict
 from mricore.datasets import load_case, load_dataset, read_ref
 from mricore.errors import ConfigError, InputError
-from mricore.io import _replace_atomically, write_json
+from mricore.io import _replace_atomically
 from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder
 from mricore.preprocess import prepare_label
 from mricore.splits import make_splits, save_splits
@@ -65,10 +67,11 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def _init_from(net, folder: str) -> dict:
     meta = read_model_meta(folder)
+    if meta.get("kind") != KIND:  # a segmenter's encoder is not this backbone: no tensor could match
+        raise ConfigError("train.init_from", "transfer needs a lesion classifier folder (same backbone)",
+                          f"{folder} (kind {meta.get('kind')})", "train one with `localize train`, or drop init_from")
     src = load_weights(folder)
-    # A lesion classifier shares our names; a segmenter's encoder is tried under the encoder prefix.
-    mapping = {"": ""} if meta.get("kind") == KIND else {"": "encoder."}
-    loaded, total = load_matching(net, src, mapping)
+    loaded, total = load_matching(net, src, {"": ""})
     if loaded == 0:
         raise ConfigError("train.init_from", "no tensor matches by name and shape", f"{folder} (kind {meta.get('kind')})",
                           "use a lesion classifier folder or a network with the same encoder")
@@ -85,7 +88,7 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
     items = load_training_cases(cfg, model)
     splits = None
     if fold == "all":
-        tr, va = items, []
+        tr, held = items, []
     else:
         n_pat = len({i["case"].patient_id for i in items})
         if cfg.data.folds > n_pat:
@@ -94,11 +97,12 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
                              positive=[i["positive"] for i in items])
         if not 0 <= int(fold) < len(splits):
             raise ConfigError("--fold", f"must be in 0..{len(splits) - 1} or 'all'", fold, "")
-        val_ids = set(splits[int(fold)]["val"])
-        tr = [i for i in items if i["case"].case_id not in val_ids]
-        va = [i for i in items if i["case"].case_id in val_ids]
+        held_ids = set(splits[int(fold)]["val"])
+        tr = [i for i in items if i["case"].case_id not in held_ids]
+        held = [i for i in items if i["case"].case_id in held_ids]
+    tr, inner = _inner_split(cfg, tr, fold)
     xtr, ctr, ytr = _stack(tr)
-    val = _stack(va)
+    val = _stack(inner)
     n_pos = int(ytr.sum())
     if n_pos == 0:
         raise InputError(cfg.data.root, "no positive training patch", f"{len(ytr)} patches",
@@ -119,6 +123,7 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
     if splits is not None:
         save_splits(splits, run_dir / "splits.json")
     enc = encoder_parameters(net)
+    best_path = run_dir / "checkpoint_best.pt"
     for epoch in range(start, cfg.train.epochs):
         rng = np.random.default_rng(cfg.train.seed * 100003 + epoch)
         torch.manual_seed(cfg.train.seed * 100003 + epoch)
@@ -126,6 +131,8 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
         for p in enc:
             p.requires_grad_(not frozen)
         net.train()
+        if frozen:
+            net.encoder.eval()  # frozen norm layers keep the source model's running statistics
         losses = []
         for _ in range(cfg.train.iters_per_epoch):
             idx = _draw(ytr, cfg.train.batch_size, cfg.train.balanced_sampling, rng)
@@ -137,30 +144,61 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
             opt.step()
             losses.append(float(loss.detach()))
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "frozen_encoder": frozen}
-        if val is not None:
-            p = model.score(val[0], val[1])
-            row["val_auc"] = _auc(val[2], p)
-            row["val_loss"] = float(loss_fn(torch.logit(torch.from_numpy(p).clamp(1e-6, 1 - 1e-6)),
-                                            torch.from_numpy(val[2])))
-        # Validation AUC decides; when the fold has one patch class only, the validation loss does.
-        score = row.get("val_auc", np.nan)
-        score = score if np.isfinite(score) else -row.get("val_loss", -epoch)
+        if val is not None:  # inner split (training patients): it alone chooses the epoch
+            row.update({f"inner_{k}": v for k, v in _score(model, val, loss_fn).items()})
+            # Inner AUC decides; when the inner patches hold one class only, the inner loss does.
+            score = row["inner_auc"] if np.isfinite(row["inner_auc"]) else -row["inner_loss"]
+            improved = score > best
+            best, best_epoch, bad = (score, epoch, 0) if improved else (best, best_epoch, bad + 1)
+            if improved:
+                _replace_atomically(best_path, lambda tmp: torch.save({"model": net.state_dict(), "row": row}, tmp))
+        else:
+            best_epoch = epoch
         history.append(row)
-        improved = score > best
-        best, best_epoch, bad = (score, epoch, 0) if improved else (best, best_epoch, bad + 1)
-        print(f"epoch {epoch}: loss {row['loss']:.4f}" + (f" val AUC {row['val_auc']:.3f}" if "val_auc" in row else ""))
-        if improved:
-            save_model_folder(run_dir, net.state_dict(), _meta(cfg, fold, va, row, pos_weight, transfer, len(ytr), n_pos))
+        print(f"epoch {epoch}: loss {row['loss']:.4f}" + (f" inner AUC {row['inner_auc']:.3f}" if val is not None else ""))
         _replace_atomically(last, lambda tmp: torch.save(dict(
             model=net.state_dict(), optimizer=opt.state_dict(), epoch=epoch, best=float(best), best_epoch=best_epoch,
             bad=bad, history=history, transfer=transfer), tmp))
         if val is not None and bad >= cfg.train.patience:
-            print(f"early stop at epoch {epoch}: no validation improvement for {bad} epochs")
+            print(f"early stop at epoch {epoch}: no inner-validation gain for {bad} epochs")
             break
-    meta = read_model_meta(run_dir)
-    meta["history"] = history
-    write_json(meta, run_dir / "model.json")
+    inner_row = None
+    if val is not None and best_path.exists():
+        ck = torch.load(best_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(ck["model"])
+        inner_row = ck["row"]
+    held_scores = _score(model, _stack(held), loss_fn) if held else None
+    meta = _meta(cfg, fold, inner, held, inner_row, held_scores, best_epoch, pos_weight, transfer, len(ytr), n_pos)
+    save_model_folder(run_dir, net.state_dict(), {**meta, "history": history})
     return run_dir
+
+
+def _score(model: LesionModel, data, loss_fn) -> dict:
+    """Patch AUC and loss of (patches, covariates, labels) in eval mode."""
+    p = model.score(data[0], data[1])
+    loss = loss_fn(torch.logit(torch.from_numpy(p).clamp(1e-6, 1 - 1e-6)), torch.from_numpy(data[2]))
+    return {"auc": _auc(data[2], p), "loss": float(loss)}
+
+
+def _inner_split(cfg: LocalizeConfig, items: list[dict], fold) -> tuple[list[dict], list[dict]]:
+    """(training, inner-validation) items: `data.inner_val` training patients, seeded by split_seed and
+    fold. Lesion patients are taken first (so the inner patches hold both classes), but one always stays
+    in training. Fixed selection: no inner split."""
+    if cfg.train.selection == "fixed":
+        return items, []
+    by_patient: dict[str, bool] = {}
+    for i in items:
+        by_patient[i["case"].patient_id] = by_patient.get(i["case"].patient_id, False) or i["positive"]
+    if len(by_patient) <= cfg.data.inner_val:
+        raise ConfigError("train.selection", f"inner needs more than data.inner_val={cfg.data.inner_val} "
+                          "training patients in the fold", len(by_patient),
+                          "set --set train.selection=fixed or lower data.inner_val")
+    rng = np.random.default_rng(cfg.data.split_seed * 1000 + (0 if fold == "all" else int(fold) + 1))
+    pos = list(rng.permutation(sorted(p for p, y in by_patient.items() if y)))
+    neg = list(rng.permutation(sorted(p for p, y in by_patient.items() if not y)))
+    chosen = set((pos[1:] + neg + pos[:1])[: cfg.data.inner_val])
+    return ([i for i in items if i["case"].patient_id not in chosen],
+            [i for i in items if i["case"].patient_id in chosen])
 
 
 def _draw(y: np.ndarray, n: int, balanced: bool, rng: np.random.Generator) -> np.ndarray:
@@ -181,14 +219,22 @@ def _flip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def _meta(cfg: LocalizeConfig, fold, va, row, pos_weight, transfer, n_train, n_pos) -> dict:
+def _meta(cfg: LocalizeConfig, fold, inner, held, inner_row, held_scores, epoch, pos_weight, transfer,
+          n_train, n_pos) -> dict:
+    rule = ("inner: best epoch and early stopping by patch AUC on inner-validation patients drawn from the "
+            "fold's training patients" if inner else "fixed: last epoch, no selection")
     return {"kind": KIND, "name": cfg.name, "fold": fold, "model": to_dict(cfg.model),
             "candidates": to_dict(cfg.candidates), "preprocess": to_dict(cfg.preprocess),
             "channels": list(cfg.preprocess.channels), "outputs": "lesion logit per candidate patch (sigmoid)",
             "patch_label": f">= {cfg.candidates.positive_min_voxels} '{cfg.data.label}' voxels in the patch centre",
             "training": {"patches": n_train, "positive_patches": n_pos, "pos_weight": pos_weight,
                          "balanced_sampling": cfg.train.balanced_sampling, "transfer": transfer},
-            "best_epoch": row["epoch"],
-            "validation": None if not va else {
-                "split": f"fold {fold} of {cfg.data.folds} (patient-level, stratified by lesion presence)",
-                "cases": [i["case"].case_id for i in va], "patch_auc": row.get("val_auc"), "loss": row.get("val_loss")}}
+            "best_epoch": epoch,
+            "selection": {"rule": rule, "epoch": epoch, "cases": [i["case"].case_id for i in inner],
+                          **({"patch_auc": inner_row.get("inner_auc"), "loss": inner_row.get("inner_loss")}
+                             if inner_row else {})},
+            "validation": None if not held else {
+                "split": f"fold {fold} of {cfg.data.folds} (patient-level, stratified by lesion presence); "
+                         "held out: scored once after training, used for no decision",
+                "cases": [i["case"].case_id for i in held], "patch_auc": held_scores["auc"],
+                "loss": held_scores["loss"]}}

@@ -129,6 +129,7 @@ def build_classifier(name: str, spatial_dims: int = 2, in_channels: int = 1, n_o
 
 
 def encoder_parameters(model: CovariateClassifier) -> list[nn.Parameter]:
+    """The backbone's parameters (frozen first in transfer learning; `model.encoder` is the module)."""
     return list(model.encoder.parameters())
 
 
@@ -136,7 +137,7 @@ def load_matching(model: nn.Module, state_dict: dict, prefix_map: dict[str, str]
     """Copy tensors of `state_dict` whose (renamed) name and shape match `model`'s; return (loaded, total).
 
     `prefix_map` renames source prefixes first (e.g. {"": "encoder."} to load a bare backbone). Used for
-    transfer learning from a saved classifier or a segmenter whose encoder shares tensor names.
+    transfer learning from a saved classifier of the same backbone.
     """
     own = model.state_dict()
     loaded = {}

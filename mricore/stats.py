@@ -12,12 +12,11 @@ N_BOOT = 2000  # case-level bootstrap resamples (seeded)
 
 
 def bootstrap_ci(values, n_boot: int = N_BOOT, seed: int = 0, alpha: float = 0.05, stat=np.mean) -> tuple[float, float]:
-    """Percentile bootstrap CI of `stat` over cases (resampling cases with replacement)."""
+    """Percentile bootstrap CI of `stat` over cases (resampling cases with replacement).
+    NaN with fewer than 2 cases: one case gives no interval (a zero-width one would claim certainty)."""
     v = np.asarray(values, dtype=float)
-    if len(v) == 0:
+    if len(v) < 2:
         return float("nan"), float("nan")
-    if len(v) == 1:
-        return float(v[0]), float(v[0])
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(v), size=(n_boot, len(v)))
     boots = stat(v[idx], axis=1)
@@ -56,13 +55,14 @@ def paired_difference(a, b, n_boot: int = N_BOOT, seed: int = 0) -> dict:
 
 
 def fmt(s: dict, digits: int = 3) -> str:
-    """'mean 0.812 (95% CI 0.77-0.85), median 0.83, n=12 (1 excluded)'."""
+    """'mean 0.812 (95% CI 0.77-0.85), median 0.83, n=12 (1 excluded)'; with n=1, 'no CI with n=1'."""
     if s["n"] == 0:
         return f"n=0 ({s['n_excluded']} excluded)"
     f = f"{{:.{digits}f}}"
     ex = f" ({s['n_excluded']} excluded)" if s["n_excluded"] else ""
-    return (f"mean {f.format(s['mean'])} (95% CI {f.format(s['ci_low'])}-{f.format(s['ci_high'])}), "
-            f"median {f.format(s['median'])}, n={s['n']}{ex}")
+    ci = (f"95% CI {f.format(s['ci_low'])}-{f.format(s['ci_high'])}" if np.isfinite(s["ci_low"])
+          else f"no CI with n={s['n']}")
+    return f"mean {f.format(s['mean'])} ({ci}), median {f.format(s['median'])}, n={s['n']}{ex}"
 
 
 def compare_models(values: dict, n_boot: int = N_BOOT, seed: int = 0) -> list[dict]:

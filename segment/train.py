@@ -356,6 +356,8 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
             break
     if writer is not None:
         writer.close()
+    if world > 1:
+        print(f"rank {rank} of {world}: training ended after epoch {epoch}", flush=True)
     if rank == 0:
         _finish(cfg, fold, split, seg, run_dir, best_path, best_epoch, history)
     _barrier(world)

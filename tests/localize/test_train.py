@@ -27,12 +27,14 @@ def test_init_from_a_saved_classifier_loads_matching_tensors(tmp_path, capsys):
     assert "tensors loaded" in capsys.readouterr().out
 
 
-def test_init_from_an_unrelated_segmenter_is_a_config_error(tmp_path):
+def test_init_from_a_segmenter_is_refused_up_front(tmp_path):
+    # A segmenter's encoder is not the classifier backbone: no tensor could ever match, so the claim
+    # of transfer from a segmenter is refused rather than silently loading nothing.
     from monai.networks.nets import UNet
 
     seg = UNet(2, 1, 3, channels=(4, 8), strides=(2,))
     save_model_folder(tmp_path / "s", seg.state_dict(), {"kind": "segmenter"})
-    with pytest.raises(ConfigError, match="no tensor matches"):
+    with pytest.raises(ConfigError, match="lesion classifier folder"):
         _init_from(_model().net, str(tmp_path / "s"))
 
 

@@ -17,7 +17,7 @@ import yaml
 from mricore.modelfolder import read_model_meta
 from mricore.io import read_nifti
 from segment.inference import Segmenter
-from segment.networks import build_network, encoder_parameters
+from segment.networks import build_network, encoder_modules, encoder_parameters
 from segment.predict import predict_volume
 from segment.train import train
 
@@ -91,20 +91,51 @@ def test_init_from_and_frozen_encoder(tiny_model, data_dir, tmp_path):
     final = _weights(out)
     for n in enc:  # frozen during epoch 0: still the loaded weights
         torch.testing.assert_close(after_frozen[n], src[n], msg=n)
+    mods = {id(m): n for n, m in net.named_modules()}
+    enc_buffers = [f"{mods[id(m)]}.{b}" for m in encoder_modules(net, "unet")
+                   for b, _ in m.named_buffers() if "running" in b]
+    assert enc_buffers
+    for n in enc_buffers:  # frozen norm layers keep the source's running statistics
+        torch.testing.assert_close(after_frozen[n], src[n], msg=n)
     assert any(not torch.equal(after_frozen[n], src[n]) for n in dec)       # decoder trained
     assert any(not torch.equal(final[n], after_frozen[n]) for n in enc)     # encoder trained after
 
 
-@pytest.mark.slow
-def test_ddp_two_cpu_processes_write_one_model_folder(data_dir, tmp_path):
+def _torchrun(data_dir, tmp_path, fold: str, **extra) -> subprocess.CompletedProcess:
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(DEFAULT_CONFIG.read_text())
-    sets = [a for s in tiny_overrides(data_dir, tmp_path / "runs") for a in ("--set", s)]
+    sets = [a for s in tiny_overrides(data_dir, tmp_path / "runs", **extra) for a in ("--set", s)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "segment.cli", "train", "--config", str(cfg), "--fold", "all", *sets]
+           "-m", "segment.cli", "train", "--config", str(cfg), "--fold", fold, *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes on 2 cores
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_write_one_model_folder(data_dir, tmp_path):
+    _torchrun(data_dir, tmp_path, "all", train__selection="fixed")
     folders = [p.parent for p in (tmp_path / "runs").rglob("model.json")]
     assert [f.name for f in folders] == ["fold_all"]
     assert read_model_meta(folders[0])["history_epochs"] == 1
+
+
+@pytest.mark.slow
+def test_ddp_early_stop_ends_every_rank_at_rank0s_epoch(data_dir, tmp_path):
+    # patience 0: rank 0 decides to stop after epoch 0 of 3; without the broadcast rank 1 would enter
+    # epoch 1 and wait forever in its first all-reduce.
+    r = _torchrun(data_dir, tmp_path, "0", train__epochs=3, train__selection="inner", train__patience=0)
+    ends = sorted(line.split(": ", 1)[1] for line in r.stdout.splitlines() if "training ended" in line)
+    assert ends == ["training ended after epoch 0"] * 2, r.stdout[-2000:]
+    meta = read_model_meta(tmp_path / "runs" / "zonal_t2w_2d" / "fold_0")
+    assert meta["history_epochs"] == 1 and meta["selection"]["cases"] and meta["validation"]["cases"]
+
+
+@pytest.mark.slow
+def test_ddp_frozen_encoder_then_unfrozen_ends(data_dir, tmp_path):
+    # The trainable set changes after epoch 0: the DDP wrapper is rebuilt (else "Expected to have
+    # finished reduction in the prior iteration").
+    r = _torchrun(data_dir, tmp_path, "all", train__epochs=2, train__selection="fixed", train__freeze_encoder_epochs=1)
+    assert r.stdout.count("training ended after epoch 1") == 2, r.stdout[-2000:]
+    assert read_model_meta(tmp_path / "runs" / "zonal_t2w_2d" / "fold_all")["history_epochs"] == 2

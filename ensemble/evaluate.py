@@ -64,9 +64,11 @@ def paired_summary(rows: list[dict]) -> dict:
 def cv_groups(members, case_ids: list[str]) -> dict[str, list[int]]:
     """Cross-validated scoring: case id -> indices of the members that held it out.
 
-    Each member's model.json lists its validation cases (`validation.cases`, written by `segment
-    train`); a case is scored only by the members that never trained on it, so the fold-k ensemble is
-    judged on fold k's held-out patients. Cases no member held out are left out.
+    Each member's model.json lists its held-out (outer) cases (`validation.cases`, written by `segment
+    train`); a case is scored only by the members that held it out, so the fold-k ensemble is judged on
+    fold k's held-out patients. Those patients decided nothing in training: the inner-validation cases
+    that chose a member's epoch (`selection.cases`) are training patients and never count here. Cases no
+    member held out are left out.
     """
     out: dict[str, list[int]] = {}
     for i, m in enumerate(members):

@@ -1,5 +1,6 @@
-"""`segment train --cv`: train every patient-level fold, predict each fold's validation cases with
-that fold's best model, and write the cross-validation summary.
+"""`segment train --cv`: train every patient-level fold, predict each fold's held-out cases with that
+fold's model (weights chosen on training patients only, see `train.selection`), and write the
+cross-validation summary. Only outer held-out cases are scored.
 
 Outputs in `output_dir/name/cv/`:
   predictions/<case>.nii.gz   uint8 zones on the case's original grid and affine
@@ -49,7 +50,8 @@ def cross_validate(cfg: SegmentConfig, force: bool = False, init_from: str | Non
         model_dir = train(cfg, k, init_from=init_from, force=force, progress=progress)
         seg = Segmenter.load(model_dir)
         val_ids = (seg.meta.get("validation") or {}).get("cases", [])
-        folds.append({"fold": k, "model": str(model_dir), "val": val_ids, "best_epoch": seg.meta.get("best_epoch")})
+        folds.append({"fold": k, "model": str(model_dir), "val": val_ids, "best_epoch": seg.meta.get("best_epoch"),
+                      "selection": (seg.meta.get("selection") or {}).get("rule")})
         for cid in val_ids:
             image, ref, _ = load_case(cases[cid], seg.channels, cfg.data.label, register=cfg.data.register)
             label, _ = predict_volume(seg, image)

@@ -26,7 +26,7 @@ def _train(root: Path, out: Path, name: str, channels: list, crop: float, seed: 
         "preprocess": {"channels": channels, "target_spacing": [1.2, 1.2, None], "crop_mm": [crop, crop]},
         "model": {"channels": [8, 16], "strides": [2], "num_res_units": 0, "dropout": 0.0},
         "augment": {"mode": "none"},
-        "train": {"epochs": 1, "iters_per_epoch": 3, "batch_size": 2, "patch": [64, 64], "seed": seed,
+        "train": {"epochs": 1, "iters_per_epoch": 3, "batch_size": 2, "patch": [64, 64], "seed": seed, "selection": "fixed",
                   "tensorboard": False},
         "predict": {"sw_batch_size": 32},
     }, "test members")

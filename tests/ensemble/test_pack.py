@@ -14,12 +14,14 @@ from ensemble.members import read_members
 CASE = "prostatex/ProstateX-0000"
 
 
-def _as_fold(src, dst, name, fold, val_cases):
-    """A copy of a member folder that claims to be fold `fold` of config `name`, holding out `val_cases`."""
+def _as_fold(src, dst, name, fold, val_cases, inner_cases=()):
+    """A copy of a member folder that claims to be fold `fold` of config `name`, holding out `val_cases`
+    and choosing its epoch on `inner_cases` (training patients)."""
     shutil.copytree(src, dst)
     meta = json.loads((dst / "model.json").read_text())
     meta.update(name=name, fold=fold, validation={"cases": val_cases, "WG_mean": 0.5, "TZ_mean": 0.4,
-                                                    "PZ_mean": 0.3, "WG_n": 1, "TZ_n": 1, "PZ_n": 1})
+                                                    "PZ_mean": 0.3, "WG_n": 1, "TZ_n": 1, "PZ_n": 1},
+                selection={"rule": "inner", "cases": list(inner_cases)})
     (dst / "model.json").write_text(json.dumps(meta))
     return dst
 
@@ -67,7 +69,8 @@ def test_pack_unknown_method(members, tmp_path, capsys):
 
 
 def test_cv_groups_score_each_case_with_the_members_that_held_it_out(members, tmp_path):
-    f0 = _as_fold(members["t2_a"], tmp_path / "a0", "arch_a", 0, ["case1", "case2"])
+    # case4 chose f0's epoch (inner split of fold 0's training patients): f0 saw it, so it cannot score it.
+    f0 = _as_fold(members["t2_a"], tmp_path / "a0", "arch_a", 0, ["case1", "case2"], inner_cases=["case4"])
     f1 = _as_fold(members["t2_a"], tmp_path / "a1", "arch_a", 1, ["case3"])
     g0 = _as_fold(members["t2_b"], tmp_path / "b0", "arch_b", 0, ["case1", "case2"])
     groups = cv_groups(read_members([f0, f1, g0]), ["case1", "case3", "case4"])

@@ -109,18 +109,26 @@ def model_card(names: list[str], metas: list[dict], cv: dict | None, half: bool,
              "**Intended use: research only, not for diagnosis.** Zonal segmentation of prostate T2W MRI "
              "(0 background, 1 transition zone / central gland, 2 peripheral zone; WG = TZ ∪ PZ).", "",
              "## Members", "",
-             "| member | architecture | input | fold | best epoch | validation cases (expert) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| member | architecture | input | fold | weights chosen by | epoch | held-out cases (expert) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for n, m in zip(names, metas):
         arch = m["model"]["name"] + (f" {m['model']['spatial_dims']}D" if not m["model"].get("context")
                                      else f" 2.5D (context {m['model']['context']})")
         val = (m.get("validation") or {}).get("cases", [])
+        sel = m.get("selection") or {}
+        rule = sel.get("rule", "unknown (no selection record)").split(":")[0]
+        if sel.get("cases"):
+            rule += f" ({', '.join(sel['cases'])})"
         lines.append(f"| {n} | {arch}, channels {m['model']['channels']} | {', '.join(m['channels'])} | "
-                     f"{m.get('fold')} | {m.get('best_epoch')} | {', '.join(val) or 'none'} |")
+                     f"{m.get('fold')} | {rule} | {m.get('best_epoch')} | {', '.join(val) or 'none'} |")
     lines += ["", f"Weights stored as {'fp16' if half else 'fp32'} (loaded as float32). Preprocessing: "
               f"{cfg0['preprocess']['target_spacing']} mm target spacing (null = as acquired), "
               f"{cfg0['preprocess']['crop_mm']} mm in-plane field of view around the volume centre.", ""]
-    lines += ["## Per-member validation DSC (own held-out fold, working grid)", "",
+    lines += ["Protocol: a member's held-out patients decide nothing (no epoch choice, early stopping, weight or "
+              "threshold); its weights are the last epoch of a fixed schedule (`fixed`) or the best epoch on an "
+              "inner split of its training patients (`inner`), and the held-out patients are scored once, after "
+              "training, in eval mode.", ""]
+    lines += ["## Per-member held-out DSC (own held-out fold, working grid)", "",
               "| member | WG | TZ | PZ |", "| --- | --- | --- | --- |"]
     for n, m in zip(names, metas):
         v = m.get("validation") or {}
@@ -155,7 +163,8 @@ From `../shared/data` (its README gives origins and licences):
 - Expert zone labels (`zones.nii.gz`): Prostate158 cases 001, 002, 021 (Charité Berlin, 3 T Siemens;
   Zenodo record, licence to be checked before redistribution) and I2CVB Patient_52209036 and
   Patient_68619 (3- and 5-slice slabs, CHU Dijon; repository licence GPL-2.0, no data licence stated).
-  These 5 patients are split into 3 patient-level folds; they are the only cases used for validation.
+  These 5 patients are split into 3 patient-level folds; the held-out fold of each member is scored
+  once after training and decides nothing.
 - Silver labels: AI-generated zones (`zones_ai.nii.gz`, Yuan et al. 2023, PI-CAI labels, CC BY-NC 4.0)
   of ProstateX-0000, 0002, 0003, 0004, 0005 and 0176 (TCIA), added to every fold's training set only.
   Never used to measure accuracy.

@@ -49,6 +49,9 @@ def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool
     seg = Segmenter.load(model_dir)
     cases = cases_from_inputs(inputs, seg.channels)
     out = Path(out_dir)
+    if (out / "predict.json").exists() and not force:
+        raise OutputExistsError(out / "predict.json", "output exists (a previous run's record)", None,
+                                "pass --force to overwrite, or choose another -o")
     for c in cases:  # check everything before writing anything
         missing = [ch for ch in seg.channels if ch not in c.images]
         if missing:

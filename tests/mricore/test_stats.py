@@ -68,3 +68,10 @@ def test_compare_models_pairs_shared_cases_only():
 def test_fmt_says_mean_median_and_counts():
     text = S.fmt(S.summarize([0.8, 0.9, np.nan]))
     assert text.startswith("mean 0.850") and "median" in text and "n=2 (1 excluded)" in text
+
+
+def test_one_case_has_no_confidence_interval():
+    # A zero-width "95 % CI" from one case would claim certainty: it is NaN, and fmt says why.
+    s = S.summarize([0.8])
+    assert s["n"] == 1 and s["mean"] == 0.8 and np.isnan(s["ci_low"]) and np.isnan(s["ci_high"])
+    assert "no CI with n=1" in S.fmt(s) and "95% CI" not in S.fmt(s)

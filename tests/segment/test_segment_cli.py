@@ -47,6 +47,17 @@ def test_predict_refuses_to_overwrite_without_force(tiny_model, data_dir, tmp_pa
     assert main(["predict", "--model", str(tiny_model), str(case), "-o", str(out), "--force"]) == 0
 
 
+def test_predict_json_of_an_earlier_run_is_not_overwritten_without_force(tiny_model, data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(tiny_model), str(data_dir / "i2cvb" / "Patient_68619"), "-o", str(out)]) == 0
+    record = (out / "predict.json").read_bytes()
+    capsys.readouterr()
+    other = data_dir / "i2cvb" / "Patient_52209036"  # another case: its own map does not exist yet
+    assert main(["predict", "--model", str(tiny_model), str(other), "-o", str(out)]) == 2
+    assert "predict.json" in _one_error_line(capsys)
+    assert (out / "predict.json").read_bytes() == record and not (out / "Patient_52209036.nii.gz").exists()
+
+
 def test_predict_a_datalist(tiny_model, data_dir, tmp_path):
     dl = tmp_path / "list.csv"
     dl.write_text("patient_id,T2W\n"

@@ -77,7 +77,15 @@ def main(argv: list[str] | None = None) -> int:
             if is_batch_input(args.inputs):
                 rows = predict_batch(args.inputs[0], args.output, cfg, args.force, probs, args.report)
                 for r in rows:
-                    _print_case(r["case_id"], r["volume_ml"], r["uncertainty"])
+                    if r["status"] == "ok":
+                        _print_case(r["case_id"], r["volume_ml"], r["uncertainty"])
+                failed = [r for r in rows if r["status"] != "ok"]
+                if failed:
+                    from mricore.errors import UserError
+
+                    raise UserError(args.output, f"{len(failed)} of {len(rows)} cases failed (nothing kept of "
+                                    "them; the others are complete)", failed[0]["error"],
+                                    f"see {args.output}/summary.csv")
             else:
                 side = predict(args.inputs, args.output, cfg, args.force, probs, args.report)
                 _print_case(side["case_id"], side["volume_ml"], side["uncertainty"])

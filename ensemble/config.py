@@ -11,6 +11,7 @@ Example (configs/ensemble/default.yaml):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -61,6 +62,9 @@ class EnsembleConfig:
                 raise ConfigError(f"{where}: weights", "needs one weight per member",
                                   f"{len(self.weights)} weights for {len(self.members)} members",
                                   "give one weight per member, or null for inner-validation-DSC weights")
+            if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in self.weights):
+                raise ConfigError(f"{where}: weights", "weights must be finite numbers", self.weights,
+                                  "e.g. weights: [1, 1, 2]")
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ConfigError(f"{where}: weights", "weights must be >= 0 with a positive sum",
                                   self.weights, "")

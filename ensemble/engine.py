@@ -3,7 +3,8 @@
 Cost model (what bench/ensemble_bench.py measures):
 - the image is read and aligned once (by the caller), and preprocessed once per distinct
   PreprocessSpec (`PreprocessSpec.key()`), never once per member;
-- members are loaded and run one after another; each member's probabilities are added to a running
+- members are loaded once, before the input is read (ensemble.members.read_members), and run one
+  after another; each member's probabilities are added to a running
   weighted sum on the working grid of its spec, then dropped, so peak memory is about one member plus
   the sums plus one uint8 label map per member;
 - each spec group's weighted sum is restored onto the input grid once. Restoring is linear
@@ -92,10 +93,9 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
         timings["restore"] += time.perf_counter() - t
         for i in idxs:
             t = time.perf_counter()
-            seg = Segmenter.load(used[i].path)
+            seg = used[i].segmenter or Segmenter.load(used[i].path)
             seg.predict_cfg.tta_flip = cfg.tta
             prob = seg.probabilities(prep.array)
-            del seg
             timings["network"][used[i].name] = time.perf_counter() - t
             t = time.perf_counter()
             work.add(prob, weights[i])

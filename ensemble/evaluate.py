@@ -100,7 +100,9 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
     if not cases:
         raise InputError(ref, f"no case has the reference label '{label}'", 0,
                          "point --ref to labelled cases, or choose --label (zones, zones_ai)")
-    out = Path(out_dir)
+    from mricore.io import check_output_dir
+
+    out = check_output_dir(out_dir)
     for name in ("evaluate.json", "metrics.csv", "metrics.json", "report.html"):
         if (out / name).exists() and not force:
             raise OutputExistsError(out / name, "output exists", None, "pass --force to overwrite")

@@ -1,7 +1,10 @@
-"""Ensemble members: model folders read by their model.json alone (weights load later, one at a time).
+"""Ensemble members: model folders, each loaded once (network built, weights read with
+weights_only=True) before any input is read.
 
 Checks made before any input is read or output written:
-- the folder is a complete segmenter model folder (mricore.modelfolder.read_model_meta);
+- the folder is a complete segmenter model folder (mricore.modelfolder.read_model_meta / check_meta),
+  its weights readable and matching its architecture (segment.inference.Segmenter.load), so a broken
+  or hostile member is a one-line error naming it, not a traceback after the input was read;
 - every member uses the platform's zone coding `ZONE_LABELS` (label values and names). A member with
   other label names or values is rejected with an error naming it. The output parameterisation
   (model.label_scheme multiclass or regions) may differ between members: segment.networks
@@ -12,7 +15,7 @@ Members whose input channels the case lacks are skipped with a notice (`split_av
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mricore.config import from_dict
@@ -29,6 +32,7 @@ class Member:
     name: str            # unique in the ensemble: folder name, or parent/folder when folder names repeat
     meta: dict           # model.json
     spec: PreprocessSpec
+    segmenter: object = field(default=None, compare=False, repr=False)  # segment.inference.Segmenter
 
     @property
     def channels(self) -> list[str]:
@@ -39,8 +43,8 @@ class Member:
         return self.meta.get("validation")
 
 
-def read_members(paths: list[str | Path]) -> list[Member]:
-    """Member metadata for each folder; raises ConfigError/InputError naming the member."""
+def read_members(paths: list[str | Path], load: bool = True) -> list[Member]:
+    """Each member folder, checked and (with `load`) loaded; raises ConfigError/InputError naming it."""
     if not paths:
         raise ConfigError("members", "an ensemble needs at least one member", "[]",
                           "list model folders written by `segment train` under members:")
@@ -62,7 +66,12 @@ def read_members(paths: list[str | Path]) -> list[Member]:
         while name in names:
             name += "'"
         names.add(name)
-        members.append(Member(p, name, meta, spec))
+        seg = None
+        if load:
+            from segment.inference import Segmenter
+
+            seg = Segmenter.load(p)
+        members.append(Member(p, name, meta, spec, seg))
     return members
 
 

@@ -12,7 +12,11 @@ Outputs per case in OUT (batch: OUT/<case_id>/), all on the input's exact grid, 
   score and review flag, alignment of the inputs, timings per stage, software version;
 - ensemble.yaml: the resolved config (member paths absolute);
 - report.html (optional): volumes, uncertainty, members, three-plane overlay.
-Nothing is written until every check has passed; existing outputs need force=True.
+Nothing is written until every check has passed (config, members loaded, inputs, output location);
+existing outputs need force=True. A case's files appear all together or not at all: they are written
+into a hidden staging folder that is renamed into place at the end and removed on any error, SIGINT
+or SIGTERM (mricore.io.staged_dir). A batch goes on past a failing case, lists it in summary.csv and
+summary.json, and ends with exit code 2; the cases that completed stay complete.
 """
 
 from __future__ import annotations
@@ -131,11 +135,13 @@ def _plan(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bo
 
 def run_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool = True):
     """Read `source` once, run the usable members, combine. Returns (image, EnsembleResult, skipped)."""
+    from mricore.datasets import require_study
     from .engine import run_ensemble
 
     used, skipped = _plan(source, members, cfg, notify)
     t = time.perf_counter()
     image, alignment = source.read(channel_order(used), cfg.register)
+    require_study(image)
     read_s = time.perf_counter() - t
     result = run_ensemble(image, used, cfg)
     result.info["timings_s"] = {"read_align": round(read_s, 4), **result.info["timings_s"]}
@@ -148,15 +154,28 @@ def run_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify:
     return image, result, skipped
 
 
-def write_outputs(out: Path, image, result, skipped: list[dict], source: Source, cfg: EnsembleConfig,
-                  probabilities: bool, report: bool, force: bool) -> dict:
-    """Write every output of one case (see module docstring); returns the zones.json content."""
+def write_outputs(final: Path, image, result, skipped: list[dict], source: Source, cfg: EnsembleConfig,
+                  probabilities: bool, report: bool) -> dict:
+    """Write every output of one case into `final`, all together or none (see module docstring);
+    returns the zones.json content."""
+    from mricore.io import staged_dir
+
+    if not (np.all(np.isfinite(result.prob)) and np.all(np.isfinite(result.entropy))):
+        from mricore.errors import InputError
+
+        raise InputError(source.case_id, "the combined probabilities must be finite", "NaN/Inf values",
+                         "check the member weights and the input image")
+    with staged_dir(final, stale=OUTPUTS) as out:
+        return _write_case(out, image, result, skipped, source, cfg, probabilities, report)
+
+
+def _write_case(out: Path, image, result, skipped, source, cfg, probabilities, report) -> dict:
     from mricore import __version__
     from mricore.config import save_config
     from mricore.io import write_json, write_nifti
 
+    force = True  # a fresh staging folder
     t = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     write_nifti(result.label, image, out / "zones.nii.gz", dtype=np.uint8, force=force)
     unc = np.stack([result.entropy, result.disagreement], axis=-1)
     write_nifti(unc, image, out / "uncertainty.nii.gz", dtype=np.float32, force=force)
@@ -199,48 +218,67 @@ def predict(inputs, out_dir, config=None, force: bool = False, probabilities: bo
     probabilities: write probabilities.nii.gz (None: as the config says).
     Raises UserError subclasses (nothing written) for bad config, members, inputs or existing outputs.
     """
+    from mricore.io import check_output_dir
+
     cfg = _resolve(config)
+    out = check_output_dir(out_dir)
+    _check_outputs(out, force)
     members = read_members(cfg.members)
     source = source_from_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     _plan(source, members, cfg, notify=False)
-    out = Path(out_dir)
-    _check_outputs(out, force)
     image, result, skipped = run_case(source, members, cfg, notify)
     probs = cfg.probabilities if probabilities is None else probabilities
-    return write_outputs(out, image, result, skipped, source, replace(cfg, probabilities=probs), probs,
-                         report, force)
+    return write_outputs(out, image, result, skipped, source, replace(cfg, probabilities=probs), probs, report)
 
 
 def predict_batch(dataset, out_dir, config=None, force: bool = False, probabilities: bool | None = None,
                   report: bool = False, progress: bool = True) -> list[dict]:
     """Every case of a dataset folder / MSD folder / datalist into `out_dir/<case_id>/`, with a progress
-    bar; `out_dir/summary.json` lists per-case volumes, scores and review flags. All cases are checked
-    (members runnable, outputs absent) before the first is written."""
+    bar. All cases are checked (members runnable, outputs absent) before the first is run. A case that
+    fails (a UserError: unreadable image, bad geometry, disk full) leaves nothing and the batch goes on;
+    `out_dir/summary.json` and `summary.csv` list every case with its status, volumes, uncertainty and
+    error. Returns the rows (status "ok" or "failed")."""
     from tqdm import tqdm
 
     from mricore.datasets import load_dataset
-    from mricore.io import write_json
+    from mricore.errors import UserError
+    from mricore.io import check_output_dir, write_csv, write_json
 
     cfg = _resolve(config)
+    out = check_output_dir(out_dir)
+    for name in ("summary.json", "summary.csv"):
+        if (out / name).exists() and not force:
+            raise OutputExistsError(out / name, "output exists", None, "pass --force to overwrite")
     members = read_members(cfg.members)
     sources = [source_from_case(c) for c in load_dataset(dataset)]
-    out = Path(out_dir)
     for s in sources:
         _plan(s, members, cfg, notify=False)
         _check_outputs(out / s.case_id, force)
-    if (out / "summary.json").exists() and not force:
-        raise OutputExistsError(out / "summary.json", "output exists", None, "pass --force to overwrite")
     probs = cfg.probabilities if probabilities is None else probabilities
     rows = []
     for s in tqdm(sources, desc="ensemble predict", disable=not progress, file=sys.stderr):
-        image, result, skipped = run_case(s, members, cfg, notify=False)
-        side = write_outputs(out / s.case_id, image, result, skipped, s, replace(cfg, probabilities=probs),
-                             probs, report, force)
-        rows.append({"case_id": s.case_id, "volume_ml": side["volume_ml"], "uncertainty": side["uncertainty"],
+        try:
+            image, result, skipped = run_case(s, members, cfg, notify=False)
+            side = write_outputs(out / s.case_id, image, result, skipped, s, replace(cfg, probabilities=probs),
+                                 probs, report)
+        except UserError as e:
+            rows.append({"case_id": s.case_id, "status": "failed", "error": str(e)})
+            continue
+        rows.append({"case_id": s.case_id, "status": "ok", "volume_ml": side["volume_ml"],
+                     "uncertainty": side["uncertainty"],
                      "members_used": [m["member"] for m in side["members_used"]],
                      "members_skipped": [m["member"] for m in side["members_skipped"]]})
     write_json({"dataset": str(dataset), "method": cfg.method, "cases": rows}, out / "summary.json")
+    write_csv([_flat_row(r) for r in rows], out / "summary.csv")
     return rows
+
+
+def _flat_row(r: dict) -> dict:
+    if r["status"] != "ok":
+        return {"case_id": r["case_id"], "status": r["status"], "error": r["error"]}
+    return {"case_id": r["case_id"], "status": "ok", **{f"{z}_ml": v for z, v in r["volume_ml"].items()},
+            "uncertainty": r["uncertainty"]["score"], "review": r["uncertainty"]["review"],
+            "members_used": len(r["members_used"]), "error": ""}
 
 
 def is_batch_input(inputs: list[str]) -> bool:

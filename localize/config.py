@@ -93,6 +93,8 @@ class TrainConfig:
         if min(self.epochs, self.iters_per_epoch, self.batch_size) < 1:
             raise ConfigError(where, "train.epochs, iters_per_epoch, batch_size must be >= 1",
                               (self.epochs, self.iters_per_epoch, self.batch_size), "")
+        if not (self.lr > 0 and self.lr < float("inf")):
+            raise ConfigError(where, "train.lr must be a positive number", self.lr, "e.g. 0.001")
 
 
 @dataclass

@@ -41,7 +41,9 @@ def evaluate(pred_dir: str, ref: str, out_dir: str, force: bool = False) -> dict
     from mricore.metrics import dice, froc, lesion_detection, patient_level
     from mricore.report import write_report
 
-    out = Path(out_dir)
+    from mricore.io import check_output_dir
+
+    out = check_output_dir(out_dir)
     if (out / "localize.json").exists() and not force:
         raise OutputExistsError(out / "localize.json", "output exists", None, "pass --force to overwrite")
     cases = {c.case_id: c for c in load_dataset(ref)}

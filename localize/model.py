@@ -15,7 +15,7 @@ import torch
 from mricore.classifiers import DEFAULT_CAM_LAYER, build_classifier
 from mricore.config import from_dict
 from mricore.errors import InputError
-from mricore.modelfolder import load_weights, read_model_meta
+from mricore.modelfolder import check_meta, load_weights, read_model_meta
 from mricore.preprocess import Prepared, PreprocessSpec, prepare_label, preprocess
 from mricore.volume import Volume
 
@@ -56,17 +56,14 @@ class LesionModel:
     @classmethod
     def load(cls, folder: str | Path) -> "LesionModel":
         folder = Path(folder)
-        meta = read_model_meta(folder)
-        if meta.get("kind") != KIND:
-            raise InputError(folder, f"not a {KIND} model folder", meta.get("kind"),
-                             "pass a folder written by `localize train`")
+        meta = check_meta(read_model_meta(folder), folder, KIND)
         where = f"{folder}/model.json"
         m = cls.build(from_dict(ModelConfig, meta["model"], where, "model."),
                       from_dict(CandidateConfig, meta["candidates"], where, "candidates."),
                       from_dict(PreprocessSpec, meta["preprocess"], where, "preprocess."))
         try:
             m.net.load_state_dict(load_weights(folder))
-        except RuntimeError as e:
+        except (RuntimeError, TypeError) as e:
             raise InputError(folder / "weights.pt", "weights do not match the architecture in model.json",
                              str(e).splitlines()[0][:120], "re-export the model folder") from None
         m.net.eval()

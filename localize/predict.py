@@ -33,14 +33,16 @@ EXPLAIN_OUTPUTS = ("lesion_gradcam.nii.gz", "lesion_gradcam.png")
 def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, explain: bool = False,
             layer: str | None = None, force: bool = False) -> dict:
     """Run the lesion model on one study; return the lesion.json content."""
+    from mricore.io import check_output_dir, staged_dir
+
     t0 = time.perf_counter()
+    out = check_output_dir(out_dir)
     model = LesionModel.load(model_dir)
     case = image_from_inputs([Path(p) for p in inputs], model.spec.channels)
     missing = [c for c in model.spec.channels if c not in case.images]
     if missing:
         raise InputError(case.case_id, f"model expects {', '.join(model.spec.channels)}", ", ".join(sorted(case.images)),
                          f"provide {', '.join(missing)}")
-    out = Path(out_dir)
     names = OUTPUTS + (EXPLAIN_OUTPUTS if explain else ())
     for n in names:
         if (out / n).exists() and not force:
@@ -70,13 +72,13 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
               "threshold": model.cand.threshold, "patient_score": patient_score(prob), "n_patches": int(len(scores)),
               "candidates": cands, "alignment": info["alignment"],
               "coordinates": "centroid_ras_mm: NIfTI world (RAS+); centroid_lps_mm: DICOM scanner (LPS)"}
-    if explain:
-        cam = _explain(model, ct, scores, layer, gland, image, out, force)
-        result["explain"] = cam
-    write_nifti(prob.astype(np.float32), image, out / OUTPUTS[0], force=force)
-    write_nifti(labels, image, out / OUTPUTS[1], dtype=np.uint16, force=force)
-    result["seconds"] = round(time.perf_counter() - t0, 3)
-    write_json(result, out / OUTPUTS[2], force=True)
+    with staged_dir(out, stale=OUTPUTS + EXPLAIN_OUTPUTS) as stage:  # all outputs together or none
+        if explain:
+            result["explain"] = _explain(model, ct, scores, layer, gland, image, stage, True)
+        write_nifti(prob.astype(np.float32), image, stage / OUTPUTS[0], force=True)
+        write_nifti(labels, image, stage / OUTPUTS[1], dtype=np.uint16, force=True)
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+        write_json(result, stage / OUTPUTS[2], force=True)
     return result
 
 

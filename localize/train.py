@@ -21,7 +21,7 @@ from mricore.classifiers import encoder_parameters, load_matching
 from mricore.config import save_config, to_dict
 from mricore.datasets import load_case, load_dataset, read_ref
 from mricore.errors import ConfigError, InputError
-from mricore.io import _replace_atomically
+from mricore.io import replace_atomically
 from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder
 from mricore.preprocess import prepare_label
 from mricore.splits import make_splits, save_splits
@@ -118,10 +118,6 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
         opt.load_state_dict(ck["optimizer"])
         start, best, best_epoch, bad, history = ck["epoch"] + 1, ck["best"], ck["best_epoch"], ck["bad"], ck["history"]
         transfer = ck.get("transfer")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    if splits is not None:
-        save_splits(splits, run_dir / "splits.json")
     enc = encoder_parameters(net)
     best_path = run_dir / "checkpoint_best.pt"
     for epoch in range(start, cfg.train.epochs):
@@ -143,6 +139,11 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+        if not (run_dir / "config.yaml").exists():  # the folder appears with the first checkpoint
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+            if splits is not None:
+                save_splits(splits, run_dir / "splits.json")
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "frozen_encoder": frozen}
         if val is not None:  # inner split (training patients): it alone chooses the epoch
             row.update({f"inner_{k}": v for k, v in _score(model, val, loss_fn).items()})
@@ -151,12 +152,12 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
             improved = score > best
             best, best_epoch, bad = (score, epoch, 0) if improved else (best, best_epoch, bad + 1)
             if improved:
-                _replace_atomically(best_path, lambda tmp: torch.save({"model": net.state_dict(), "row": row}, tmp))
+                replace_atomically(best_path, lambda tmp: torch.save({"model": net.state_dict(), "row": row}, tmp))
         else:
             best_epoch = epoch
         history.append(row)
         print(f"epoch {epoch}: loss {row['loss']:.4f}" + (f" inner AUC {row['inner_auc']:.3f}" if val is not None else ""))
-        _replace_atomically(last, lambda tmp: torch.save(dict(
+        replace_atomically(last, lambda tmp: torch.save(dict(
             model=net.state_dict(), optimizer=opt.state_dict(), epoch=epoch, best=float(best), best_epoch=best_epoch,
             bad=bad, history=history, transfer=transfer), tmp))
         if val is not None and bad >= cfg.train.patience:

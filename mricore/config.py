@@ -137,11 +137,22 @@ def parse_overrides(items: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item}", "must be key=value", item, "e.g. --set train.epochs=5")
         key, raw = item.split("=", 1)
-        d = out
         parts = key.strip().split(".")
-        for p in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"--set {item}", "the key must be dotted names", repr(key), "e.g. --set train.epochs=5")
+        d = out
+        for i, p in enumerate(parts[:-1]):
             d = d.setdefault(p, {})
-        d[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(d, dict):
+                raise ConfigError(f"--set {item}", "a key is set both as a value and as a section",
+                                  ".".join(parts[:i + 1]), "give each key once")
+        if isinstance(d.get(parts[-1]), dict):
+            raise ConfigError(f"--set {item}", "a key is set both as a section and as a value", key, "give each key once")
+        try:
+            d[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item}", "the value is not valid YAML", str(e).splitlines()[0],
+                              "quote it, e.g. --set 'name=\"a: b\"'") from None
     return out
 
 
@@ -161,8 +172,12 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         where = str(path)
         if not path.exists():
             raise ConfigError(path, "config file does not exist", None, "check the path (configs/...)")
+        if not path.is_file():
+            raise ConfigError(path, "config must be a YAML file", "a folder", "pass configs/<kind>/<name>.yaml")
         try:
             data = yaml.safe_load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(path, "config must be a UTF-8 YAML text file", "binary content", "pass a .yaml file") from None
         except yaml.YAMLError as e:
             raise ConfigError(path, "not valid YAML", str(e).splitlines()[0], "fix the syntax") from None
     if overrides:

@@ -125,12 +125,20 @@ def load_msd(root: Path) -> list[Case]:
 def load_datalist(path: Path) -> list[Case]:
     """CSV or JSON datalist: one row per case, a `patient_id` column, channel and label columns."""
     path = Path(path)
-    if path.suffix == ".json":
-        rows = json.loads(path.read_text())
-        rows = rows.get("cases", rows) if isinstance(rows, dict) else rows
-    else:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+    try:
+        if path.suffix == ".json":
+            rows = json.loads(path.read_text())
+            rows = rows.get("cases", rows) if isinstance(rows, dict) else rows
+        else:
+            with path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(path, "datalist is not readable JSON/CSV text", f"{type(e).__name__}: {str(e)[:60]}",
+                         "write one row per case with patient_id and channel columns") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise InputError(path, "datalist must be a list of rows (objects with patient_id and channel keys)",
+                         type(rows).__name__ if not isinstance(rows, list) else "a list of non-objects",
+                         'e.g. [{"patient_id": "p1", "T2W": "p1/t2.nii.gz"}]')
     cases = []
     for i, row in enumerate(rows):
         if not row.get("patient_id"):
@@ -163,6 +171,14 @@ def load_dataset(path: str | Path, files: dict | None = None) -> list[Case]:
                              None, "point to a case folder, a dataset folder, an MSD folder or a datalist")
         return cases
     raise InputError(path, "unknown dataset layout", path.suffix, "use a folder, dataset.json folder, .csv or .json")
+
+
+def require_study(image: Volume) -> Volume:
+    """A study to segment has at least 2 slices: one slice gives no gland volume and no 3D component."""
+    if min(image.shape) < 2:
+        raise InputError(image.case_id or "input", "a study needs at least 2 slices along every axis",
+                         f"shape {image.shape}", "pass the whole series (not one slice)")
+    return image
 
 
 def read_ref(ref: ImageRef, name: str, case_id: str, label: bool = False) -> Volume:
@@ -230,7 +246,15 @@ def image_from_inputs(inputs: list[Path], channels: list[str], case_id: str | No
     images = {}
     for i, p in enumerate(inputs):
         stem = p.name.split(".nii")[0].lower()
-        name = stems.get(stem) or (channels[i] if i < len(channels) else f"ch{i}")
+        if stem not in stems and i >= len(channels):
+            raise InputError(p, f"a file beyond the {len(channels)} channels that can be named by position "
+                             f"({', '.join(channels)})", f"{len(inputs)} files",
+                             "pass one file per channel of one study, or name them t2/adc/dwi.nii.gz")
+        name = stems.get(stem) or channels[i]
+        if name in images:
+            raise InputError(p, f"channel {name} is given twice", f"{images[name].path} and {p}",
+                             "pass one file per channel of one study (one patient per run; a folder of "
+                             "case folders for several)")
         images[name] = ImageRef(p)
     cid = case_id or (inputs[0].parent.name if inputs[0].name.split(".nii")[0] in stems else inputs[0].name.split(".nii")[0])
     return Case(cid, cid, images, {}, "")

@@ -40,13 +40,41 @@ class OutputExistsError(UserError):
     """An output would be overwritten without --force."""
 
 
+class WriteError(UserError):
+    """An output could not be written (disk full, file size limit, permissions): nothing of it is left."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every `finally` (staging clean-up) runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def run_cli(main: Callable[[], int | None]) -> int:
-    """Call `main`; turn a UserError into one line on stderr and exit code 2."""
+    """Call `main`; turn a UserError into one line on stderr and exit code 2.
+
+    SIGTERM and SIGINT unwind the stack like exceptions, so staged outputs and temporary files are
+    removed before the process exits (143 and 130). Python warnings (numpy, MONAI) are silenced, and
+    mricore silences ITK where it imports SimpleITK: our one line is what the user reads.
+    """
+    import signal
+    import warnings
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(main() or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return int(main() or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: nothing of the unfinished case was kept", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated: nothing of the unfinished case was kept", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -146,9 +146,9 @@ def save_overlay(image: np.ndarray, cam: np.ndarray, path: str | Path, *, title:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    from .io import _atomic_target, _replace_atomically
+    from .io import output_target, replace_atomically
 
-    path = _atomic_target(Path(path), force)
+    path = output_target(Path(path), force)
     k = int(np.argmax(cam.reshape(-1, cam.shape[2]).sum(0)))
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     # Transpose so voxel axis i runs left-right and j top-bottom, as radiology viewers show LPS storage.
@@ -158,6 +158,6 @@ def save_overlay(image: np.ndarray, cam: np.ndarray, path: str | Path, *, title:
         ax.contour(contour[:, :, k].T.astype(float), levels=[0.5], colors="w", linewidths=0.8)
     ax.set_title(f"{title} slice k={k}".strip(), fontsize=9)
     ax.axis("off")
-    _replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
     plt.close(fig)
     return path

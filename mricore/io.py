@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,10 @@ def load_nifti_image(path: str | Path) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
     except Exception as e:  # nibabel raises several types for non-NIfTI input
-        raise InputError(path, "not a readable NIfTI file", type(e).__name__,
-                         "convert it to .nii.gz (e.g. with SimpleITK or dcm2niix)") from None
+        looks_nifti = path.name.endswith((".nii", ".nii.gz"))
+        raise InputError(path, "not a readable NIfTI file" + (" (truncated or corrupt)" if looks_nifti else ""),
+                         type(e).__name__, "re-export the file" if looks_nifti
+                         else "convert it to .nii.gz (e.g. with SimpleITK or dcm2niix)") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(path, "not a NIfTI file", type(img).__name__, "convert it to .nii.gz")
     return img
@@ -80,6 +83,10 @@ def read_nifti(path: str | Path, channel: str = "image", case_id: str = "",
     if len(shape) != 3:
         raise InputError(path, "expected a 3D volume", f"shape {img.shape}",
                          "split 4D files into one file per channel, or use the MSD loader")
+    check_affine(img.affine, path)
+    if np.issubdtype(img.get_data_dtype(), np.complexfloating):
+        raise InputError(path, "voxels must be real numbers", f"dtype {img.get_data_dtype()}",
+                         "save the magnitude image (np.abs) instead")
     try:
         data = np.asarray(img.dataobj[..., index] if index is not None else img.dataobj).reshape(shape)
     except Exception as e:
@@ -102,7 +109,20 @@ def read_nifti(path: str | Path, channel: str = "image", case_id: str = "",
     return Volume(data[None], img.affine, (channel,), case_id, img.header.copy())
 
 
-def _atomic_target(path: Path, force: bool) -> Path:
+def check_affine(affine: np.ndarray, where) -> None:
+    """A grid must be finite and invertible (voxel sizes > 0); else a one-line error naming `where`."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+        raise InputError(where, "the affine (qform/sform) must be finite", "NaN/Inf entries",
+                         "fix the header (e.g. re-export with SimpleITK or dcm2niix)")
+    sizes = np.linalg.norm(a[:3, :3], axis=0)
+    if sizes.min() <= 1e-6 or abs(np.linalg.det(a[:3, :3])) <= 1e-9 * float(np.prod(sizes)):
+        raise InputError(where, "the affine (qform/sform) must be invertible", f"voxel sizes {np.round(sizes, 4).tolist()}",
+                         "fix the header (e.g. re-export with SimpleITK or dcm2niix)")
+
+
+def output_target(path: Path, force: bool) -> Path:
+    """`path`, after the rule that nothing is overwritten without force; its folder is created."""
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError(path, "output exists", None, "pass --force to overwrite, or choose another output")
@@ -110,7 +130,9 @@ def _atomic_target(path: Path, force: bool) -> Path:
     return path
 
 
-def _replace_atomically(path: Path, write) -> None:
+def replace_atomically(path: Path, write) -> None:
+    """Call `write(tmp)` on a hidden temporary file beside `path`, then rename it onto `path`; the
+    temporary file is removed on any error or signal (see mricore.errors.run_cli)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes))
     os.close(fd)
     try:
@@ -130,7 +152,7 @@ def write_nifti(array: np.ndarray, like: Volume | None, path: str | Path, *, aff
     When `like` carries a source header, its qform/sform matrices and codes are kept exactly, so the
     output lands on the input's exact grid.
     """
-    path = _atomic_target(Path(path), force)
+    path = output_target(Path(path), force)
     array = np.asarray(array)
     if dtype is not None:
         array = array.astype(dtype)
@@ -152,21 +174,35 @@ def write_nifti(array: np.ndarray, like: Volume | None, path: str | Path, *, aff
         img.header.set_sform(aff, code=1)
     img.header.set_data_dtype(array.dtype)
     img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
-    _replace_atomically(path, lambda tmp: nib.save(img, tmp))
+    replace_atomically(path, lambda tmp: nib.save(img, tmp))
     return path
 
 
+def finite_json(obj: Any) -> Any:
+    """`obj` with every NaN/Inf float replaced by None, so the JSON written is valid JSON (RFC 8259)."""
+    if isinstance(obj, float) or isinstance(obj, np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite_json(obj.tolist())
+    return obj
+
+
 def write_json(obj: Any, path: str | Path, force: bool = True) -> Path:
-    """Write JSON atomically (sidecars are rewritten with their outputs, hence force=True)."""
-    path = _atomic_target(Path(path), force)
-    text = json.dumps(obj, indent=2, default=_json_default)
-    _replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+    """Write JSON atomically (sidecars are rewritten with their outputs, hence force=True). NaN and
+    Inf are written as null: the file is always valid JSON."""
+    path = output_target(Path(path), force)
+    text = json.dumps(finite_json(obj), indent=2, default=_json_default, allow_nan=False)
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
     return path
 
 
 def write_text(text: str, path: str | Path, force: bool = True) -> Path:
-    path = _atomic_target(Path(path), force)
-    _replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+    path = output_target(Path(path), force)
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
     return path
 
 
@@ -174,7 +210,7 @@ def write_csv(rows: list[dict], path: str | Path, force: bool = True) -> Path:
     """Write dict rows atomically as CSV; columns are the union of the rows' keys, in first-seen order."""
     import csv
 
-    path = _atomic_target(Path(path), force)
+    path = output_target(Path(path), force)
     keys = list(dict.fromkeys(k for r in rows for k in r))
 
     def write(tmp):
@@ -182,8 +218,80 @@ def write_csv(rows: list[dict], path: str | Path, force: bool = True) -> Path:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(rows)
-    _replace_atomically(path, write)
+    replace_atomically(path, write)
     return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Check, before any work, that `path` can become an output folder: no name over 255 bytes, no
+    symlink loop, not a file, nothing but folders above it, and the nearest existing folder writable
+    (probed with a temporary file, which also catches read-only and pseudo file systems)."""
+    path = Path(path)
+    fix = "choose another -o"
+    for part in path.parts:
+        if len(part.encode()) > 255:
+            raise InputError(path, "a path component is longer than 255 bytes", f"{len(part.encode())} bytes", fix)
+    try:
+        path.resolve(strict=False)
+    except (RuntimeError, OSError) as e:
+        raise InputError(path, "output path cannot be resolved (symlink loop?)", type(e).__name__, fix) from None
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "output must be a folder", "an existing file", fix)
+    anc = path
+    while not anc.exists() and not anc.is_symlink():
+        anc = anc.parent
+    if anc.is_symlink() and not anc.exists():
+        raise InputError(path, "output path goes through a broken or looping symlink", str(anc), fix)
+    if not anc.is_dir():
+        raise InputError(path, "output folder would lie below a file", str(anc), fix)
+    try:
+        fd, probe = tempfile.mkstemp(dir=anc, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(path, "output location is not writable", f"{anc}: {e.strerror}", fix) from None
+    return path
+
+
+@contextmanager
+def staged_dir(out: str | Path, stale: tuple[str, ...] = ()):
+    """All-or-nothing outputs of one case: yield a hidden staging folder; when the block ends normally
+    its files move into `out` (a new `out` is one rename), on any error or signal (see
+    mricore.errors.run_cli) the staging folder is removed with everything in it. Files named in
+    `stale` that the new set lacks are removed from an existing `out`, so no output of an earlier run
+    is left mixed with the new ones. The caller checks overwriting (force) before any work.
+
+    Raises WriteError (one line, nothing left) when the disk is full, a size limit is hit, or similar.
+    """
+    import shutil
+
+    from .errors import WriteError
+
+    out = Path(out)
+    anc = out.parent
+    while not anc.exists():
+        anc = anc.parent
+    stage = Path(tempfile.mkdtemp(dir=anc, prefix=f".{out.name}.staging-"))
+    try:
+        yield stage
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not out.exists():
+            os.rename(stage, out)
+        else:
+            names = {p.name for p in stage.iterdir()}
+            for name in stale:
+                if name not in names and (out / name).is_file():
+                    (out / name).unlink()
+            for p in stage.iterdir():
+                os.replace(p, out / p.name)
+            stage.rmdir()
+    except OSError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise WriteError(out, "outputs could not be written (nothing was kept)", e.strerror or type(e).__name__,
+                         "free disk space, raise the file size limit or check permissions") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 def _json_default(o):
@@ -197,6 +305,14 @@ def _json_default(o):
 
 
 # ----------------------------------------------------------------------------- DICOM
+
+def sitk_module():
+    """SimpleITK with its own WARNING lines off (they would print before, or instead of, our error)."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    return sitk
+
 
 def sitk_to_affine(img) -> np.ndarray:
     """RAS+ voxel-to-world affine of a SimpleITK image (which is LPS) in (x, y, z) = (i, j, k) order."""
@@ -219,7 +335,7 @@ def affine_to_sitk(img, affine: np.ndarray) -> None:
 
 def volume_to_sitk(vol: Volume, channel: int = 0):
     """One channel of a Volume as a SimpleITK image (float32 unless integer)."""
-    import SimpleITK as sitk
+    sitk = sitk_module()
 
     img = sitk.GetImageFromArray(np.ascontiguousarray(vol.array[channel].transpose(2, 1, 0)))
     affine_to_sitk(img, vol.affine)
@@ -252,13 +368,18 @@ def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str =
     positions = []
     normal = None
     for f in files:
-        r = sitk.ImageFileReader()
-        r.SetFileName(f)
-        r.ReadImageInformation()
-        ipp = np.array([float(x) for x in r.GetMetaData("0020|0032").split("\\")])
-        if normal is None:
-            iop = np.array([float(x) for x in r.GetMetaData("0020|0037").split("\\")])
-            normal = np.cross(iop[:3], iop[3:])
+        try:
+            r = sitk.ImageFileReader()
+            r.SetFileName(f)
+            r.ReadImageInformation()
+            ipp = np.array([float(x) for x in r.GetMetaData("0020|0032").split("\\")])
+            if normal is None:
+                iop = np.array([float(x) for x in r.GetMetaData("0020|0037").split("\\")])
+                normal = np.cross(iop[:3], iop[3:])
+        except RuntimeError as e:
+            raise InputError(f, "DICOM file header could not be read (truncated or corrupt)",
+                             str(e).strip().splitlines()[-1][:80] if str(e).strip() else type(e).__name__,
+                             "re-export the series") from None
         positions.append(float(ipp @ normal))
     pos = np.sort(np.array(positions))
     steps = np.diff(pos)
@@ -273,7 +394,11 @@ def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str =
                          f"gap of {steps[i]:.2f} mm after slice {i} where the step is {step:.2f} mm",
                          "re-export the complete series")
     reader.SetFileNames(files)
-    img = reader.Execute()
+    try:
+        img = reader.Execute()
+    except RuntimeError:
+        raise InputError(folder, "DICOM pixel data could not be read (a file is truncated or corrupt)",
+                         f"{len(files)} files", "re-export the series") from None
     arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0).astype(np.float32)
     aff = sitk_to_affine(img)
     # SimpleITK derives z spacing from the first two slices; use the measured median step instead.

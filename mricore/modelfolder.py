@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from .errors import InputError
-from .io import _replace_atomically, write_json
+from .io import replace_atomically, write_json
 
 REQUIRED = ("model.json", "weights.pt")
 
@@ -27,7 +27,7 @@ def save_weights(state_dict, path: Path, half: bool = False) -> Path:
 
     if half:
         state_dict = {k: (v.half() if v.is_floating_point() else v) for k, v in state_dict.items()}
-    _replace_atomically(Path(path), lambda tmp: torch.save(state_dict, tmp))
+    replace_atomically(Path(path), lambda tmp: torch.save(state_dict, tmp))
     return Path(path)
 
 
@@ -50,16 +50,46 @@ def read_model_meta(folder: str | Path) -> dict:
             raise InputError(folder, f"model folder is missing {name}", None,
                              "use a complete folder written by `segment train` / `localize train`")
     try:
-        return json.loads((folder / "model.json").read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(folder / "model.json", "not valid JSON", str(e), "re-export the model") from None
+        meta = json.loads((folder / "model.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(folder / "model.json", "not valid JSON", str(e)[:80], "re-export the model") from None
+    if not isinstance(meta, dict):
+        raise InputError(folder / "model.json", "must hold a JSON object", type(meta).__name__, "re-export the model")
+    return meta
+
+
+# model.json fields a command needs, by kind, with their JSON type.
+REQUIRED_FIELDS = {"segmenter": {"model": dict, "preprocess": dict, "patch": list},
+                   "lesion_classifier": {"model": dict, "preprocess": dict, "candidates": dict}}
+
+
+def check_meta(meta: dict, folder: str | Path, kind: str) -> dict:
+    """The fields `kind` needs are present with the right JSON type; else one line naming the field."""
+    if meta.get("kind") != kind:
+        raise InputError(folder, f"not a {kind} model folder", meta.get("kind"),
+                         "pass a folder written by `segment train`" if kind == "segmenter"
+                         else "pass a folder written by `localize train`")
+    for key, typ in REQUIRED_FIELDS[kind].items():
+        if not isinstance(meta.get(key), typ):
+            raise InputError(Path(folder) / "model.json", f"field '{key}' must be a JSON {typ.__name__}",
+                             type(meta.get(key)).__name__ if key in meta else "missing", "re-export the model folder")
+    return meta
 
 
 def load_weights(folder: str | Path):
-    """state_dict as float32 tensors, read with weights_only=True."""
+    """state_dict as float32 tensors, read with weights_only=True (pickled code is refused); an
+    unreadable, truncated, empty or hostile file is a one-line InputError."""
     import torch
 
-    sd = torch.load(Path(folder) / "weights.pt", map_location="cpu", weights_only=True)
+    path = Path(folder) / "weights.pt"
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, EOFError, RuntimeError, OSError ...
+        first = (str(e).strip().splitlines() or [""])[0][:100]
+        raise InputError(path, "weights could not be read with weights_only=True", f"{type(e).__name__}: {first}",
+                         "re-export the model folder from a trusted source") from None
+    if not isinstance(sd, dict) or not all(hasattr(v, "is_floating_point") for v in sd.values()):
+        raise InputError(path, "weights must be a state_dict of tensors", type(sd).__name__, "re-export the model folder")
     return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
 
 

@@ -109,6 +109,10 @@ class TrainConfig:
                               (self.epochs, self.iters_per_epoch, self.batch_size), "")
         if not 0 <= self.foreground_p <= 1:
             raise ConfigError(where, "train.foreground_p is a probability", self.foreground_p, "")
+        if not (self.lr > 0 and self.lr < float("inf")):
+            raise ConfigError(where, "train.lr must be a positive number", self.lr, "e.g. 0.002")
+        if not self.weight_decay >= 0:
+            raise ConfigError(where, "train.weight_decay must be >= 0", self.weight_decay, "e.g. 0.0001")
 
 
 @dataclass
@@ -137,6 +141,15 @@ class SegmentConfig:
         if len(self.train.patch) != need:
             raise ConfigError(where, f"train.patch needs {need} sizes for spatial_dims {need}",
                               self.train.patch, f"e.g. {[160, 160] if need == 2 else [128, 128, 16]}")
+        div = 1
+        for st in self.model.strides:
+            div *= st
+        # 3D DynUNet never downsamples the slice axis at the first level (segment.networks), UNet/SegResNet do.
+        for axis, p in enumerate(self.train.patch):
+            need = div // (self.model.strides[0] if axis == 2 and self.model.name == "dynunet" else 1)
+            if p < need or p % need:
+                raise ConfigError(where, f"train.patch must be multiples of the network's total stride ({need})",
+                                  self.train.patch, f"e.g. {[max(need, (q // need) * need) for q in self.train.patch]}")
         if self.train.class_weights is not None and len(self.train.class_weights) != n_outputs(self.model.label_scheme):
             raise ConfigError(where, "train.class_weights needs one weight per output",
                               self.train.class_weights, f"{n_outputs(self.model.label_scheme)} values")

@@ -51,7 +51,9 @@ def evaluate(pred_dir, ref, out_dir, label: str = "zones", force: bool = False, 
     from mricore.report import OUTPUTS, write_report
     from mricore.errors import OutputExistsError
 
-    pred_dir, out = Path(pred_dir), Path(out_dir)
+    from mricore.io import check_output_dir
+
+    pred_dir, out = Path(pred_dir), check_output_dir(out_dir)
     preds = _predictions(pred_dir)
     cases = load_dataset(ref)
     with_label = [c for c in cases if label in c.labels]
@@ -71,6 +73,13 @@ def evaluate(pred_dir, ref, out_dir, label: str = "zones", force: bool = False, 
             raise GeometryError(preds[c.case_id], f"prediction must lie on the reference grid of {c.case_id}",
                                 f"shape {predv.shape} vs {refv.shape} (or a different affine)",
                                 "predict on the reference's image (segment predict writes on the input grid)")
+        for what, v, path in (("prediction", predv, preds[c.case_id]), ("reference", refv, c.labels[label].path)):
+            top = int(v.array.max())
+            allowed = 1 if label in ("wg", "wg_ai") and what == "reference" else 2
+            if top > allowed:
+                raise InputError(path, f"{what} labels must be 0 background, 1 TZ, 2 PZ"
+                                 + (" (whole gland: 0/1)" if allowed == 1 else ""), f"value {top}",
+                                 "pass zone maps (not lesion or instance maps), or choose --label")
         pairs.append((c, refv, predv))
     rows, overlays = [], []
     for c, refv, predv in tqdm(pairs, desc="evaluate", disable=not progress or len(pairs) < 2):

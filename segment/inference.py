@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from mricore.config import from_dict
 from mricore.errors import InputError
-from mricore.modelfolder import load_weights, read_model_meta
+from mricore.modelfolder import check_meta, load_weights, read_model_meta
 from mricore.preprocess import PreprocessSpec
 
 from .config import ModelConfig, PredictConfig
@@ -45,16 +45,14 @@ class Segmenter:
     @classmethod
     def load(cls, folder: str | Path) -> "Segmenter":
         folder = Path(folder)
-        meta = read_model_meta(folder)
-        if meta.get("kind") != "segmenter":
-            raise InputError(folder, "not a segmenter model folder", meta.get("kind"), "pass a folder from `segment train`")
+        meta = check_meta(read_model_meta(folder), folder, "segmenter")
         mcfg = from_dict(ModelConfig, meta["model"], f"{folder}/model.json", "model.")
         spec = from_dict(PreprocessSpec, meta["preprocess"], f"{folder}/model.json", "preprocess.")
         pcfg = from_dict(PredictConfig, meta.get("predict", {}), f"{folder}/model.json", "predict.")
         net = build_network(mcfg, len(spec.channels))
         try:
             net.load_state_dict(load_weights(folder))
-        except RuntimeError as e:
+        except (RuntimeError, TypeError) as e:
             raise InputError(folder / "weights.pt", "weights do not match the architecture in model.json",
                              str(e).splitlines()[0][:120], "re-export the model folder") from None
         return cls(net, mcfg, spec, meta["patch"], pcfg, meta, folder.name)

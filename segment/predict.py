@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mricore.datasets import Case, image_from_inputs, load_case, load_dataset
+from mricore.datasets import Case, image_from_inputs, load_case, load_dataset, require_study
 from mricore.errors import InputError, OutputExistsError
 from mricore.io import write_json, write_nifti
 from mricore.preprocess import preprocess, restore
@@ -46,9 +46,11 @@ def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool
             force: bool = False, progress: bool = True) -> list[dict]:
     from tqdm import tqdm
 
+    from mricore.io import check_output_dir, staged_dir
+
+    out = check_output_dir(out_dir)
     seg = Segmenter.load(model_dir)
     cases = cases_from_inputs(inputs, seg.channels)
-    out = Path(out_dir)
     if (out / "predict.json").exists() and not force:
         raise OutputExistsError(out / "predict.json", "output exists (a previous run's record)", None,
                                 "pass --force to overwrite, or choose another -o")
@@ -64,11 +66,13 @@ def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool
     for c in tqdm(cases, desc="predict", disable=not progress or len(cases) < 2):
         t = time.perf_counter()
         image, _, info = load_case(c, seg.channels)
+        require_study(image)
         label, prob = predict_volume(seg, image)
-        write_nifti(label, image, out / f"{c.case_id}.nii.gz", dtype=np.uint8, force=force)
-        if probabilities:
-            write_nifti(prob.transpose(1, 2, 3, 0), image, out / f"{c.case_id}_prob.nii.gz",
-                        dtype=np.float32, force=force)
+        with staged_dir(out) as stage:  # a case's files appear together or not at all
+            write_nifti(label, image, stage / f"{c.case_id}.nii.gz", dtype=np.uint8, force=True)
+            if probabilities:
+                write_nifti(prob.transpose(1, 2, 3, 0), image, stage / f"{c.case_id}_prob.nii.gz",
+                            dtype=np.float32, force=True)
         vml = image.voxel_volume_ml
         rows.append({"case_id": c.case_id, "seconds": round(time.perf_counter() - t, 3),
                      "volume_ml": {"WG": float((label > 0).sum() * vml), "TZ": float((label == 1).sum() * vml),

@@ -22,7 +22,7 @@ import torch
 from mricore.config import save_config, to_dict
 from mricore.datasets import load_dataset
 from mricore.errors import ConfigError, InputError
-from mricore.io import _replace_atomically, write_csv
+from mricore.io import replace_atomically, write_csv
 from mricore.metrics import ZONES, dice
 from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder
 from mricore.splits import load_splits, make_splits, save_splits
@@ -137,7 +137,7 @@ def _set_rng_state(s: dict) -> None:
 
 
 def _save_checkpoint(path: Path, **state) -> None:
-    _replace_atomically(path, lambda tmp: torch.save(state, tmp))
+    replace_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def _schedule(cfg, total_iters: int):
@@ -268,12 +268,16 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
                            cfg.train.foreground_p, cfg.augment if cfg.augment.mode == "online" else None)
     seg = Segmenter(net, cfg.model, spec, cfg.train.patch, cfg.predict)
     enc = encoder_modules(net, cfg.model.name) if cfg.train.freeze_encoder_epochs else []
-    writer = None
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        if split.splits is not None:
-            save_splits(split.splits, run_dir / "splits.json")
+    writer = None  # TensorBoard, opened with the folder at the first checkpoint
+
+    def start_folder():
+        """The run folder appears with its first checkpoint: a run that fails earlier leaves nothing."""
+        nonlocal writer
+        if not (run_dir / "config.yaml").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+            if split.splits is not None:
+                save_splits(split.splits, run_dir / "splits.json")
         if cfg.train.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -322,6 +326,8 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
             t_data = time.perf_counter()
         epoch_s = time.perf_counter() - t0
         val, improved, stop = None, 0, 0
+        if rank == 0 and epoch == start_epoch:
+            start_folder()
         if rank == 0 and inner_items:
             val = validate(seg, inner_items)
             score = val["mean_dsc"]

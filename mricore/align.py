@@ -116,7 +116,9 @@ def register_rigid(fixed: Volume, moving: Volume, iterations: int = 100, seed: i
     accepted (only when it improves the metric; otherwise the scanner alignment is kept), the
     translation in mm and rotation in degrees.
     """
-    import SimpleITK as sitk
+    from .io import sitk_module
+
+    sitk = sitk_module()
 
     from .io import volume_to_sitk
 

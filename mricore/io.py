@@ -342,6 +342,20 @@ def volume_to_sitk(vol: Volume, channel: int = 0):
     return img
 
 
+def _unreadable_files(sitk, folder: Path, series_files) -> None:
+    """Raise naming the first file of `folder` outside the series that cannot be read as DICOM."""
+    listed = {str(Path(f)) for f in series_files}
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and str(f) not in listed:
+            r = sitk.ImageFileReader()
+            r.SetFileName(str(f))
+            try:
+                r.ReadImageInformation()
+            except RuntimeError:
+                raise InputError(f, "DICOM file could not be read (truncated or corrupt)", f"{f.stat().st_size} bytes",
+                                 "re-export the series") from None
+
+
 def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str = "",
                       rel_tol: float = 0.05) -> Volume:
     """Read one DICOM series folder into a `Volume`.
@@ -349,7 +363,7 @@ def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str =
     Slices are sorted along the slice normal; a missing slice (a gap larger than the median step by
     more than `rel_tol`) or several series in one folder is an error naming the folder.
     """
-    import SimpleITK as sitk
+    sitk = sitk_module()
 
     folder = _check_exists(Path(folder), "DICOM folder")
     if not folder.is_dir():
@@ -389,6 +403,7 @@ def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str =
     step = float(np.median(steps))
     bad = np.where(np.abs(steps - step) > rel_tol * step)[0]
     if len(bad):
+        _unreadable_files(sitk, folder, files)  # a truncated file drops out of the series: say so
         i = int(bad[0])
         raise InputError(folder, "slice positions must be evenly spaced (a slice is missing)",
                          f"gap of {steps[i]:.2f} mm after slice {i} where the step is {step:.2f} mm",

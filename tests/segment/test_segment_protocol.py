@@ -165,3 +165,18 @@ def test_force_leaves_no_file_of_the_old_run(data_dir, tmp_path):
     out = train(cfg, "all", force=True, progress=False)
     assert not (out / "stale_from_an_old_run.txt").exists() and not (out / "checkpoint_best.pt").exists()
     assert (out / "model.json").is_file()
+
+
+def test_training_that_fails_before_its_first_checkpoint_leaves_nothing(data_dir, tmp_path):
+    # Nothing (config.yaml, splits.json, tensorboard) may block a rerun without --force.
+    class Boom(Exception):
+        pass
+
+    def fail(epoch, it):
+        raise Boom
+
+    cfg = tiny_config(data_dir, tmp_path, train__selection="fixed")
+    with pytest.raises(Boom):
+        train(cfg, 0, progress=False, on_iteration=fail)
+    assert not (tmp_path / cfg.name).exists()
+    train(cfg, 0, progress=False)  # no --force needed

@@ -65,6 +65,9 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
     work = assemble(scores, ct.tiles, ct.zones.shape, gland=ct.zones)
     gland = zones.array[0] > 0
     prob = restore(work[None], ct.prepared)[0] * gland
+    if not np.all(np.isfinite(prob)):
+        raise InputError(case.case_id, "lesion probabilities must be finite", "NaN/Inf values",
+                         "check the input image and the model folder")
     labels, cands = extract_candidates(prob, zones.array[0], image.affine, model.cand.threshold, model.cand.min_volume_ml)
     result = {"case_id": case.case_id, "inputs": [str(p) for p in inputs], "zones": str(zones_path),
               "model": {"folder": str(model_dir), "name": model.meta.get("name"), "fold": model.meta.get("fold"),

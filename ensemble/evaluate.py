@@ -136,10 +136,19 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
                "cross_validated": cross_validated,
                "folds": {c: sorted({str(members[i].meta.get("fold")) for i in g}) for c, g in groups.items()}
                if cross_validated else None,
-               "members": [m.name for m in members], "skipped": skipped, "zones": paired_summary(rows)}
+               "members": [m.name for m in members], "skipped": skipped, "zones": paired_summary(rows),
+               "per_case_dsc": _per_case_dsc(rows)}
     _write_report(out, rows, summary, force)
     write_json(summary, out / "evaluate.json", force=True)
     return summary
+
+
+def _per_case_dsc(rows: list[dict]) -> dict:
+    """{zone: {model: {case_id: DSC}}}: the numbers behind every summary, kept beside it."""
+    out: dict = {}
+    for r in rows:
+        out.setdefault(r["zone"], {}).setdefault(r["model"], {})[r["case_id"]] = r["dsc"]
+    return out
 
 
 def _write_report(out: Path, rows: list[dict], summary: dict, force: bool) -> None:

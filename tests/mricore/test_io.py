@@ -117,3 +117,16 @@ def test_dicom_path_that_is_a_file(data_dir):
 def test_dicom_missing_folder(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         read_dicom_series(tmp_path / "nope")
+
+
+def test_json_is_always_valid_json(tmp_path):
+    # NaN / Inf (e.g. a DSC with both masks empty) are written as null, never as a bare NaN token.
+    import json
+
+    from mricore.io import write_json
+
+    p = write_json({"dsc": float("nan"), "hd95": np.float32("inf"), "rows": [1.0, float("-inf")],
+                    "arr": np.array([0.5, np.nan])}, tmp_path / "x.json")
+    text = p.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"dsc": None, "hd95": None, "rows": [1.0, None], "arr": [0.5, None]}

@@ -290,7 +290,7 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
 
     bar = tqdm(range(start_epoch, cfg.train.epochs), desc=f"train {cfg.name} fold {fold}",
                disable=not progress or rank != 0, initial=start_epoch, total=cfg.train.epochs)
-    model, wrapped_frozen = None, None
+    model, wrapped_frozen, epoch = None, None, start_epoch - 1
     for epoch in bar:
         # Each epoch's randomness depends only on (seed, epoch): a resumed run repeats it exactly.
         torch.manual_seed(cfg.train.seed * 100003 + epoch)

@@ -273,6 +273,7 @@ def staged_dir(out: str | Path, stale: tuple[str, ...] = ()):
         anc = anc.parent
     stage = Path(tempfile.mkdtemp(dir=anc, prefix=f".{out.name}.staging-"))
     try:
+        os.chmod(stage, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the output folder gets the usual mode
         yield stage
         out.parent.mkdir(parents=True, exist_ok=True)
         if not out.exists():

@@ -130,3 +130,26 @@ def test_json_is_always_valid_json(tmp_path):
     text = p.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"dsc": None, "hd95": None, "rows": [1.0, None], "arr": [0.5, None]}
+
+
+def test_staged_dir_moves_all_files_or_none(tmp_path):
+    import os
+
+    from mricore.io import staged_dir
+
+    out = tmp_path / "a" / "case"
+    with staged_dir(out) as stage:
+        (stage / "x.txt").write_text("1")
+        (stage / "y.txt").write_text("2")
+        assert not out.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["x.txt", "y.txt"]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~os.umask(os.umask(0)))
+    with pytest.raises(KeyError):
+        with staged_dir(out, stale=("y.txt",)) as stage:
+            (stage / "x.txt").write_text("new")
+            raise KeyError("fails half-way")
+    assert (out / "x.txt").read_text() == "1" and (out / "y.txt").exists()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["case"]  # no staging folder left
+    with staged_dir(out, stale=("y.txt",)) as stage:  # a rerun replaces, and drops the stale output
+        (stage / "x.txt").write_text("new")
+    assert (out / "x.txt").read_text() == "new" and not (out / "y.txt").exists()

@@ -143,7 +143,9 @@ def test_staged_dir_moves_all_files_or_none(tmp_path):
         (stage / "y.txt").write_text("2")
         assert not out.exists()
     assert sorted(p.name for p in out.iterdir()) == ["x.txt", "y.txt"]
-    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~os.umask(os.umask(0)))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~mask)
     with pytest.raises(KeyError):
         with staged_dir(out, stale=("y.txt",)) as stage:
             (stage / "x.txt").write_text("new")

@@ -1,10 +1,11 @@
 """The bundled default ensemble (ensemble/models/default) loads and gives plausible zones on real studies.
 
 Floors, measured when the bundle was packed (see its MODEL_CARD.md):
-- prostate158/001, expert zones: the full bundle scored WG DSC 0.75, TZ 0.78. Only the three fold-0
-  members held this case out (the other six trained on it), so this is a regression floor, not an
-  accuracy claim; the cross-validated figures are in the model card. Floor: WG >= 0.65, TZ >= 0.65.
-- Prostate3T-03-0001 (unlabelled, never seen in training): gland 40.9 mL; plausible adult range
+- prostate158/001, expert zones: the full bundle (retrained 2026-11-30) scored WG DSC 0.88, TZ 0.83.
+  Only the three fold-0 members held this case out (the other six trained on it), so this is a
+  regression floor, not an accuracy claim; the cross-validated figures are in the model card (001:
+  WG 0.58 by its fold-0 members). Floor: WG >= 0.65, TZ >= 0.65.
+- Prostate3T-03-0001 (unlabelled, never seen in training): gland 43.1 mL; plausible adult range
   asserted (15-150 mL), both zones present, one connected gland.
 """
 

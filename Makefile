@@ -27,7 +27,7 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Retrain the bundled default ensemble from scratch (about 90 min on 2 cores): 3 patient-level folds x
+# Retrain the bundled default ensemble from scratch (about 70 min on 2 quiet cores): 3 patient-level folds x
 # (2D U-Net, 2.5D U-Net, 2D DynUNet) on a fixed schedule (the held-out fold decides nothing),
 # cross-validated scoring of the held-out folds, the silver-label ablation (2D U-Net without silver
 # labels on the same folds), then pack into ensemble/models/default with a model card.

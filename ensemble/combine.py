@@ -135,7 +135,9 @@ def staple(labels: np.ndarray, undecided: np.ndarray | None = None) -> tuple[np.
     Performance per member: `confusion` rows = the member's label (0, 1, 2, then "undecided"),
     columns = the estimated true label; `sensitivity` per label is its diagonal.
     """
-    import SimpleITK as sitk
+    from mricore.dicom import sitk_module
+
+    sitk = sitk_module()  # ITK prints no WARNING lines of its own
 
     flt = sitk.MultiLabelSTAPLEImageFilter()
     flt.SetLabelForUndecidedPixels(255)

@@ -90,7 +90,7 @@ def source_from_inputs(inputs: list[str | Path]) -> Source:
 
     def read(channels, register):
         from mricore.align import alignment_score, register_rigid, resample_to
-        from mricore.io import read_dicom_series
+        from mricore.dicom import read_dicom_series
         from mricore.volume import stack
 
         want = [c for c in channels if c in names]

@@ -116,11 +116,11 @@ def register_rigid(fixed: Volume, moving: Volume, iterations: int = 100, seed: i
     accepted (only when it improves the metric; otherwise the scanner alignment is kept), the
     translation in mm and rotation in degrees.
     """
-    from .io import sitk_module
+    from .dicom import sitk_module
 
     sitk = sitk_module()
 
-    from .io import volume_to_sitk
+    from .dicom import volume_to_sitk
 
     f = volume_to_sitk(fixed)
     m = volume_to_sitk(moving)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +24,11 @@ from mricore.errors import ConfigError, InputError
 from mricore.io import replace_atomically, write_csv
 from mricore.metrics import ZONES, dice
 from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder
-from mricore.splits import load_splits, make_splits, save_splits
+from mricore.splits import save_splits
 
 from .config import SegmentConfig
 from .data import EpochBatches, PatchSampler, Prefetch, load_items
+from .folds import Split, resolve_split
 from .inference import Segmenter, labels_from_probabilities
 from .networks import build_network, encoder_modules, targets_for
 
@@ -52,77 +52,6 @@ def _from_rank0(values: list[int], world: int) -> list[int]:
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
-
-
-@dataclass
-class Split:
-    """One fold's cases. `held_out` never decides anything (scored once at the end); `inner` picks the
-    epoch under train.selection inner; `train` includes silver-only cases."""
-    train: list
-    inner: list
-    held_out: list
-    splits: list | None
-
-
-def resolve_split(cfg: SegmentConfig, cases, fold: int | str) -> Split:
-    """Expert-labelled cases are split by patient; silver-only cases only ever train.
-
-    Outer split: `data.splits_file` or a seeded patient-level k-fold. Inner split (train.selection
-    inner): `data.inner_val` expert patients drawn (seeded by split_seed and fold) from the fold's
-    training patients; they leave the training set.
-    """
-    expert = [c for c in cases if cfg.data.label in c.labels]
-    silver = [c for c in cases if cfg.data.label not in c.labels and cfg.data.silver_label
-              and cfg.data.silver_label in c.labels]
-    if not expert and not silver:
-        raise InputError(cfg.data.root, f"no case has label '{cfg.data.label}'", 0, "check data.root and data.label")
-    splits = None
-    if fold == "all":
-        train, held_out = list(expert), []
-    else:
-        if cfg.data.splits_file:
-            splits = load_splits(cfg.data.splits_file)
-        else:
-            n_pat = len({c.patient_id for c in expert})
-            if n_pat < cfg.data.folds:
-                raise ConfigError("data.folds", f"needs at least as many expert-labelled patients ({n_pat})",
-                                  cfg.data.folds, f"set --set data.folds={max(2, n_pat)} or use --fold all")
-            splits = make_splits(expert, cfg.data.folds, cfg.data.split_seed)
-        if not 0 <= int(fold) < len(splits):
-            raise ConfigError("--fold", f"must be in 0..{len(splits) - 1} or 'all'", fold, "")
-        train, held_out = _fold_cases(cfg, splits[int(fold)], cases, int(fold))
-    inner = []
-    if cfg.train.selection == "inner":
-        patients = sorted({c.patient_id for c in train if cfg.data.label in c.labels})
-        if len(patients) <= cfg.data.inner_val:
-            raise ConfigError("train.selection", f"inner needs more than data.inner_val={cfg.data.inner_val} "
-                              "expert-labelled training patients in the fold", len(patients),
-                              "set --set train.selection=fixed (last epoch of the schedule) or lower data.inner_val")
-        seed = cfg.data.split_seed * 1000 + (0 if fold == "all" else int(fold) + 1)
-        chosen = set(np.random.default_rng(seed).permutation(patients)[: cfg.data.inner_val].tolist())
-        inner = [c for c in train if c.patient_id in chosen]
-        train = [c for c in train if c.patient_id not in chosen]
-    return Split(train + silver, inner, held_out, splits)
-
-
-def _fold_cases(cfg: SegmentConfig, s: dict, cases, fold: int) -> tuple[list, list]:
-    """Training and held-out expert cases of one fold of a split, checked: every id known, the held-out
-    list not empty, no patient on both sides."""
-    where = cfg.data.splits_file or "the generated splits"
-    by_id = {c.case_id: c for c in cases}
-    unknown = [i for i in list(s["train"]) + list(s["val"]) if i not in by_id]
-    if unknown:
-        raise InputError(where, f"fold {fold} names case ids that are not in the dataset", unknown[:3],
-                         "regenerate the splits for this data.root and data.datasets")
-    if not s["val"]:
-        raise InputError(where, f"fold {fold} has no held-out (val) cases", "[]",
-                         "give every fold held-out cases, or train with --fold all")
-    train, held_out = [by_id[i] for i in s["train"]], [by_id[i] for i in s["val"]]
-    both = sorted({c.patient_id for c in train} & {c.patient_id for c in held_out})
-    if both:
-        raise InputError(where, f"fold {fold} has a patient in both train and val", both[:3],
-                         "split by patient: move all cases of a patient to one side")
-    return train, held_out
 
 
 def _rng_state() -> dict:

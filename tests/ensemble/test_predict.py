@@ -136,7 +136,7 @@ def test_weighted_from_inner_validation_dsc_never_the_held_out(data_dir, members
 def test_dicom_series_input(data_dir, members, tmp_path):
     from ensemble.config import load_ensemble_config
     from ensemble.predict import predict
-    from mricore.io import read_dicom_series
+    from mricore.dicom import read_dicom_series
 
     series = data_dir / "dicom/ProstateX-0000/4.000000-t2tsetra-00702"
     cfg = load_ensemble_config(write_cfg(tmp_path, [members["t2_a"], members["t2_adc"]]))

@@ -16,7 +16,8 @@ from mricore.modelfolder import save_model_folder
 def tiny_segmenter(tmp_path_factory):
     from segment.config import SegmentConfig
     from segment.networks import build_network
-    from segment.train import Split, _meta
+    from segment.folds import Split
+    from segment.train import _meta
 
     cfg = from_dict(SegmentConfig, {
         "preprocess": {"channels": ["T2W"], "target_spacing": [2.0, 2.0, None], "crop_mm": [48.0, 48.0]},

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mricore.errors import GeometryError, InputError, OutputExistsError
-from mricore.io import read_dicom_series, read_nifti, write_json, write_nifti
+from mricore.dicom import read_dicom_series
+from mricore.io import read_nifti, write_json, write_nifti
 
 ROUND_TRIP = [
     ("prostate158/001/t2.nii.gz", False),          # oblique (17.7 deg), float32 image

@@ -13,7 +13,8 @@ import pytest
 from mricore.modelfolder import save_model_folder
 from segment.cli import main
 from segment.networks import build_network
-from segment.train import Split, _meta
+from segment.folds import Split
+from segment.train import _meta
 from segment_helpers import DEFAULT_CONFIG, tiny_config, tiny_overrides
 
 

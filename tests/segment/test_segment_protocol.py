@@ -18,7 +18,8 @@ from segment.config import SegmentConfig
 from segment.data import load_items
 from segment.inference import Segmenter, labels_from_probabilities
 from segment.networks import build_network, class_probabilities
-from segment.train import _fold_cases, resolve_split, train, validate
+from segment.folds import fold_cases, resolve_split
+from segment.train import train, validate
 
 from segment_helpers import tiny_config
 
@@ -138,7 +139,7 @@ def _case(cid: str, pid: str) -> Case:
 def test_user_splits_are_checked(split, match):
     cases = [_case("a1", "A"), _case("a2", "A"), _case("b", "B")]
     with pytest.raises(InputError, match=match):
-        _fold_cases(SegmentConfig(), split, cases, 0)
+        fold_cases(SegmentConfig(), split, cases, 0)
 
 
 def test_splits_file_patient_overlap_is_an_error_through_train(data_dir, tmp_path):

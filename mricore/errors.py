@@ -60,9 +60,11 @@ def run_cli(main: Callable[[], int | None]) -> int:
     mricore silences ITK where it imports SimpleITK: our one line is what the user reads.
     """
     import signal
+    import threading
     import warnings
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -77,4 +79,5 @@ def run_cli(main: Callable[[], int | None]) -> int:
         print("terminated: nothing of the unfinished case was kept", file=sys.stderr)
         return 143
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -184,3 +184,17 @@ def test_cli_train_missing_dataset(tmp_path, capsys, monkeypatch):
     code, err = _cli(["train", "--config", "cfg.yaml"], capsys)
     _assert_one_line_error(code, err, "no/such/folder", "does not exist")
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_cli_works_outside_the_main_thread(capsys):
+    # A server worker thread may call a command: no SIGTERM handler is installed there, errors still one line.
+    import threading
+
+    codes = []
+
+    def bad():
+        raise InputError("x", "rule", 1, "fix")
+    t = threading.Thread(target=lambda: codes.append(run_cli(bad)))
+    t.start()
+    t.join()
+    assert codes == [2] and capsys.readouterr().err.startswith("error: x: rule")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mricore.errors import GeometryError, InputError, OutputExistsError
+from mricore.errors import GeometryError, InputError
 
 METRICS = ("dsc", "sensitivity", "specificity", "hd95")
 ZONES = ("WG", "TZ", "PZ")
@@ -100,12 +100,10 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
     if not cases:
         raise InputError(ref, f"no case has the reference label '{label}'", 0,
                          "point --ref to labelled cases, or choose --label (zones, zones_ai)")
-    from mricore.io import check_output_dir
+    from mricore.io import check_absent, check_output_dir
 
     out = check_output_dir(out_dir)
-    for name in ("evaluate.json", "metrics.csv", "metrics.json", "report.html"):
-        if (out / name).exists() and not force:
-            raise OutputExistsError(out / name, "output exists", None, "pass --force to overwrite")
+    check_absent([out / name for name in ("evaluate.json", "metrics.csv", "metrics.json", "report.html")], force)
     groups = {c.case_id: list(range(len(members))) for c in cases}
     if cross_validated:
         groups = cv_groups(members, [c.case_id for c in cases])

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from mricore.errors import InputError, OutputExistsError
+from mricore.errors import InputError
 
 from .config import EnsembleConfig, load_ensemble_config
 from .members import Member, channel_order, read_members, split_available
@@ -115,9 +115,9 @@ def _resolve(config) -> EnsembleConfig:
 
 
 def _check_outputs(out: Path, force: bool) -> None:
-    for name in OUTPUTS:
-        if (out / name).exists() and not force:
-            raise OutputExistsError(out / name, "output exists", None, "pass --force to overwrite, or choose another -o")
+    from mricore.io import check_absent
+
+    check_absent([out / name for name in OUTPUTS], force)
 
 
 def _plan(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool):
@@ -242,13 +242,11 @@ def predict_batch(dataset, out_dir, config=None, force: bool = False, probabilit
 
     from mricore.datasets import load_dataset
     from mricore.errors import UserError
-    from mricore.io import check_output_dir, write_csv, write_json
+    from mricore.io import check_absent, check_output_dir, write_csv, write_json
 
     cfg = _resolve(config)
     out = check_output_dir(out_dir)
-    for name in ("summary.json", "summary.csv"):
-        if (out / name).exists() and not force:
-            raise OutputExistsError(out / name, "output exists", None, "pass --force to overwrite")
+    check_absent([out / "summary.json", out / "summary.csv"], force)
     members = read_members(cfg.members)
     sources = [source_from_case(c) for c in load_dataset(dataset)]
     for s in sources:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mricore.datasets import load_dataset, read_ref
-from mricore.errors import GeometryError, InputError, OutputExistsError
+from mricore.errors import GeometryError, InputError
 from mricore.io import read_nifti, write_json
 
 ZONE_MASK = {"WG": lambda z: z > 0, "PZ": lambda z: z == 2, "TZ": lambda z: z == 1}
@@ -41,11 +41,10 @@ def evaluate(pred_dir: str, ref: str, out_dir: str, force: bool = False) -> dict
     from mricore.metrics import dice, froc, lesion_detection, patient_level
     from mricore.report import write_report
 
-    from mricore.io import check_output_dir
+    from mricore.io import check_absent, check_output_dir
 
     out = check_output_dir(out_dir)
-    if (out / "localize.json").exists() and not force:
-        raise OutputExistsError(out / "localize.json", "output exists", None, "pass --force to overwrite")
+    check_absent([out / "localize.json"], force)
     cases = {c.case_id: c for c in load_dataset(ref)}
     preds = []
     for d in _pred_dirs(Path(pred_dir)):  # check every input before computing or writing anything

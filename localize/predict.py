@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mricore.datasets import image_from_inputs, load_case
-from mricore.errors import GeometryError, InputError, OutputExistsError
+from mricore.errors import GeometryError, InputError
 from mricore.io import read_nifti, write_json, write_nifti
 from mricore.preprocess import restore
 
@@ -33,7 +33,7 @@ EXPLAIN_OUTPUTS = ("lesion_gradcam.nii.gz", "lesion_gradcam.png")
 def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, explain: bool = False,
             layer: str | None = None, force: bool = False) -> dict:
     """Run the lesion model on one study; return the lesion.json content."""
-    from mricore.io import check_output_dir, staged_dir
+    from mricore.io import check_absent, check_output_dir, staged_dir
 
     t0 = time.perf_counter()
     out = check_output_dir(out_dir)
@@ -44,9 +44,7 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
         raise InputError(case.case_id, f"model expects {', '.join(model.spec.channels)}", ", ".join(sorted(case.images)),
                          f"provide {', '.join(missing)}")
     names = OUTPUTS + (EXPLAIN_OUTPUTS if explain else ())
-    for n in names:
-        if (out / n).exists() and not force:
-            raise OutputExistsError(out / n, "output exists", None, "pass --force to overwrite")
+    check_absent([out / n for n in names], force)
     if explain:
         from mricore.gradcam import check_layer
 

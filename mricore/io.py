@@ -121,11 +121,17 @@ def check_affine(affine: np.ndarray, where) -> None:
                          "fix the header (e.g. re-export with SimpleITK or dcm2niix)")
 
 
+def check_absent(paths, force: bool) -> None:
+    """The one rule for outputs: nothing is overwritten without force (checked before any work)."""
+    for p in paths:
+        if Path(p).exists() and not force:
+            raise OutputExistsError(p, "output exists", None, "pass --force to overwrite, or choose another -o")
+
+
 def output_target(path: Path, force: bool) -> Path:
-    """`path`, after the rule that nothing is overwritten without force; its folder is created."""
+    """`path`, after `check_absent`; its folder is created."""
     path = Path(path)
-    if path.exists() and not force:
-        raise OutputExistsError(path, "output exists", None, "pass --force to overwrite, or choose another output")
+    check_absent([path], force)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -237,9 +243,7 @@ def check_output_dir(path: str | Path) -> Path:
         raise InputError(path, "output path cannot be resolved (symlink loop?)", type(e).__name__, fix) from None
     if path.exists() and not path.is_dir():
         raise InputError(path, "output must be a folder", "an existing file", fix)
-    anc = path
-    while not anc.exists() and not anc.is_symlink():
-        anc = anc.parent
+    anc = _nearest_existing(path)
     if anc.is_symlink() and not anc.exists():
         raise InputError(path, "output path goes through a broken or looping symlink", str(anc), fix)
     if not anc.is_dir():
@@ -250,6 +254,13 @@ def check_output_dir(path: str | Path) -> Path:
         os.unlink(probe)
     except OSError as e:
         raise InputError(path, "output location is not writable", f"{anc}: {e.strerror}", fix) from None
+    return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its closest ancestor that exists (a dangling symlink counts, so callers can name it)."""
+    while not path.exists() and not path.is_symlink():
+        path = path.parent
     return path
 
 
@@ -268,10 +279,7 @@ def staged_dir(out: str | Path, stale: tuple[str, ...] = ()):
     from .errors import WriteError
 
     out = Path(out)
-    anc = out.parent
-    while not anc.exists():
-        anc = anc.parent
-    stage = Path(tempfile.mkdtemp(dir=anc, prefix=f".{out.name}.staging-"))
+    stage = Path(tempfile.mkdtemp(dir=_nearest_existing(out.parent), prefix=f".{out.name}.staging-"))
     try:
         os.chmod(stage, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the output folder gets the usual mode
         yield stage

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mricore.errors import OutputExistsError, UserError
-from mricore.io import write_json, write_nifti
+from mricore.errors import UserError
+from mricore.io import check_absent, write_json, write_nifti
 
 from .inference import Segmenter, slices_with_context
 from .networks import class_probabilities
@@ -47,10 +47,7 @@ def check_explain(model_dir: str, zone: str, case_ids: list[str], out_dir: str, 
     seg = Segmenter.load(model_dir)
     ch = check_zone(seg, zone)
     layer = check_layer(seg.net, DEFAULT_LAYER.get(seg.model_cfg.name, "model.0"))
-    for cid in case_ids:
-        for p in outputs(Path(out_dir), cid, zone):
-            if p.exists() and not force:
-                raise OutputExistsError(p, "output exists", None, "pass --force to overwrite")
+    check_absent([p for cid in case_ids for p in outputs(Path(out_dir), cid, zone)], force)
     return seg, ch, layer
 
 

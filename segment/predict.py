@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mricore.datasets import Case, image_from_inputs, load_case, load_dataset, require_study
-from mricore.errors import InputError, OutputExistsError
+from mricore.errors import InputError
 from mricore.io import write_json, write_nifti
 from mricore.preprocess import preprocess, restore
 
@@ -46,22 +46,17 @@ def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool
             force: bool = False, progress: bool = True) -> list[dict]:
     from tqdm import tqdm
 
-    from mricore.io import check_output_dir, staged_dir
+    from mricore.io import check_absent, check_output_dir, staged_dir
 
     out = check_output_dir(out_dir)
     seg = Segmenter.load(model_dir)
     cases = cases_from_inputs(inputs, seg.channels)
-    if (out / "predict.json").exists() and not force:
-        raise OutputExistsError(out / "predict.json", "output exists (a previous run's record)", None,
-                                "pass --force to overwrite, or choose another -o")
+    check_absent([out / "predict.json"] + [out / f"{c.case_id}.nii.gz" for c in cases], force)
     for c in cases:  # check everything before writing anything
         missing = [ch for ch in seg.channels if ch not in c.images]
         if missing:
             raise InputError(c.case_id, f"model expects {', '.join(seg.channels)}", ", ".join(sorted(c.images)),
                              f"provide {', '.join(missing)} (e.g. adc.nii.gz beside t2.nii.gz)")
-        target = out / f"{c.case_id}.nii.gz"
-        if target.exists() and not force:
-            raise OutputExistsError(target, "output exists", None, "pass --force to overwrite")
     rows = []
     for c in tqdm(cases, desc="predict", disable=not progress or len(cases) < 2):
         t = time.perf_counter()

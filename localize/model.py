@@ -82,7 +82,6 @@ class LesionModel:
         cov = covariates(self.model_cfg.covariates, zones, tiles)
         return CaseTiles(prep, z, tiles, extract(prep.array, tiles), cov)
 
-    @torch.no_grad()
     @torch.inference_mode()
     def score(self, patches: np.ndarray, cov: np.ndarray, batch: int = 64) -> np.ndarray:
         """(n, C, ...) patches -> (n,) lesion probabilities, in eval mode (the caller restores train mode)."""

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from mricore.classifiers import encoder_parameters, load_matching
-from mricore.config import save_config, to_dict
+from mricore.config import to_dict
 from mricore.datasets import load_case, load_dataset, read_ref
 from mricore.errors import ConfigError, InputError
 from mricore.io import replace_atomically
-from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder
+from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder, start_run
 from mricore.preprocess import prepare_label
-from mricore.splits import make_splits, save_splits
+from mricore.splits import inner_patients, make_splits
 
 from .config import LocalizeConfig
 from .model import KIND, LesionModel
@@ -139,11 +139,7 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-        if not (run_dir / "config.yaml").exists():  # the folder appears with the first checkpoint
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
-            if splits is not None:
-                save_splits(splits, run_dir / "splits.json")
+        start_run(run_dir, cfg, splits)  # the folder appears with the first checkpoint
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "frozen_encoder": frozen}
         if val is not None:  # inner split (training patients): it alone chooses the epoch
             row.update({f"inner_{k}": v for k, v in _score(model, val, loss_fn).items()})
@@ -187,17 +183,10 @@ def _inner_split(cfg: LocalizeConfig, items: list[dict], fold) -> tuple[list[dic
     in training. Fixed selection: no inner split."""
     if cfg.train.selection == "fixed":
         return items, []
-    by_patient: dict[str, bool] = {}
+    positive: dict[str, bool] = {}
     for i in items:
-        by_patient[i["case"].patient_id] = by_patient.get(i["case"].patient_id, False) or i["positive"]
-    if len(by_patient) <= cfg.data.inner_val:
-        raise ConfigError("train.selection", f"inner needs more than data.inner_val={cfg.data.inner_val} "
-                          "training patients in the fold", len(by_patient),
-                          "set --set train.selection=fixed or lower data.inner_val")
-    rng = np.random.default_rng(cfg.data.split_seed * 1000 + (0 if fold == "all" else int(fold) + 1))
-    pos = list(rng.permutation(sorted(p for p, y in by_patient.items() if y)))
-    neg = list(rng.permutation(sorted(p for p, y in by_patient.items() if not y)))
-    chosen = set((pos[1:] + neg + pos[:1])[: cfg.data.inner_val])
+        positive[i["case"].patient_id] = positive.get(i["case"].patient_id, False) or i["positive"]
+    chosen = inner_patients(list(positive), cfg.data.inner_val, cfg.data.split_seed, fold, positive)
     return ([i for i in items if i["case"].patient_id not in chosen],
             [i for i in items if i["case"].patient_id in chosen])
 

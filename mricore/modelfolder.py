@@ -93,6 +93,22 @@ def load_weights(folder: str | Path):
     return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
 
 
+def start_run(run_dir: str | Path, cfg, splits: list | None) -> None:
+    """Create a training run's folder with its resolved `config.yaml` (and `splits.json`). Called with
+    the first checkpoint, so a run that fails earlier leaves nothing to block a rerun; a no-op when the
+    folder was started before (--resume)."""
+    from .config import save_config
+    from .splits import save_splits
+
+    run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").exists():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    if splits is not None:
+        save_splits(splits, run_dir / "splits.json")
+
+
 def run_folder(output_dir: str | Path, name: str, fold, resume: bool, force: bool,
                clear: bool = True) -> tuple[Path, Path]:
     """The folder of one training run (output_dir/name/fold_K) and its last checkpoint, after the rules:

@@ -47,6 +47,27 @@ def make_splits(cases, k: int = 5, seed: int = 0, positive=None) -> list[dict]:
     return out
 
 
+def inner_patients(patients, n: int, seed: int, fold, positive: dict | None = None) -> set[str]:
+    """The `n` patients of a fold's training patients that choose the epoch (inner validation).
+
+    Seeded by (seed, fold), so a fold's inner split is reproducible. With `positive` ({patient: bool})
+    positive patients are taken first, so inner cases hold both classes, but one always stays in
+    training. Raises ConfigError when fewer than n + 1 patients are available.
+    """
+    uniq = sorted({str(p) for p in patients})
+    if len(uniq) <= n:
+        raise ConfigError("train.selection", f"inner needs more than data.inner_val={n} training patients in the "
+                          "fold", len(uniq), "set --set train.selection=fixed (last epoch) or lower data.inner_val")
+    rng = np.random.default_rng(seed * 1000 + (0 if fold == "all" else int(fold) + 1))
+    if positive is None:
+        order = list(rng.permutation(uniq))
+    else:
+        pos = list(rng.permutation([p for p in uniq if positive[p]]))
+        neg = list(rng.permutation([p for p in uniq if not positive[p]]))
+        order = pos[1:] + neg + pos[:1]
+    return {str(p) for p in order[:n]}
+
+
 def save_splits(splits: list[dict], path: str | Path) -> Path:
     from .io import write_json
 

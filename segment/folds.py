@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from mricore.errors import ConfigError, InputError
-from mricore.splits import load_splits, make_splits
+from mricore.splits import inner_patients, load_splits, make_splits
 
 from .config import SegmentConfig
 
@@ -57,13 +56,7 @@ def resolve_split(cfg: SegmentConfig, cases, fold: int | str) -> Split:
         train, held_out = fold_cases(cfg, splits[int(fold)], cases, int(fold))
     inner = []
     if cfg.train.selection == "inner":
-        patients = sorted({c.patient_id for c in train if cfg.data.label in c.labels})
-        if len(patients) <= cfg.data.inner_val:
-            raise ConfigError("train.selection", f"inner needs more than data.inner_val={cfg.data.inner_val} "
-                              "expert-labelled training patients in the fold", len(patients),
-                              "set --set train.selection=fixed (last epoch of the schedule) or lower data.inner_val")
-        seed = cfg.data.split_seed * 1000 + (0 if fold == "all" else int(fold) + 1)
-        chosen = set(np.random.default_rng(seed).permutation(patients)[: cfg.data.inner_val].tolist())
+        chosen = inner_patients([c.patient_id for c in train], cfg.data.inner_val, cfg.data.split_seed, fold)
         inner = [c for c in train if c.patient_id in chosen]
         train = [c for c in train if c.patient_id not in chosen]
     return Split(train + silver, inner, held_out, splits)

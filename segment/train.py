@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mricore.config import save_config, to_dict
+from mricore.config import to_dict
 from mricore.datasets import load_dataset
 from mricore.errors import ConfigError, InputError
 from mricore.io import replace_atomically, write_csv
 from mricore.metrics import ZONES, dice
-from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder
-from mricore.splits import save_splits
+from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder, start_run
 
 from .config import SegmentConfig
 from .data import EpochBatches, PatchSampler, Prefetch, load_items
@@ -80,11 +79,11 @@ def _schedule(cfg, total_iters: int):
 def validate(seg: Segmenter, items) -> dict:
     """Per-zone DSC on the working grid for each case; mean over zones and cases.
 
-    Runs the network in eval mode under inference_mode (dropout off, BatchNorm on its running
-    statistics, which the pass cannot change) and restores every module's previous mode after.
+    `Segmenter.probabilities` runs the network in eval mode under inference_mode (dropout off,
+    BatchNorm on its running statistics, which the pass cannot change); every module's previous mode
+    is restored after.
     """
     modes = [(m, m.training) for m in seg.net.modules()]
-    seg.net.eval()
     try:
         rows = []
         for it in items:
@@ -122,6 +121,17 @@ def _check_resume(cfg: SegmentConfig, ck: dict, last: Path) -> None:
                           f"resume with {last.parent / 'config.yaml'} or pass --force to start anew")
 
 
+def _tensorboard(cfg: SegmentConfig, run_dir: Path):
+    """A SummaryWriter in run_dir/tensorboard, or None (off, or the package is not installed)."""
+    if not cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
 def _wrap(net: torch.nn.Module, world: int, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel over the parameters that train now (rebuilt when the trainable set changes)."""
     if world == 1:
@@ -149,7 +159,8 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
     split = resolve_split(cfg, cases, fold)
     spec = cfg.preprocess
     train_items = load_items(split.train, spec, cfg.data.label, cfg.data.silver_label, cfg.data.register)
-    inner_items = load_items(split.inner, spec, cfg.data.label, None, cfg.data.register)
+    # Only rank 0 validates: the other ranks never read the inner cases.
+    inner_items = load_items(split.inner, spec, cfg.data.label, None, cfg.data.register) if rank == 0 else []
     if not train_items:
         raise InputError(cfg.data.root, "empty training set (no case has all channels and a label)",
                          f"channels {spec.channels}", "check data.root, data.datasets and preprocess.channels")
@@ -197,23 +208,7 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
                            cfg.train.foreground_p, cfg.augment if cfg.augment.mode == "online" else None)
     seg = Segmenter(net, cfg.model, spec, cfg.train.patch, cfg.predict)
     enc = encoder_modules(net, cfg.model.name) if cfg.train.freeze_encoder_epochs else []
-    writer = None  # TensorBoard, opened with the folder at the first checkpoint
-
-    def start_folder():
-        """The run folder appears with its first checkpoint: a run that fails earlier leaves nothing."""
-        nonlocal writer
-        if not (run_dir / "config.yaml").exists():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
-            if split.splits is not None:
-                save_splits(split.splits, run_dir / "splits.json")
-        if cfg.train.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                writer = None
+    writer = None  # TensorBoard, opened with the run folder at the first checkpoint
 
     from tqdm import tqdm
 
@@ -256,7 +251,8 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
         epoch_s = time.perf_counter() - t0
         val, improved, stop = None, 0, 0
         if rank == 0 and epoch == start_epoch:
-            start_folder()
+            start_run(run_dir, cfg, split.splits)
+            writer = _tensorboard(cfg, run_dir)
         if rank == 0 and inner_items:
             val = validate(seg, inner_items)
             score = val["mean_dsc"]
@@ -267,7 +263,7 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
             else:
                 bad += 1
             stop = int(bad >= cfg.train.patience)
-        if inner_items:
+        if split.inner:
             improved, stop = _from_rank0([improved, stop], world)
         if rank == 0:
             row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],

@@ -73,7 +73,7 @@ def carry_labels(work_label: np.ndarray, index_map: np.ndarray) -> np.ndarray:
 
 def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> EnsembleResult:
     """Members `used` (all of whose channels `image` has) on `image`; combination by `cfg.method`."""
-    from segment.inference import Segmenter, keep_largest_component
+    from segment.inference import keep_largest_component
 
     weights = member_weights(cfg, used)
     timings = {"preprocess": 0.0, "network": {}, "restore": 0.0, "combine": 0.0, "postprocess": 0.0}
@@ -93,7 +93,7 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
         timings["restore"] += time.perf_counter() - t
         for i in idxs:
             t = time.perf_counter()
-            seg = used[i].segmenter or Segmenter.load(used[i].path)
+            seg = used[i].segmenter
             seg.predict_cfg.tta_flip = cfg.tta
             prob = seg.probabilities(prep.array)
             timings["network"][used[i].name] = time.perf_counter() - t

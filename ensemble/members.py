@@ -32,7 +32,7 @@ class Member:
     name: str            # unique in the ensemble: folder name, or parent/folder when folder names repeat
     meta: dict           # model.json
     spec: PreprocessSpec
-    segmenter: object = field(default=None, compare=False, repr=False)  # segment.inference.Segmenter
+    segmenter: object = field(compare=False, repr=False)  # segment.inference.Segmenter, loaded once
 
     @property
     def channels(self) -> list[str]:
@@ -43,8 +43,8 @@ class Member:
         return self.meta.get("validation")
 
 
-def read_members(paths: list[str | Path], load: bool = True) -> list[Member]:
-    """Each member folder, checked and (with `load`) loaded; raises ConfigError/InputError naming it."""
+def read_members(paths: list[str | Path]) -> list[Member]:
+    """Each member folder, checked and loaded; raises ConfigError/InputError naming it."""
     if not paths:
         raise ConfigError("members", "an ensemble needs at least one member", "[]",
                           "list model folders written by `segment train` under members:")
@@ -66,12 +66,9 @@ def read_members(paths: list[str | Path], load: bool = True) -> list[Member]:
         while name in names:
             name += "'"
         names.add(name)
-        seg = None
-        if load:
-            from segment.inference import Segmenter
+        from segment.inference import Segmenter
 
-            seg = Segmenter.load(p)
-        members.append(Member(p, name, meta, spec, seg))
+        members.append(Member(p, name, meta, spec, Segmenter.load(p, meta)))
     return members
 
 

@@ -48,7 +48,7 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
 
         raise ConfigError("--uncertainty-threshold", "is a normalised entropy in [0, 1]", uncertainty_threshold,
                           "e.g. 0.55")
-    read_members(members, load=True)  # every member complete, loadable, segmenter, platform zone labels: checked first
+    read_members(members)  # every member complete, loadable, segmenter, platform zone labels: checked first
     cv = None
     if cv_report is not None:
         p = Path(cv_report) / "evaluate.json"

@@ -43,9 +43,11 @@ class Segmenter:
         self.name = name
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Segmenter":
+    def load(cls, folder: str | Path, meta: dict | None = None) -> "Segmenter":
+        """Build the network of a model folder and load its weights; `meta` is its model.json when the
+        caller has read it already (an ensemble reads each member's once)."""
         folder = Path(folder)
-        meta = check_meta(read_model_meta(folder), folder, "segmenter")
+        meta = check_meta(read_model_meta(folder) if meta is None else meta, folder, "segmenter")
         mcfg = from_dict(ModelConfig, meta["model"], f"{folder}/model.json", "model.")
         spec = from_dict(PreprocessSpec, meta["preprocess"], f"{folder}/model.json", "preprocess.")
         pcfg = from_dict(PredictConfig, meta.get("predict", {}), f"{folder}/model.json", "predict.")

@@ -18,9 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mricore.config import from_dict
-from mricore.errors import ConfigError, InputError
-from mricore.modelfolder import read_model_meta
+from mricore.errors import ConfigError
+from mricore.modelfolder import check_meta, read_model_meta
 from mricore.preprocess import PreprocessSpec
 
 ZONE_LABELS = {"0": "background", "1": "TZ", "2": "PZ"}
@@ -31,8 +30,11 @@ class Member:
     path: Path
     name: str            # unique in the ensemble: folder name, or parent/folder when folder names repeat
     meta: dict           # model.json
-    spec: PreprocessSpec
     segmenter: object = field(compare=False, repr=False)  # segment.inference.Segmenter, loaded once
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return self.segmenter.spec
 
     @property
     def channels(self) -> list[str]:
@@ -52,15 +54,11 @@ def read_members(paths: list[str | Path]) -> list[Member]:
     folder_names = [p.name for p in paths]
     members, names = [], set()
     for p in paths:
-        meta = read_model_meta(p)
-        if meta.get("kind") != "segmenter":
-            raise InputError(p, "ensemble members must be segmenter model folders", meta.get("kind"),
-                             "use folders written by `segment train`")
+        meta = check_meta(read_model_meta(p), p, "segmenter")
         labels = {str(k): v for k, v in (meta.get("labels") or {}).items()}
         if labels != ZONE_LABELS:
             raise ConfigError(f"member {p}", f"label scheme must be the platform's zones {ZONE_LABELS}",
                               labels or None, "remove this member or retrain it with the zone labels 0/1/2")
-        spec = from_dict(PreprocessSpec, meta.get("preprocess", {}), f"{p}/model.json", "preprocess.")
         # Folder names like fold_0 repeat across runs: then the run folder is part of the name.
         name = p.name if folder_names.count(p.name) == 1 else f"{p.parent.name}/{p.name}"
         while name in names:
@@ -68,7 +66,7 @@ def read_members(paths: list[str | Path]) -> list[Member]:
         names.add(name)
         from segment.inference import Segmenter
 
-        members.append(Member(p, name, meta, spec, Segmenter.load(p, meta)))
+        members.append(Member(p, name, meta, Segmenter.load(p, meta)))
     return members
 
 

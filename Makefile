@@ -39,6 +39,6 @@ bundle: venv
 	$(BIN)/ensemble evaluate --config configs/ensemble/default.yaml --cv --ref $(DATA) -o $(BUNDLE_RUNS)/cv_report --force
 	$(BIN)/ensemble evaluate --config configs/bundle/silver_ablation.yaml --cv --ref $(DATA) -o $(BUNDLE_RUNS)/silver_ablation --force
 	$(BIN)/ensemble pack $(BUNDLE_MEMBERS) -o ensemble/models/default --cv-report $(BUNDLE_RUNS)/cv_report \
-	  --uncertainty-threshold 0.55 --notes configs/bundle/MODEL_CARD_NOTES.md --force
+	  --notes configs/bundle/MODEL_CARD_NOTES.md --force
 
 .PHONY: venv demo test bundle

@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True, help="output folder (batch: one sub-folder per case)")
     pr.add_argument("--probabilities", action="store_true", help="also write probabilities.nii.gz (float32; NIfTI-1 has no float16)")
     pr.add_argument("--report", action="store_true", help="also write report.html")
-    pr.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    pr.add_argument("--force", action="store_true", help="overwrite existing outputs, and segment an input the "
+                    "checks reject as not an axial T2W study (its verdict stays reject)")
 
     ev = sub.add_parser("evaluate", help="score the ensemble and each member side by side on labelled cases")
     ev.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
@@ -43,8 +44,6 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--method", default="mean", help="combination method written to ensemble.yaml")
     pk.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, half the size)")
     pk.add_argument("--cv-report", metavar="DIR", help="report folder of `ensemble evaluate --cv`, for the model card")
-    pk.add_argument("--uncertainty-threshold", type=float, default=0.25,
-                    help="review flag above this per-case uncertainty score (0..1), written to ensemble.yaml")
     pk.add_argument("--notes", metavar="FILE", help="Markdown appended to the model card")
     pk.add_argument("--force", action="store_true", help="replace an existing ensemble folder")
     return p
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--method", "unknown combination method", repr(args.method),
                                   f"use one of {list(METHODS)}")
             out = pack(args.members, args.output, args.method, half=not args.fp32, cv_report=args.cv_report,
-                       force=args.force, uncertainty_threshold=args.uncertainty_threshold, notes=args.notes)
+                       force=args.force, notes=args.notes)
             print(f"ensemble folder: {out}")
             return 0
         from .config import load_ensemble_config
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows = predict_batch(args.inputs[0], args.output, cfg, args.force, probs, args.report)
                 for r in rows:
                     if r["status"] == "ok":
-                        _print_case(r["case_id"], r["volume_ml"], r["uncertainty"])
+                        _print_case(r["case_id"], r["volume_ml"], r["uncertainty"], r["review"])
                 failed = [r for r in rows if r["status"] != "ok"]
                 if failed:
                     from mricore.errors import UserError
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                                     f"see {args.output}/summary.csv")
             else:
                 side = predict(args.inputs, args.output, cfg, args.force, probs, args.report)
-                _print_case(side["case_id"], side["volume_ml"], side["uncertainty"])
+                _print_case(side["case_id"], side["volume_ml"], side["uncertainty"], side["review"])
         elif args.cmd == "evaluate":
             from mricore.stats import fmt
 
@@ -105,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(run)
 
 
-def _print_case(case_id: str, vol: dict, unc: dict) -> None:
-    flag = "  REVIEW" if unc["review"] else ""
+def _print_case(case_id: str, vol: dict, unc: dict, review: dict) -> None:
+    why = f" ({'; '.join(review['reasons'])})" if review["reasons"] else ""
     print(f"{case_id}: WG {vol['WG']:.1f} mL (TZ {vol['TZ']:.1f}, PZ {vol['PZ']:.1f}), "
-          f"uncertainty {unc['score']:.3f}{flag}")
+          f"entropy {unc['score']:.3f}, disagreement {unc['disagreement']:.3f}: {review['verdict']}{why}")
 
 
 def entry() -> None:

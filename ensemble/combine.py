@@ -173,9 +173,8 @@ def disagreement(member_labels: np.ndarray, label: np.ndarray) -> np.ndarray:
     return (member_labels != label[None]).mean(axis=0).astype(np.float32)
 
 
-def uncertainty_score(ent: np.ndarray, label: np.ndarray, member_labels: np.ndarray) -> float:
-    """Per-case score: mean normalised entropy over the gland region (voxels any member or the combined
-    map calls gland); 0.0 when that region is empty. Background far from the gland is left out
-    because it is confidently empty in every case and would drown the signal."""
-    region = (label > 0) | (member_labels > 0).any(axis=0)
-    return float(ent[region].mean()) if region.any() else 0.0
+def gland_region(label: np.ndarray, member_labels: np.ndarray) -> np.ndarray:
+    """Where per-case uncertainty is averaged: voxels any member or the combined map calls gland.
+    Background far from the gland is left out because it is confidently empty in every case and would
+    drown the signal."""
+    return (label > 0) | (member_labels > 0).any(axis=0)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mricore.config import load_config
 from mricore.errors import ConfigError
+from mricore.qa import ReviewConfig
 
 METHODS = ("mean", "weighted", "vote", "staple")
 BUNDLED = Path(__file__).resolve().parent / "models" / "default" / "ensemble.yaml"
@@ -34,8 +35,8 @@ class EnsembleConfig:
     weights: one weight per member (weighted); null = per zone from each member's inner-validation DSC
         (model.json selection WG_mean/TZ_mean/PZ_mean for background/TZ/PZ; training patients only).
     largest_component: keep the largest 3D gland component of the combined zones.
-    uncertainty_threshold: review flag when the per-case uncertainty score (mean normalised entropy in
-        the gland region, 0..1) exceeds it.
+    review: limits of the input and output quality checks behind the ok / review / reject verdict
+        (mricore.qa.ReviewConfig; calibrated by bench/qa_bench.py).
     probabilities: also write probabilities.nii.gz (float32: NIfTI-1 has no half-float type).
     tta: left-right flip test-time augmentation in every member (doubles network time).
     register: rigid registration of ADC/DWI onto T2W before preprocessing (else resampling by affine).
@@ -45,7 +46,7 @@ class EnsembleConfig:
     method: str = "mean"  # str, not Literal: a miss gets the one-line error listing METHODS
     weights: list[float] | None = None
     largest_component: bool = True
-    uncertainty_threshold: float = 0.25  # a starting point, not a calibrated value: tune on validation cases
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     probabilities: bool = False
     tta: bool = False
     register: bool = False
@@ -68,9 +69,6 @@ class EnsembleConfig:
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ConfigError(f"{where}: weights", "weights must be >= 0 with a positive sum",
                                   self.weights, "")
-        if not 0 <= self.uncertainty_threshold <= 1:
-            raise ConfigError(f"{where}: uncertainty_threshold", "is a normalised entropy in [0, 1]",
-                              self.uncertainty_threshold, "e.g. 0.25")
 
 
 def load_ensemble_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EnsembleConfig:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mricore import qa
 from mricore.preprocess import preprocess, restore
 from mricore.volume import Volume
 
@@ -121,11 +122,18 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     timings["combine"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    parts = qa.component_stats(label)
     if cfg.largest_component:
         label = keep_largest_component(label)
     ent = combine.entropy(prob)
     dis = combine.disagreement(member_labels, label)
-    score = combine.uncertainty_score(ent, label, member_labels)
+    region = combine.gland_region(label, member_labels)
+    score = float(ent[region].mean()) if region.any() else 0.0
+    mean_dis = float(dis[region].mean()) if region.any() else 0.0
+    features = qa.output_features(label, image.affine, entropy=score, disagreement=mean_dis,
+                                  removed_fraction=parts["removed_fraction"], slab_mm=cfg.review.slab_mm,
+                                  t2w=image.channel("T2W") if "T2W" in image.channels else None)
+    review = qa.verdict(qa.output_checks(features, cfg.review), features)
     timings["postprocess"] = time.perf_counter() - t
 
     vml = image.voxel_volume_ml
@@ -136,12 +144,12 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
         "weights": {m.name: dict(zip(combine.CLASS_NAMES, map(float, w))) for m, w in zip(used, weights)},
         "preprocessing_passes": len(groups),
         "volume_ml": {z: round(float(mk.sum()) * vml, 3) for z, mk in masks.items()},
-        "uncertainty": {"score": round(score, 4), "threshold": cfg.uncertainty_threshold,
-                        "review": bool(score > cfg.uncertainty_threshold or not masks["WG"].any()),
-                        "definition": "mean normalised entropy (0..1) over voxels any member or the "
-                                      "ensemble labels gland; review also when the gland is empty",
-                        "mean_disagreement_in_gland": round(float(dis[masks["WG"]].mean()), 4)
-                        if masks["WG"].any() else None},
+        "uncertainty": {"score": round(score, 4), "disagreement": round(mean_dis, 4),
+                        "definition": "score: mean normalised entropy (0..1); disagreement: mean share of "
+                                      "members disagreeing with the combined label; both over the voxels any "
+                                      "member or the ensemble labels gland"},
+        "gland_components": parts,
+        "review": review,
         "timings_s": _rounded(timings),
     }
     if staple_perf is not None:

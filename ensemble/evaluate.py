@@ -8,7 +8,13 @@ isolates the combination. Per zone, the best member is the one with the highest 
 cases; the per-case paired differences ensemble − best member get a mean, median, case-level
 bootstrap 95 % CI and Wilcoxon p (mricore.stats.paired_difference).
 
-Writes, in REPORT_DIR: metrics.csv, metrics.json, report.html (mricore.report.write_report) and evaluate.json (summaries and paired differences).
+Every case is predicted even when its input checks say reject (the verdict is reported, not obeyed):
+the ensemble's rows carry `review_score` and `flagged` (1 when the verdict is not ok) beside its
+metrics, so the report shows how the flag relates to the DSC.
+
+Writes, in REPORT_DIR: metrics.csv, metrics.json, report.html (mricore.report.write_report),
+evaluate.json (summaries, paired differences, per-case verdicts and reasons) and review.csv (case,
+verdict, score, reasons).
 """
 
 from __future__ import annotations
@@ -103,7 +109,8 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
     from mricore.io import check_absent, check_output_dir
 
     out = check_output_dir(out_dir)
-    check_absent([out / name for name in ("evaluate.json", "metrics.csv", "metrics.json", "report.html")], force)
+    check_absent([out / name for name in ("evaluate.json", "metrics.csv", "metrics.json", "report.html",
+                                          "review.csv")], force)
     groups = {c.case_id: list(range(len(members))) for c in cases}
     if cross_validated:
         groups = cv_groups(members, [c.case_id for c in cases])
@@ -114,10 +121,10 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
     sources = [(c, source_from_case(c)) for c in cases]
     for c, s in sources:
         _plan(s, [members[i] for i in groups[c.case_id]], cfg, notify=False)
-    rows, skipped = [], {}
+    rows, skipped, reviews = [], {}, {}
     for case, s in tqdm(sources, desc="ensemble evaluate", disable=not progress, file=sys.stderr):
         case_members = [members[i] for i in groups[case.case_id]]
-        image, result, sk = run_case(s, case_members, cfg, notify=False)
+        image, result, sk = run_case(s, case_members, cfg, notify=False, accept=True)
         reference = read_ref(case.labels[label], label, case.case_id, label=True)
         if not reference.same_grid(image):
             raise GeometryError(case.labels[label].path, "reference label grid must equal the image grid",
@@ -127,16 +134,24 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
         if cross_validated:  # one name per architecture/config, pooled over folds
             by_name = {m.name: m.meta.get("name", m.name) for m in case_members}
             names = [by_name[n] for n in names]
+        rev = result.info["review"]
         for r in score_case(result, reference.array[0], image.spacing, names, cfg.largest_component):
+            if r["model"] == "ensemble":  # the verdict beside the metrics it should predict
+                r.update(review_score=rev["score"], flagged=float(rev["verdict"] != "ok"))
             rows.append({"case_id": case.case_id, **r})
         skipped[case.case_id] = sk
+        reviews[case.case_id] = {k: rev[k] for k in ("verdict", "reasons", "score")}
     summary = {"reference": str(ref), "label": label, "method": cfg.method, "n_cases": len(cases),
                "cross_validated": cross_validated,
                "folds": {c: sorted({str(members[i].meta.get("fold")) for i in g}) for c, g in groups.items()}
                if cross_validated else None,
                "members": [m.name for m in members], "skipped": skipped, "zones": paired_summary(rows),
-               "per_case_dsc": _per_case_dsc(rows)}
+               "per_case_dsc": _per_case_dsc(rows), "review": reviews}
     _write_report(out, rows, summary, force)
+    from mricore.io import write_csv
+
+    write_csv([{"case_id": c, "verdict": r["verdict"], "score": r["score"], "reasons": "; ".join(r["reasons"])}
+               for c, r in reviews.items()], out / "review.csv", force=True)
     write_json(summary, out / "evaluate.json", force=True)
     return summary
 

@@ -33,7 +33,7 @@ def member_folder_name(meta: dict, src: Path) -> str:
 
 
 def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", half: bool = True,
-         cv_report: str | Path | None = None, force: bool = False, uncertainty_threshold: float = 0.25, notes: str | Path | None = None) -> Path:
+         cv_report: str | Path | None = None, force: bool = False, notes: str | Path | None = None) -> Path:
     """Copy member folders (weights optionally as fp16) and write ensemble.yaml (+ model card).
 
     notes: a Markdown file appended to the model card (measurements made outside `ensemble evaluate`,
@@ -43,11 +43,6 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputExistsError(out, "ensemble folder exists", None, "pass --force to replace it")
-    if not 0 <= uncertainty_threshold <= 1:
-        from mricore.errors import ConfigError
-
-        raise ConfigError("--uncertainty-threshold", "is a normalised entropy in [0, 1]", uncertainty_threshold,
-                          "e.g. 0.55")
     read_members(members)  # every member complete, loadable, segmenter, platform zone labels: checked first
     cv = None
     if cv_report is not None:
@@ -75,13 +70,17 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
             save_weights(load_weights(src), tmp / name / "weights.pt", half=half)
             names.append(name)
             metas.append(meta)
-        cfg = {"members": names, "method": method, "weights": None, "largest_component": True,
-               "uncertainty_threshold": uncertainty_threshold, "probabilities": False, "tta": False, "register": False}
-        header = "# Bundled ensemble written by `ensemble pack`; member paths are relative to this folder.\n"
+        from mricore.config import to_dict
+
+        from .config import EnsembleConfig
+
+        cfg = to_dict(EnsembleConfig(members=names, method=method))
+        header = ("# Bundled ensemble written by `ensemble pack`; member paths are relative to this folder.\n"
+                  "# review: limits of the quality checks (mricore.qa), calibrated by bench/qa_bench.py.\n")
         (tmp / "ensemble.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))
         if cv is not None:
             (tmp / "cv_evaluate.json").write_text(json.dumps(cv, indent=2))
-        card = model_card(names, metas, cv, half, uncertainty_threshold)
+        card = model_card(names, metas, cv, half)
         if notes is not None:
             card += "\n" + Path(notes).read_text()
         (tmp / "MODEL_CARD.md").write_text(card)
@@ -102,7 +101,7 @@ def _cell(s: dict | None) -> str:
             + (f" ({s['n_excluded']} excl.)" if s.get("n_excluded") else ""))
 
 
-def model_card(names: list[str], metas: list[dict], cv: dict | None, half: bool, threshold: float = 0.25) -> str:
+def model_card(names: list[str], metas: list[dict], cv: dict | None, half: bool) -> str:
     """Markdown model card from the members' model.json and the cross-validated evaluation."""
     cfg0 = metas[0]
     lines = ["# Bundled default ensemble: model card", "",
@@ -151,8 +150,9 @@ def model_card(names: list[str], metas: list[dict], cv: dict | None, half: bool,
                 lines.append(f"| {zone} | {z['best_member']} | {d['mean']:+.3f} ({d['ci_low']:+.3f} to "
                              f"{d['ci_high']:+.3f}) | {d['wilcoxon_p']:.3g} | {d['n']} |")
     lines += ["", "## Training data", "", TRAINING_DATA, "", "## Known limits", "", LIMITS,
-              f"- The review flag is raised above an uncertainty score of {threshold} (mean normalised entropy in "
-              "the gland region); this threshold is a judgement from a handful of studies, not a calibration.", "",
+              "- Every prediction gets a review verdict (ok / review / reject) from input and output quality "
+              "checks (mricore.qa); their limits and measured detection and false-alarm rates are in the README "
+              "(bench/qa_bench.py). A verdict of ok is not a guarantee.", "",
               "## Retraining", "", "`make bundle` (see the Makefile) retrains every member from scratch with "
               "`segment train`, scores them with `ensemble evaluate --cv` and packs them with `ensemble pack`.", ""]
     return "\n".join(lines)

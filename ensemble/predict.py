@@ -9,11 +9,14 @@ Outputs per case in OUT (batch: OUT/<case_id>/), all on the input's exact grid, 
 - probabilities.nii.gz (optional): float32 4D, background/TZ/PZ along the 4th axis (float16 was
   asked for, but NIfTI-1 has no half-float type: nibabel refuses to write one);
 - zones.json: members used and skipped (with reasons), method, weights, volumes in mL, uncertainty
-  score and review flag, alignment of the inputs, timings per stage, software version;
+  (entropy and member disagreement in the gland), the review verdict (ok / review / reject) with its
+  reasons and every input and output check (mricore.qa), alignment of the inputs, timings per stage,
+  software version;
 - ensemble.yaml: the resolved config (member paths absolute);
 - report.html (optional): volumes, uncertainty, members, three-plane overlay.
 Nothing is written until every check has passed (config, members loaded, inputs, output location);
-existing outputs need force=True. A case's files appear all together or not at all: they are written
+existing outputs need force=True. An input that is not an axial T2W study (mricore.qa input checks,
+judged on the voxels and the affine before any network runs) is refused unless force=True. A case's files appear all together or not at all: they are written
 into a hidden staging folder that is renamed into place at the end and removed on any error, SIGINT
 or SIGTERM (mricore.io.staged_dir). A batch goes on past a failing case, lists it in summary.csv and
 summary.json, and ends with exit code 2; the cases that completed stay complete.
@@ -133,8 +136,30 @@ def _plan(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bo
     return used, skipped
 
 
-def run_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool = True):
-    """Read `source` once, run the usable members, combine. Returns (image, EnsembleResult, skipped)."""
+def check_input(image, case_id: str, cfg: EnsembleConfig, accept: bool = False) -> dict:
+    """The input review of a read case (mricore.qa.input_checks on its T2W channel). A `reject` (not an
+    axial T2W study) raises InputError naming the failed checks unless `accept` (--force)."""
+    from mricore import qa
+
+    if "T2W" not in image.channels:
+        return qa.verdict([])
+    features = qa.input_features(image.channel("T2W"), image.affine)
+    review = qa.verdict(qa.input_checks(features, cfg.review), features)
+    if review["verdict"] == "reject" and not accept:
+        failed = "; ".join(c["name"] + f" {c['value']:.4g} (expected {c['expected']})"
+                           for c in review["checks"] if c["verdict"] == "reject")
+        raise InputError(case_id, "the T2W input is not an axial T2W study", failed,
+                         "give the axial T2W series (not ADC/DWI, sagittal or coronal), or pass --force to "
+                         "segment it anyway")
+    return review
+
+
+def run_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool = True,
+             accept: bool = False):
+    """Read `source` once, check it (`check_input`), run the usable members, combine.
+    Returns (image, EnsembleResult, skipped); the result's info["review"] holds the input and output
+    checks and their verdict."""
+    from mricore import qa
     from mricore.datasets import require_study
     from .engine import run_ensemble
 
@@ -142,8 +167,10 @@ def run_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify:
     t = time.perf_counter()
     image, alignment = source.read(channel_order(used), cfg.register)
     require_study(image)
+    input_review = check_input(image, source.case_id, cfg, accept)
     read_s = time.perf_counter() - t
     result = run_ensemble(image, used, cfg)
+    result.info["review"] = qa.merge(input_review, result.info["review"])
     result.info["timings_s"] = {"read_align": round(read_s, 4), **result.info["timings_s"]}
     nmi = [a["nmi"] for a in alignment.values() if "nmi" in a]
     result.info["alignment"] = {"reference": image.channels[0], "channels": alignment,
@@ -202,7 +229,7 @@ def _write_case(out: Path, image, result, skipped, source, cfg, probabilities, r
     if report:
         from .report import write_predict_report
 
-        write_predict_report(out / "report.html", image, result.label, sidecar, force=force)
+        write_predict_report(out / "report.html", image, result.label, sidecar, result.disagreement, force=force)
         sidecar["outputs"]["report.html"] = "prediction report"
     sidecar["timings_s"]["write"] = round(time.perf_counter() - t, 4)
     write_json(sidecar, out / "zones.json")
@@ -226,7 +253,7 @@ def predict(inputs, out_dir, config=None, force: bool = False, probabilities: bo
     members = read_members(cfg.members)
     source = source_from_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     _plan(source, members, cfg, notify=False)
-    image, result, skipped = run_case(source, members, cfg, notify)
+    image, result, skipped = run_case(source, members, cfg, notify, accept=force)
     probs = cfg.probabilities if probabilities is None else probabilities
     return write_outputs(out, image, result, skipped, source, replace(cfg, probabilities=probs), probs, report)
 
@@ -256,14 +283,14 @@ def predict_batch(dataset, out_dir, config=None, force: bool = False, probabilit
     rows = []
     for s in tqdm(sources, desc="ensemble predict", disable=not progress, file=sys.stderr):
         try:
-            image, result, skipped = run_case(s, members, cfg, notify=False)
+            image, result, skipped = run_case(s, members, cfg, notify=False, accept=force)
             side = write_outputs(out / s.case_id, image, result, skipped, s, replace(cfg, probabilities=probs),
                                  probs, report)
         except UserError as e:
             rows.append({"case_id": s.case_id, "status": "failed", "error": str(e)})
             continue
         rows.append({"case_id": s.case_id, "status": "ok", "volume_ml": side["volume_ml"],
-                     "uncertainty": side["uncertainty"],
+                     "uncertainty": side["uncertainty"], "review": _short(side["review"]),
                      "members_used": [m["member"] for m in side["members_used"]],
                      "members_skipped": [m["member"] for m in side["members_skipped"]]})
     write_json({"dataset": str(dataset), "method": cfg.method, "cases": rows}, out / "summary.json")
@@ -275,8 +302,13 @@ def _flat_row(r: dict) -> dict:
     if r["status"] != "ok":
         return {"case_id": r["case_id"], "status": r["status"], "error": r["error"]}
     return {"case_id": r["case_id"], "status": "ok", **{f"{z}_ml": v for z, v in r["volume_ml"].items()},
-            "uncertainty": r["uncertainty"]["score"], "review": r["uncertainty"]["review"],
+            "uncertainty": r["uncertainty"]["score"], "disagreement": r["uncertainty"]["disagreement"],
+            "verdict": r["review"]["verdict"], "reasons": "; ".join(r["review"]["reasons"]),
             "members_used": len(r["members_used"]), "error": ""}
+
+
+def _short(review: dict) -> dict:
+    return {k: review[k] for k in ("verdict", "reasons", "score")}
 
 
 def is_batch_input(inputs: list[str]) -> bool:

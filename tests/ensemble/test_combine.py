@@ -129,9 +129,8 @@ def test_entropy_and_disagreement():
     np.testing.assert_allclose(combine.disagreement(members, np.array([1, 0], np.uint8)), [0.25, 0.25])
 
 
-def test_uncertainty_score_over_gland_region_only():
-    ent = np.array([0.0, 0.8, 0.4, 0.0], np.float32)
+def test_gland_region_is_any_member_or_the_combined_map():
     label = np.array([0, 1, 0, 0], np.uint8)
     members = np.array([[0, 1, 2, 0], [0, 1, 0, 0]], np.uint8)
-    assert combine.uncertainty_score(ent, label, members) == pytest.approx(0.6)
-    assert combine.uncertainty_score(ent, np.zeros(4, np.uint8), np.zeros((2, 4), np.uint8)) == 0.0
+    assert combine.gland_region(label, members).tolist() == [False, True, True, False]
+    assert not combine.gland_region(np.zeros(4, np.uint8), np.zeros((2, 4), np.uint8)).any()

@@ -41,7 +41,7 @@ BAD_CONFIGS = [
     ({"members": ["m"], "method": "average"}, ["unknown combination method", "staple"]),  # unknown method
     ({"members": ["m"], "metod": "vote"}, ["did you mean 'method'"]),          # misspelt key
     ({"members": ["m"], "weights": [1, 2]}, ["one weight per member"]),        # weights count
-    ({"members": ["m"], "uncertainty_threshold": 2.0}, ["[0, 1]"]),            # threshold range
+    ({"members": ["m"], "review": {"max_entropy": 2.0}}, ["review.max_entropy", "[0, 1]"]),  # limit range
     ({"members": ["no_such_folder"]}, ["model folder does not exist"]),        # missing member
 ]
 

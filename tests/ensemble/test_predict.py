@@ -60,7 +60,9 @@ def test_end_to_end_t2w_study_with_skipped_member(data_dir, members, tmp_path, c
     vml = float(np.prod(zones.header.get_zooms()[:3])) / 1000
     assert side["volume_ml"]["TZ"] == pytest.approx((z == 1).sum() * vml, abs=1e-3)
     assert side["volume_ml"]["WG"] == pytest.approx((z > 0).sum() * vml, abs=1e-3)
-    assert isinstance(side["uncertainty"]["review"], bool) and 0 <= side["uncertainty"]["score"] <= 1
+    assert 0 <= side["uncertainty"]["score"] <= 1 and 0 <= side["uncertainty"]["disagreement"] <= 1
+    assert side["review"]["verdict"] in ("ok", "review") and {c["name"] for c in side["review"]["checks"]} >= {
+        "slice_tilt_deg", "dark_fraction", "gland_ml", "disagreement"}
     assert set(side["timings_s"]) >= {"read_align", "preprocess", "network", "restore", "combine", "write"}
     assert side["software_version"]
     saved = yaml.safe_load((out / "ensemble.yaml").read_text())

@@ -1,0 +1,225 @@
+"""Quality checks (mricore.qa): every check passes on a real case and fails on a corrupted copy of it.
+
+Input checks run on real T2W studies and real ADC/DWI/sagittal series; output checks run on the
+expert zone map of prostate158/001 (a real map) and copies of it broken one way at a time, so each
+test isolates one check without a network.
+"""
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mricore import qa
+from mricore.io import read_nifti
+
+ROOT = Path(__file__).resolve().parents[2]
+CFG = qa.ReviewConfig()
+CASE = "prostate158/001"
+
+
+def verdicts(checks) -> dict:
+    return {c.name: c.verdict for c in checks}
+
+
+@pytest.fixture(scope="module")
+def t2(data_dir):
+    return read_nifti(data_dir / CASE / "t2.nii.gz", "T2W")
+
+
+@pytest.fixture(scope="module")
+def zones(data_dir):
+    return read_nifti(data_dir / CASE / "zones.nii.gz", "zones", label=True)
+
+
+def input_verdicts(array, affine) -> dict:
+    return verdicts(qa.input_checks(qa.input_features(array, affine), CFG))
+
+
+def out_verdicts(label, affine, t2w, **kw) -> dict:
+    args = {"entropy": 0.3, "disagreement": 0.1, **kw}
+    return verdicts(qa.output_checks(qa.output_features(label, affine, t2w=t2w, **args), CFG))
+
+
+# ----------------------------------------------------------------------------- input
+
+@pytest.mark.parametrize("case", ["prostate158/001", "prostate158/021", "prostatex/ProstateX-0002",
+                                  "unlabelled/Prostate3T-03-0001"])
+def test_real_axial_t2w_passes_every_input_check(data_dir, case):
+    v = read_nifti(data_dir / case / "t2.nii.gz", "T2W")
+    got = input_verdicts(v.array[0], v.affine)
+    assert set(got.values()) == {"ok"}, got
+
+
+def test_sagittal_series_is_rejected_by_its_slice_normal(data_dir):
+    from mricore.dicom import read_dicom_series
+
+    folder = next((data_dir / "dicom/ProstateX-0000").glob("*t2tsesag*"))
+    v = read_dicom_series(folder, "T2W")
+    got = input_verdicts(v.array[0], v.affine)
+    assert got["slice_tilt_deg"] == "reject"
+
+
+def test_adc_on_its_own_grid_is_rejected_by_its_resolution(data_dir):
+    v = read_nifti(data_dir / "prostatex/ProstateX-0000/adc.nii.gz", "T2W")
+    assert input_verdicts(v.array[0], v.affine)["inplane_mm"] == "reject"
+
+
+def test_dwi_on_the_t2_grid_is_rejected_by_its_content(data_dir, t2):
+    """prostate158's DWI shares the T2 grid exactly: only the voxels can tell it is not a T2W."""
+    v = read_nifti(data_dir / CASE / "dwi.nii.gz", "T2W")
+    assert v.same_grid(t2)
+    got = input_verdicts(v.array[0], v.affine)
+    assert got["dark_fraction"] == got["sharpness"] == "reject"
+    assert got["inplane_mm"] == got["slice_tilt_deg"] == "ok"
+
+
+def test_adc_resampled_onto_the_t2_grid_is_caught(data_dir):
+    from mricore.align import resample_to
+
+    t2x = read_nifti(data_dir / "prostatex/ProstateX-0000/t2.nii.gz", "T2W")
+    adc = resample_to(read_nifti(data_dir / "prostatex/ProstateX-0000/adc.nii.gz", "T2W"), t2x)
+    got = input_verdicts(adc.array[0], adc.affine)
+    assert "ok" not in (got["dark_fraction"], got["sharpness"])
+
+
+def test_thick_slices_and_small_field_of_view_need_review(t2):
+    x, aff = t2.array[0], t2.affine.copy()
+    aff[:3, 2] *= 3
+    assert input_verdicts(x[:, :, ::3], aff)["slice_mm"] == "review"
+    assert input_verdicts(x[60:180, 60:180], t2.affine)["fov_mm"] == "review"  # 120 px x 0.47 mm = 56 mm
+
+
+def test_noise_and_bias_field_need_review(t2, rng):
+    x = t2.array[0]
+    med = float(np.median(x[x > 0.1 * np.percentile(x, 99.5)]))
+    noisy = np.abs(x + rng.normal(0, 0.35 * med, x.shape) + 1j * rng.normal(0, 0.35 * med, x.shape))
+    assert input_verdicts(noisy.astype(np.float32), t2.affine)["noise"] == "review"
+    # A left-right ramp, 4x from one side to the other (voxel axis i points left-right here).
+    lr = int(np.argmax(np.abs(t2.affine[0, :2])))
+    ramp = np.linspace(np.log(0.5), np.log(2.0), x.shape[lr], dtype=np.float32)
+    biased = x * np.exp(np.expand_dims(ramp, [a for a in range(3) if a != lr]))
+    assert input_verdicts(biased, t2.affine)["nonuniformity"] == "review"
+
+
+# ----------------------------------------------------------------------------- output
+
+def test_expert_map_passes_every_output_check(t2, zones):
+    got = out_verdicts(zones.array[0], zones.affine, t2.array[0])
+    assert set(got.values()) == {"ok"}, got
+
+
+def test_no_gland_needs_review(t2, zones):
+    got = out_verdicts(np.zeros_like(zones.array[0]), zones.affine, t2.array[0])
+    assert got["gland_ml"] == "review"
+
+
+def test_tiny_gland_and_missing_tz_need_review(t2, zones):
+    z = zones.array[0].copy()
+    k = int(np.flatnonzero(z.any(axis=(0, 1))).mean())
+    z[:, :, :k] = 0
+    z[:, :, k + 1:] = 0  # one slice of gland: ~3 mL
+    assert out_verdicts(z, zones.affine, t2.array[0])["gland_ml"] == "review"
+    z = zones.array[0].copy()
+    z[z == 1] = 2  # no TZ
+    got = out_verdicts(z, zones.affine, t2.array[0])
+    assert got["tz_share"] == "review" and got["pz_posterior_mm"] == "review"
+
+
+def test_gaps_holes_and_missing_mid_gland_pz_need_review(t2, zones):
+    z = zones.array[0].copy()
+    present = np.flatnonzero(z.any(axis=(0, 1)))
+    mid = present[len(present) // 2]
+    gap = z.copy()
+    gap[:, :, mid] = 0
+    assert out_verdicts(gap, zones.affine, t2.array[0])["slice_gaps"] == "review"
+    from scipy import ndimage
+
+    holes = z.copy()
+    for k in present:
+        inner = ndimage.binary_erosion(z[:, :, k] > 0, iterations=4)
+        holes[:, :, k][inner] = 0
+    assert out_verdicts(holes, zones.affine, t2.array[0])["hole_fraction"] == "review"
+    no_pz = z.copy()
+    third = len(present) // 3
+    no_pz[:, :, present[third]:present[-third]][no_pz[:, :, present[third]:present[-third]] == 2] = 1
+    assert out_verdicts(no_pz, zones.affine, t2.array[0])["pz_midgland"] == "review"
+
+
+def test_gland_at_the_edge_of_the_field_of_view_needs_review(t2, zones):
+    z = zones.array[0]
+    i0 = int(np.argwhere(z > 0)[:, 0].min()) + 5  # crop through the gland
+    got = out_verdicts(z[i0:], zones.affine, t2.array[0][i0:])  # affine origin irrelevant here
+    assert got["border_mm"] == "review"
+
+
+def test_anterior_posterior_header_flip_needs_review(t2, zones):
+    """Same voxels, the affine flipped front to back: the expert PZ is now anterior of the TZ."""
+    ap = max((0, 1), key=lambda a: abs(zones.affine[1, a]))
+    f = np.eye(4)
+    f[ap, ap], f[ap, 3] = -1, zones.shape[ap] - 1
+    got = out_verdicts(zones.array[0], zones.affine @ f, t2.array[0])
+    assert got["pz_posterior_mm"] == "review"
+
+
+def test_swapped_zones_fail_the_t2_intensity_check(t2, zones):
+    z = zones.array[0]
+    swapped = np.where(z == 1, 2, np.where(z == 2, 1, 0)).astype(np.uint8)
+    assert out_verdicts(swapped, zones.affine, t2.array[0])["pz_tz_intensity"] == "review"
+
+
+def test_disagreement_entropy_and_removed_components_need_review(t2, zones):
+    got = out_verdicts(zones.array[0], zones.affine, t2.array[0], disagreement=0.9, entropy=0.9,
+                       removed_fraction=0.4)
+    assert got["disagreement"] == got["entropy"] == got["removed_fraction"] == "review"
+    z = zones.array[0].copy()
+    z[:20, :20, :5] = 1  # a second blob far from the gland
+    stats = qa.component_stats(z)
+    assert stats["components"] == 2 and 0 < stats["removed_fraction"] < 0.5
+
+
+def test_slab_skips_the_whole_gland_checks(data_dir):
+    case = data_dir / "i2cvb/Patient_68619"
+    z = read_nifti(case / "zones.nii.gz", "zones", label=True)
+    t2v = read_nifti(case / "t2.nii.gz", "T2W")
+    got = out_verdicts(z.array[0], z.affine, t2v.array[0])
+    assert got["gland_ml"] == got["tz_share"] == got["pz_midgland"] == "n/a"
+    assert "review" not in got.values() and "reject" not in got.values()
+
+
+# ----------------------------------------------------------------------------- verdict
+
+def test_verdict_is_the_worst_check_with_reasons_and_score():
+    checks = [qa._check("a", 1.0, 2.0, "max"), qa._check("b", 3.0, 2.0, "max"),
+              qa._check("c", 0.5, 1.0, "min", "reject"), qa._na("d", "n/a here")]
+    v = qa.verdict(checks)
+    assert v["verdict"] == "reject" and v["score"] == pytest.approx(2.0)
+    assert v["reasons"] == ["b 3 (expected <= 2)", "c 0.5 (expected >= 1)"]
+    assert qa.verdict(checks[:1])["verdict"] == "ok" and qa.verdict(checks[:1])["score"] < 1
+    merged = qa.merge(qa.verdict(checks[:1], {"x": 1.0}), qa.verdict(checks[1:2], {"y": 2.0}))
+    assert merged["verdict"] == "review" and merged["features"] == {"x": 1.0, "y": 2.0}
+
+
+def test_config_rejects_out_of_range_limits():
+    from mricore.config import from_dict
+    from mricore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="review.max_entropy"):
+        from_dict(qa.ReviewConfig, {"max_entropy": 1.5}, "x.yaml")
+
+
+def test_shipped_limits_are_the_calibrated_ones():
+    """The ReviewConfig defaults are the limits bench/qa_bench.py fitted on its calibration half."""
+    bench = json.loads((ROOT / "bench/results/qa_bench.json").read_text())
+    defaults = asdict(qa.ReviewConfig())
+    for name, value in bench["shipped_limits"].items():
+        assert defaults[name] == pytest.approx(value), name
+    assert set(bench["shipped_limits"]) <= {f.name for f in fields(qa.ReviewConfig)}
+
+
+def test_reference_distribution_is_the_committed_command_output():
+    ref = qa.load_reference()
+    assert ref["n"] == len(ref["maps"]) >= 30
+    assert ref["WG_ml"]["min"] == min(m["WG_ml"] for m in ref["maps"])

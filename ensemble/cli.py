@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True, help="output folder (batch: one sub-folder per case)")
     pr.add_argument("--probabilities", action="store_true", help="also write probabilities.nii.gz (float32; NIfTI-1 has no float16)")
     pr.add_argument("--report", action="store_true", help="also write report.html")
+    pr.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="batch: N threads read and write cases while the networks run (default 1); under "
+                         "torchrun each rank takes its own slice of the cases")
     pr.add_argument("--force", action="store_true", help="overwrite existing outputs, and segment an input the "
                     "checks reject as not an axial T2W study (its verdict stays reject)")
 
@@ -37,6 +40,15 @@ def _parser() -> argparse.ArgumentParser:
                     help="cross-validated: score each case only with the members that held it out "
                          "(validation cases in each member's model.json)")
     ev.add_argument("--force", action="store_true")
+
+    sv = sub.add_parser("serve", help="serve the ensemble over HTTP: a page, POST /predict, results, DICOM-SEG")
+    sv.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--results", default="serve_results", help="folder for RESULTS/<id>/ outputs")
+    sv.add_argument("--workers", type=int, default=1, help="predictions running at once")
+    sv.add_argument("--queue", type=int, default=4, help="requests waiting beyond --workers; more get 503")
+    sv.add_argument("--max-upload-mb", type=float, default=512)
 
     pk = sub.add_parser("pack", help="copy trained member folders into one self-contained ensemble folder")
     pk.add_argument("members", nargs="+", metavar="MODEL_DIR", help="model folders written by `segment train`")
@@ -68,14 +80,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .config import load_ensemble_config
 
+        if args.cmd == "serve":
+            from .serve import serve
+
+            serve(load_ensemble_config(args.config), args.host, args.port, args.results, args.workers,
+                  args.queue, args.max_upload_mb)
+            return 0
         cfg = load_ensemble_config(args.config, args.overrides)
         if args.cmd == "predict":
-            from .predict import is_batch_input, predict, predict_batch
+            from .batch import is_batch_input, predict_batch, rank_and_world
+            from .predict import predict
 
             probs = True if args.probabilities else None
             if is_batch_input(args.inputs):
-                rows = predict_batch(args.inputs[0], args.output, cfg, args.force, probs, args.report)
-                for r in rows:
+                rows = predict_batch(args.inputs[0], args.output, cfg, args.force, probs, args.report,
+                                     workers=args.workers)
+                for r in rows if rank_and_world()[0] == 0 else []:
                     if r["status"] == "ok":
                         _print_case(r["case_id"], r["volume_ml"], r["uncertainty"], r["review"])
                 failed = [r for r in rows if r["status"] != "ok"]

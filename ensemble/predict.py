@@ -13,7 +13,10 @@ Outputs per case in OUT (batch: OUT/<case_id>/), all on the input's exact grid, 
   reasons and every input and output check (mricore.qa), alignment of the inputs, timings per stage,
   software version;
 - ensemble.yaml: the resolved config (member paths absolute);
-- report.html (optional): volumes, uncertainty, members, three-plane overlay.
+- report.html and overlay.png (optional): volumes, review verdict, uncertainty, members, three-plane
+  overlay of the zones and of the member disagreement;
+- seg.dcm (DICOM series input): DICOM-SEG with TZ and PZ segments (SNOMED CT) referencing the source
+  series, frames on the source slices (ensemble.dicomseg).
 Nothing is written until every check has passed (config, members loaded, inputs, output location);
 existing outputs need force=True. An input that is not an axial T2W study (mricore.qa input checks,
 judged on the voxels and the affine before any network runs) is refused unless force=True. A case's files appear all together or not at all: they are written
@@ -40,7 +43,7 @@ from .members import Member, channel_order, read_members, split_available
 # NIfTI files with an unknown stem (and DICOM folders) take these names in the order given.
 POSITIONAL_CHANNELS = ["T2W", "ADC", "DWI"]
 OUTPUTS = ("zones.nii.gz", "uncertainty.nii.gz", "probabilities.nii.gz", "zones.json", "ensemble.yaml",
-           "report.html")
+           "report.html", "overlay.png", "seg.dcm")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Source:
     available: list[str]
     read: Callable  # (channels, register) -> (Volume, alignment info {channel: {...}})
     inputs: list[str]
+    dicom: Path | None = None  # the reference (first) series folder of a DICOM input: seg.dcm is written
 
 
 def _is_dicom_folder(p: Path) -> bool:
@@ -110,7 +114,7 @@ def source_from_inputs(inputs: list[str | Path]) -> Source:
             vols[i] = v
             info[want[i]] = entry
         return stack(vols, paths[0].name), info
-    return Source(paths[0].name, names, read, [str(p) for p in paths])
+    return Source(paths[0].name, names, read, [str(p) for p in paths], dicom=paths[0])
 
 
 def _resolve(config) -> EnsembleConfig:
@@ -154,23 +158,48 @@ def check_input(image, case_id: str, cfg: EnsembleConfig, accept: bool = False) 
     return review
 
 
-def run_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool = True,
-             accept: bool = False):
-    """Read `source` once, check it (`check_input`), run the usable members, combine.
-    Returns (image, EnsembleResult, skipped); the result's info["review"] holds the input and output
-    checks and their verdict."""
-    from mricore import qa
+@dataclass
+class ReadCase:
+    """A case read and checked, ready for the networks."""
+
+    source: Source
+    image: object       # Volume on the reference grid
+    alignment: dict
+    input_review: dict
+    used: list
+    skipped: list
+    read_s: float
+
+
+def read_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool = True,
+              accept: bool = False) -> ReadCase:
+    """Read `source` once for the members that can run and check it (`check_input`); no network runs."""
     from mricore.datasets import require_study
-    from .engine import run_ensemble
 
     used, skipped = _plan(source, members, cfg, notify)
     t = time.perf_counter()
     image, alignment = source.read(channel_order(used), cfg.register)
     require_study(image)
     input_review = check_input(image, source.case_id, cfg, accept)
-    read_s = time.perf_counter() - t
-    result = run_ensemble(image, used, cfg)
-    result.info["review"] = qa.merge(input_review, result.info["review"])
+    return ReadCase(source, image, alignment, input_review, used, skipped, time.perf_counter() - t)
+
+
+def run_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool = True,
+             accept: bool = False):
+    """Read `source` once, check it (`check_input`), run the usable members, combine.
+    Returns (image, EnsembleResult, skipped); the result's info["review"] holds the input and output
+    checks and their verdict."""
+    return infer_case(read_case(source, members, cfg, notify, accept), cfg)
+
+
+def infer_case(case: ReadCase, cfg: EnsembleConfig):
+    """The networks and the combination for a case from `read_case`: (image, EnsembleResult, skipped)."""
+    from mricore import qa
+    from .engine import run_ensemble
+
+    image, alignment, read_s, skipped = case.image, case.alignment, case.read_s, case.skipped
+    result = run_ensemble(image, case.used, cfg)
+    result.info["review"] = qa.merge(case.input_review, result.info["review"])
     result.info["timings_s"] = {"read_align": round(read_s, 4), **result.info["timings_s"]}
     nmi = [a["nmi"] for a in alignment.values() if "nmi" in a]
     result.info["alignment"] = {"reference": image.channels[0], "channels": alignment,
@@ -226,23 +255,31 @@ def _write_case(out: Path, image, result, skipped, source, cfg, probabilities, r
                     "ensemble.yaml": "resolved config"},
         "software_version": __version__,
     }
+    if source.dicom is not None:
+        from .dicomseg import write_dicom_seg
+
+        write_dicom_seg(result.label, image.affine, source.dicom, out / "seg.dcm")
+        sidecar["outputs"]["seg.dcm"] = "DICOM-SEG: TZ and PZ segments referencing the source series"
     if report:
-        from .report import write_predict_report
+        from .report import overlay_png, write_predict_report
 
         write_predict_report(out / "report.html", image, result.label, sidecar, result.disagreement, force=force)
+        (out / "overlay.png").write_bytes(overlay_png(image.array[0], result.label, image.affine))
         sidecar["outputs"]["report.html"] = "prediction report"
+        sidecar["outputs"]["overlay.png"] = "zones over the reference channel, three planes"
     sidecar["timings_s"]["write"] = round(time.perf_counter() - t, 4)
     write_json(sidecar, out / "zones.json")
     return sidecar
 
 
 def predict(inputs, out_dir, config=None, force: bool = False, probabilities: bool | None = None,
-            report: bool = False, notify: bool = True) -> dict:
+            report: bool = False, notify: bool = True, members: list[Member] | None = None) -> dict:
     """Run the ensemble on one case and write its outputs to `out_dir`; returns the zones.json content.
 
     inputs: a path or list of paths (volume, channel files, case folder, DICOM series folder(s)).
     config: an EnsembleConfig, a YAML path, or None for the bundled ensemble.
     probabilities: write probabilities.nii.gz (None: as the config says).
+    members: the config's members already loaded (`read_members`), as a server keeps them.
     Raises UserError subclasses (nothing written) for bad config, members, inputs or existing outputs.
     """
     from mricore.io import check_output_dir
@@ -250,72 +287,9 @@ def predict(inputs, out_dir, config=None, force: bool = False, probabilities: bo
     cfg = _resolve(config)
     out = check_output_dir(out_dir)
     _check_outputs(out, force)
-    members = read_members(cfg.members)
+    members = read_members(cfg.members) if members is None else members
     source = source_from_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     _plan(source, members, cfg, notify=False)
     image, result, skipped = run_case(source, members, cfg, notify, accept=force)
     probs = cfg.probabilities if probabilities is None else probabilities
     return write_outputs(out, image, result, skipped, source, replace(cfg, probabilities=probs), probs, report)
-
-
-def predict_batch(dataset, out_dir, config=None, force: bool = False, probabilities: bool | None = None,
-                  report: bool = False, progress: bool = True) -> list[dict]:
-    """Every case of a dataset folder / MSD folder / datalist into `out_dir/<case_id>/`, with a progress
-    bar. All cases are checked (members runnable, outputs absent) before the first is run. A case that
-    fails (a UserError: unreadable image, bad geometry, disk full) leaves nothing and the batch goes on;
-    `out_dir/summary.json` and `summary.csv` list every case with its status, volumes, uncertainty and
-    error. Returns the rows (status "ok" or "failed")."""
-    from tqdm import tqdm
-
-    from mricore.datasets import load_dataset
-    from mricore.errors import UserError
-    from mricore.io import check_absent, check_output_dir, write_csv, write_json
-
-    cfg = _resolve(config)
-    out = check_output_dir(out_dir)
-    check_absent([out / "summary.json", out / "summary.csv"], force)
-    members = read_members(cfg.members)
-    sources = [source_from_case(c) for c in load_dataset(dataset)]
-    for s in sources:
-        _plan(s, members, cfg, notify=False)
-        _check_outputs(out / s.case_id, force)
-    probs = cfg.probabilities if probabilities is None else probabilities
-    rows = []
-    for s in tqdm(sources, desc="ensemble predict", disable=not progress, file=sys.stderr):
-        try:
-            image, result, skipped = run_case(s, members, cfg, notify=False, accept=force)
-            side = write_outputs(out / s.case_id, image, result, skipped, s, replace(cfg, probabilities=probs),
-                                 probs, report)
-        except UserError as e:
-            rows.append({"case_id": s.case_id, "status": "failed", "error": str(e)})
-            continue
-        rows.append({"case_id": s.case_id, "status": "ok", "volume_ml": side["volume_ml"],
-                     "uncertainty": side["uncertainty"], "review": _short(side["review"]),
-                     "members_used": [m["member"] for m in side["members_used"]],
-                     "members_skipped": [m["member"] for m in side["members_skipped"]]})
-    write_json({"dataset": str(dataset), "method": cfg.method, "cases": rows}, out / "summary.json")
-    write_csv([_flat_row(r) for r in rows], out / "summary.csv")
-    return rows
-
-
-def _flat_row(r: dict) -> dict:
-    if r["status"] != "ok":
-        return {"case_id": r["case_id"], "status": r["status"], "error": r["error"]}
-    return {"case_id": r["case_id"], "status": "ok", **{f"{z}_ml": v for z, v in r["volume_ml"].items()},
-            "uncertainty": r["uncertainty"]["score"], "disagreement": r["uncertainty"]["disagreement"],
-            "verdict": r["review"]["verdict"], "reasons": "; ".join(r["review"]["reasons"]),
-            "members_used": len(r["members_used"]), "error": ""}
-
-
-def _short(review: dict) -> dict:
-    return {k: review[k] for k in ("verdict", "reasons", "score")}
-
-
-def is_batch_input(inputs: list[str]) -> bool:
-    """One datalist, or one folder holding case folders (no NIfTI, no DICOM files of its own)."""
-    if len(inputs) != 1:
-        return False
-    p = Path(inputs[0])
-    if p.is_file():
-        return p.suffix in (".csv", ".json")
-    return p.is_dir() and not any(p.glob("*.nii*")) and not _is_dicom_folder(p)

@@ -1,0 +1,258 @@
+"""`ensemble serve` over real HTTP on 127.0.0.1 (uvicorn in a thread, stdlib urllib as the client): the
+page, predictions from NIfTI and zipped DICOM, downloads, the bounded pool (503), a loopback load test
+and the bad-upload matrix; nothing of a rejected request stays on disk. The headless-Chromium test
+uploads a real case through the page."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import resource
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("fastapi", reason="needs the 'serve' extra (pip install -e '.[serve]')")
+
+P158 = "prostate158/001"
+DICOM_T2 = "dicom/ProstateX-0000/4.000000-t2tsetra-00702"
+
+
+def post(url: str, files: dict[str, tuple[str, bytes]], raw: bytes | None = None) -> tuple[int, dict]:
+    """multipart/form-data POST with stdlib only; returns (status, JSON body)."""
+    boundary = uuid.uuid4().hex
+    body = b""
+    for name, (filename, data) in files.items():
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
+                 "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    body = body if raw is None else raw
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+    conn.putrequest("POST", u.path)
+    conn.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    try:
+        conn.send(body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered (413) and closed before reading it all; its answer is still readable
+    r = conn.getresponse()
+    try:
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Running:
+    """An app served by uvicorn on a free loopback port, in a daemon thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        self.app = app
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cfg(members, tmp_path_factory):
+    from ensemble.config import load_ensemble_config
+
+    path = tmp_path_factory.mktemp("serve_cfg") / "ens.yaml"
+    path.write_text(yaml.safe_dump({"members": [str(members["t2_a"])]}))
+    return load_ensemble_config(path)
+
+
+def serve(cfg, results: Path, **kw) -> Running:
+    from ensemble.serve import create_app
+
+    return Running(create_app(cfg, results, **kw))
+
+
+@pytest.fixture(scope="module")
+def server(cfg, tmp_path_factory):
+    s = serve(cfg, tmp_path_factory.mktemp("results"), workers=1, queue=2, max_upload_mb=8)
+    yield s
+    s.stop()
+
+
+def leftovers(results: Path) -> list[str]:
+    return sorted(p.name for p in results.iterdir() if p.name.startswith("."))
+
+
+def test_health_and_page(server):
+    status, body = get(server.url + "/health")
+    assert status == 200 and json.loads(body)["members"] == 1
+    status, page = get(server.url + "/")
+    assert status == 200 and b'name="t2"' in page and b'name="adc"' in page
+
+
+def test_predict_a_nifti_and_download_its_results(server, data_dir):
+    t2 = (data_dir / P158 / "t2.nii.gz").read_bytes()
+    status, j = post(server.url + "/predict", {"t2": ("whatever.bin", t2)})  # named by content, not name
+    assert status == 200, j
+    assert set(j["volumes_ml"]) == {"WG", "TZ", "PZ"} and j["review"]["verdict"] in ("ok", "review")
+    assert j["id"] == j["case_id"] and len(j["id"]) == 32
+    status, zones = get(server.url + j["files"]["zones.nii.gz"])
+    img = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(zones))
+    assert status == 200 and img.shape == nib.load(str(data_dir / P158 / "t2.nii.gz")).shape
+    status, png = get(server.url + j["files"]["overlay.png"])
+    assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    results = server.app.state.server.results
+    assert leftovers(results) == [] and (results / j["id"] / "report.html").is_file()
+
+
+def test_a_zipped_dicom_series_gives_dicom_seg(server, data_dir):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted((data_dir / DICOM_T2).iterdir()):
+            z.write(f, f"series/{f.name}")
+    status, j = post(server.url + "/predict", {"t2": ("study.zip", buf.getvalue())})
+    assert status == 200, j
+    assert "seg.dcm" in j["files"] and get(server.url + j["files"]["seg.dcm"])[0] == 200
+
+
+def zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+BAD = {  # name: (files, expected status, words of the one-line error)
+    "oversized": (lambda t2: {"t2": ("t2.nii.gz", b"\x1f\x8b" + bytes(9 * 1024 * 1024))}, 413, "at most 8 MB"),
+    "truncated gzip": (lambda t2: {"t2": ("t2.nii.gz", t2[:5000])}, 400, "t2"),
+    "text renamed .nii.gz": (lambda t2: {"t2": ("t2.nii.gz", b"hello, I am not an image\n" * 40)}, 415, "NIfTI"),
+    "zip with ../ names": (lambda t2: {"t2": ("x.zip", zip_bytes({"../evil.dcm": b"x" * 100}))}, 400, "inside the archive"),
+    "zip bomb": (lambda t2: {"t2": ("x.zip", zip_bytes({"a/b.dcm": bytes(20 * 1024 * 1024)}))}, 400, "expands"),
+    "no t2 field": (lambda t2: {"adc": ("adc.nii.gz", t2)}, 400, "field named t2"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_uploads_get_clear_json_errors_and_leave_nothing(server, data_dir, name):
+    make, code, words = BAD[name]
+    results = server.app.state.server.results
+    before = sorted(p.name for p in results.iterdir())
+    status, j = post(server.url + "/predict", make((data_dir / P158 / "t2.nii.gz").read_bytes()))
+    assert status == code and words in j["error"] and "\n" not in j["error"], (status, j)
+    assert sorted(p.name for p in results.iterdir()) == before  # no result, no staging left
+
+
+def test_empty_body_and_result_ids_outside_the_folder(server):
+    status, j = post(server.url + "/predict", {}, raw=b"")
+    assert status == 400 and "error" in j
+    for path in ("/results/../zones.json", "/results/" + "0" * 32 + "/..%2F..%2Fetc%2Fpasswd",
+                 "/results/abc/zones.nii.gz", "/results/" + "0" * 32 + "/weights.pt"):
+        assert get(server.url + path)[0] == 404
+
+
+def test_a_full_pool_answers_503_at_once(cfg, tmp_path, data_dir, monkeypatch):
+    from ensemble.serve import Server
+
+    gate = threading.Event()
+    real = Server.predict
+
+    def slow(self, inputs, rid):
+        gate.wait(60)
+        return real(self, inputs, rid)
+    monkeypatch.setattr(Server, "predict", slow)
+    s = serve(cfg, tmp_path / "r", workers=1, queue=0)
+    try:
+        t2 = (data_dir / P158 / "t2.nii.gz").read_bytes()
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(post, s.url + "/predict", {"t2": ("t2.nii.gz", t2)})
+            while s.app.state.server.waiting + s.app.state.server.running == 0:
+                time.sleep(0.05)
+            t = time.perf_counter()
+            status, j = post(s.url + "/predict", {"t2": ("t2.nii.gz", t2)})
+            assert status == 503 and "busy" in j["error"] and time.perf_counter() - t < 5
+            gate.set()
+            assert first.result()[0] == 200
+    finally:
+        gate.set()
+        s.stop()
+
+
+def test_loopback_load_20_requests_4_at_a_time(cfg, tmp_path, data_dir):
+    """2 workers and 1 waiting place against 4 concurrent clients: every request ends 200 or 503, each
+    200 has its own complete result folder, nothing is lost or duplicated, memory stays bounded."""
+    s = serve(cfg, tmp_path / "r", workers=2, queue=1)
+    t2 = (data_dir / P158 / "t2.nii.gz").read_bytes()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: post(s.url + "/predict", {"t2": ("t2.nii.gz", t2)}), range(20)))
+    finally:
+        s.stop()
+    statuses = [a[0] for a in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 2, statuses
+    ids = [a[1]["id"] for a in answers if a[0] == 200]
+    results = tmp_path / "r"
+    assert len(set(ids)) == len(ids) and sorted(ids) == sorted(p.name for p in results.iterdir())
+    assert all((results / i / "zones.nii.gz").is_file() and (results / i / "zones.json").is_file() for i in ids)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024 < 1500  # MB of growth
+
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (.ci/run installs it)")
+def test_upload_through_the_page_in_headless_chromium(server, data_dir, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs the 'browser' extra")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    drv = webdriver.Chrome(options=opts, service=Service(str(DRIVER)))
+    try:
+        drv.get(server.url + "/")
+        drv.find_element(By.ID, "t2").send_keys(str(data_dir / P158 / "t2.nii.gz"))
+        drv.find_element(By.ID, "go").click()
+        WebDriverWait(drv, 120).until(lambda d: d.find_elements(By.ID, "verdict") or d.find_elements(By.ID, "error"))
+        assert not drv.find_elements(By.ID, "error")
+        ml = [float(td.text) for td in drv.find_elements(By.CSS_SELECTOR, "#volumes td.ml")]
+        assert len(ml) == 3 and ml[0] == pytest.approx(ml[1] + ml[2], abs=0.11)  # WG = TZ + PZ
+        assert drv.find_element(By.ID, "verdict").text in ("ok", "review")
+        WebDriverWait(drv, 30).until(lambda d: d.execute_script(
+            "const i = document.getElementById('overlay'); return i.complete && i.naturalWidth > 0"))
+    finally:
+        drv.quit()

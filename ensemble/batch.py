@@ -34,7 +34,9 @@ def _gather(rows: list[dict], world: int) -> list[dict]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        from datetime import timedelta
+
+        dist.init_process_group("gloo", timeout=timedelta(minutes=30))  # ranks finish their slices unevenly
     parts: list = [None] * world
     dist.all_gather_object(parts, rows)
     return sorted((r for part in parts for r in part), key=lambda r: r["index"])

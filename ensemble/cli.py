@@ -81,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         from .config import load_ensemble_config
 
         if args.cmd == "serve":
-            from .serve import serve
+            try:
+                from .serve import serve
+            except ImportError as e:
+                from mricore.errors import UserError
+
+                raise UserError("ensemble serve", "needs the serve extra (FastAPI, uvicorn, python-multipart)",
+                                f"missing {e.name}", "pip install -e '.[serve]'") from None
 
             serve(load_ensemble_config(args.config), args.host, args.port, args.results, args.workers,
                   args.queue, args.max_upload_mb)

@@ -198,6 +198,16 @@ def test_verdict_is_the_worst_check_with_reasons_and_score():
     assert v["verdict"] == "reject" and v["score"] == pytest.approx(2.0)
     assert v["reasons"] == ["b 3 (expected <= 2)", "c 0.5 (expected >= 1)"]
     assert qa.verdict(checks[:1])["verdict"] == "ok" and qa.verdict(checks[:1])["score"] < 1
+    # An input check that only asks for review sets the verdict, not the failure score; a reject counts.
+    noisy_input = qa.input_checks({"slice_tilt_deg": 0.0, "inplane_mm": 0.5, "slice_mm": 3.0, "fov_mm": 150.0,
+                                   "coverage_mm": 60.0, "dark_fraction": 0.3, "sharpness": 0.7, "noise": 0.9,
+                                   "nonuniformity": 1.0}, CFG)
+    v = qa.verdict(noisy_input + checks[:1])
+    assert v["verdict"] == "review" and v["score"] < 1
+    v = qa.verdict(qa.input_checks({"slice_tilt_deg": 90.0, "inplane_mm": 0.5, "slice_mm": 3.0, "fov_mm": 150.0,
+                                    "coverage_mm": 60.0, "dark_fraction": 0.3, "sharpness": 0.7, "noise": 0.1,
+                                    "nonuniformity": 1.0}, CFG))
+    assert v["verdict"] == "reject" and v["score"] == pytest.approx(2.0)
     merged = qa.merge(qa.verdict(checks[:1], {"x": 1.0}), qa.verdict(checks[1:2], {"y": 2.0}))
     assert merged["verdict"] == "review" and merged["features"] == {"x": 1.0, "y": 2.0}
 

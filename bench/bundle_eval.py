@@ -1,7 +1,7 @@
 """The bundled ensemble beyond its cross-validation: a truly held-out case, the peer's cases, the cost.
 
 1. PROMISE12 Case00 (whole-gland label, endorectal coil; no member ever trained on it): `ensemble
-   predict` with the bundle, WG DSC against `wg.nii.gz`, volume, uncertainty score and review flag.
+   predict` with the bundle, WG DSC against `wg.nii.gz`, volume, uncertainty and the review verdict.
 2. prostate158/001, 002, 021 (the cases the peer TAPS was measured on): their cross-validated WG DSC,
    read from the bundle's `cv_evaluate.json` (each case scored only by the members of the fold that
    held it out; the whole bundle has seen 2 of 3 folds of them, so it is not scored on them here).
@@ -47,7 +47,8 @@ def held_out_case(config: Path) -> dict:
         pred = read_nifti(Path(tmp) / "o" / "zones.nii.gz", label=True).array[0] > 0
     ref = read_nifti(case / "wg.nii.gz", label=True).array[0] > 0
     return {"case": "promise12/Case00", "wg_dsc": round(float(dice(pred, ref)), 4),
-            "volume_ml": side["volume_ml"], "uncertainty": side["uncertainty"]}
+            "volume_ml": side["volume_ml"], "uncertainty": side["uncertainty"],
+            "review": {k: side["review"][k] for k in ("verdict", "reasons", "score")}}
 
 
 def cost(config: Path, repeats: int) -> dict:

@@ -117,6 +117,11 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
+    whole_slice: bool | None = None       # 2D/2.5D: each slice in one pass, padded to the network's divisor (no
+                                          # overlapping tiles; up to max_slice_px per side). None = auto: on unless
+                                          # model.norm is instance (its statistics follow the field of view: the
+                                          # bundle's DynUNet loses WG DSC 0.786 -> 0.751 on whole slices)
+    max_slice_px: int = 512
     overlap: float = 0.25
     sw_batch_size: int = 8                # windows per forward; short batches are padded to it (never batch 1:
                                           # CPU Conv3d at batch 1 takes the slow_conv3d path, bench/segment_bench.py)

@@ -1,8 +1,11 @@
 """Sliding-window inference of one segmenter on a preprocessed array, and post-processing.
 
 `Segmenter.probabilities(prepared.array)` -> (3, I, J, K) float32 background/TZ/PZ probabilities on
-the working grid. 2D models run slice-wise (all slices as one batch; 2.5D stacks neighbours as
-channels). Windows are blended with a Gaussian; optional left-right flip test-time augmentation.
+the working grid. 2D models run slice-wise (2.5D stacks neighbours as channels): by default each
+whole slice in one pass, edge-padded to a multiple of the network's size divisor and cropped back
+(`predict.whole_slice`; a prostate working slice of ~200 x 200 px would otherwise go through 2 x 2
+overlapping 160-px tiles, 2.6x the pixels); 3D models, and slices larger than `predict.max_slice_px`,
+use a sliding window blended with a Gaussian. Optional left-right flip test-time augmentation.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from mricore.modelfolder import check_meta, load_weights, read_model_meta
 from mricore.preprocess import PreprocessSpec
 
 from .config import ModelConfig, PredictConfig
-from .networks import build_network, class_probabilities
+from .networks import build_network, class_probabilities, size_divisor
 
 
 def slices_with_context(array: np.ndarray, context: int) -> np.ndarray:
@@ -63,15 +66,36 @@ class Segmenter:
     def channels(self) -> list[str]:
         return list(self.spec.channels)
 
+    @property
+    def whole_slice(self) -> bool:
+        """predict.whole_slice, or by default: whole slices unless the network normalises per instance
+        (instance norm computes its statistics over the field of view, so tiles and whole slices differ;
+        batch norm in eval mode uses fixed running statistics, so they agree up to the borders)."""
+        ws = self.predict_cfg.whole_slice
+        return self.model_cfg.norm != "instance" if ws is None else ws
+
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 
         p = self.predict_cfg
+        if self.model_cfg.spatial_dims == 2 and self.whole_slice and max(x.shape[2:]) <= p.max_slice_px:
+            return class_probabilities(self._whole_slices(x), self.model_cfg.label_scheme)
         # 3D: the full training patch; a volume with fewer slices is padded by the inferer, so any
         # slice count works with networks that need sizes divisible by their total stride.
         logits = sliding_window_inference(x, self.patch, p.sw_batch_size, FixedBatch(self.net, p.sw_batch_size),
                                           overlap=p.overlap, mode=p.mode, padding_mode="replicate")
         return class_probabilities(logits, self.model_cfg.label_scheme)
+
+    def _whole_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, C, H, W) slices -> (K, n_out, H, W) logits, each slice whole: edge-padded (centred) to a
+        multiple of the size divisor, `sw_batch_size` slices per forward, cropped back."""
+        d = size_divisor(self.model_cfg)
+        h, w = x.shape[2:]
+        ph, pw = (-h) % d, (-w) % d
+        xp = torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
+        b = max(1, self.predict_cfg.sw_batch_size)
+        logits = torch.cat([self.net(xp[i:i + b]) for i in range(0, len(xp), b)])
+        return logits[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
 
     @torch.inference_mode()
     def probabilities(self, array: np.ndarray) -> np.ndarray:

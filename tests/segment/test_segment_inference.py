@@ -62,3 +62,37 @@ def test_3d_probabilities_on_the_working_grid():
     p = seg.probabilities(vol)
     assert p.shape == (3, 40, 36, 5)
     np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
+
+
+def _tiny_2d(norm: str, **predict) -> Segmenter:
+    torch.manual_seed(0)
+    name = "unet" if norm == "batch" else "dynunet"
+    cfg = ModelConfig(name=name, spatial_dims=2, channels=[4, 8, 16], strides=[2, 2], dropout=0.0, norm=norm,
+                      num_res_units=1)
+    from segment.networks import build_network
+
+    net = build_network(cfg, 1)
+    net.eval()
+    return Segmenter(net, cfg, PreprocessSpec(), [32, 32], PredictConfig(**predict))
+
+
+def test_whole_slices_by_default_unless_instance_norm():
+    assert _tiny_2d("batch").whole_slice and not _tiny_2d("instance").whole_slice
+    assert _tiny_2d("instance", whole_slice=True).whole_slice and not _tiny_2d("batch", whole_slice=False).whole_slice
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_whole_slice_equals_one_window_of_the_padded_size(norm):
+    """A whole slice is the sliding window whose single window is the slice padded to the divisor (4):
+    odd sizes are padded, run once and cropped back on the right pixels."""
+    from monai.inferers import sliding_window_inference
+
+    seg = _tiny_2d(norm, whole_slice=True, sw_batch_size=3)
+    x = torch.randn(5, 1, 45, 38)
+    with torch.inference_mode():
+        whole = seg._whole_slices(x)
+        window = sliding_window_inference(x, (48, 40), 3, seg.net, overlap=0.0, padding_mode="replicate")
+    assert whole.shape == (5, 3, 45, 38)
+    torch.testing.assert_close(whole, window, atol=1e-5, rtol=1e-5)
+    prob = seg.probabilities(np.random.default_rng(0).normal(size=(1, 45, 38, 5)).astype(np.float32))
+    assert prob.shape == (3, 45, 38, 5) and np.allclose(prob.sum(axis=0), 1, atol=1e-5)

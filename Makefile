@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q "numpy>=1.24,<2.4" setuptools wheel
 	$(BIN)/pip install -q --no-build-isolation --no-binary elasticdeform elasticdeform==0.5.1
-	$(BIN)/pip install -q -e ".[test,browser,serve]"
+	$(BIN)/pip install -q -e ".[test,browser,serve,onnx]"
 	$(BIN)/python -c "import elasticdeform, torch, monai; print('ok: torch', torch.__version__, 'monai', monai.__version__)"
 	touch $@
 
@@ -40,5 +40,6 @@ bundle: venv
 	$(BIN)/ensemble evaluate --config configs/bundle/silver_ablation.yaml --cv --ref $(DATA) -o $(BUNDLE_RUNS)/silver_ablation --force
 	$(BIN)/ensemble pack $(BUNDLE_MEMBERS) -o ensemble/models/default --cv-report $(BUNDLE_RUNS)/cv_report \
 	  --notes configs/bundle/MODEL_CARD_NOTES.md --force
+	$(BIN)/ensemble export --config ensemble/models/default/ensemble.yaml -o ensemble/models/default/onnx --force
 
 .PHONY: venv demo test bundle

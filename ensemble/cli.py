@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue", type=int, default=4, help="requests waiting beyond --workers; more get 503")
     sv.add_argument("--max-upload-mb", type=float, default=512)
 
+    ex = sub.add_parser("export", help="write every member as ONNX with its preprocessing spec and the ensemble config")
+    ex.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled PyTorch members)")
+    ex.add_argument("-o", "--output", required=True, help="export folder; predict with --config DIR/ensemble.yaml")
+    ex.add_argument("--force", action="store_true", help="replace an existing export folder")
+
     pk = sub.add_parser("pack", help="copy trained member folders into one self-contained ensemble folder")
     pk.add_argument("members", nargs="+", metavar="MODEL_DIR", help="model folders written by `segment train`")
     pk.add_argument("-o", "--output", required=True, help="ensemble folder (e.g. ensemble/models/default)")
@@ -80,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .config import load_ensemble_config
 
+        if args.cmd == "export":
+            from .config import BUNDLED
+            from .export import export
+
+            cfg = load_ensemble_config(args.config or BUNDLED)  # the PyTorch members, never an export
+            print(f"export folder: {export(cfg, args.output, args.force)}")
+            return 0
         if args.cmd == "serve":
             try:
                 from .serve import serve

@@ -74,7 +74,7 @@ def carry_labels(work_label: np.ndarray, index_map: np.ndarray) -> np.ndarray:
 
 def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> EnsembleResult:
     """Members `used` (all of whose channels `image` has) on `image`; combination by `cfg.method`."""
-    from segment.inference import keep_largest_component
+    from segment.windows import keep_largest_component
 
     weights = member_weights(cfg, used)
     timings = {"preprocess": 0.0, "network": {}, "restore": 0.0, "combine": 0.0, "postprocess": 0.0}

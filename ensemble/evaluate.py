@@ -33,7 +33,7 @@ ZONES = ("WG", "TZ", "PZ")
 def score_case(result, ref: np.ndarray, spacing, member_names: list[str], largest_component: bool) -> list[dict]:
     """Rows {case_id?, model, zone, metrics} for the ensemble and each member of one case."""
     from mricore.metrics import zone_metrics
-    from segment.inference import keep_largest_component
+    from segment.windows import keep_largest_component
 
     preds = {"ensemble": result.label}
     for name, lab in zip(member_names, result.member_labels):

@@ -4,7 +4,8 @@ weights_only=True) before any input is read.
 Checks made before any input is read or output written:
 - the folder is a complete segmenter model folder (mricore.modelfolder.read_model_meta / check_meta),
   its weights readable and matching its architecture (segment.inference.Segmenter.load), so a broken
-  or hostile member is a one-line error naming it, not a traceback after the input was read;
+  or hostile member is a one-line error naming it, not a traceback after the input was read; a folder
+  written by `ensemble export` (model.onnx) runs on ONNX Runtime (segment.onnx_runtime.OnnxSegmenter);
 - every member uses the platform's zone coding `ZONE_LABELS` (label values and names). A member with
   other label names or values is rejected with an error naming it. The output parameterisation
   (model.label_scheme multiclass or regions) may differ between members: segment.networks
@@ -64,6 +65,11 @@ def read_members(paths: list[str | Path]) -> list[Member]:
         while name in names:
             name += "'"
         names.add(name)
+        if (p / "model.onnx").exists():  # exported by `ensemble export`: ONNX Runtime, no PyTorch
+            from segment.onnx_runtime import OnnxSegmenter
+
+            members.append(Member(p, name, meta, OnnxSegmenter(p, meta)))
+            continue
         from segment.inference import Segmenter
 
         members.append(Member(p, name, meta, Segmenter.load(p, meta)))

@@ -46,6 +46,8 @@ def read_model_meta(folder: str | Path) -> dict:
     if not folder.is_dir():
         raise InputError(folder, "model folder does not exist", None, "pass a folder made by `segment train`")
     for name in REQUIRED:
+        if name == "weights.pt" and (folder / "model.onnx").exists():
+            continue  # an exported folder (`ensemble export`): the network is model.onnx
         if not (folder / name).exists():
             raise InputError(folder, f"model folder is missing {name}", None,
                              "use a complete folder written by `segment train` / `localize train`")

@@ -18,7 +18,8 @@ import torch
 from mricore.errors import UserError
 from mricore.io import check_absent, write_json, write_nifti
 
-from .inference import Segmenter, slices_with_context
+from .inference import Segmenter
+from .windows import slices_with_context
 from .networks import class_probabilities
 
 # Logit channel explained per zone and label scheme (multiclass: bg, TZ, PZ; regions: WG, TZ|gland).

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from mricore.config import from_dict
 from mricore.errors import InputError
@@ -23,15 +22,8 @@ from mricore.modelfolder import check_meta, load_weights, read_model_meta
 from mricore.preprocess import PreprocessSpec
 
 from .config import ModelConfig, PredictConfig
-from .networks import build_network, class_probabilities, size_divisor
-
-
-def slices_with_context(array: np.ndarray, context: int) -> np.ndarray:
-    """(C, I, J, K) -> (K, C*(2c+1), I, J): each slice with `context` neighbours each side (clamped)."""
-    C, I, J, K = array.shape
-    idx = np.clip(np.arange(K)[:, None] + np.arange(-context, context + 1)[None, :], 0, K - 1)  # (K, 2c+1)
-    out = array[:, :, :, idx]                      # (C, I, J, K, 2c+1)
-    return np.ascontiguousarray(out.transpose(3, 0, 4, 1, 2).reshape(K, C * (2 * context + 1), I, J))
+from .networks import build_network, class_probabilities
+from .windows import size_divisor, slices_with_context, uses_whole_slices
 
 
 class Segmenter:
@@ -68,11 +60,7 @@ class Segmenter:
 
     @property
     def whole_slice(self) -> bool:
-        """predict.whole_slice, or by default: whole slices unless the network normalises per instance
-        (instance norm computes its statistics over the field of view, so tiles and whole slices differ;
-        batch norm in eval mode uses fixed running statistics, so they agree up to the borders)."""
-        ws = self.predict_cfg.whole_slice
-        return self.model_cfg.norm != "instance" if ws is None else ws
+        return uses_whole_slices(self.model_cfg, self.predict_cfg)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
@@ -138,20 +126,6 @@ class FixedBatch(torch.nn.Module):
 def labels_from_probabilities(prob: np.ndarray) -> np.ndarray:
     """(3, ...) background/TZ/PZ probabilities -> uint8 zone labels (argmax; ties go to the lower label)."""
     return np.argmax(prob, axis=0).astype(np.uint8)
-
-
-def keep_largest_component(label: np.ndarray) -> np.ndarray:
-    """Keep the largest 3D connected component of the gland (WG = label > 0); zones outside it -> 0.
-    WG = TZ ∪ PZ holds before and after."""
-    wg = label > 0
-    if not wg.any():
-        return label
-    cc, n = ndimage.label(wg)
-    if n <= 1:
-        return label
-    sizes = np.bincount(cc.ravel())
-    sizes[0] = 0
-    return np.where(cc == sizes.argmax(), label, 0).astype(np.uint8)
 
 
 def timed(fn, *a, **k):

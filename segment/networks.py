@@ -8,7 +8,6 @@ either label scheme, so ensembles average like with like and every output is zon
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -49,13 +48,6 @@ def _segresnet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
 
 
 REGISTRY = {"unet": _unet, "dynunet": _dynunet, "segresnet": _segresnet}
-
-
-def size_divisor(cfg: ModelConfig) -> int:
-    """In-plane sizes the network accepts are multiples of this (the product of its downsampling)."""
-    if cfg.name == "segresnet":
-        return 2 ** (len(cfg.channels) - 1)
-    return int(np.prod(cfg.strides)) if cfg.strides else 1
 
 
 def in_channels(cfg: ModelConfig, n_sequences: int) -> int:

@@ -16,7 +16,8 @@ from mricore.errors import InputError
 from mricore.io import write_json, write_nifti
 from mricore.preprocess import preprocess, restore
 
-from .inference import Segmenter, keep_largest_component, labels_from_probabilities
+from .inference import Segmenter, labels_from_probabilities
+from .windows import keep_largest_component
 
 
 def cases_from_inputs(inputs: list[str], channels: list[str]) -> list[Case]:

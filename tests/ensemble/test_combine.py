@@ -108,7 +108,7 @@ def test_staple_flags_the_unreliable_member():
 
 
 def test_zone_consistency_after_combination_and_largest_component():
-    from segment.inference import keep_largest_component
+    from segment.windows import keep_largest_component
 
     rng = np.random.default_rng(2)
     probs = rng.dirichlet([1, 1, 1], size=(3, 12, 12, 4)).transpose(0, 4, 1, 2, 3).astype(np.float32)

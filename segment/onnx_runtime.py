@@ -1,0 +1,115 @@
+"""A segmenter exported to ONNX (`ensemble export`), run by ONNX Runtime without importing PyTorch or
+MONAI: the same `probabilities(array)` as segment.inference.Segmenter, to the same numbers.
+
+An exported model folder holds `model.onnx` and `model.json` (the segmenter's, plus an `onnx` block:
+opset, and `importance.npy`, the Gaussian window weights MONAI's sliding window uses, saved at export
+so the blending here is MONAI's). The inference rules are those of the PyTorch path: 2D models run
+whole slices (edge-padded to the size divisor, centred) unless the network normalises per instance;
+otherwise windows of the training patch at `predict.overlap`, placed as monai.data.utils
+.dense_patch_slices places them, blended with the importance map. Outputs are decoded by the model's
+label scheme (softmax, or the WG/TZ sigmoids). tests/ensemble/test_export.py checks the parity.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mricore.config import from_dict
+from mricore.errors import InputError
+from mricore.modelfolder import check_meta
+from mricore.preprocess import PreprocessSpec
+
+from .config import ModelConfig, PredictConfig
+from .windows import centre_pad, size_divisor, slices_with_context, uses_whole_slices, window_starts
+
+
+def class_probabilities(logits: np.ndarray, scheme: str) -> np.ndarray:
+    """(N, outputs, ...) logits -> (N, 3, ...) background/TZ/PZ probabilities (segment.networks rule)."""
+    logits = logits.astype(np.float32, copy=False)
+    if scheme == "multiclass":
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    wg, tz = 1 / (1 + np.exp(-logits[:, 0:1])), 1 / (1 + np.exp(-logits[:, 1:2]))
+    tz = np.minimum(tz, wg)
+    return np.concatenate([1 - wg, tz, wg - tz], axis=1)
+
+
+class OnnxSegmenter:
+    """A model folder with model.onnx, run with ONNX Runtime on the CPU."""
+
+    def __init__(self, folder: str | Path, meta: dict, threads: int | None = None):
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        self.meta = check_meta(meta, folder, "segmenter")
+        self.model_cfg = from_dict(ModelConfig, meta["model"], f"{folder}/model.json", "model.")
+        self.spec = from_dict(PreprocessSpec, meta["preprocess"], f"{folder}/model.json", "preprocess.")
+        self.predict_cfg = from_dict(PredictConfig, meta.get("predict", {}), f"{folder}/model.json", "predict.")
+        self.patch = list(meta["patch"])
+        self.name = folder.name
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # InvalidProtobuf, Fail, ...
+            raise InputError(folder / "model.onnx", "ONNX model could not be loaded", type(e).__name__,
+                             "export it again with `ensemble export`") from None
+        self.input = self.session.get_inputs()[0].name
+        self.importance = np.load(folder / "importance.npy") if (folder / "importance.npy").exists() else None
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.spec.channels)
+
+    def _net(self, x: np.ndarray) -> np.ndarray:
+        b = max(1, self.predict_cfg.sw_batch_size)
+        return np.concatenate([self.session.run(None, {self.input: np.ascontiguousarray(x[i:i + b])})[0]
+                               for i in range(0, len(x), b)])
+
+    def _whole(self, x: np.ndarray) -> np.ndarray:
+        d = size_divisor(self.model_cfg)
+        size = x.shape[2:]
+        xp, pads = centre_pad(x, [s + (-s) % d for s in size])
+        out = self._net(xp)
+        return out[(slice(None), slice(None)) + tuple(slice(p[0], p[0] + s) for p, s in zip(pads, size))]
+
+    def _windows(self, x: np.ndarray) -> np.ndarray:
+        """MONAI's sliding window: pad up to the patch, windows at dense_patch_slices, Gaussian blend."""
+        size = x.shape[2:]
+        xp, pads = centre_pad(x, [max(s, p) for s, p in zip(size, self.patch)])
+        starts = [window_starts(s, p, self.predict_cfg.overlap) for s, p in zip(xp.shape[2:], self.patch)]
+        grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(starts))
+        w = self.importance if self.predict_cfg.mode == "gaussian" else np.ones(self.patch, np.float32)
+        out = norm = None
+        for n in range(len(x)):
+            tiles = np.stack([xp[n][(slice(None),) + tuple(slice(s, s + p) for s, p in zip(g, self.patch))]
+                              for g in grid])
+            logits = self._net(tiles)
+            if out is None:
+                out = np.zeros((len(x), logits.shape[1]) + xp.shape[2:], np.float32)
+                norm = np.zeros(xp.shape[2:], np.float32)
+                for g in grid:
+                    norm[tuple(slice(s, s + p) for s, p in zip(g, self.patch))] += w
+            for g, t in zip(grid, logits):
+                out[(n, slice(None)) + tuple(slice(s, s + p) for s, p in zip(g, self.patch))] += w * t
+        out /= norm
+        return out[(slice(None), slice(None)) + tuple(slice(p[0], p[0] + s) for p, s in zip(pads, size))]
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        whole = (self.model_cfg.spatial_dims == 2 and uses_whole_slices(self.model_cfg, self.predict_cfg)
+                 and max(x.shape[2:]) <= self.predict_cfg.max_slice_px)
+        return class_probabilities(self._whole(x) if whole else self._windows(x), self.model_cfg.label_scheme)
+
+    def probabilities(self, array: np.ndarray) -> np.ndarray:
+        """(C, I, J, K) normalised array on the working grid -> (3, I, J, K) float32 probabilities."""
+        if self.model_cfg.spatial_dims == 2:
+            x = slices_with_context(array.astype(np.float32, copy=False), self.model_cfg.context)
+        else:
+            x = np.ascontiguousarray(array, np.float32)[None]
+        prob = self._run(x)
+        if self.predict_cfg.tta_flip:  # left-right flip: voxel axis i
+            prob = 0.5 * (prob + self._run(x[:, :, ::-1].copy())[:, :, ::-1])
+        return np.ascontiguousarray(prob.transpose(1, 2, 3, 0) if self.model_cfg.spatial_dims == 2 else prob[0])

@@ -1,0 +1,63 @@
+"""Where a 2D/3D segmenter looks, without PyTorch: slices with context, the size divisor, the
+whole-slice rule, MONAI's window placement, centred edge padding, and the largest-component rule.
+Shared by the PyTorch path (segment.inference) and the ONNX Runtime path (segment.onnx_runtime)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from .config import ModelConfig, PredictConfig
+
+
+def slices_with_context(array: np.ndarray, context: int) -> np.ndarray:
+    """(C, I, J, K) -> (K, C*(2c+1), I, J): each slice with `context` neighbours each side (clamped)."""
+    C, I, J, K = array.shape
+    idx = np.clip(np.arange(K)[:, None] + np.arange(-context, context + 1)[None, :], 0, K - 1)  # (K, 2c+1)
+    out = array[:, :, :, idx]                      # (C, I, J, K, 2c+1)
+    return np.ascontiguousarray(out.transpose(3, 0, 4, 1, 2).reshape(K, C * (2 * context + 1), I, J))
+
+
+def size_divisor(cfg: ModelConfig) -> int:
+    """In-plane sizes the network accepts are multiples of this (the product of its downsampling)."""
+    if cfg.name == "segresnet":
+        return 2 ** (len(cfg.channels) - 1)
+    return int(np.prod(cfg.strides)) if cfg.strides else 1
+
+
+def uses_whole_slices(model_cfg: ModelConfig, predict_cfg: PredictConfig) -> bool:
+    """predict.whole_slice, or by default: whole slices unless the network normalises per instance
+    (instance norm computes its statistics over the field of view, so tiles and whole slices differ;
+    batch norm in eval mode uses fixed running statistics, so they agree up to the borders)."""
+    ws = predict_cfg.whole_slice
+    return model_cfg.norm != "instance" if ws is None else ws
+
+
+def window_starts(image: int, patch: int, overlap: float) -> list[int]:
+    """Window start positions along one axis, as monai.data.utils.dense_patch_slices."""
+    interval = patch if patch == image else max(int(patch * (1 - overlap)), 1)
+    num = int(math.ceil(image / interval))
+    n = next((d for d in range(num) if d * interval + patch >= image), None)
+    return [i * interval - max(i * interval + patch - image, 0) for i in range((n + 1) if n is not None else 1)]
+
+
+def centre_pad(x: np.ndarray, target) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Edge-pad the spatial axes of (N, C, ...) up to `target`, half before and the rest after."""
+    pads = [(0, 0), (0, 0)] + [((t - s) // 2, (t - s) - (t - s) // 2) for s, t in zip(x.shape[2:], target)]
+    return (np.pad(x, pads, mode="edge") if any(p for pair in pads for p in pair) else x), pads[2:]
+
+
+def keep_largest_component(label: np.ndarray) -> np.ndarray:
+    """Keep the largest 3D connected component of the gland (WG = label > 0); zones outside it -> 0.
+    WG = TZ ∪ PZ holds before and after."""
+    wg = label > 0
+    if not wg.any():
+        return label
+    cc, n = ndimage.label(wg)
+    if n <= 1:
+        return label
+    sizes = np.bincount(cc.ravel())
+    sizes[0] = 0
+    return np.where(cc == sizes.argmax(), label, 0).astype(np.uint8)

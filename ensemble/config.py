@@ -31,8 +31,9 @@ def bundled_config() -> Path:
     """The bundled ensemble: its ONNX export when onnxruntime can be imported, else the PyTorch members."""
     import importlib.util
 
-    if BUNDLED_ONNX.exists() and importlib.util.find_spec("onnxruntime") is not None:
-        return BUNDLED_ONNX
+    onnx = BUNDLED.parent / "onnx" / "ensemble.yaml"  # BUNDLED_ONNX, beside whatever BUNDLED is now
+    if onnx.exists() and importlib.util.find_spec("onnxruntime") is not None:
+        return onnx
     return BUNDLED
 HOW_TO_TRAIN = ("train members with `segment train --config configs/segment/zonal_t2w_2d.yaml --fold all`, "
                 "copy the model folders into ensemble/models/default/ and list them in "

@@ -1,0 +1,111 @@
+"""Each bundled member on a real study's working grid: which runtime is fastest, and how close to the
+machine's fp32 peak it runs.
+
+For one member of each kind (2D U-Net, 2.5D U-Net, 2D DynUNet) on prostate158/001 as the ensemble
+feeds it (whole slices for the batch-norm U-Nets, 160-px tiles with 0.25 overlap for the instance-norm
+DynUNet; 8 slices or tiles per forward), the network part of `probabilities` is timed (best of 5) in:
+- eager PyTorch (oneDNN), `segment.inference.Segmenter`;
+- TorchScript frozen with `torch.jit.freeze` + `optimize_for_inference` (the network swapped in);
+- ONNX Runtime on the member's `ensemble export` (`segment.onnx_runtime.OnnxSegmenter`).
+FLOPs of one pass over the study come from PyTorch's FlopCounterMode on the same inputs; GFLOP/s is
+that over the time, against the fp32 matmul peak (2048^2 torch.mm, best of 5). Also: start-up of a
+fresh `ensemble predict` process up to the first network (imports and model loading), per runtime.
+Prints and writes bench/results/member_speed.json.
+
+    .venv/bin/python bench/member_speed.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from segment_bench import _best, matmul_peak_gflops  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+KINDS = ("unet2d_fold0", "unet25d_fold0", "dynunet2d_fold0")
+
+
+def flops_of(seg, array) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fc = FlopCounterMode(display=False)
+    with fc:
+        seg.probabilities(array)
+    return fc.get_total_flops()
+
+
+def frozen(seg, array):
+    """The segmenter with its network replaced by a frozen TorchScript trace (same inputs shape class)."""
+    import copy
+
+    s = copy.copy(seg)
+    c = len(seg.spec.channels) * (2 * seg.model_cfg.context + 1)
+    x = torch.zeros(min(8, array.shape[-1]), c, *([array.shape[1], array.shape[2]] if seg.whole_slice else seg.patch))
+    with torch.inference_mode():
+        s.net = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(seg.net.eval(), x).eval()))
+    return s
+
+
+def startup(config: Path) -> float:
+    """Seconds from process start to the first network call of `ensemble predict` (imports, config,
+    members loaded, input read and preprocessed): total wall minus the stages zones.json times."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        subprocess.run([str(ROOT / ".venv/bin/ensemble"), "predict", str(DATA / "prostate158/001/t2.nii.gz"),
+                        "--config", str(config), "-o", tmp + "/o"], check=True, capture_output=True)
+        wall = time.perf_counter() - t
+        tim = json.loads(Path(tmp, "o", "zones.json").read_text())["timings_s"]
+    stages = sum(v if not isinstance(v, dict) else sum(v.values()) for v in tim.values())
+    return {"wall_s": round(wall, 3), "timed_stages_s": round(stages, 3), "startup_and_rest_s": round(wall - stages, 3)}
+
+
+def main() -> int:
+    from ensemble.config import BUNDLED, BUNDLED_ONNX
+    from ensemble.members import read_members
+    from mricore.io import read_nifti, write_json
+    from mricore.preprocess import preprocess
+    from segment.onnx_runtime import OnnxSegmenter
+
+    peak = max(matmul_peak_gflops(), matmul_peak_gflops())
+    t2 = read_nifti(DATA / "prostate158/001/t2.nii.gz", "T2W")
+    members = {m.name: m for m in read_members([str(BUNDLED.parent / k) for k in KINDS])}
+    out = {"command": "python bench/member_speed.py", "case": "prostate158/001", "fp32_matmul_peak_gflops": round(peak, 1),
+           "torch_threads": torch.get_num_threads(), "members": {}}
+    for name, m in members.items():
+        seg = m.segmenter
+        arr = preprocess(t2, seg.spec).array
+        onnx_dir = BUNDLED_ONNX.parent / name
+        ort = OnnxSegmenter(onnx_dir, json.loads((onnx_dir / "model.json").read_text()))
+        gflop = flops_of(seg, arr) / 1e9
+        runs = {"eager": seg, "jit_freeze": frozen(seg, arr), "onnxruntime": ort}
+        ref = seg.probabilities(arr)
+        row = {"working_grid": list(arr.shape[1:]), "mode": "whole slices" if seg.whole_slice else "tiles",
+               "gflop_per_study": round(gflop, 2)}
+        for rt, s in runs.items():
+            sec = _best(lambda: s.probabilities(arr))
+            row[rt] = {"seconds": round(sec, 4), "gflops": round(gflop / sec, 1),
+                       "percent_of_peak": round(100 * gflop / sec / peak, 1),
+                       "max_abs_diff_vs_eager": float(np.abs(s.probabilities(arr) - ref).max())}
+        row["fastest"] = min(runs, key=lambda r: row[r]["seconds"])
+        out["members"][name] = row
+        print(name, json.dumps(row), flush=True)
+    out["startup"] = {"pytorch_members": startup(BUNDLED), "onnx_members": startup(BUNDLED_ONNX)}
+    print("start-up:", out["startup"])
+    write_json(out, ROOT / "bench/results/member_speed.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

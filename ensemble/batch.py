@@ -39,6 +39,8 @@ def _gather(rows: list[dict], world: int) -> list[dict]:
         dist.init_process_group("gloo", timeout=timedelta(minutes=30))  # ranks finish their slices unevenly
     parts: list = [None] * world
     dist.all_gather_object(parts, rows)
+    dist.barrier()
+    dist.destroy_process_group()  # else gloo's threads abort the process at exit
     return sorted((r for part in parts for r in part), key=lambda r: r["index"])
 
 

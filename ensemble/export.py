@@ -53,9 +53,6 @@ def export_member(member, dest: Path) -> None:
 
 def export(config, out_dir, force: bool = False) -> Path:
     """Export the ensemble of `config` (an EnsembleConfig, a YAML path or None for the bundle) to `out_dir`."""
-    import shutil
-    import tempfile
-
     from mricore.config import to_dict
     from mricore.errors import OutputExistsError
 
@@ -73,20 +70,13 @@ def export(config, out_dir, force: bool = False) -> Path:
 
             raise ConfigError(f"member {m.path}", "is an ONNX export already", None,
                               "export the PyTorch model folders (written by `segment train` or `ensemble pack`)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    from mricore.io import replaced_dir
+
+    with replaced_dir(out) as tmp:
         for m in members:
             export_member(m, tmp / m.name.replace("/", "_"))
         d = to_dict(cfg)
         d["members"] = [m.name.replace("/", "_") for m in members]
         (tmp / "ensemble.yaml").write_text("# Written by `ensemble export`: ONNX members, run by ONNX Runtime.\n"
                                            + yaml.safe_dump(d, sort_keys=False))
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

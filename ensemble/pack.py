@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -53,9 +52,9 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
         cv = json.loads(p.read_text())
     if notes is not None and not Path(notes).is_file():
         raise InputError(notes, "model card notes file not found", None, "pass a Markdown file or leave out --notes")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    from mricore.io import replaced_dir
+
+    with replaced_dir(out) as tmp:
         names, metas = [], []
         for src in map(Path, members):
             meta = read_model_meta(src)
@@ -84,13 +83,6 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
         if notes is not None:
             card += "\n" + Path(notes).read_text()
         (tmp / "MODEL_CARD.md").write_text(card)
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

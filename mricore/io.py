@@ -139,11 +139,14 @@ def output_target(path: Path, force: bool) -> Path:
 def replace_atomically(path: Path, write) -> None:
     """Call `write(tmp)` on a hidden temporary file beside `path`, then rename it onto `path`; the
     temporary file is removed on any error or signal (see mricore.errors.run_cli)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes))
-    os.close(fd)
+    import secrets
+
+    # Named before it exists (as _make_hidden_dir), so a signal just after creation still removes it.
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp{''.join(path.suffixes)}")
     try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)  # created 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -279,9 +282,10 @@ def staged_dir(out: str | Path, stale: tuple[str, ...] = ()):
     from .errors import WriteError
 
     out = Path(out)
-    stage = Path(tempfile.mkdtemp(dir=_nearest_existing(out.parent), prefix=f".{out.name}.staging-"))
+    stage = _hidden_name(_nearest_existing(out.parent), f".{out.name}.staging-")
     try:
-        os.chmod(stage, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the output folder gets the usual mode
+        stage = _make_hidden_dir(stage)
+        os.chmod(stage, 0o777 & ~_UMASK)  # made 0700; the output folder gets the usual mode
         yield stage
         out.parent.mkdir(parents=True, exist_ok=True)
         if not out.exists():
@@ -300,6 +304,46 @@ def staged_dir(out: str | Path, stale: tuple[str, ...] = ()):
                          "free disk space, raise the file size limit or check permissions") from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _hidden_name(parent: Path, prefix: str) -> Path:
+    import secrets
+
+    return Path(parent) / f"{prefix}{secrets.token_hex(6)}"
+
+
+def _make_hidden_dir(path: Path) -> Path:
+    """Create `path` (0700), or a fresh name beside it if taken. The caller holds the name *before* it
+    exists, so a signal arriving just after the folder is made still finds it in the clean-up (with
+    tempfile.mkdtemp the name would only be known once the call returned)."""
+    while True:
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:  # 2^-48 per try: a fresh name with the same prefix
+            path = _hidden_name(path.parent, path.name[:-12])
+
+
+@contextmanager
+def replaced_dir(out: str | Path):
+    """Build a whole folder (an ensemble, an export) in a hidden sibling and swap it for `out` at the
+    end: the old `out` is removed only then. On any error or signal the sibling is removed and `out`
+    is untouched. The caller checks overwriting (force) first."""
+    import shutil
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _hidden_name(out.parent, f".{out.name}.")
+    try:
+        tmp = _make_hidden_dir(tmp)
+        yield tmp
+        tmp.chmod(0o777 & ~_UMASK)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -130,3 +130,17 @@ def test_bundled_ensemble_used_without_config(data_dir, members, tmp_path, monke
     assert main(["predict", str(data_dir / P158 / "t2.nii.gz"), "-o", str(tmp_path / "out")]) == 0
     side = json.loads((tmp_path / "out" / "zones.json").read_text())
     assert side["members_used"][0]["path"] == str(bundle / "t2w_fold0")
+
+
+def test_bundle_falls_back_to_pytorch_members_without_onnxruntime(monkeypatch):
+    """ONNX Runtime is optional: without it the bundled config is the PyTorch members'."""
+    import importlib.util
+
+    import ensemble.config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert ensemble.config.bundled_config() == ensemble.config.BUNDLED
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    expected = ensemble.config.BUNDLED_ONNX if real("onnxruntime") else ensemble.config.BUNDLED
+    assert ensemble.config.bundled_config() == expected

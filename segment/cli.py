@@ -33,8 +33,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="also write a Grad-CAM heat map of ZONE (TZ or PZ): NIfTI, PNG and faithfulness JSON")
 
     ev = sub.add_parser("evaluate", help="score predictions against reference zone maps")
-    ev.add_argument("--pred", required=True, help="folder of <case>.nii.gz predictions")
-    ev.add_argument("--ref", required=True, help="dataset folder or datalist holding the references")
+    ev.add_argument("--pred", required=True, help="folder of <case>.nii.gz predictions (segment predict, nnU-Net), "
+                    "of <case>/zones.nii.gz (ensemble predict DATASET), or one ensemble predict output folder")
+    ev.add_argument("--ref", required=True, help="dataset folder or datalist holding the references, or a flat "
+                    "folder of <case>.nii.gz reference maps")
     ev.add_argument("--label", default="zones", help="reference label key (zones, zones_ai, wg)")
     ev.add_argument("-o", "--output", required=True, help="report folder")
     ev.add_argument("--force", action="store_true")

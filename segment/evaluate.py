@@ -1,8 +1,13 @@
 """`segment evaluate`: score a folder of predicted zone maps against reference zone maps.
 
-Predictions are `<case_id>.nii.gz` label maps (0 background, 1 TZ, 2 PZ) as written by `segment
-predict`; references come from a dataset folder or datalist (mricore.datasets.load_dataset) under
-the given label key. Each prediction must lie on its reference's grid (shape and affine within
+Predictions (label maps, 0 background, 1 TZ, 2 PZ), in any of the layouts the platform or nnU-Net
+writes:
+- a flat folder of `<case_id>.nii.gz` (`segment predict`, nnU-Net);
+- a folder of case folders `<case_id>/zones.nii.gz` (`ensemble predict DATASET -o OUT`);
+- one case's folder holding `zones.nii.gz` and `zones.json` (`ensemble predict volume -o OUT`; the
+  case id is the one in zones.json).
+References: a dataset folder or datalist (mricore.datasets.load_dataset) under the given label key,
+or a flat folder of `<case_id>.nii.gz` reference maps (as `nnUNetv2_evaluate_folder` takes them). Each prediction must lie on its reference's grid (shape and affine within
 mricore.volume.GRID_ATOL_MM): evaluation never resamples silently. Per case and zone (WG, TZ, PZ)
 metrics go to mricore.report.write_report; cases without a prediction are listed in the settings.
 """
@@ -23,19 +28,44 @@ METRICS = ("dsc", "sensitivity", "specificity", "precision", "hd95", "assd", "rv
 def _predictions(pred_dir: Path) -> dict[str, Path]:
     if not pred_dir.exists():
         raise InputError(pred_dir, "prediction folder does not exist", None,
-                         "pass the -o folder of `segment predict`")
+                         "pass the -o folder of `segment predict` or `ensemble predict`")
     if not pred_dir.is_dir():
         raise InputError(pred_dir, "predictions must be a folder of <case>.nii.gz", "a file",
                          "pass the folder, not one file")
+    if (pred_dir / "zones.nii.gz").is_file() and (pred_dir / "zones.json").is_file():  # one ensemble case
+        import json
+
+        return {str(json.loads((pred_dir / "zones.json").read_text()).get("case_id") or pred_dir.name):
+                pred_dir / "zones.nii.gz"}
     preds = {}
     for p in sorted(pred_dir.glob("*.nii*")):
         cid = p.name.split(".nii")[0]
         if not cid.endswith("_prob"):  # probability maps are written beside the labels
             preds[cid] = p
+    if not preds:  # an ensemble batch: <case>/zones.nii.gz
+        preds = {d.name: d / "zones.nii.gz" for d in sorted(pred_dir.iterdir())
+                 if d.is_dir() and not d.name.startswith(".") and (d / "zones.nii.gz").is_file()}
     if not preds:
         raise InputError(pred_dir, "no <case>.nii.gz predictions found", "0 files",
                          "run `segment predict ... -o` into this folder first")
     return preds
+
+
+def _is_flat(folder: Path) -> bool:
+    """A folder of <case>.nii.gz reference maps: NIfTI files, no sub-folders, no t2/adc/dwi image."""
+    from mricore.datasets import DEFAULT_FILES
+
+    if not folder.is_dir() or any(p.is_dir() for p in folder.iterdir()):
+        return False
+    stems = {p.name.split(".nii")[0] for p in folder.glob("*.nii*")}
+    return bool(stems) and not stems & {DEFAULT_FILES[c] for c in ("T2W", "ADC", "DWI")}
+
+
+def _flat_references(folder: Path, label: str) -> list:
+    from mricore.datasets import Case, ImageRef
+
+    return [Case(p.name.split(".nii")[0], p.name.split(".nii")[0], {}, {label: ImageRef(p)}, folder.name)
+            for p in sorted(folder.glob("*.nii*"))]
 
 
 def evaluate(pred_dir, ref, out_dir, label: str = "zones", force: bool = False, progress: bool = True) -> Path:
@@ -55,7 +85,7 @@ def evaluate(pred_dir, ref, out_dir, label: str = "zones", force: bool = False, 
 
     pred_dir, out = Path(pred_dir), check_output_dir(out_dir)
     preds = _predictions(pred_dir)
-    cases = load_dataset(ref)
+    cases = _flat_references(Path(ref), label) if _is_flat(Path(ref)) else load_dataset(ref)
     with_label = [c for c in cases if label in c.labels]
     matched = [c for c in with_label if c.case_id in preds]
     if not matched:

@@ -183,3 +183,21 @@ def test_evaluate_ensemble_and_members_side_by_side(data_dir, members, tmp_path)
     assert {r["zone"] for r in rows} == {"WG", "TZ", "PZ"}
     tz = summary["zones"]["TZ"]
     assert tz["best_member"] in models and tz["ensemble_minus_best_member_dsc"]["n"] <= 1
+
+
+def test_scores_a_stored_ensemble_prediction(data_dir, members, tmp_path):
+    """`ensemble predict volume -o OUT` output (one case folder with zones.json) is scored as it is."""
+    from segment.evaluate import evaluate
+
+    cfg = write_cfg(tmp_path, [members["t2_a"]])
+    out = tmp_path / "ens_out"
+    assert main(["predict", str(data_dir / P158), "--config", str(cfg), "-o", str(out)]) == 0
+    evaluate(out, data_dir / "prostate158", tmp_path / "rep", progress=False)
+    with open(tmp_path / "rep" / "metrics.csv") as f:
+        rows = {(r["case_id"], r["zone"]): float(r["dsc"]) for r in csv.DictReader(f)}
+    assert set(rows) == {("001", z) for z in ("WG", "TZ", "PZ")}
+    pred = np.asarray(nib.load(str(out / "zones.nii.gz")).dataobj)
+    ref = np.asarray(nib.load(str(data_dir / "prostate158/001/zones.nii.gz")).dataobj)
+    from mricore.metrics import dice
+
+    assert rows[("001", "WG")] == pytest.approx(dice(pred > 0, ref > 0))

@@ -132,3 +132,28 @@ def test_prediction_on_another_grid(setup, tmp_path, capsys, change):
         aff[:3, 3] += 1.5  # shifted by 1.5 mm: same shape, different place
     nib.save(nib.Nifti1Image(arr, aff), str(d / "001.nii.gz"))
     _bad(setup, tmp_path, capsys, d, match="must lie on the reference grid")
+
+
+def _dsc_rows(rep):
+    with open(rep / "metrics.csv") as f:
+        return {(r["case_id"], r["zone"]): float(r["dsc"]) for r in csv.DictReader(f)}
+
+
+def test_ensemble_batch_layout_and_flat_nnunet_references(setup, tmp_path):
+    """Predictions as `ensemble predict DATASET` lays them out (<case>/zones.nii.gz) and references as
+    an nnU-Net labelsTr-style flat folder of <case>.nii.gz give the same numbers as the usual layout."""
+    import shutil
+
+    batch, flat = tmp_path / "batch", tmp_path / "labelsTr"
+    flat.mkdir()
+    for c in CASES:
+        (batch / c).mkdir(parents=True)
+        shutil.copy(setup / "preds" / f"{c}.nii.gz", batch / c / "zones.nii.gz")
+        shutil.copy(setup / "refs" / c / "zones.nii.gz", flat / f"{c}.nii.gz")
+    (batch / "summary.csv").write_text("case_id,status\n")
+    evaluate(setup / "preds", setup / "refs", tmp_path / "usual", progress=False)
+    evaluate(batch, setup / "refs", tmp_path / "from_batch", progress=False)
+    evaluate(setup / "preds", flat, tmp_path / "from_flat", progress=False)
+    usual = _dsc_rows(tmp_path / "usual")
+    assert _dsc_rows(tmp_path / "from_batch") == usual == _dsc_rows(tmp_path / "from_flat")
+

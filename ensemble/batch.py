@@ -126,11 +126,11 @@ def _flat_row(r: dict) -> dict:
 
 def is_batch_input(inputs: list[str]) -> bool:
     """One datalist, or one folder holding case folders (no NIfTI, no DICOM files of its own)."""
-    from .predict import _is_dicom_folder
+    from mricore.datasets import is_dicom_folder
 
     if len(inputs) != 1:
         return False
     p = Path(inputs[0])
     if p.is_file():
         return p.suffix in (".csv", ".json")
-    return p.is_dir() and not any(p.glob("*.nii*")) and not _is_dicom_folder(p)
+    return p.is_dir() and not any(p.glob("*.nii*")) and not is_dicom_folder(p)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -55,11 +55,7 @@ class Source:
     read: Callable  # (channels, register) -> (Volume, alignment info {channel: {...}})
     inputs: list[str]
     dicom: Path | None = None  # the reference (first) series folder of a DICOM input: seg.dcm is written
-
-
-def _is_dicom_folder(p: Path) -> bool:
-    return p.is_dir() and not any(p.glob("*.nii*")) and any(
-        f.is_file() and not f.name.startswith(".") for f in p.iterdir())
+    case_images: dict = field(default_factory=dict)  # channel -> mricore.datasets.ImageRef
 
 
 def source_from_case(case) -> Source:
@@ -68,53 +64,24 @@ def source_from_case(case) -> Source:
     def read(channels, register):
         image, _, info = load_case(case, channels, register=register, optional=True)
         return image, info["alignment"]
-    return Source(case.case_id, sorted(case.images), read, [str(r.path) for r in case.images.values()])
+    return Source(case.case_id, sorted(case.images), read, [str(r.path) for r in case.images.values()],
+                  case_images=dict(case.images))
 
 
 def source_from_inputs(inputs: list[str | Path]) -> Source:
-    """What a user typed for one case: NIfTI file(s), a case folder, or DICOM series folder(s).
-
-    Files named t2/adc/dwi(.nii.gz) are named by their stem; others, and DICOM folders, take
-    T2W, ADC, DWI in the order given.
-    """
+    """What a user typed for one case (mricore.datasets.image_from_inputs, as every command reads it):
+    NIfTI file(s), a case folder, or DICOM series folder(s). Files named t2/adc/dwi(.nii.gz) are named
+    by their stem; others, and DICOM folders, take T2W, ADC, DWI in the order given. A DICOM reference
+    series (the first channel present, T2W first) also gets seg.dcm."""
     from mricore.datasets import image_from_inputs
 
     paths = [Path(p) for p in inputs]
     if not paths:
         raise InputError("INPUT", "give at least one input", "none", "pass a volume, case folder or DICOM folder")
-    for p in paths:
-        if not p.exists():
-            raise InputError(p, "input does not exist", None, "check the path")
-    if not any(_is_dicom_folder(p) for p in paths):
-        return source_from_case(image_from_inputs(paths, POSITIONAL_CHANNELS))
-    if not all(_is_dicom_folder(p) for p in paths):
-        raise InputError(", ".join(map(str, paths)), "do not mix DICOM folders with NIfTI files", None,
-                         "convert the DICOM series to NIfTI, or pass only DICOM series folders")
-    if len(paths) > len(POSITIONAL_CHANNELS):
-        raise InputError(", ".join(map(str, paths)), f"at most {len(POSITIONAL_CHANNELS)} DICOM series",
-                         len(paths), f"pass them in the order {POSITIONAL_CHANNELS}")
-    names = POSITIONAL_CHANNELS[:len(paths)]
-
-    def read(channels, register):
-        from mricore.align import alignment_score, register_rigid, resample_to
-        from mricore.dicom import read_dicom_series
-        from mricore.volume import stack
-
-        want = [c for c in channels if c in names]
-        vols = [read_dicom_series(paths[names.index(c)], c, paths[0].name) for c in want]
-        info = {}
-        for i, v in enumerate(vols[1:], 1):
-            entry = {"same_grid": v.same_grid(vols[0])}
-            if not entry["same_grid"]:
-                if register:
-                    v, entry["registration"] = register_rigid(vols[0], v)
-                else:
-                    v = resample_to(v, vols[0])
-                entry["nmi"] = round(alignment_score(vols[0], v), 4)
-            vols[i] = v
-            info[want[i]] = entry
-        return stack(vols, paths[0].name), info
-    return Source(paths[0].name, names, read, [str(p) for p in paths], dicom=paths[0])
+    source = source_from_case(image_from_inputs(paths, POSITIONAL_CHANNELS))
+    refs = source.case_images
+    first = refs.get("T2W") or next(iter(refs.values()))
+    return replace(source, dicom=first.path if first.path.is_dir() else None)
 
 
 def _resolve(config) -> EnsembleConfig:

@@ -181,8 +181,23 @@ def require_study(image: Volume) -> Volume:
     return image
 
 
+def is_dicom_folder(p: Path) -> bool:
+    """A folder of files and no NIfTI: one DICOM series (a folder of case folders is a dataset)."""
+    p = Path(p)
+    return p.is_dir() and not any(p.glob("*.nii*")) and any(
+        f.is_file() and not f.name.startswith(".") for f in p.iterdir())
+
+
 def read_ref(ref: ImageRef, name: str, case_id: str, label: bool = False) -> Volume:
-    """One channel of a case (3D file, or one volume of a 4D MSD file), with read_nifti's checks."""
+    """One channel of a case: a 3D NIfTI file, one volume of a 4D MSD file (with read_nifti's checks),
+    or a DICOM series folder (mricore.dicom.read_dicom_series; images only)."""
+    if ref.path.is_dir():
+        if label:
+            raise InputError(ref.path, "label maps are read from NIfTI files", "a DICOM folder",
+                             "convert the label map to .nii.gz")
+        from .dicom import read_dicom_series
+
+        return read_dicom_series(ref.path, name, case_id)
     return read_nifti(ref.path, name, case_id, label=label, index=ref.index)
 
 
@@ -230,31 +245,37 @@ def load_case(case: Case, channels: list[str], label_key: str | None = None, reg
 
 
 def image_from_inputs(inputs: list[Path], channels: list[str], case_id: str | None = None) -> Case:
-    """A Case from what a user typed: one case folder, a DICOM folder, or NIfTI files (one per channel,
-    in the order given; names from the file stem when it is a known one)."""
+    """A Case from what a user typed: one case folder, or one file or DICOM series folder per channel
+    (NIfTI files named t2/adc/dwi are named by their stem; the others, and DICOM folders, take the
+    names of `channels` in the order given). Every command reads its inputs through this."""
     inputs = [Path(p) for p in inputs]
     for p in inputs:
         if not p.exists():
             raise InputError(p, "input does not exist", None, "check the path")
-    if len(inputs) == 1 and inputs[0].is_dir():
+    if len(inputs) == 1 and inputs[0].is_dir() and not is_dicom_folder(inputs[0]):
         c = scan_case_folder(inputs[0])
         if c is not None:
             return c
-        raise InputError(inputs[0], "folder holds no t2/adc/dwi NIfTI files", None,
-                         "pass NIfTI files, a case folder, or a DICOM series folder via --dicom")
+        raise InputError(inputs[0], "folder holds no t2/adc/dwi NIfTI files and is no DICOM series", None,
+                         "pass NIfTI files, a case folder or a DICOM series folder")
     stems = {v: k for k, v in DEFAULT_FILES.items()}
     images = {}
     for i, p in enumerate(inputs):
-        stem = p.name.split(".nii")[0].lower()
+        if p.is_dir() and not is_dicom_folder(p):
+            raise InputError(p, "a folder given with other inputs must be one DICOM series", "a folder of folders",
+                             "pass the series folder itself")
+        stem = p.name.split(".nii")[0].lower() if p.is_file() else ""
         if stem not in stems and i >= len(channels):
-            raise InputError(p, f"a file beyond the {len(channels)} channels that can be named by position "
-                             f"({', '.join(channels)})", f"{len(inputs)} files",
-                             "pass one file per channel of one study, or name them t2/adc/dwi.nii.gz")
+            raise InputError(p, f"an input beyond the {len(channels)} channels that can be named by position "
+                             f"({', '.join(channels)})", f"{len(inputs)} inputs",
+                             "pass one file or series per channel of one study, or name them t2/adc/dwi.nii.gz")
         name = stems.get(stem) or channels[i]
         if name in images:
             raise InputError(p, f"channel {name} is given twice", f"{images[name].path} and {p}",
                              "pass one file per channel of one study (one patient per run; a folder of "
                              "case folders for several)")
         images[name] = ImageRef(p)
-    cid = case_id or (inputs[0].parent.name if inputs[0].name.split(".nii")[0] in stems else inputs[0].name.split(".nii")[0])
+    first = inputs[0]
+    cid = case_id or (first.name if first.is_dir() else
+                      first.parent.name if first.name.split(".nii")[0] in stems else first.name.split(".nii")[0])
     return Case(cid, cid, images, {}, "")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mricore.datasets import Case, image_from_inputs, load_case, load_dataset, require_study
+from mricore.datasets import Case, image_from_inputs, is_dicom_folder, load_case, load_dataset, require_study
 from mricore.errors import InputError
 from mricore.io import write_json, write_nifti
 from mricore.preprocess import preprocess, restore
@@ -21,13 +21,14 @@ from .windows import keep_largest_component
 
 
 def cases_from_inputs(inputs: list[str], channels: list[str]) -> list[Case]:
-    """A single volume (or several channel files of one case), a case folder, a dataset folder or a datalist."""
+    """A single volume (or several channel files or DICOM series folders of one case), a case folder, a
+    dataset folder or a datalist."""
     paths = [Path(p) for p in inputs]
     for p in paths:
         if not p.exists():
             raise InputError(p, "input does not exist", None, "check the path")
     if len(paths) == 1 and (paths[0].suffix in (".csv", ".json") or
-                            (paths[0].is_dir() and not any(paths[0].glob("*.nii*")))):
+                            (paths[0].is_dir() and not any(paths[0].glob("*.nii*")) and not is_dicom_folder(paths[0]))):
         return load_dataset(paths[0])
     return [image_from_inputs(paths, channels)]
 

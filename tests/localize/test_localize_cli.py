@@ -164,3 +164,19 @@ def test_help_does_not_import_torch():
     code = "import sys; from localize.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip().endswith("False")
+
+
+def test_predict_accepts_a_dicom_series_folder(predicted, trained, data_dir, tmp_path):
+    """The same study given as its DICOM series (the input every command reads alike) gives the same
+    patient score as its NIfTI conversion, on the same grid."""
+    _, model = trained
+    series = data_dir / "dicom/ProstateX-0000/4.000000-t2tsetra-00702"
+    case = data_dir / "prostatex" / "ProstateX-0000"
+    out = tmp_path / "dicom"
+    assert main(["predict", "--model", str(model), "--zones", str(case / "zones_ai.nii.gz"), str(series),
+                 "-o", str(out)]) == 0
+    a = nib.load(str(predicted[0] / "lesion_probability.nii.gz"))
+    b = nib.load(str(out / "lesion_probability.nii.gz"))
+    assert a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-3)
+    score = [json.loads((d / "lesion.json").read_text())["patient_score"] for d in (predicted[0], out)]
+    assert score[1] == pytest.approx(score[0], abs=1e-3)

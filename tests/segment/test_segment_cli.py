@@ -135,3 +135,16 @@ def test_fold_out_of_range(data_dir, tmp_path, capsys, fold):
 def test_fold_not_an_integer(tmp_path, capsys):
     assert main(["train", "--config", str(DEFAULT_CONFIG), "--fold", "first"]) == 2
     assert "integer or 'all'" in _one_error_line(capsys)
+
+
+def test_predict_accepts_a_dicom_series_folder(tiny_model, data_dir, tmp_path):
+    """`segment predict` takes the DICOM series folder like any input, and its map equals the one of
+    the series' NIfTI conversion."""
+    series = data_dir / "dicom/ProstateX-0000/4.000000-t2tsetra-00702"
+    assert main(["predict", "--model", str(tiny_model), str(series), "-o", str(tmp_path / "dicom")]) == 0
+    assert main(["predict", "--model", str(tiny_model), str(data_dir / "prostatex/ProstateX-0000/t2.nii.gz"),
+                 "-o", str(tmp_path / "nifti")]) == 0
+    a = nib.load(str(tmp_path / "dicom" / f"{series.name}.nii.gz"))
+    b = nib.load(str(tmp_path / "nifti" / "ProstateX-0000.nii.gz"))
+    assert a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-3)
+    assert (np.asarray(a.dataobj) == np.asarray(b.dataobj)).mean() >= 0.9999

@@ -181,11 +181,18 @@ def require_study(image: Volume) -> Volume:
     return image
 
 
+NOT_DICOM = (".json", ".csv", ".txt", ".md", ".yaml", ".yml")
+
+
 def is_dicom_folder(p: Path) -> bool:
-    """A folder of files and no NIfTI: one DICOM series (a folder of case folders is a dataset)."""
+    """One DICOM series: a folder of files with no NIfTI and no sub-folders (a folder of case folders,
+    even with a manifest.json beside them, is a dataset)."""
     p = Path(p)
-    return p.is_dir() and not any(p.glob("*.nii*")) and any(
-        f.is_file() and not f.name.startswith(".") for f in p.iterdir())
+    if not p.is_dir() or any(p.glob("*.nii*")):
+        return False
+    entries = [f for f in p.iterdir() if not f.name.startswith(".")]
+    return not any(f.is_dir() for f in entries) and any(
+        f.is_file() and f.suffix.lower() not in NOT_DICOM for f in entries)
 
 
 def read_ref(ref: ImageRef, name: str, case_id: str, label: bool = False) -> Volume:

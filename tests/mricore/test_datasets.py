@@ -190,3 +190,12 @@ def test_image_from_inputs_names_channels_from_file_stems(data_dir):
     assert case.case_id == "ProstateX-0000" and set(case.images) == {"T2W", "ADC"}
     with pytest.raises(InputError, match="does not exist"):
         image_from_inputs([px / "t3.nii.gz"], ["T2W"])
+
+
+def test_dicom_series_folders_are_told_from_datasets(data_dir):
+    from mricore.datasets import is_dicom_folder
+
+    assert is_dicom_folder(data_dir / "dicom/ProstateX-0000/4.000000-t2tsetra-00702")
+    assert not is_dicom_folder(data_dir / "prostate158")          # case folders and a manifest.json
+    assert not is_dicom_folder(data_dir / "prostate158" / "001")  # NIfTI files
+    assert not is_dicom_folder(data_dir / "dicom/ProstateX-0000")  # a folder of series

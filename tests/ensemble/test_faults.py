@@ -197,9 +197,9 @@ def _dicom_case(kind):
             f = sorted(folder.iterdir())[3]
             f.write_bytes(f.read_bytes()[:300])
             needle = "truncated or corrupt"
-        else:  # a folder of files that are not DICOM
+        else:  # a folder of files that are not DICOM (a .txt or .json alone would make it a dataset folder)
             folder.mkdir()
-            (folder / "notes.txt").write_text("not dicom")
+            (folder / "scan.dat").write_bytes(b"not dicom" * 50)
             needle = "no DICOM series"
         return (*_ens(_cfg(tmp, [m["t2_a"]]), [folder], outs / "o"), needle)
     return build

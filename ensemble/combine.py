@@ -2,8 +2,8 @@
 
 Axis convention: member probabilities are (M, 3, ...) float32 with classes (background, TZ, PZ);
 label maps are (M, ...) uint8 with 0 background, 1 TZ, 2 PZ. WG = TZ ∪ PZ = label > 0, so every
-combined *label map* is zone-consistent by construction (one label per voxel); `zone_masks` is the
-only place that derives WG.
+combined *label map* is zone-consistent by construction (one label per voxel); the zone codes, masks
+and argmax are mricore.zones'.
 
 Methods (registry `METHODS` in ensemble.config):
 - mean: average of probabilities (nnU-Net / MONAI ensembling); label = argmax, ties to the lower label.
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-N_CLASSES = 3
-CLASS_NAMES = ("background", "TZ", "PZ")
+from mricore.zones import CLASS_NAMES, N_CLASSES
+
 # model.json `selection` key (inner-validation DSC) giving each class's weight in `weighted` with weights: null.
 SELECTION_KEYS = ("WG_mean", "TZ_mean", "PZ_mean")
 
@@ -105,11 +105,6 @@ def weights_from_selection(selections: list[dict | None], names: list[str]) -> n
     return out
 
 
-def labels_from_probabilities(prob: np.ndarray) -> np.ndarray:
-    """(3, ...) -> uint8 labels by argmax (ties to the lower label)."""
-    return np.argmax(prob, axis=0).astype(np.uint8)
-
-
 def vote_fractions(labels: np.ndarray) -> np.ndarray:
     """(M, ...) label maps -> (3, ...) float32 fraction of members voting for each label."""
     counts = np.stack([(labels == c).sum(axis=0) for c in range(N_CLASSES)])
@@ -154,12 +149,6 @@ def staple(labels: np.ndarray, undecided: np.ndarray | None = None) -> tuple[np.
         perf.append({"confusion": cm.round(4).tolist(),
                      "sensitivity": {CLASS_NAMES[c]: round(float(cm[c, c]), 4) for c in range(n_labels)}})
     return out, perf
-
-
-def zone_masks(label: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean WG, TZ, PZ masks of a zone label map; WG = TZ ∪ PZ exactly."""
-    tz, pz = label == 1, label == 2
-    return {"WG": tz | pz, "TZ": tz, "PZ": pz}
 
 
 def entropy(prob: np.ndarray) -> np.ndarray:

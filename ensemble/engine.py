@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mricore import qa
+from mricore import qa, zones
 from mricore.preprocess import preprocess, restore
 from mricore.volume import Volume
 
@@ -46,7 +46,7 @@ class EnsembleResult:
 def member_weights(cfg: EnsembleConfig, used: list[Member]) -> np.ndarray:
     """(M, 3) per-class weights of the members that run (skipped members' weights are dropped)."""
     if cfg.method != "weighted":
-        return np.ones((len(used), combine.N_CLASSES))
+        return np.ones((len(used), zones.N_CLASSES))
     if cfg.weights is None:
         return combine.weights_from_selection([m.meta.get("selection") for m in used], [str(m.path) for m in used])
     by_path = {str(p): w for p, w in zip(cfg.members, cfg.weights)}
@@ -56,7 +56,7 @@ def member_weights(cfg: EnsembleConfig, used: list[Member]) -> np.ndarray:
 
         raise ConfigError("weights", "the members that can run all have weight 0", w.tolist(),
                           "give a positive weight to at least one usable member")
-    return np.repeat(w[:, None], combine.N_CLASSES, axis=1)
+    return np.repeat(w[:, None], zones.N_CLASSES, axis=1)
 
 
 def nearest_index_map(prep) -> np.ndarray:
@@ -74,7 +74,7 @@ def carry_labels(work_label: np.ndarray, index_map: np.ndarray) -> np.ndarray:
 
 def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> EnsembleResult:
     """Members `used` (all of whose channels `image` has) on `image`; combination by `cfg.method`."""
-    from segment.windows import keep_largest_component
+    from mricore.zones import keep_largest_component
 
     weights = member_weights(cfg, used)
     timings = {"preprocess": 0.0, "network": {}, "restore": 0.0, "combine": 0.0, "postprocess": 0.0}
@@ -100,7 +100,7 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
             timings["network"][used[i].name] = time.perf_counter() - t
             t = time.perf_counter()
             work.add(prob, weights[i])
-            member_labels[i] = carry_labels(combine.labels_from_probabilities(prob), to_input)
+            member_labels[i] = carry_labels(zones.labels_from_probabilities(prob), to_input)
             timings["restore"] += time.perf_counter() - t
             del prob
         t = time.perf_counter()
@@ -118,7 +118,7 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
         label, staple_perf = combine.staple(member_labels, undecided=combine.majority_vote(member_labels, prob))
         prob = combine.vote_fractions(member_labels)
     else:
-        label = combine.labels_from_probabilities(prob)
+        label = zones.labels_from_probabilities(prob)
     timings["combine"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -137,11 +137,11 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     timings["postprocess"] = time.perf_counter() - t
 
     vml = image.voxel_volume_ml
-    masks = combine.zone_masks(label)
+    masks = zones.masks(label)
     info = {
         "method": cfg.method,
         "members_used": [{"member": m.name, "path": str(m.path), "channels": m.channels} for m in used],
-        "weights": {m.name: dict(zip(combine.CLASS_NAMES, map(float, w))) for m, w in zip(used, weights)},
+        "weights": {m.name: dict(zip(zones.CLASS_NAMES, map(float, w))) for m, w in zip(used, weights)},
         "preprocessing_passes": len(groups),
         "volume_ml": {z: round(float(mk.sum()) * vml, 3) for z, mk in masks.items()},
         "uncertainty": {"score": round(score, 4), "disagreement": round(mean_dis, 4),

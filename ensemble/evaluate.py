@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from mricore.errors import GeometryError, InputError
+from mricore.zones import ZONES
 
 METRICS = ("dsc", "sensitivity", "specificity", "hd95")
-ZONES = ("WG", "TZ", "PZ")
 
 
 def score_case(result, ref: np.ndarray, spacing, member_names: list[str], largest_component: bool) -> list[dict]:
     """Rows {case_id?, model, zone, metrics} for the ensemble and each member of one case."""
     from mricore.metrics import zone_metrics
-    from segment.windows import keep_largest_component
+    from mricore.zones import keep_largest_component
 
     preds = {"ensemble": result.label}
     for name, lab in zip(member_names, result.member_labels):

@@ -6,7 +6,7 @@ Checks made before any input is read or output written:
   its weights readable and matching its architecture (segment.inference.Segmenter.load), so a broken
   or hostile member is a one-line error naming it, not a traceback after the input was read; a folder
   written by `ensemble export` (model.onnx) runs on ONNX Runtime (segment.onnx_runtime.OnnxSegmenter);
-- every member uses the platform's zone coding `ZONE_LABELS` (label values and names). A member with
+- every member uses the platform's zone coding `LABEL_NAMES` (label values and names). A member with
   other label names or values is rejected with an error naming it. The output parameterisation
   (model.label_scheme multiclass or regions) may differ between members: segment.networks
   .class_probabilities maps both to (background, TZ, PZ), so they average like with like.
@@ -22,8 +22,8 @@ from pathlib import Path
 from mricore.errors import ConfigError
 from mricore.modelfolder import check_meta, read_model_meta
 from mricore.preprocess import PreprocessSpec
+from mricore.zones import LABEL_NAMES
 
-ZONE_LABELS = {"0": "background", "1": "TZ", "2": "PZ"}
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ def read_members(paths: list[str | Path]) -> list[Member]:
     for p in paths:
         meta = check_meta(read_model_meta(p), p, "segmenter")
         labels = {str(k): v for k, v in (meta.get("labels") or {}).items()}
-        if labels != ZONE_LABELS:
-            raise ConfigError(f"member {p}", f"label scheme must be the platform's zones {ZONE_LABELS}",
+        if labels != LABEL_NAMES:
+            raise ConfigError(f"member {p}", f"label scheme must be the platform's zones {LABEL_NAMES}",
                               labels or None, "remove this member or retrain it with the zone labels 0/1/2")
         # Folder names like fold_0 repeat across runs: then the run folder is part of the name.
         name = p.name if folder_names.count(p.name) == 1 else f"{p.parent.name}/{p.name}"

@@ -27,7 +27,6 @@ summary.json, and ends with exit code 2; the cases that completed stay complete.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-ZONE_COLOURS = {1: (0.96, 0.77, 0.0), 2: (0.0, 0.78, 1.0)}  # TZ yellow, PZ cyan
+from mricore.zones import COLOURS
+
 
 
 def overlay_png(image: np.ndarray, label: np.ndarray, affine: np.ndarray, heat: np.ndarray | None = None,
@@ -42,7 +43,7 @@ def overlay_png(image: np.ndarray, label: np.ndarray, affine: np.ndarray, heat: 
         ax.imshow(img[c].T, cmap="gray", origin="lower", aspect=aspect, vmin=lim[0], vmax=lim[1])
         rgba = np.zeros(lb.shape + (4,))
         if hot is None:
-            for v, col in ZONE_COLOURS.items():
+            for v, col in COLOURS.items():
                 rgba[lb == v] = (*col, 0.4)
         else:
             h = np.clip(hot[c].T, 0, 1)

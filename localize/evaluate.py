@@ -21,8 +21,8 @@ import numpy as np
 from mricore.datasets import load_dataset, read_ref
 from mricore.errors import GeometryError, InputError
 from mricore.io import read_nifti, write_json
+from mricore.zones import SELECTORS
 
-ZONE_MASK = {"WG": lambda z: z > 0, "PZ": lambda z: z == 2, "TZ": lambda z: z == 1}
 
 
 def _pred_dirs(pred: Path) -> list[Path]:
@@ -57,7 +57,7 @@ def evaluate(pred_dir: str, ref: str, out_dir: str, force: bool = False) -> dict
         if zkey is None:
             raise InputError(cid, "reference case has no zone map (zones or zones_ai)", None, "add one")
         preds.append((d, meta, zkey))
-    rows, det, scores, labels = [], [], {z: [] for z in ZONE_MASK}, {z: [] for z in ZONE_MASK}
+    rows, det, scores, labels = [], [], {z: [] for z in SELECTORS}, {z: [] for z in SELECTORS}
     model = "?"
     for d, meta, zkey in preds:
         cid = meta["case_id"]
@@ -72,7 +72,7 @@ def evaluate(pred_dir: str, ref: str, out_dir: str, force: bool = False) -> dict
         cscore = [x["score"] for x in meta["candidates"]]
         r = lesion_detection(c, cscore, ref_mask, 0.1, zones)
         det.append(r)
-        for zn, f in ZONE_MASK.items():
+        for zn, f in SELECTORS.items():
             in_zone = np.ones(len(cscore), bool) if zn == "WG" else r["cand_zone"] == zn
             ref_in = np.ones(r["n_ref"], bool) if zn == "WG" else r["ref_zone"] == zn
             zscore = float(max([s for s, k in zip(cscore, in_zone) if k], default=0.0))
@@ -87,8 +87,8 @@ def evaluate(pred_dir: str, ref: str, out_dir: str, force: bool = False) -> dict
                          "ref_lesions": int(ref_in.sum()), "hits": int((r["hit"] & in_zone).sum()),
                          "false_positives": int((~r["hit"] & in_zone).sum())})
     threshold = float(preds[0][1].get("threshold", 0.5))
-    patient = {zn: patient_level(scores[zn], labels[zn], threshold) for zn in ZONE_MASK}
-    fr = {zn: froc(det, zone=None if zn == "WG" else zn) for zn in ZONE_MASK}
+    patient = {zn: patient_level(scores[zn], labels[zn], threshold) for zn in SELECTORS}
+    fr = {zn: froc(det, zone=None if zn == "WG" else zn) for zn in SELECTORS}
     summary = {"n_cases": len(preds), "patient_level": patient,
                "lesion_level": {zn: {"ap": f["ap"], "sensitivity_at_fp_per_case": f["at"], "n_lesions": f["n_lesions"]}
                                 for zn, f in fr.items()},

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-ZONES = {"WG": lambda y: y > 0, "TZ": lambda y: y == 1, "PZ": lambda y: y == 2}
+from .zones import SELECTORS
 
 
 def confusion(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int, int]:
@@ -131,7 +131,7 @@ def zone_metrics(pred: np.ndarray, ref: np.ndarray, spacing, distances: bool = T
         fn = int(joint[np.ix_(in_r, ~in_r)].sum())
         m = _from_counts(tp, fp, fn, int(pred.size) - tp - fp - fn)
         if distances:
-            m.update(distance_metrics(ZONES[z](pred), ZONES[z](ref), spacing))
+            m.update(distance_metrics(SELECTORS[z](pred), SELECTORS[z](ref), spacing))
         out[z] = m
     return out
 

@@ -23,7 +23,8 @@ from mricore.config import to_dict
 from mricore.datasets import load_case, load_dataset
 from mricore.errors import OutputExistsError
 from mricore.io import write_csv, write_json, write_nifti
-from mricore.metrics import ZONES, zone_metrics
+from mricore.metrics import zone_metrics
+from mricore.zones import ZONES
 from mricore.stats import fmt, summarize
 
 from .config import SegmentConfig

@@ -123,11 +123,6 @@ class FixedBatch(torch.nn.Module):
         return self.net(torch.cat([x, pad]))[:n]
 
 
-def labels_from_probabilities(prob: np.ndarray) -> np.ndarray:
-    """(3, ...) background/TZ/PZ probabilities -> uint8 zone labels (argmax; ties go to the lower label)."""
-    return np.argmax(prob, axis=0).astype(np.uint8)
-
-
 def timed(fn, *a, **k):
     t = time.perf_counter()
     out = fn(*a, **k)

@@ -15,9 +15,9 @@ from mricore.datasets import Case, image_from_inputs, is_dicom_folder, load_case
 from mricore.errors import InputError
 from mricore.io import write_json, write_nifti
 from mricore.preprocess import preprocess, restore
+from mricore.zones import keep_largest_component, labels_from_probabilities
 
-from .inference import Segmenter, labels_from_probabilities
-from .windows import keep_largest_component
+from .inference import Segmenter
 
 
 def cases_from_inputs(inputs: list[str], channels: list[str]) -> list[Case]:

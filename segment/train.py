@@ -22,13 +22,14 @@ from mricore.config import to_dict
 from mricore.datasets import load_dataset
 from mricore.errors import ConfigError, InputError
 from mricore.io import replace_atomically, write_csv
-from mricore.metrics import ZONES, dice
+from mricore.metrics import dice
 from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder, start_run
+from mricore.zones import SELECTORS, ZONES, labels_from_probabilities
 
 from .config import SegmentConfig
 from .data import EpochBatches, PatchSampler, Prefetch, load_items
 from .folds import Split, resolve_split
-from .inference import Segmenter, labels_from_probabilities
+from .inference import Segmenter
 from .networks import build_network, encoder_modules, targets_for
 
 def _dist() -> tuple[int, int]:
@@ -88,7 +89,7 @@ def validate(seg: Segmenter, items) -> dict:
         rows = []
         for it in items:
             pred = labels_from_probabilities(seg.probabilities(it.image))
-            rows.append({"case_id": it.case_id, **{z: dice(f(pred), f(it.label)) for z, f in ZONES.items()}})
+            rows.append({"case_id": it.case_id, **{z: dice(f(pred), f(it.label)) for z, f in SELECTORS.items()}})
     finally:
         for m, mode in modes:
             m.training = mode

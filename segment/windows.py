@@ -1,5 +1,5 @@
 """Where a 2D/3D segmenter looks, without PyTorch: slices with context, the size divisor, the
-whole-slice rule, MONAI's window placement, centred edge padding, and the largest-component rule.
+whole-slice rule, MONAI's window placement, and centred edge padding.
 Shared by the PyTorch path (segment.inference) and the ONNX Runtime path (segment.onnx_runtime)."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
 
 from .config import ModelConfig, PredictConfig
 
@@ -47,17 +46,3 @@ def centre_pad(x: np.ndarray, target) -> tuple[np.ndarray, list[tuple[int, int]]
     """Edge-pad the spatial axes of (N, C, ...) up to `target`, half before and the rest after."""
     pads = [(0, 0), (0, 0)] + [((t - s) // 2, (t - s) - (t - s) // 2) for s, t in zip(x.shape[2:], target)]
     return (np.pad(x, pads, mode="edge") if any(p for pair in pads for p in pair) else x), pads[2:]
-
-
-def keep_largest_component(label: np.ndarray) -> np.ndarray:
-    """Keep the largest 3D connected component of the gland (WG = label > 0); zones outside it -> 0.
-    WG = TZ ∪ PZ holds before and after."""
-    wg = label > 0
-    if not wg.any():
-        return label
-    cc, n = ndimage.label(wg)
-    if n <= 1:
-        return label
-    sizes = np.bincount(cc.ravel())
-    sizes[0] = 0
-    return np.where(cc == sizes.argmax(), label, 0).astype(np.uint8)

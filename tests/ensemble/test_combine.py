@@ -1,6 +1,8 @@
 """Combination functions on hand-made maps with known answers."""
 
 import numpy as np
+
+from mricore import zones
 import pytest
 
 from ensemble import combine
@@ -20,7 +22,7 @@ def test_mean_known_answer():
     assert out.dtype == np.float32
     np.testing.assert_allclose(out[:, 0], [0.4, 0.5, 0.1], atol=1e-6)
     np.testing.assert_allclose(out[:, 1], [0.2, 0.1, 0.7], atol=1e-6)
-    assert combine.labels_from_probabilities(out).tolist() == [1, 2]
+    assert zones.labels_from_probabilities(out).tolist() == [1, 2]
 
 
 def test_weighted_scalar_weights():
@@ -108,14 +110,14 @@ def test_staple_flags_the_unreliable_member():
 
 
 def test_zone_consistency_after_combination_and_largest_component():
-    from segment.windows import keep_largest_component
+    from mricore.zones import keep_largest_component
 
     rng = np.random.default_rng(2)
     probs = rng.dirichlet([1, 1, 1], size=(3, 12, 12, 4)).transpose(0, 4, 1, 2, 3).astype(np.float32)
-    for label in (combine.labels_from_probabilities(combine.mean(probs)),
+    for label in (zones.labels_from_probabilities(combine.mean(probs)),
                   combine.majority_vote(np.argmax(probs, axis=1).astype(np.uint8))):
         for lab in (label, keep_largest_component(label)):
-            z = combine.zone_masks(lab)
+            z = zones.masks(lab)
             assert np.array_equal(z["WG"], z["TZ"] | z["PZ"])
             assert not (z["TZ"] & z["PZ"]).any()
             assert np.array_equal(z["WG"], lab > 0)

@@ -11,6 +11,7 @@ from monai.metrics import (DiceMetric, HausdorffDistanceMetric, SurfaceDistanceM
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mricore import metrics as M
+from mricore.zones import SELECTORS
 
 NAN = float("nan")
 
@@ -111,7 +112,7 @@ def test_zone_metrics_matches_per_mask_metrics():
     ref = rng.integers(0, 3, (20, 20, 6)).astype(np.uint8)
     pred = np.where(rng.random(ref.shape) < 0.8, ref, rng.integers(0, 3, ref.shape)).astype(np.uint8)
     zm = M.zone_metrics(pred, ref, (0.5, 0.5, 3.0), distances=False)
-    for zone, f in M.ZONES.items():
+    for zone, f in SELECTORS.items():
         assert zm[zone]["dsc"] == pytest.approx(M.dice(f(pred), f(ref)))
         assert zm[zone]["tp"] + zm[zone]["fp"] == int(f(pred).sum())
 

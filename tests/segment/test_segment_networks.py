@@ -6,7 +6,7 @@ import torch
 
 from mricore.errors import ConfigError
 from segment.config import ModelConfig, n_outputs
-from segment.inference import labels_from_probabilities
+from mricore.zones import labels_from_probabilities
 from segment.networks import REGISTRY, build_network, class_probabilities, encoder_parameters
 
 # (name, spatial_dims, label scheme, input size): tiny widths, sizes divisible by the total stride

@@ -16,7 +16,8 @@ from mricore.errors import ConfigError, InputError
 from mricore.modelfolder import read_model_meta
 from segment.config import SegmentConfig
 from segment.data import load_items
-from segment.inference import Segmenter, labels_from_probabilities
+from mricore.zones import labels_from_probabilities
+from segment.inference import Segmenter
 from segment.networks import build_network, class_probabilities
 from segment.folds import fold_cases, resolve_split
 from segment.train import train, validate
@@ -45,9 +46,10 @@ def test_validate_equals_eval_mode_inference_and_leaves_batchnorm_untouched(data
     after = _bn_state(net)
     assert before.keys() and all(torch.equal(before[k], after[k]) for k in before), "validation moved BN statistics"
     assert all(m.training for m in net.modules()), "training mode not restored after validation"
-    from mricore.metrics import ZONES, dice
+    from mricore.metrics import dice
+    from mricore.zones import SELECTORS
 
-    for z, f in ZONES.items():
+    for z, f in SELECTORS.items():
         assert out["cases"][0][z] == pytest.approx(dice(f(expected), f(items[0].label)), nan_ok=True), z
 
 

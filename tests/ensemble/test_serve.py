@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pytest
 import yaml
 

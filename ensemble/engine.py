@@ -74,8 +74,6 @@ def carry_labels(work_label: np.ndarray, index_map: np.ndarray) -> np.ndarray:
 
 def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> EnsembleResult:
     """Members `used` (all of whose channels `image` has) on `image`; combination by `cfg.method`."""
-    from mricore.zones import keep_largest_component
-
     weights = member_weights(cfg, used)
     timings = {"preprocess": 0.0, "network": {}, "restore": 0.0, "combine": 0.0, "postprocess": 0.0}
     groups: dict[str, list[int]] = {}
@@ -122,9 +120,9 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     timings["combine"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    parts = qa.component_stats(label)
+    kept, parts = zones.largest_component(label)
     if cfg.largest_component:
-        label = keep_largest_component(label)
+        label = kept
     ent = combine.entropy(prob)
     dis = combine.disagreement(member_labels, label)
     region = combine.gland_region(label, member_labels)

@@ -29,6 +29,7 @@ member disagreement and normalised entropy in the gland region.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -206,8 +207,10 @@ def _input_checks(f: dict, cfg: ReviewConfig) -> list[Check]:
 
 # ----------------------------------------------------------------------------- output
 
+@functools.lru_cache(maxsize=4)
 def load_reference(path: str | Path = REFERENCE) -> dict:
-    """The gland reference distribution: {"maps": [{"case", "WG_ml", "TZ_share"}...], "sources": ...}."""
+    """The gland reference distribution: {"maps": [{"case", "WG_ml", "TZ_share"}...], "sources": ...};
+    read once per process, shared: treat it as read-only."""
     return json.loads(Path(path).read_text())
 
 
@@ -220,14 +223,9 @@ def gland_statistics(label: np.ndarray, affine: np.ndarray) -> dict:
 
 def component_stats(label: np.ndarray) -> dict:
     """Gland components of a map before the largest-component rule: count and share outside the largest."""
-    from scipy import ndimage
+    from .zones import largest_component
 
-    wg = label > 0
-    if not wg.any():
-        return {"components": 0, "removed_fraction": 0.0}
-    cc, n = ndimage.label(wg)
-    sizes = np.bincount(cc.ravel())[1:]
-    return {"components": int(n), "removed_fraction": float(1 - sizes.max() / sizes.sum())}
+    return largest_component(label)[1]
 
 
 def _world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -28,17 +28,25 @@ def labels_from_probabilities(prob: np.ndarray) -> np.ndarray:
     return np.argmax(prob, axis=0).astype(np.uint8)
 
 
-def keep_largest_component(label: np.ndarray) -> np.ndarray:
-    """Keep the largest 3D connected component of the gland (WG = label > 0); zones outside it -> 0.
-    WG = TZ ∪ PZ holds before and after."""
+def largest_component(label: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The map with only the largest 3D connected component of the gland (WG = label > 0; zones outside
+    it -> 0, WG = TZ ∪ PZ holds before and after), and what it removed: {"components": number of gland
+    components before, "removed_fraction": share of gland voxels outside the largest}. One labelling
+    serves both, so the ensemble's review feature costs nothing extra."""
     from scipy import ndimage
 
     wg = label > 0
     if not wg.any():
-        return label
+        return label, {"components": 0, "removed_fraction": 0.0}
     cc, n = ndimage.label(wg)
     if n <= 1:
-        return label
+        return label, {"components": int(n), "removed_fraction": 0.0}
     sizes = np.bincount(cc.ravel())
     sizes[0] = 0
-    return np.where(cc == sizes.argmax(), label, 0).astype(np.uint8)
+    stats = {"components": int(n), "removed_fraction": float(1 - sizes.max() / sizes.sum())}
+    return np.where(cc == sizes.argmax(), label, 0).astype(np.uint8), stats
+
+
+def keep_largest_component(label: np.ndarray) -> np.ndarray:
+    """The map with only the largest gland component (see `largest_component`)."""
+    return largest_component(label)[0]

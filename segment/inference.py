@@ -23,7 +23,7 @@ from mricore.preprocess import PreprocessSpec
 
 from .config import ModelConfig, PredictConfig
 from .networks import build_network, class_probabilities
-from .windows import size_divisor, slices_with_context, uses_whole_slices
+from .windows import runs_whole_slices, size_divisor, slices_with_context, uses_whole_slices, whole_slices
 
 
 class Segmenter:
@@ -66,7 +66,7 @@ class Segmenter:
         from monai.inferers import sliding_window_inference
 
         p = self.predict_cfg
-        if self.model_cfg.spatial_dims == 2 and self.whole_slice and max(x.shape[2:]) <= p.max_slice_px:
+        if runs_whole_slices(self.model_cfg, p, x.shape[2:]):
             return class_probabilities(self._whole_slices(x), self.model_cfg.label_scheme)
         # 3D: the full training patch; a volume with fewer slices is padded by the inferer, so any
         # slice count works with networks that need sizes divisible by their total stride.
@@ -77,13 +77,11 @@ class Segmenter:
     def _whole_slices(self, x: torch.Tensor) -> torch.Tensor:
         """(K, C, H, W) slices -> (K, n_out, H, W) logits, each slice whole: edge-padded (centred) to a
         multiple of the size divisor, `sw_batch_size` slices per forward, cropped back."""
-        d = size_divisor(self.model_cfg)
-        h, w = x.shape[2:]
-        ph, pw = (-h) % d, (-w) % d
-        xp = torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
         b = max(1, self.predict_cfg.sw_batch_size)
-        logits = torch.cat([self.net(xp[i:i + b]) for i in range(0, len(xp), b)])
-        return logits[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+
+        def run(xp: np.ndarray) -> np.ndarray:
+            return torch.cat([self.net(torch.from_numpy(xp[i:i + b])) for i in range(0, len(xp), b)]).numpy()
+        return torch.from_numpy(whole_slices(x.numpy(), run, size_divisor(self.model_cfg)))
 
     @torch.inference_mode()
     def probabilities(self, array: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from mricore.modelfolder import check_meta
 from mricore.preprocess import PreprocessSpec
 
 from .config import ModelConfig, PredictConfig
-from .windows import centre_pad, size_divisor, slices_with_context, uses_whole_slices, window_starts
+from .windows import centre_pad, crop, runs_whole_slices, size_divisor, slices_with_context, whole_slices, window_starts
 
 
 def class_probabilities(logits: np.ndarray, scheme: str) -> np.ndarray:
@@ -69,39 +69,30 @@ class OnnxSegmenter:
         return np.concatenate([self.session.run(None, {self.input: np.ascontiguousarray(x[i:i + b])})[0]
                                for i in range(0, len(x), b)])
 
-    def _whole(self, x: np.ndarray) -> np.ndarray:
-        d = size_divisor(self.model_cfg)
-        size = x.shape[2:]
-        xp, pads = centre_pad(x, [s + (-s) % d for s in size])
-        out = self._net(xp)
-        return out[(slice(None), slice(None)) + tuple(slice(p[0], p[0] + s) for p, s in zip(pads, size))]
-
     def _windows(self, x: np.ndarray) -> np.ndarray:
         """MONAI's sliding window: pad up to the patch, windows at dense_patch_slices, Gaussian blend."""
         size = x.shape[2:]
         xp, pads = centre_pad(x, [max(s, p) for s, p in zip(size, self.patch)])
         starts = [window_starts(s, p, self.predict_cfg.overlap) for s, p in zip(xp.shape[2:], self.patch)]
         grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(starts))
+        boxes = [tuple(slice(s, s + p) for s, p in zip(g, self.patch)) for g in grid]
         w = self.importance if self.predict_cfg.mode == "gaussian" else np.ones(self.patch, np.float32)
-        out = norm = None
+        norm = np.zeros(xp.shape[2:], np.float32)
+        for box in boxes:
+            norm[box] += w
+        out = None
         for n in range(len(x)):
-            tiles = np.stack([xp[n][(slice(None),) + tuple(slice(s, s + p) for s, p in zip(g, self.patch))]
-                              for g in grid])
-            logits = self._net(tiles)
+            logits = self._net(np.stack([xp[n][(slice(None),) + box] for box in boxes]))
             if out is None:
                 out = np.zeros((len(x), logits.shape[1]) + xp.shape[2:], np.float32)
-                norm = np.zeros(xp.shape[2:], np.float32)
-                for g in grid:
-                    norm[tuple(slice(s, s + p) for s, p in zip(g, self.patch))] += w
-            for g, t in zip(grid, logits):
-                out[(n, slice(None)) + tuple(slice(s, s + p) for s, p in zip(g, self.patch))] += w * t
-        out /= norm
-        return out[(slice(None), slice(None)) + tuple(slice(p[0], p[0] + s) for p, s in zip(pads, size))]
+            for box, t in zip(boxes, logits):
+                out[(n, slice(None)) + box] += w * t
+        return crop(out / norm, pads, size)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        whole = (self.model_cfg.spatial_dims == 2 and uses_whole_slices(self.model_cfg, self.predict_cfg)
-                 and max(x.shape[2:]) <= self.predict_cfg.max_slice_px)
-        return class_probabilities(self._whole(x) if whole else self._windows(x), self.model_cfg.label_scheme)
+        logits = (whole_slices(x, self._net, size_divisor(self.model_cfg))
+                  if runs_whole_slices(self.model_cfg, self.predict_cfg, x.shape[2:]) else self._windows(x))
+        return class_probabilities(logits, self.model_cfg.label_scheme)
 
     def probabilities(self, array: np.ndarray) -> np.ndarray:
         """(C, I, J, K) normalised array on the working grid -> (3, I, J, K) float32 probabilities."""

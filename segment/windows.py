@@ -46,3 +46,22 @@ def centre_pad(x: np.ndarray, target) -> tuple[np.ndarray, list[tuple[int, int]]
     """Edge-pad the spatial axes of (N, C, ...) up to `target`, half before and the rest after."""
     pads = [(0, 0), (0, 0)] + [((t - s) // 2, (t - s) - (t - s) // 2) for s, t in zip(x.shape[2:], target)]
     return (np.pad(x, pads, mode="edge") if any(p for pair in pads for p in pair) else x), pads[2:]
+
+
+def crop(out: np.ndarray, pads: list[tuple[int, int]], size) -> np.ndarray:
+    """Undo `centre_pad` on (N, C, ...) outputs."""
+    return out[(slice(None), slice(None)) + tuple(slice(p[0], p[0] + s) for p, s in zip(pads, size))]
+
+
+def runs_whole_slices(model_cfg: ModelConfig, predict_cfg: PredictConfig, slice_shape) -> bool:
+    """A 2D/2.5D network that `uses_whole_slices`, on slices no larger than predict.max_slice_px."""
+    return (model_cfg.spatial_dims == 2 and uses_whole_slices(model_cfg, predict_cfg)
+            and max(slice_shape) <= predict_cfg.max_slice_px)
+
+
+def whole_slices(x: np.ndarray, run, divisor: int) -> np.ndarray:
+    """(K, C, H, W) slices -> (K, outputs, H, W): each slice edge-padded (centred) to a multiple of
+    `divisor`, `run` (a network over a batch of padded slices) applied, cropped back."""
+    size = x.shape[2:]
+    xp, pads = centre_pad(x, [s + (-s) % divisor for s in size])
+    return crop(run(xp), pads, size)

@@ -10,12 +10,11 @@ Checks made before any input is read or output written:
   other label names or values is rejected with an error naming it. The output parameterisation
   (model.label_scheme multiclass or regions) may differ between members: segment.networks
   .class_probabilities maps both to (background, TZ, PZ), so they average like with like.
-Members whose input channels the case lacks are skipped with a notice (`split_available`).
+Members whose input channels the case lacks are skipped (`split_available`; ensemble.predict says so).
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +75,7 @@ def read_members(paths: list[str | Path]) -> list[Member]:
     return members
 
 
-def split_available(members: list[Member], available: list[str], notify: bool = True):
+def split_available(members: list[Member], available: list[str]):
     """(usable members, skipped [{member, reason}]) for a case whose channels are `available`."""
     used, skipped = [], []
     for m in members:
@@ -84,8 +83,6 @@ def split_available(members: list[Member], available: list[str], notify: bool = 
         if missing:
             reason = f"needs channel(s) {', '.join(missing)}; the input has {', '.join(available) or 'none'}"
             skipped.append({"member": m.name, "path": str(m.path), "reason": reason})
-            if notify:
-                print(f"notice: skipping member {m.name}: {reason}", file=sys.stderr)
         else:
             used.append(m)
     return used, skipped

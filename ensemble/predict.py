@@ -27,6 +27,7 @@ summary.json, and ends with exit code 2; the cases that completed stay complete.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,8 +54,15 @@ class Source:
     available: list[str]
     read: Callable  # (channels, register) -> (Volume, alignment info {channel: {...}})
     inputs: list[str]
-    dicom: Path | None = None  # the reference (first) series folder of a DICOM input: seg.dcm is written
     case_images: dict = field(default_factory=dict)  # channel -> mricore.datasets.ImageRef
+
+    @property
+    def dicom(self) -> Path | None:
+        """The reference channel's DICOM series folder (T2W first), for seg.dcm; None for NIfTI input."""
+        if not self.case_images:
+            return None
+        ref = self.case_images.get("T2W") or next(iter(self.case_images.values()))
+        return ref.path if ref.path.is_dir() else None
 
 
 def source_from_case(case) -> Source:
@@ -77,10 +85,7 @@ def source_from_inputs(inputs: list[str | Path]) -> Source:
     paths = [Path(p) for p in inputs]
     if not paths:
         raise InputError("INPUT", "give at least one input", "none", "pass a volume, case folder or DICOM folder")
-    source = source_from_case(image_from_inputs(paths, POSITIONAL_CHANNELS))
-    refs = source.case_images
-    first = refs.get("T2W") or next(iter(refs.values()))
-    return replace(source, dicom=first.path if first.path.is_dir() else None)
+    return source_from_case(image_from_inputs(paths, POSITIONAL_CHANNELS))
 
 
 def _resolve(config) -> EnsembleConfig:
@@ -94,7 +99,9 @@ def _check_outputs(out: Path, force: bool) -> None:
 
 
 def _plan(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool):
-    used, skipped = split_available(members, source.available, notify=notify)
+    """The members that can run on `source` and those skipped; every error before any reading, and the
+    skip notices only once the case is known to run."""
+    used, skipped = split_available(members, source.available)
     if not used:
         need = sorted({c for m in members for c in m.channels})
         raise InputError(source.case_id, "no ensemble member can run on the channels given",
@@ -103,6 +110,9 @@ def _plan(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bo
         from .engine import member_weights
 
         member_weights(cfg, used)  # weight errors before any reading
+    if notify:
+        for s in skipped:
+            print(f"notice: skipping member {s['member']}: {s['reason']}", file=sys.stderr)
     return used, skipped
 
 
@@ -114,10 +124,10 @@ def check_input(image, case_id: str, cfg: EnsembleConfig, accept: bool = False) 
     if "T2W" not in image.channels:
         return qa.verdict([])
     features = qa.input_features(image.channel("T2W"), image.affine)
-    review = qa.verdict(qa.input_checks(features, cfg.review), features)
+    checks = qa.input_checks(features, cfg.review)
+    review = qa.verdict(checks, features)
     if review["verdict"] == "reject" and not accept:
-        failed = "; ".join(c["name"] + f" {c['value']:.4g} (expected {c['expected']})"
-                           for c in review["checks"] if c["verdict"] == "reject")
+        failed = "; ".join(c.reason() for c in checks if c.verdict == "reject")
         raise InputError(case_id, "the T2W input is not an axial T2W study", failed,
                          "give the axial T2W series (not ADC/DWI, sagittal or coronal), or pass --force to "
                          "segment it anyway")
@@ -229,8 +239,9 @@ def _write_case(out: Path, image, result, skipped, source, cfg, probabilities, r
     if report:
         from .report import overlay_png, write_predict_report
 
-        write_predict_report(out / "report.html", image, result.label, sidecar, result.disagreement, force=force)
-        (out / "overlay.png").write_bytes(overlay_png(image.array[0], result.label, image.affine))
+        png = overlay_png(image.array[0], result.label, image.affine)
+        write_predict_report(out / "report.html", image, result.label, sidecar, result.disagreement, png, force=force)
+        (out / "overlay.png").write_bytes(png)
         sidecar["outputs"]["report.html"] = "prediction report"
         sidecar["outputs"]["overlay.png"] = "zones over the reference channel, three planes"
     sidecar["timings_s"]["write"] = round(time.perf_counter() - t, 4)
@@ -255,7 +266,6 @@ def predict(inputs, out_dir, config=None, force: bool = False, probabilities: bo
     _check_outputs(out, force)
     members = read_members(cfg.members) if members is None else members
     source = source_from_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-    _plan(source, members, cfg, notify=False)
-    image, result, skipped = run_case(source, members, cfg, notify, accept=force)
+    image, result, skipped = run_case(source, members, cfg, notify, accept=force)  # plans before reading
     probs = cfg.probabilities if probabilities is None else probabilities
     return write_outputs(out, image, result, skipped, source, replace(cfg, probabilities=probs), probs, report)

@@ -60,14 +60,14 @@ def overlay_png(image: np.ndarray, label: np.ndarray, affine: np.ndarray, heat: 
 
 
 def write_predict_report(path: Path, image, label: np.ndarray, sidecar: dict, disagreement: np.ndarray,
-                         force: bool = False) -> Path:
+                         zones_png: bytes, force: bool = False) -> Path:
     """report.html: per-zone volumes, the review verdict with its reasons and every check, uncertainty,
     members used/skipped, the zones and the member disagreement over the reference channel (T2W when
-    present)."""
+    present). `zones_png` is `overlay_png` of the zones, drawn once by the caller (it is also overlay.png)."""
     from mricore.io import write_text
 
     e = html.escape
-    png = base64.b64encode(overlay_png(image.array[0], label, image.affine)).decode()
+    png = base64.b64encode(zones_png).decode()
     dis_png = base64.b64encode(overlay_png(image.array[0], label, image.affine, heat=disagreement,
                                            title="member disagreement (red, 0-1); gland outline green")).decode()
     vols = "".join(f"<tr><td>{z}</td><td>{v:.2f}</td></tr>" for z, v in sidecar["volume_ml"].items())

@@ -139,10 +139,8 @@ def output_target(path: Path, force: bool) -> Path:
 def replace_atomically(path: Path, write) -> None:
     """Call `write(tmp)` on a hidden temporary file beside `path`, then rename it onto `path`; the
     temporary file is removed on any error or signal (see mricore.errors.run_cli)."""
-    import secrets
-
     # Named before it exists (as _make_hidden_dir), so a signal just after creation still removes it.
-    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp{''.join(path.suffixes)}")
+    tmp = f"{_hidden_name(path.parent, f'.{path.name}.')}.tmp{''.join(path.suffixes)}"
     try:
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         write(tmp)

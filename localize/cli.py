@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True, help="output folder")
     pr.add_argument("--explain", action="store_true", help="also write the Grad-CAM heat map (NIfTI + PNG)")
     pr.add_argument("--layer", default=None, help="Grad-CAM target layer (default: the model's)")
+    pr.add_argument("--clinical", default=None, help="CSV with case_id, age, psa, psad, prostate_volume_ml "
+                                                       "(for models with clinical covariates)")
     pr.add_argument("--force", action="store_true")
 
     ev = sub.add_parser("evaluate", help="patient- and lesion-level scores against expert lesion masks")
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "predict":
             from .predict import predict
 
-            r = predict(args.model, args.inputs, args.zones, args.output, args.explain, args.layer, args.force)
+            r = predict(args.model, args.inputs, args.zones, args.output, args.explain, args.layer, args.force,
+                        args.clinical)
             print(f"{r['case_id']}: patient score {r['patient_score']:.3f}, {len(r['candidates'])} candidate(s)")
         elif args.cmd == "evaluate":
             from .evaluate import evaluate

@@ -8,11 +8,24 @@ from typing import Literal
 from mricore.config import ConfigError
 from mricore.preprocess import PreprocessSpec
 
-# Covariates the pipeline can compute itself, with the scale that brings them near 1 for the head.
-COVARIATES = {
-    "prostate_volume_ml": 0.01,  # gland (TZ + PZ) volume from the zone map, in 100 mL
-    "zone_pz": 1.0,              # 1 when the candidate patch is mostly PZ, 0 for TZ
+# Covariates: name -> (centre, scale); the head sees (value - centre) * scale, near 1 in size.
+# Computed by the pipeline from the zone map:
+COMPUTED = {
+    "prostate_volume_ml": (0.0, 0.01),   # gland (TZ + PZ) volume of the zone map, in 100 mL
+    "zone_pz": (0.0, 1.0),               # 1 when the candidate patch is mostly PZ, 0 for TZ
 }
+# From the clinical table (`data.clinical`, `localize predict --clinical`; columns case_id, age, psa,
+# psad, prostate_volume_ml as in ../shared/data/prostatex/clinical.csv). Each comes with a
+# `<name>_missing` indicator column: a missing value enters as 0 (the centre) with the indicator 1, so
+# "not known" is a value the head learns, never a silent guess.
+CLINICAL = {
+    "age": (65.0, 0.1, "age"),
+    "psa": (10.0, 0.1, "psa"),                             # ng/mL
+    "psa_density": (0.15, 10.0, "psad"),                   # ng/mL/mL, as reported
+    "reported_volume_ml": (50.0, 0.01, "prostate_volume_ml"),
+    "psa_density_predicted": (0.15, 10.0, None),           # PSA / the zone map's gland volume (platform's own)
+}
+COVARIATES = sorted([*COMPUTED, *CLINICAL])
 
 
 @dataclass
@@ -21,6 +34,8 @@ class DataConfig:
     datasets: list[str] = field(default_factory=lambda: ["prostatex", "prostate158"])
     label: str = "lesion"                 # expert lesion mask
     zones: list[str] = field(default_factory=lambda: ["zones", "zones_ai"])  # first one present is used
+    clinical: str | None = None           # CSV with case_id and clinical columns (see localize.config.CLINICAL)
+    max_train_patients: int | None = None # learning curves: a seeded subset of each fold's training patients
     folds: int = 3                        # patient-level, stratified by lesion presence
     split_seed: int = 0
     inner_val: int = 1                    # train.selection inner: patients drawn from the fold's TRAINING
@@ -62,7 +77,8 @@ class ModelConfig:
     name: str = "resnet18"                # mricore.classifiers registry name
     width: float = 0.25                   # feature-channel scale (CPU-sized)
     dropout: float = 0.2
-    covariates: list[str] = field(default_factory=list)   # names from COVARIATES
+    covariates: list[str] = field(default_factory=list)   # names from COVARIATES (clinical ones add an indicator)
+    encoder_args: dict = field(default_factory=dict)       # dynunet_encoder: channels, strides, norm (the segmenter's)
     cam_layer: str | None = None          # Grad-CAM target; None = the backbone's default
 
     def validate(self, where):
@@ -85,7 +101,8 @@ class TrainConfig:
     #   fixed: the last epoch, no selection.
     selection: Literal["inner", "fixed"] = "inner"
     patience: int = 6                     # selection inner: early stop after this many epochs without gain
-    init_from: str | None = None          # model folder of a lesion classifier (same backbone)
+    init_from: str | None = None          # model folder: a lesion classifier (same backbone) or, for
+                                          # model.name dynunet_encoder, a DynUNet segmenter (its encoder)
     freeze_encoder_epochs: int = 0        # two-stage fine-tuning: encoder frozen for the first N epochs
     seed: int = 0
 

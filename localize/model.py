@@ -19,7 +19,7 @@ from mricore.modelfolder import check_meta, load_weights, read_model_meta
 from mricore.preprocess import Prepared, PreprocessSpec, prepare_label, preprocess
 from mricore.volume import Volume
 
-from .config import COVARIATES, CandidateConfig, ModelConfig
+from .config import CLINICAL, COMPUTED, CandidateConfig, ModelConfig
 from .patches import Tiles, extract, tile_gland
 
 KIND = "lesion_classifier"
@@ -50,7 +50,8 @@ class LesionModel:
     @classmethod
     def build(cls, model_cfg: ModelConfig, cand: CandidateConfig, spec: PreprocessSpec) -> "LesionModel":
         net = build_classifier(model_cfg.name, cand.spatial_dims, len(spec.channels), 1,
-                               len(model_cfg.covariates), model_cfg.width, model_cfg.dropout)
+                               len(covariate_columns(model_cfg.covariates)), model_cfg.width, model_cfg.dropout,
+                               model_cfg.encoder_args)
         return cls(net, model_cfg, cand, spec)
 
     @classmethod
@@ -74,12 +75,13 @@ class LesionModel:
     def cam_layer(self) -> str:
         return self.model_cfg.cam_layer or DEFAULT_CAM_LAYER[self.model_cfg.name.lower()]
 
-    def tiles_for(self, image: Volume, zones: Volume) -> CaseTiles:
-        """Preprocess a study and tile its gland. `zones` must lie on the image's grid."""
+    def tiles_for(self, image: Volume, zones: Volume, clinical: dict | None = None) -> CaseTiles:
+        """Preprocess a study and tile its gland. `zones` must lie on the image's grid; `clinical` is the
+        case's row of the clinical table (None: every clinical covariate missing)."""
         prep = preprocess(image, self.spec)
         z = prepare_label(zones, prep)
         tiles = tile_gland(z, self.cand.patch, self.cand.stride)
-        cov = covariates(self.model_cfg.covariates, zones, tiles)
+        cov = covariates(self.model_cfg.covariates, zones, tiles, clinical)
         return CaseTiles(prep, z, tiles, extract(prep.array, tiles), cov)
 
     @torch.inference_mode()
@@ -94,15 +96,56 @@ class LesionModel:
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def covariates(names: list[str], zones: Volume, tiles: Tiles) -> np.ndarray:
-    """(n_tiles, len(names)) float32, scaled by COVARIATES (see localize.config)."""
+def covariate_columns(names: list[str]) -> list[str]:
+    """The head's covariate inputs: each name, and after each clinical one its `<name>_missing` flag."""
+    return [c for n in names for c in ((n, f"{n}_missing") if n in CLINICAL else (n,))]
+
+
+def clinical_value(name: str, row: dict | None, gland_ml: float) -> float:
+    """A clinical covariate in its own unit, or NaN when the table has no (numeric) value for it."""
+    def num(key):
+        try:
+            v = float((row or {}).get(key, ""))
+        except ValueError:
+            return float("nan")
+        return v if np.isfinite(v) else float("nan")
+
+    if name == "psa_density_predicted":
+        return num("psa") / gland_ml if gland_ml > 0 else float("nan")
+    return num(CLINICAL[name][2])
+
+
+def covariates(names: list[str], zones: Volume, tiles: Tiles, clinical: dict | None = None) -> np.ndarray:
+    """(n_tiles, len(covariate_columns(names))) float32: (value - centre) * scale (localize.config);
+    a missing clinical value is 0 with its indicator 1."""
     n = len(tiles.corners)
+    gland_ml = float(np.count_nonzero(zones.array[0]) * zones.voxel_volume_ml)
     cols = []
     for name in names:
-        if name == "prostate_volume_ml":
-            v = float(np.count_nonzero(zones.array[0]) * zones.voxel_volume_ml)
-            cols.append(np.full(n, v))
-        elif name == "zone_pz":
-            cols.append((tiles.zone == 2).astype(float))
-        cols[-1] = cols[-1] * COVARIATES[name]
+        if name in COMPUTED:
+            v = gland_ml if name == "prostate_volume_ml" else (tiles.zone == 2).astype(float)
+            centre, scale = COMPUTED[name]
+            cols.append(np.broadcast_to((np.asarray(v, float) - centre) * scale, (n,)))
+        else:
+            v = clinical_value(name, clinical, gland_ml)
+            centre, scale, _ = CLINICAL[name]
+            known = np.isfinite(v)
+            cols += [np.full(n, (v - centre) * scale if known else 0.0), np.full(n, 0.0 if known else 1.0)]
     return np.stack(cols, 1).astype(np.float32) if cols else np.zeros((n, 0), np.float32)
+
+
+def read_clinical(path: str | Path | None) -> dict[str, dict]:
+    """case_id -> row of a clinical CSV (empty without a path)."""
+    import csv
+
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "clinical table does not exist", None, "pass a CSV with a case_id column")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "case_id" not in rows[0]:
+        raise InputError(path, "clinical table needs a case_id column", sorted(rows[0]),
+                         "name the case column case_id (as in prostatex/clinical.csv)")
+    return {r["case_id"]: r for r in rows}

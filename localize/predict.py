@@ -23,7 +23,7 @@ from mricore.io import read_nifti, write_json, write_nifti
 from mricore.preprocess import restore
 
 from .candidates import extract_candidates, patient_score
-from .model import LesionModel, lesion_probability
+from .model import LesionModel, covariate_columns, lesion_probability, read_clinical
 from .patches import assemble
 
 OUTPUTS = ("lesion_probability.nii.gz", "lesion_candidates.nii.gz", "lesion.json")
@@ -31,8 +31,9 @@ EXPLAIN_OUTPUTS = ("lesion_gradcam.nii.gz", "lesion_gradcam.png")
 
 
 def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, explain: bool = False,
-            layer: str | None = None, force: bool = False) -> dict:
-    """Run the lesion model on one study; return the lesion.json content."""
+            layer: str | None = None, force: bool = False, clinical: str | None = None) -> dict:
+    """Run the lesion model on one study; return the lesion.json content. `clinical`: a CSV with a
+    case_id column, read for the model's clinical covariates (a case not in it has them missing)."""
     from mricore.io import check_absent, check_output_dir, staged_dir
 
     t0 = time.perf_counter()
@@ -45,6 +46,7 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
                          f"provide {', '.join(missing)}")
     names = OUTPUTS + (EXPLAIN_OUTPUTS if explain else ())
     check_absent([out / n for n in names], force)
+    row = read_clinical(clinical).get(case.case_id)
     if explain:
         from mricore.gradcam import check_layer
 
@@ -58,7 +60,7 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
     if zones.array.max() > 2:
         raise InputError(zones_path, "zone labels must be 0 background, 1 TZ, 2 PZ", int(zones.array.max()),
                          "pass a zone map, not a lesion or whole-gland mask")
-    ct = model.tiles_for(image, zones)
+    ct = model.tiles_for(image, zones, row)
     scores = model.score(ct.patches, ct.covariates)
     work = assemble(scores, ct.tiles, ct.zones.shape, gland=ct.zones)
     gland = zones.array[0] > 0
@@ -70,6 +72,8 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
     result = {"case_id": case.case_id, "inputs": [str(p) for p in inputs], "zones": str(zones_path),
               "model": {"folder": str(model_dir), "name": model.meta.get("name"), "fold": model.meta.get("fold"),
                         "classifier": model.model_cfg.name, "validation": model.meta.get("validation")},
+              "covariates": dict(zip(covariate_columns(model.model_cfg.covariates),
+                                     (ct.covariates[0].tolist() if len(ct.covariates) else []))),
               "threshold": model.cand.threshold, "patient_score": patient_score(prob), "n_patches": int(len(scores)),
               "candidates": cands, "alignment": info["alignment"],
               "coordinates": "centroid_ras_mm: NIfTI world (RAS+); centroid_lps_mm: DICOM scanner (LPS)"}
@@ -83,9 +87,28 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
     return result
 
 
+def top_patch_faithfulness(model: LesionModel, ct, scores: np.ndarray, layer: str, cams: np.ndarray | None = None) -> dict:
+    """Grad-CAM faithfulness on the highest-scoring patch: the top-10 % deletion check
+    (mricore.gradcam.faithfulness) and the deletion / insertion curves against random orders."""
+    from mricore.gradcam import class_cam, deletion_insertion, faithfulness
+
+    top = int(np.argmax(scores))
+    x = torch.from_numpy(ct.patches[top:top + 1])
+    c = torch.from_numpy(ct.covariates[top:top + 1]) if ct.covariates.shape[1] else None
+    cam = cams[top:top + 1] if cams is not None else class_cam(model.net, x, layer, covariates=c)
+
+    @torch.no_grad()
+    def batch_scores(t):
+        return lesion_probability(model.net.eval()(t, None if c is None else c.expand(len(t), -1))).numpy()
+
+    curves = deletion_insertion(batch_scores, x, cam)
+    return {"patch": top, **faithfulness(lambda t: float(batch_scores(t)[0]), x, cam, top_k=10.0, n_random=5),
+            "curves": curves}
+
+
 def _explain(model: LesionModel, ct, scores, layer, gland, image, out: Path, force: bool) -> dict:
     """Grad-CAM of every patch, weighted by its score and merged by maximum; faithfulness on the top patch."""
-    from mricore.gradcam import class_cam, faithfulness, save_overlay
+    from mricore.gradcam import class_cam, save_overlay
 
     cams = []
     for s in range(0, len(ct.patches), 32):
@@ -95,17 +118,7 @@ def _explain(model: LesionModel, ct, scores, layer, gland, image, out: Path, for
     cams = np.concatenate(cams) if cams else np.zeros((0,) + ct.patches.shape[2:], np.float32)
     work = assemble(scores, ct.tiles, ct.zones.shape, gland=ct.zones, maps=cams, reduce="max")
     heat = np.clip(restore(work[None], ct.prepared)[0], 0, 1) * gland
-    check = None
-    if len(scores):
-        top = int(np.argmax(scores))
-        x = torch.from_numpy(ct.patches[top:top + 1])
-        c = torch.from_numpy(ct.covariates[top:top + 1]) if ct.covariates.shape[1] else None
-
-        @torch.no_grad()
-        def score(t):
-            return float(lesion_probability(model.net.eval()(t, c))[0])
-
-        check = {"patch": top, **faithfulness(score, x, cams[top:top + 1], top_k=10.0, n_random=5)}
+    check = top_patch_faithfulness(model, ct, scores, layer, cams) if len(scores) else None
     write_nifti(heat.astype(np.float32), image, out / EXPLAIN_OUTPUTS[0], force=force)
     save_overlay(image.array[0], heat, out / EXPLAIN_OUTPUTS[1], title=f"{image.case_id} lesion Grad-CAM",
                  contour=gland, force=force)

@@ -27,13 +27,14 @@ from mricore.preprocess import prepare_label
 from mricore.splits import inner_patients, make_splits
 
 from .config import LocalizeConfig
-from .model import KIND, LesionModel
+from .model import KIND, LesionModel, read_clinical
 from .patches import patch_labels
 
 
 def load_training_cases(cfg: LocalizeConfig, model: LesionModel) -> list[dict]:
     """Every case with the lesion label and a zone map: its patches, patch labels and covariates."""
     cases = load_dataset(cfg.data.root)
+    clinical = read_clinical(cfg.data.clinical)
     if cfg.data.datasets:
         cases = [c for c in cases if c.dataset in cfg.data.datasets]
     out = []
@@ -43,7 +44,7 @@ def load_training_cases(cfg: LocalizeConfig, model: LesionModel) -> list[dict]:
             continue
         image, lesion, _ = load_case(c, model.spec.channels, cfg.data.label)
         zones = read_ref(c.labels[zkey], zkey, c.case_id, label=True)
-        ct = model.tiles_for(image, zones)
+        ct = model.tiles_for(image, zones, clinical.get(c.case_id) or clinical.get(c.patient_id))
         lab = patch_labels(prepare_label(lesion, ct.prepared), ct.tiles, cfg.candidates.positive_min_voxels)
         out.append({"case": c, "tiles": ct, "y": lab, "positive": bool(lesion.array.any()), "zones_key": zkey})
     if not out:
@@ -65,18 +66,38 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
 
 
-def _init_from(net, folder: str) -> dict:
+def _init_from(net, folder: str, cfg: LocalizeConfig) -> dict:
+    """Load a source model's matching tensors: a lesion classifier of the same backbone, or (for
+    model.name dynunet_encoder) a DynUNet segmenter's contracting path, where every encoder tensor
+    must load. The counts go into model.json."""
     meta = read_model_meta(folder)
-    if meta.get("kind") != KIND:  # a segmenter's encoder is not this backbone: no tensor could match
-        raise ConfigError("train.init_from", "transfer needs a lesion classifier folder (same backbone)",
-                          f"{folder} (kind {meta.get('kind')})", "train one with `localize train`, or drop init_from")
+    kind = meta.get("kind")
     src = load_weights(folder)
-    loaded, total = load_matching(net, src, {"": ""})
+    if kind == KIND:
+        loaded, total = load_matching(net, src, {"": ""})
+    elif kind == "segmenter" and cfg.model.name == "dynunet_encoder":
+        seg = meta.get("model", {})
+        if seg.get("name") != "dynunet" or list(meta.get("channels", [])) != list(cfg.preprocess.channels):
+            raise ConfigError("train.init_from", "the segmenter must be a dynunet on the same channels",
+                              f"{folder} ({seg.get('name')}, channels {meta.get('channels')})",
+                              f"use a dynunet segmenter trained on {cfg.preprocess.channels}")
+        enc = {k: v for k, v in src.items() if k.split(".")[0] in ("input_block", "downsamples", "bottleneck")}
+        loaded, _ = load_matching(net, enc, {"": "encoder."})
+        total = sum(1 for k in net.state_dict() if k.startswith("encoder."))
+        if loaded != total or loaded != len(enc):
+            raise ConfigError("train.init_from", "every encoder tensor of the segmenter must load",
+                              f"{loaded} of {total} ({len(enc)} in {folder})",
+                              f"set model.width 1.0 and model.encoder_args to the segmenter's channels "
+                              f"{seg.get('channels')}, strides {seg.get('strides')}, norm {seg.get('norm')}")
+    else:
+        raise ConfigError("train.init_from", "transfer needs a lesion classifier folder (same backbone), or a "
+                          "dynunet segmenter with model.name dynunet_encoder", f"{folder} (kind {kind})",
+                          "train one with `localize train`, or drop init_from")
     if loaded == 0:
-        raise ConfigError("train.init_from", "no tensor matches by name and shape", f"{folder} (kind {meta.get('kind')})",
+        raise ConfigError("train.init_from", "no tensor matches by name and shape", f"{folder} (kind {kind})",
                           "use a lesion classifier folder or a network with the same encoder")
-    print(f"init-from {folder}: {loaded}/{total} tensors loaded (kind {meta.get('kind')})")
-    return {"from": str(folder), "kind": meta.get("kind"), "tensors_loaded": loaded, "tensors_total": total}
+    print(f"init-from {folder}: {loaded}/{total} tensors loaded (kind {kind})")
+    return {"from": str(folder), "kind": kind, "tensors_loaded": loaded, "tensors_total": total}
 
 
 def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force: bool = False) -> Path:
@@ -100,6 +121,7 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
         held_ids = set(splits[int(fold)]["val"])
         tr = [i for i in items if i["case"].case_id not in held_ids]
         held = [i for i in items if i["case"].case_id in held_ids]
+    tr = _subset(cfg, tr, fold)
     tr, inner = _inner_split(cfg, tr, fold)
     xtr, ctr, ytr = _stack(tr)
     val = _stack(inner)
@@ -109,7 +131,7 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
                          "lower candidates.positive_min_voxels or add lesion cases")
     pos_weight = (len(ytr) - n_pos) / n_pos if cfg.train.weighted_bce else 1.0
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
-    transfer = _init_from(net, cfg.train.init_from) if cfg.train.init_from and not resume else None
+    transfer = _init_from(net, cfg.train.init_from, cfg) if cfg.train.init_from and not resume else None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     start, best, best_epoch, bad, history = 0, -np.inf, -1, 0, []
     if resume:
@@ -189,6 +211,23 @@ def _inner_split(cfg: LocalizeConfig, items: list[dict], fold) -> tuple[list[dic
     chosen = inner_patients(list(positive), cfg.data.inner_val, cfg.data.split_seed, fold, positive)
     return ([i for i in items if i["case"].patient_id not in chosen],
             [i for i in items if i["case"].patient_id in chosen])
+
+
+def _subset(cfg: LocalizeConfig, items: list[dict], fold) -> list[dict]:
+    """`data.max_train_patients` of the training patients (lesion patients in proportion, at least one),
+    seeded by split_seed and fold; all of them when unset."""
+    n = cfg.data.max_train_patients
+    positive: dict[str, bool] = {}
+    for i in items:
+        positive[i["case"].patient_id] = positive.get(i["case"].patient_id, False) or i["positive"]
+    if n is None or n >= len(positive):
+        return items
+    rng = np.random.default_rng([cfg.data.split_seed, 0 if fold == "all" else int(fold) + 1, n])
+    pos = list(rng.permutation(sorted(p for p, v in positive.items() if v)))
+    neg = list(rng.permutation(sorted(p for p, v in positive.items() if not v)))
+    k = min(len(pos), max(1, round(n * len(pos) / len(positive)))) if pos else 0
+    chosen = set(pos[:k] + neg[:n - k])
+    return [i for i in items if i["case"].patient_id in chosen]
 
 
 def _draw(y: np.ndarray, n: int, balanced: bool, rng: np.random.Generator) -> np.ndarray:

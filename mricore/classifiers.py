@@ -5,6 +5,9 @@ the identity, so it returns (N, F) image features) and `head` (one Linear layer 
 concatenated with `n_covariates` numbers per sample: age, PSA, prostate volume, ...). It returns
 logits (N, n_outputs); a binary task uses n_outputs=1 and a sigmoid outside the network.
 
+`dynunet_encoder` is the contracting path of the DynUNet segmenters (same module names), so a lesion
+classifier can start from a trained segmenter's encoder: every encoder tensor loads and is counted.
+
 Nothing downloads weights: EfficientNet is built with pretrained=False. `width` scales the number of
 feature channels so the same architecture fits a CPU (width 1.0 is the published size).
 
@@ -83,8 +86,52 @@ def _efficientnet_b0(spatial_dims: int, in_channels: int, width: float):
     return net, n
 
 
+def dynunet_strides(spatial_dims: int, strides: list[int]) -> list:
+    """DynUNet strides per level from the downsampling factors: the input level has stride 1, and in 3D
+    the first downsampling keeps the 3 mm slice axis. The segmenters (segment.networks) and the
+    classifier built on their encoder share this rule, so their tensors match."""
+    if spatial_dims == 3:
+        return [1] + [(s, s, 1) if i == 0 else (s, s, s) for i, s in enumerate(strides)]
+    return [1] + list(strides)
+
+
+class DynUNetEncoder(nn.Module):
+    """The contracting path of a MONAI DynUNet (input block, downsamplings, bottleneck) with the
+    segmenter's own module names, then global average pooling -> (N, channels[-1]) features. A
+    segmenter's `input_block.*`, `downsamples.*` and `bottleneck.*` tensors load into it one to one."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, channels: list[int], strides: list[int],
+                 norm: str = "instance"):
+        super().__init__()
+        from monai.networks.nets import DynUNet
+
+        if len(channels) < 3 or len(strides) != len(channels) - 1:
+            raise ConfigError("model.encoder_args", "dynunet_encoder needs >= 3 channels and one stride per "
+                              "downsampling", {"channels": channels, "strides": strides},
+                              "e.g. channels [16, 32, 64, 128], strides [2, 2, 2] (the segmenter's)")
+        st = dynunet_strides(spatial_dims, strides)
+        net = DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1,
+                      kernel_size=[3] * len(channels), strides=st, upsample_kernel_size=st[1:],
+                      filters=list(channels), norm_name=norm, res_block=True)
+        self.input_block, self.downsamples, self.bottleneck = net.input_block, net.downsamples, net.bottleneck
+        self.pool = nn.AdaptiveAvgPool3d(1) if spatial_dims == 3 else nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_block(x)
+        for down in self.downsamples:
+            x = down(x)
+        return self.pool(self.bottleneck(x)).flatten(1)
+
+
+def _dynunet_encoder(spatial_dims: int, in_channels: int, width: float, channels=(16, 32, 64, 128),
+                     strides=(2, 2, 2), norm: str = "instance"):
+    chans = _scaled(channels, width) if width != 1.0 else list(channels)
+    return DynUNetEncoder(spatial_dims, in_channels, chans, list(strides), norm), chans[-1]
+
+
 REGISTRY = {
     "densenet121": _densenet121,
+    "dynunet_encoder": _dynunet_encoder,
     "resnet18": _resnet([2, 2, 2, 2]),
     "resnet34": _resnet([3, 4, 6, 3]),
     "efficientnet-b0": _efficientnet_b0,
@@ -94,6 +141,7 @@ REGISTRY = {
 # for all four; pass an earlier layer for a finer map).
 DEFAULT_CAM_LAYER = {
     "densenet121": "encoder.features.denseblock4",
+    "dynunet_encoder": "encoder.bottleneck",
     "resnet18": "encoder.layer4",
     "resnet34": "encoder.layer4",
     "efficientnet-b0": "encoder._conv_head",
@@ -114,9 +162,11 @@ def check_name(name: str) -> str:
 
 
 def build_classifier(name: str, spatial_dims: int = 2, in_channels: int = 1, n_outputs: int = 1,
-                     n_covariates: int = 0, width: float = 1.0, dropout: float = 0.0) -> CovariateClassifier:
+                     n_covariates: int = 0, width: float = 1.0, dropout: float = 0.0,
+                     encoder_args: dict | None = None) -> CovariateClassifier:
     """A classifier from the registry; input (N, in_channels, *spatial) with spatial of `spatial_dims`
-    axes (each at least 32 voxels, the backbones downsample by 32), output (N, n_outputs) logits."""
+    axes (each at least 32 voxels, the backbones downsample by 32), output (N, n_outputs) logits.
+    `encoder_args` go to the backbone builder (dynunet_encoder: channels, strides, norm)."""
     key = check_name(name)
     if spatial_dims not in (2, 3):
         raise ConfigError("model.spatial_dims", "must be 2 or 3", spatial_dims, "")
@@ -124,7 +174,11 @@ def build_classifier(name: str, spatial_dims: int = 2, in_channels: int = 1, n_o
         raise ConfigError("model.width", "must be positive", width, "e.g. 0.25 for a CPU-sized model")
     if n_covariates < 0:
         raise ConfigError("covariates", "count must be >= 0", n_covariates, "")
-    encoder, n_features = REGISTRY[key](spatial_dims, in_channels, width)
+    try:
+        encoder, n_features = REGISTRY[key](spatial_dims, in_channels, width, **(encoder_args or {}))
+    except TypeError as e:
+        raise ConfigError("model.encoder_args", f"not accepted by {key}", encoder_args,
+                          "dynunet_encoder takes channels, strides, norm; the other backbones take none") from e
     return CovariateClassifier(encoder, n_features, n_outputs, n_covariates, dropout)
 
 

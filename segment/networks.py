@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mricore.classifiers import dynunet_strides
 from mricore.errors import ConfigError
 
 from .config import ModelConfig, n_outputs
@@ -30,9 +31,7 @@ def _dynunet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
     n = len(cfg.channels)
     if n < 3:  # MONAI DynUNet needs input block, >= 1 downsampling and a bottleneck
         raise ConfigError("model.channels", "dynunet needs at least 3 levels", cfg.channels, "e.g. [16, 32, 64]")
-    strides = [1] + list(cfg.strides)
-    if cfg.spatial_dims == 3:  # anisotropic: never downsample the 3 mm slice axis in the first level
-        strides = [1] + [(s, s, 1) if i == 0 else (s, s, s) for i, s in enumerate(cfg.strides)]
+    strides = dynunet_strides(cfg.spatial_dims, cfg.strides)  # 3D: the first level keeps the slice axis
     return DynUNet(spatial_dims=cfg.spatial_dims, in_channels=in_ch, out_channels=out_ch,
                    kernel_size=[3] * n, strides=strides, upsample_kernel_size=strides[1:],
                    filters=list(cfg.channels), dropout=cfg.dropout, norm_name=cfg.norm, res_block=True)

@@ -147,7 +147,7 @@ def test_unknown_classifier_in_config(tmp_path, capsys):
 
 def test_unknown_covariate_in_config(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"model": {"covariates": ["psa"]}}))
+    cfg.write_text(yaml.safe_dump({"model": {"covariates": ["psa_velocity"]}}))
     assert "unknown covariate" in _bad(capsys, ["train", "--config", str(cfg)], tmp_path / "runs")
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from localize.config import CandidateConfig, ModelConfig
+from localize.config import CandidateConfig, LocalizeConfig, ModelConfig
 from localize.model import KIND, LesionModel
 from localize.train import _draw, _init_from
 from mricore.errors import ConfigError
@@ -21,21 +21,58 @@ def test_init_from_a_saved_classifier_loads_matching_tensors(tmp_path, capsys):
     src = _model()
     save_model_folder(tmp_path / "m", src.net.state_dict(), {"kind": KIND})
     dst = _model(covariates=["zone_pz"])  # head differs in shape: not loaded
-    info = _init_from(dst.net, str(tmp_path / "m"))
+    info = _init_from(dst.net, str(tmp_path / "m"), LocalizeConfig())
     assert info["tensors_loaded"] == info["tensors_total"] - 1
     assert torch.equal(dst.net.encoder.conv1.weight, src.net.encoder.conv1.weight)
     assert "tensors loaded" in capsys.readouterr().out
 
 
-def test_init_from_a_segmenter_is_refused_up_front(tmp_path):
-    # A segmenter's encoder is not the classifier backbone: no tensor could ever match, so the claim
-    # of transfer from a segmenter is refused rather than silently loading nothing.
+def test_init_from_a_segmenter_needs_its_own_encoder(tmp_path):
+    # A resnet backbone is not a segmenter's encoder: no tensor could ever match, so the claim of
+    # transfer is refused rather than silently loading nothing.
     from monai.networks.nets import UNet
 
     seg = UNet(2, 1, 3, channels=(4, 8), strides=(2,))
     save_model_folder(tmp_path / "s", seg.state_dict(), {"kind": "segmenter"})
-    with pytest.raises(ConfigError, match="lesion classifier folder"):
-        _init_from(_model().net, str(tmp_path / "s"))
+    with pytest.raises(ConfigError, match="dynunet segmenter"):
+        _init_from(_model().net, str(tmp_path / "s"), LocalizeConfig())
+
+
+def _segmenter_folder(tmp_path, channels=(8, 16, 32), strides=(2, 2)):
+    from segment.config import ModelConfig as SegModel
+    from segment.networks import build_network
+
+    seg = build_network(SegModel(name="dynunet", channels=list(channels), strides=list(strides), norm="instance"), 1)
+    meta = {"kind": "segmenter", "channels": ["T2W"],
+            "model": {"name": "dynunet", "channels": list(channels), "strides": list(strides), "norm": "instance"}}
+    save_model_folder(tmp_path / "seg", seg.state_dict(), meta)
+    return seg
+
+
+def test_init_from_a_dynunet_segmenter_loads_every_encoder_tensor(tmp_path, capsys):
+    torch.manual_seed(0)
+    seg = _segmenter_folder(tmp_path)
+    mc = ModelConfig(name="dynunet_encoder", width=1.0, encoder_args={"channels": [8, 16, 32], "strides": [2, 2]})
+    dst = LesionModel.build(mc, CandidateConfig(), PreprocessSpec())
+    info = _init_from(dst.net, str(tmp_path / "seg"), LocalizeConfig(model=mc))
+    n_encoder = sum(1 for k in dst.net.state_dict() if k.startswith("encoder."))
+    assert info["tensors_loaded"] == info["tensors_total"] == n_encoder > 0
+    w = seg.state_dict()["input_block.conv1.conv.weight"]
+    assert torch.equal(dst.net.state_dict()["encoder.input_block.conv1.conv.weight"], w)
+    # The encoder computes exactly the segmenter's bottleneck features.
+    x = torch.randn(1, 1, 64, 64)
+    seg.eval(), dst.net.eval()
+    with torch.no_grad():
+        feats = seg.bottleneck(seg.downsamples[0](seg.input_block(x))).mean((2, 3))
+        assert torch.allclose(dst.net.encoder(x), feats, atol=1e-5)
+
+
+def test_init_from_a_segmenter_of_other_width_is_refused(tmp_path):
+    _segmenter_folder(tmp_path)
+    mc = ModelConfig(name="dynunet_encoder", width=1.0, encoder_args={"channels": [8, 16, 64], "strides": [2, 2]})
+    with pytest.raises(ConfigError, match="every encoder tensor"):
+        _init_from(LesionModel.build(mc, CandidateConfig(), PreprocessSpec()).net, str(tmp_path / "seg"),
+                   LocalizeConfig(model=mc))
 
 
 def test_balanced_sampling_draws_half_positives():

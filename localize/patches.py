@@ -68,11 +68,17 @@ def extract(array: np.ndarray, tiles: Tiles) -> np.ndarray:
 
 
 def patch_labels(lesion: np.ndarray, tiles: Tiles, min_voxels: int) -> np.ndarray:
-    """1 when a tile's central half holds at least `min_voxels` lesion voxels, else 0 (float32)."""
+    """Per tile: 1 when its central half holds at least `min_voxels` lesion voxels, 0 when the whole
+    tile holds none, NaN otherwise (lesion only at the rim, or too little of it: ambiguous). The
+    backbones pool globally, so they cannot tell a lesion at the rim from one in the centre; such
+    tiles would teach them that a lesion means "no lesion", and training leaves them out."""
     lab = _pad(lesion, tiles.size)
     pi, pj, pk = tiles.size
-    return np.array([float(np.count_nonzero(_centre(lab[a:a + pi, b:b + pj, c:c + pk])) >= min_voxels)
-                     for a, b, c in tiles.corners], dtype=np.float32)
+    out = []
+    for a, b, c in tiles.corners:
+        block = lab[a:a + pi, b:b + pj, c:c + pk]
+        out.append(1.0 if np.count_nonzero(_centre(block)) >= min_voxels else 0.0 if not block.any() else np.nan)
+    return np.array(out, dtype=np.float32)
 
 
 def _weight(size: tuple[int, int, int]) -> np.ndarray:

@@ -95,6 +95,20 @@ def occupancy(lesion: Lesion, shape, affine: np.ndarray, sub: int = 3) -> np.nda
     return out
 
 
+def crop_around(vol: Volume, mask: np.ndarray, margin_mm: float = 30.0) -> Volume:
+    """`vol` cut to the in-plane bounding box of `mask` (on its grid) plus `margin_mm`, every slice kept;
+    the affine moves with the crop, so the anatomy stays where it was in scanner space."""
+    ij = np.argwhere(mask.any(axis=2))
+    if not len(ij):
+        return vol
+    pad = np.ceil(margin_mm / np.asarray(vol.spacing[:2])).astype(int)
+    lo = np.maximum(ij.min(0) - pad, 0)
+    hi = np.minimum(ij.max(0) + pad + 1, vol.shape[:2])
+    affine = vol.affine.copy()
+    affine[:3, 3] = (vol.affine @ np.r_[lo, 0, 1.0])[:3]
+    return Volume(vol.array[:, lo[0]:hi[0], lo[1]:hi[1]].copy(), affine, vol.channels, vol.case_id)
+
+
 def _texture(shape, rng: np.random.Generator, spread: float, sigma_vox=(1.5, 1.5, 0.5)) -> np.ndarray:
     """Smooth noise with mean 1 and standard deviation `spread` (clipped at 0)."""
     if spread <= 0:

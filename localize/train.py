@@ -54,10 +54,13 @@ def load_training_cases(cfg: LocalizeConfig, model: LesionModel) -> list[dict]:
 
 
 def _stack(items: list[dict]):
+    """(patches, covariates, labels) of the items' unambiguous tiles (localize.patches.patch_labels)."""
     if not items:
         return None
-    return (np.concatenate([i["tiles"].patches for i in items]), np.concatenate([i["tiles"].covariates for i in items]),
-            np.concatenate([i["y"] for i in items]))
+    x, c, y = (np.concatenate([i["tiles"].patches for i in items]), np.concatenate([i["tiles"].covariates for i in items]),
+               np.concatenate([i["y"] for i in items]))
+    keep = np.isfinite(y)
+    return x[keep], c[keep], y[keep]
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -188,6 +191,7 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
         inner_row = ck["row"]
     held_scores = _score(model, _stack(held), loss_fn) if held else None
     meta = _meta(cfg, fold, inner, held, inner_row, held_scores, best_epoch, pos_weight, transfer, len(ytr), n_pos)
+    meta["training"]["patients"] = len({i["case"].patient_id for i in tr})
     save_model_folder(run_dir, net.state_dict(), {**meta, "history": history})
     return run_dir
 

@@ -1,0 +1,248 @@
+"""Synthetic-lesion benchmark on real anatomy: does the localisation path learn when the signal exists?
+
+Base studies: every real T2W study here without an expert lesion mask or with a csPCa-negative one
+(ProstateX-0003, -0004, -0176 with their AI zones; PROMISE12 Case00, the Prostate3T and ProstateX
+unlabelled studies and the Philips studies with zones predicted by the bundled ensemble), one patient
+each. Each gets `--variants` copies with 0-2 synthetic lesions (localize.synth: ellipsoids of 0.1-2 mL
+in PZ or TZ, partial-volume edges, texture; ADC darkened too where the study has one), seeded, the
+same lesions at every contrast. Written under --out (never into ../shared/data) with a datalist that
+keeps every copy of a study in one patient, so patient-level folds never split a study.
+
+For each contrast: `localize train` on 3 patient-level folds (weights chosen on inner splits of the
+training patients), `localize predict` on every held-out case, `localize evaluate` (patient AUC,
+sensitivity/specificity at the Youden point, lesion sensitivity at 0.5/1/2 false positives per case),
+and Grad-CAM faithfulness on the top patch of each held-out case with a lesion (deletion and insertion
+areas against random orders). At the default contrast also: a classifier on the bundled DynUNet
+segmenter's encoder, transferred (freeze then unfreeze) versus from scratch, at several numbers of
+training patients. Prints and writes bench/results/lesion_synth.json.
+
+    .venv/bin/python bench/lesion_synth.py [--out runs/lesion_synth] [--contrasts 0 0.1 0.2 0.4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from localize.config import LocalizeConfig  # noqa: E402
+from localize.synth import crop_around, draw_lesions, insert  # noqa: E402
+from mricore.config import load_config  # noqa: E402
+from mricore.io import read_nifti, write_json, write_nifti  # noqa: E402
+
+CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
+SEGMENTER = ROOT / "ensemble/models/default/dynunet2d_fold0"
+DEFAULT_CONTRAST = 0.4
+LESION_COUNTS, LESION_ODDS = (0, 1, 2), (0.4, 0.4, 0.2)
+
+
+def base_studies(data: Path, cache: Path) -> list[dict]:
+    """(patient, t2, adc or None, zones) of every usable base study; predicted zones cached in `cache`."""
+    from ensemble.cli import main as ensemble
+
+    bases = [{"patient": p, "folder": data / "prostatex" / p, "zones": data / "prostatex" / p / "zones_ai.nii.gz"}
+             for p in ("ProstateX-0003", "ProstateX-0004", "ProstateX-0176")]
+    for sub in ("promise12", "unlabelled", "philips"):
+        for f in sorted((data / sub).iterdir()):
+            if (f / "t2.nii.gz").exists():
+                bases.append({"patient": f.name, "folder": f, "zones": cache / f.name / "zones.nii.gz"})
+    for b in bases:
+        if not b["zones"].exists():
+            if ensemble(["predict", str(b["folder"] / "t2.nii.gz"), "-o", str(b["zones"].parent), "--force"]) != 0:
+                raise SystemExit(f"ensemble predict failed on {b['folder']}")
+        b["t2"] = b["folder"] / "t2.nii.gz"
+        b["adc"] = b["folder"] / "adc.nii.gz" if (b["folder"] / "adc.nii.gz").exists() else None
+    return bases
+
+
+def build(bases: list[dict], contrast: float, out: Path, seed: int, variants: int) -> Path:
+    """Write the synthetic cases of one contrast and their datalist; return the datalist path."""
+    rows, lesions = [], {}
+    for bi, b in enumerate(bases):
+        t2 = read_nifti(b["t2"], "T2W", b["patient"])
+        zones = read_nifti(b["zones"], "zones", b["patient"], label=True)
+        gland = zones.array[0] > 0  # the gland and 30 mm around it: smaller files, same anatomy
+        t2, zones = crop_around(t2, gland), crop_around(zones, gland)
+        adc = read_nifti(b["adc"], "ADC", b["patient"]) if b["adc"] else None
+        for v in range(variants):
+            rng = np.random.default_rng([seed, bi, v])
+            drawn = draw_lesions(zones, int(rng.choice(LESION_COUNTS, p=LESION_ODDS)), rng)
+            cid = f"{b['patient']}_v{v}"
+            d = out / cid
+            new_t2, mask = insert(t2, zones, drawn, contrast, np.random.default_rng([seed, bi, v, 1]))
+            row = {"patient_id": b["patient"], "case_id": cid, "T2W": f"{cid}/t2.nii.gz", "ADC": "",
+                   "zones": f"{cid}/zones.nii.gz", "lesion": f"{cid}/lesion.nii.gz"}
+            write_nifti(new_t2.array[0], t2, d / "t2.nii.gz", force=True)
+            write_nifti(zones.array[0], zones, d / "zones.nii.gz", dtype=np.uint8, force=True)
+            write_nifti(mask, t2, d / "lesion.nii.gz", dtype=np.uint8, force=True)
+            if adc is not None:
+                new_adc, _ = insert(adc, zones, drawn, contrast, np.random.default_rng([seed, bi, v, 2]))
+                write_nifti(new_adc.array[0], adc, d / "adc.nii.gz", force=True)
+                row["ADC"] = f"{cid}/adc.nii.gz"
+            rows.append(row)
+            lesions[cid] = {"lesions": [les.to_dict() for les in drawn], "mask_ml": float(mask.sum() * t2.voxel_volume_ml)}
+    path = out / "datalist.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    write_json(lesions, out / "lesions.json")
+    return path
+
+
+def _cfg(datalist: Path, runs: Path, name: str, sets: list[str]) -> tuple[LocalizeConfig, list[str]]:
+    sets = [f"name={name}", f"output_dir={runs}", f"data.root={datalist}", "data.datasets=[]",
+            "data.zones=[zones]", *sets]
+    return load_config(LocalizeConfig, CONFIG, sets), sets
+
+
+def faithfulness_of(model_dir: Path, cases: dict, held: list[str]) -> list[dict]:
+    """Grad-CAM deletion/insertion on the top patch of every held-out case that has a lesion."""
+    from localize.model import LesionModel
+    from localize.predict import top_patch_faithfulness
+    from mricore.datasets import load_case, read_ref
+
+    model = LesionModel.load(model_dir)
+    out = []
+    for cid in held:
+        c = cases[cid]
+        image, lesion, _ = load_case(c, model.spec.channels, "lesion")
+        if not lesion.array.any():
+            continue
+        ct = model.tiles_for(image, read_ref(c.labels["zones"], "zones", cid, label=True))
+        scores = model.score(ct.patches, ct.covariates)
+        f = top_patch_faithfulness(model, ct, scores, model.cam_layer)
+        out.append({"case_id": cid, "top_score": float(scores.max()), **{k: f["curves"][k] for k in (
+            "deletion_area", "insertion_area", "random_deletion_area", "random_insertion_area",
+            "better_deletion", "better_insertion")}})
+    return out
+
+
+def cross_validate(datalist: Path, runs: Path, name: str, sets: list[str], explain: bool = True) -> dict:
+    """The full path: train on each fold, predict the held-out cases, evaluate them together."""
+    from localize.evaluate import evaluate
+    from localize.predict import predict
+    from localize.train import train
+    from mricore.datasets import load_dataset
+
+    cfg, sets = _cfg(datalist, runs, name, sets)
+    cases = {c.case_id: c for c in load_dataset(datalist)}
+    pred, faith, folds = runs / name / "pred", [], []
+    t0 = time.perf_counter()
+    for k in range(cfg.data.folds):
+        model_dir = train(cfg, k, force=True)
+        meta = json.loads((model_dir / "model.json").read_text())
+        held = meta["validation"]["cases"]
+        folds.append({"fold": k, "held_out": held, "selection": meta["selection"], "training": meta["training"]})
+        for cid in held:
+            c = cases[cid]
+            predict(str(model_dir), [str(c.images["T2W"].path)], str(c.labels["zones"].path), str(pred / cid),
+                    force=True)
+        if explain:
+            faith += faithfulness_of(model_dir, cases, held)
+    summary = evaluate(str(pred), str(datalist), str(runs / name / "report"), force=True)
+    wg = summary["patient_level"]["WG"]
+    out = {"n_cases": summary["n_cases"], "n_patients": len({c.patient_id for c in cases.values()}),
+           "patient_auc": wg["auc"], "youden_sensitivity": wg["youden_sensitivity"],
+           "youden_specificity": wg["youden_specificity"], "n_pos": wg["n_pos"], "n_neg": wg["n_neg"],
+           "lesion_sensitivity_at_fp_per_case": summary["lesion_level"]["WG"]["sensitivity_at_fp_per_case"],
+           "n_lesions": summary["lesion_level"]["WG"]["n_lesions"], "lesion_ap": summary["lesion_level"]["WG"]["ap"],
+           "folds": folds, "overrides": sets[5:], "seconds": round(time.perf_counter() - t0, 1)}
+    if explain:
+        n = len(faith)
+        out["gradcam"] = {"n_cases": n, "top_patch": "highest-scoring patch of each held-out case with a lesion",
+                          "deletion_better_than_random": sum(f["better_deletion"] for f in faith) / max(n, 1),
+                          "insertion_better_than_random": sum(f["better_insertion"] for f in faith) / max(n, 1),
+                          **{f"mean_{k}": float(np.mean([f[k] for f in faith])) if n else float("nan") for k in (
+                              "deletion_area", "random_deletion_area", "insertion_area", "random_insertion_area")},
+                          "cases": faith}
+    return out
+
+
+def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int) -> list[dict]:
+    """dynunet_encoder from scratch versus from the bundled segmenter's encoder (frozen for the first
+    third of the epochs), at several numbers of training patients per fold; patient AUC of the
+    held-out cases (patient score = highest patch probability)."""
+    from localize.model import LesionModel
+    from localize.train import train
+    from mricore.datasets import load_case, load_dataset, read_ref
+    from mricore.metrics import roc_auc
+
+    seg = json.loads((SEGMENTER / "model.json").read_text())["model"]
+    arch = [f"model.name=dynunet_encoder", "model.width=1.0", "model.cam_layer=null", "train.lr=0.0003",
+            f"model.encoder_args={json.dumps({'channels': seg['channels'], 'strides': seg['strides'], 'norm': seg['norm']})}",
+            f"train.epochs={epochs}", f"train.patience={epochs}"]
+    init = {"scratch": [], "segmenter": [f"train.init_from={SEGMENTER}", f"train.freeze_encoder_epochs={epochs // 3}"]}
+    cases = {c.case_id: c for c in load_dataset(datalist)}
+    rows = []
+    for n in sizes:
+        for how, extra in init.items():
+            cfg, _ = _cfg(datalist, runs, f"transfer_{how}_{n}", [*arch, *extra, f"data.max_train_patients={n}"])
+            scores, labels, t0, n_train = [], [], time.perf_counter(), []
+            for k in range(cfg.data.folds):
+                model_dir = train(cfg, k, force=True)
+                meta = json.loads((model_dir / "model.json").read_text())
+                model = LesionModel.load(model_dir)
+                n_train.append(meta["training"]["patients"])
+                for cid in meta["validation"]["cases"]:
+                    image, lesion, _ = load_case(cases[cid], model.spec.channels, "lesion")
+                    ct = model.tiles_for(image, read_ref(cases[cid].labels["zones"], "zones", cid, label=True))
+                    scores.append(float(model.score(ct.patches, ct.covariates).max()))
+                    labels.append(int(lesion.array.any()))
+            rows.append({"init": how, "max_train_patients": n, "patient_auc": roc_auc(scores, labels),
+                         "n_cases": len(scores), "n_pos": int(sum(labels)), "training_patients_per_fold": n_train,
+                         "transfer": meta["training"]["transfer"], "seconds": round(time.perf_counter() - t0, 1)})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "transfer"}))
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data"))
+    ap.add_argument("--out", default=str(ROOT / "runs/lesion_synth"))
+    ap.add_argument("--contrasts", type=float, nargs="+", default=[0.0, 0.1, 0.2, DEFAULT_CONTRAST])
+    ap.add_argument("--variants", type=int, default=2, help="synthetic copies of each base study")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8], help="training patients (transfer)")
+    ap.add_argument("--transfer-epochs", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--no-transfer", action="store_true")
+    args = ap.parse_args()
+    out, t0 = Path(args.out), time.perf_counter()
+    bases = base_studies(Path(args.data), out / "zones")
+    result = {"what": "synthetic lesions in real anatomy; localisation trained and evaluated on patient-level "
+                      "folds (weights chosen on inner splits of the training patients)",
+              "command": "python bench/lesion_synth.py " + " ".join(sys.argv[1:]), "config": str(CONFIG.relative_to(ROOT)),
+              "base_studies": [b["patient"] for b in bases], "variants_per_study": args.variants, "seed": args.seed,
+              "lesions_per_case": dict(zip(map(str, LESION_COUNTS), LESION_ODDS)), "default_contrast": DEFAULT_CONTRAST,
+              "contrast": "fractional darkening of T2W (and ADC) inside the lesion: 0.4 = 40 % darker", "by_contrast": []}
+    for c in args.contrasts:
+        tb = time.perf_counter()
+        datalist = build(bases, c, out / f"data_c{c:g}", args.seed, args.variants)
+        row = {"contrast": c, "build_seconds": round(time.perf_counter() - tb, 1),
+               **cross_validate(datalist, out / "runs", f"c{c:g}", args.overrides)}
+        result["by_contrast"].append(row)
+        print(json.dumps({k: row[k] for k in ("contrast", "patient_auc", "lesion_sensitivity_at_fp_per_case", "seconds")}
+                         | {"gradcam_deletion_better": row["gradcam"]["deletion_better_than_random"]}))
+    if not args.no_transfer:
+        datalist = out / f"data_c{DEFAULT_CONTRAST:g}" / "datalist.csv"
+        if not datalist.exists():
+            build(bases, DEFAULT_CONTRAST, datalist.parent, args.seed, args.variants)
+        result["transfer"] = {"segmenter": str(SEGMENTER.relative_to(ROOT)), "contrast": DEFAULT_CONTRAST,
+                              "rows": transfer(datalist, out / "runs", args.sizes, args.transfer_epochs)}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(result, ROOT / "bench/results/lesion_synth.json")
+    print(f"wrote bench/results/lesion_synth.json ({result['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

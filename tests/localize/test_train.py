@@ -8,7 +8,8 @@ from localize.config import CandidateConfig, ModelConfig
 from localize.model import KIND, LesionModel
 from localize.train import _draw, _init_from
 from mricore.errors import ConfigError
-from mricore.modelfolder import save_model_folder
+from mricore.config import to_dict
+from mricore.modelfolder import ModelMeta, write_model
 from mricore.preprocess import PreprocessSpec
 
 
@@ -19,7 +20,8 @@ def _model(**kw):
 def test_init_from_a_saved_classifier_loads_matching_tensors(tmp_path, capsys):
     torch.manual_seed(0)
     src = _model()
-    save_model_folder(tmp_path / "m", src.net.state_dict(), {"kind": KIND})
+    meta = ModelMeta(KIND, to_dict(src.model_cfg), src.spec, candidates=to_dict(src.cand))
+    write_model(tmp_path / "m", meta, src.net.state_dict())
     dst = _model(covariates=["zone_pz"])  # head differs in shape: not loaded
     info = _init_from(dst.net, str(tmp_path / "m"))
     assert info["tensors_loaded"] == info["tensors_total"] - 1
@@ -33,7 +35,7 @@ def test_init_from_a_segmenter_is_refused_up_front(tmp_path):
     from monai.networks.nets import UNet
 
     seg = UNet(2, 1, 3, channels=(4, 8), strides=(2,))
-    save_model_folder(tmp_path / "s", seg.state_dict(), {"kind": "segmenter"})
+    write_model(tmp_path / "s", ModelMeta("segmenter", {"name": "unet"}, PreprocessSpec(), patch=[32, 32]), seg.state_dict())
     with pytest.raises(ConfigError, match="lesion classifier folder"):
         _init_from(_model().net, str(tmp_path / "s"))
 

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mricore.io import read_nifti, write_json  # noqa: E402
+from mricore.io import read_label, write_json  # noqa: E402
 from mricore.metrics import dice  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -44,8 +44,8 @@ def held_out_case(config: Path) -> dict:
     case = DATA / "promise12" / "Case00"
     with tempfile.TemporaryDirectory() as tmp:
         side = predict(case / "t2.nii.gz", Path(tmp) / "o", config=config, notify=False)
-        pred = read_nifti(Path(tmp) / "o" / "zones.nii.gz", label=True).array[0] > 0
-    ref = read_nifti(case / "wg.nii.gz", label=True).array[0] > 0
+        pred = read_label(Path(tmp) / "o" / "zones.nii.gz").array[0] > 0
+    ref = read_label(case / "wg.nii.gz").array[0] > 0
     return {"case": "promise12/Case00", "wg_dsc": round(float(dice(pred, ref)), 4),
             "volume_ml": side["volume_ml"], "uncertainty": side["uncertainty"],
             "review": {k: side["review"][k] for k in ("verdict", "reasons", "score")}}

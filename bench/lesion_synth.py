@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from localize.config import LocalizeConfig  # noqa: E402
 from localize.synth import crop_around, draw_lesions, insert  # noqa: E402
 from mricore.config import load_config  # noqa: E402
-from mricore.io import read_nifti, write_json, write_nifti  # noqa: E402
+from mricore.io import read_label, read_nifti, write_json, write_nifti  # noqa: E402
 
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
 SEGMENTER = ROOT / "ensemble/models/default/dynunet2d_fold0"
@@ -68,7 +68,7 @@ def build(bases: list[dict], contrast: float, out: Path, seed: int, variants: in
     rows, lesions = [], {}
     for bi, b in enumerate(bases):
         t2 = read_nifti(b["t2"], "T2W", b["patient"])
-        zones = read_nifti(b["zones"], "zones", b["patient"], label=True)
+        zones = read_label(b["zones"], "zones", b["patient"])
         gland = zones.array[0] > 0  # the gland and 30 mm around it: smaller files, same anatomy
         t2, zones = crop_around(t2, gland), crop_around(zones, gland)
         adc = read_nifti(b["adc"], "ADC", b["patient"]) if b["adc"] else None
@@ -117,7 +117,7 @@ def faithfulness_of(model_dir: Path, cases: dict, held: list[str]) -> list[dict]
         image, lesion, _ = load_case(c, model.spec.channels, "lesion")
         if not lesion.array.any():
             continue
-        ct = model.tiles_for(image, read_ref(c.labels["zones"], "zones", cid, label=True))
+        ct = model.tiles_for(image, read_ref(c.labels["zones"], "zones", cid))
         scores = model.score(ct.patches, ct.covariates)
         f = top_patch_faithfulness(model, ct, scores, model.cam_layer)
         out.append({"case_id": cid, "top_score": float(scores.max()), **{k: f["curves"][k] for k in (
@@ -194,7 +194,7 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int) -> list[
                 n_train.append(meta["training"]["patients"])
                 for cid in meta["validation"]["cases"]:
                     image, lesion, _ = load_case(cases[cid], model.spec.channels, "lesion")
-                    ct = model.tiles_for(image, read_ref(cases[cid].labels["zones"], "zones", cid, label=True))
+                    ct = model.tiles_for(image, read_ref(cases[cid].labels["zones"], "zones", cid))
                     scores.append(float(model.score(ct.patches, ct.covariates).max()))
                     labels.append(int(lesion.array.any()))
             rows.append({"init": how, "max_train_patients": n, "patient_auc": roc_auc(scores, labels),

@@ -75,6 +75,7 @@ def main() -> int:
     from ensemble.config import BUNDLED, BUNDLED_ONNX
     from ensemble.members import read_members
     from mricore.io import read_nifti, write_json
+    from mricore.modelfolder import read_model
     from mricore.preprocess import preprocess
     from segment.onnx_runtime import OnnxSegmenter
 
@@ -87,7 +88,7 @@ def main() -> int:
         seg = m.segmenter
         arr = preprocess(t2, seg.spec).array
         onnx_dir = BUNDLED_ONNX.parent / name
-        ort = OnnxSegmenter(onnx_dir, json.loads((onnx_dir / "model.json").read_text()))
+        ort = OnnxSegmenter(onnx_dir, read_model(onnx_dir, "segmenter"))
         gflop = flops_of(seg, arr) / 1e9
         runs = {"eager": seg, "jit_freeze": frozen(seg, arr), "onnxruntime": ort}
         ref = seg.probabilities(arr)

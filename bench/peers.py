@@ -58,11 +58,11 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def wg_dsc(pred_path: Path) -> float:
-    from mricore.io import read_nifti
+    from mricore.io import read_label
     from mricore.metrics import dice
 
-    ref = read_nifti(DATA / CASE / "zones.nii.gz", label=True).array[0] > 0
-    pred = np.asarray(read_nifti(pred_path, label=True).array[0]) > 0
+    ref = read_label(DATA / CASE / "zones.nii.gz").array[0] > 0
+    pred = np.asarray(read_label(pred_path).array[0]) > 0
     return round(float(dice(pred, ref)), 4)
 
 

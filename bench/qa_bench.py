@@ -45,7 +45,7 @@ from ensemble.members import read_members  # noqa: E402
 from ensemble.predict import Source, run_case  # noqa: E402
 from mricore import qa  # noqa: E402
 from mricore.align import resample_to  # noqa: E402
-from mricore.io import read_nifti, write_json  # noqa: E402
+from mricore.io import read_label, read_nifti, write_json  # noqa: E402
 from mricore.metrics import dice  # noqa: E402
 from mricore.volume import Volume  # noqa: E402
 
@@ -111,7 +111,7 @@ def corruptions(study: Volume, ref: Volume, idx: int, rng: np.random.Generator):
     out = []
     if idx % 2 == 0:  # every other study (a reformat has ~3x the slices to segment): sagittal, coronal, ...
         grid = reformat(study, "sagittal" if idx % 4 == 0 else "coronal")
-        out.append(("reformat", resample_to(study, grid), resample_to(ref, grid, label=True)))
+        out.append(("reformat", resample_to(study, grid), resample_to(ref, grid)))
     # Bias field: exp of a linear ramp along a random in-plane direction, 8x from one side to the other.
     ii = np.indices(x.shape, dtype=np.float32)
     ang = rng.uniform(0, 2 * np.pi)
@@ -163,7 +163,7 @@ def sequence_variants(b: dict, t2: Volume, ref: Volume):
         if v.same_grid(t2):
             out.append((kind, v, ref))
         else:
-            out.append((kind, v, resample_to(ref, v, label=True)))
+            out.append((kind, v, resample_to(ref, v)))
             out.append((kind, resample_to(v, t2), ref))
     return out
 
@@ -178,7 +178,7 @@ def dicom_variants(data: Path, refs: dict):
         return out
     for folder in sorted(root.glob("*t2tse[sc]*")):
         v = read_dicom_series(folder, "T2W", "prostatex/ProstateX-0000")
-        out.append(("dicom_sag_cor", v, resample_to(ref, v, label=True)))
+        out.append(("dicom_sag_cor", v, resample_to(ref, v)))
     return out
 
 
@@ -305,7 +305,7 @@ def main() -> int:
         if key is None:
             ref = Volume(res.label[None].astype(np.uint8), t2.affine, ("WG",), b["id"])
         else:
-            ref = read_nifti(b["dir"] / f"{key}.nii.gz", "WG", b["id"], label=True)
+            ref = read_label(b["dir"] / f"{key}.nii.gz", "WG", b["id"])
         refs[b["id"]] = ref
         rows.append(record(b["id"], half_of[b["id"]], "normal", t2, ref.array[0], res, ref_kind))
         variants = corruptions(t2, ref, n, rng) + sequence_variants(b, t2, ref)

@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mricore.io import read_nifti, write_json  # noqa: E402
+from mricore.io import read_label, write_json  # noqa: E402
 from mricore.qa import REFERENCE, gland_statistics  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def main() -> int:
         sys.exit(f"{data}: no msd_labels/ or prostate158/ zone maps; fix: pass --data ../shared/data")
     maps = []
     for p in paths:
-        v = read_nifti(p, label=True)
+        v = read_label(p)
         s = gland_statistics(v.array[0], v.affine)
         case = p.name.split(".")[0] if p.parent.name == "msd_labels" else f"prostate158/{p.parent.name}"
         maps.append({"case": case, "WG_ml": round(s["WG_ml"], 2), "TZ_share": round(s["TZ_share"], 4)})

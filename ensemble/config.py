@@ -13,7 +13,7 @@ Example (configs/ensemble/default.yaml):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mricore.config import load_config
@@ -40,7 +40,7 @@ HOW_TO_TRAIN = ("train members with `segment train --config configs/segment/zona
                 "ensemble/models/default/ensemble.yaml (members: [...]), or pass --config")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EnsembleConfig:
     """What to combine and how.
 
@@ -86,7 +86,8 @@ class EnsembleConfig:
 
 
 def load_ensemble_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EnsembleConfig:
-    """Load and check a config; member paths come back absolute. path=None -> the bundled ensemble.
+    """Load and check a config; member paths come back absolute (relative ones are relative to the
+    config file, mricore.config.PATH_KEYS). path=None -> the bundled ensemble.
 
     Raises ConfigError (bad file/keys/values, bundled ensemble missing) naming the file and the fix.
     """
@@ -95,8 +96,4 @@ def load_ensemble_config(path: str | Path | None = None, overrides: list[str] | 
             raise ConfigError("bundled ensemble", "not installed (no ensemble/models/default/ensemble.yaml)",
                               None, HOW_TO_TRAIN)
         path = bundled_config()
-    path = Path(path)
-    cfg = load_config(EnsembleConfig, path, overrides)
-    base = path.resolve().parent
-    members = [str(p if Path(p).is_absolute() else (base / p).resolve()) for p in cfg.members]
-    return replace(cfg, members=members)
+    return load_config(EnsembleConfig, path, overrides)  # member paths relative to the file: mricore.config

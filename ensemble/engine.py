@@ -24,6 +24,7 @@ import numpy as np
 from mricore import qa, zones
 from mricore.preprocess import preprocess, restore
 from mricore.volume import Volume
+from segment.prediction import BACKGROUND
 
 from . import combine
 from .config import EnsembleConfig
@@ -48,7 +49,7 @@ def member_weights(cfg: EnsembleConfig, used: list[Member]) -> np.ndarray:
     if cfg.method != "weighted":
         return np.ones((len(used), zones.N_CLASSES))
     if cfg.weights is None:
-        return combine.weights_from_selection([m.meta.get("selection") for m in used], [str(m.path) for m in used])
+        return combine.weights_from_selection([m.meta.selection for m in used], [str(m.path) for m in used])
     by_path = {str(p): w for p, w in zip(cfg.members, cfg.weights)}
     w = np.array([by_path.get(str(m.path), 1.0) for m in used], dtype=np.float64)
     if w.sum() <= 0:
@@ -61,10 +62,10 @@ def member_weights(cfg: EnsembleConfig, used: list[Member]) -> np.ndarray:
 
 def nearest_index_map(prep) -> np.ndarray:
     """(I, J, K) int32 map from each input-grid voxel to 1 + the flat index of its nearest working-grid
-    voxel (0 outside the working grid): `restore(..., label=True)` computed once per spec, so carrying
-    each member's labels onto the input grid is a gather instead of a resampling."""
+    voxel (0 outside the working grid): the nearest-neighbour restore of an integer map, computed once
+    per spec, so carrying each member's labels onto the input grid is a gather instead of a resampling."""
     index = np.arange(1, prep.array[0].size + 1, dtype=np.int32).reshape(prep.array.shape[1:])
-    return restore(index[None], prep, label=True)[0]
+    return restore(index[None], prep)[0]
 
 
 def carry_labels(work_label: np.ndarray, index_map: np.ndarray) -> np.ndarray:
@@ -92,9 +93,7 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
         timings["restore"] += time.perf_counter() - t
         for i in idxs:
             t = time.perf_counter()
-            seg = used[i].segmenter
-            seg.predict_cfg.tta_flip = cfg.tta
-            prob = seg.probabilities(prep.array)
+            prob = used[i].segmenter.probabilities(prep.array, tta_flip=cfg.tta)
             timings["network"][used[i].name] = time.perf_counter() - t
             t = time.perf_counter()
             work.add(prob, weights[i])
@@ -102,8 +101,8 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
             timings["restore"] += time.perf_counter() - t
             del prob
         t = time.perf_counter()
-        # Outside the working grid every member says background with probability 1.
-        acc.add_sum(restore(work.total, prep, fill=[float(work.weight[0]), 0.0, 0.0]), work.weight)
+        # Outside the working grid every member says background with probability 1 (BACKGROUND).
+        acc.add_sum(restore(work.total, prep, fill=[float(work.weight[0]) * v for v in BACKGROUND]), work.weight)
         timings["restore"] += time.perf_counter() - t
 
     t = time.perf_counter()

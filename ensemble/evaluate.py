@@ -125,14 +125,14 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
     for case, s in tqdm(sources, desc="ensemble evaluate", disable=not progress, file=sys.stderr):
         case_members = [members[i] for i in groups[case.case_id]]
         image, result, sk = run_case(s, case_members, cfg, notify=False, accept=True)
-        reference = read_ref(case.labels[label], label, case.case_id, label=True)
+        reference = read_ref(case.labels[label], label, case.case_id)
         if not reference.same_grid(image):
             raise GeometryError(case.labels[label].path, "reference label grid must equal the image grid",
                                 f"shape {reference.shape} vs {image.shape}",
                                 "resample the label onto the T2W with nearest neighbour")
         names = [m["member"] for m in result.info["members_used"]]
         if cross_validated:  # one name per architecture/config, pooled over folds
-            by_name = {m.name: m.meta.get("name", m.name) for m in case_members}
+            by_name = {m.name: m.meta.name or m.name for m in case_members}
             names = [by_name[n] for n in names]
         rev = result.info["review"]
         for r in score_case(result, reference.array[0], image.spacing, names, cfg.largest_component):
@@ -143,7 +143,7 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
         reviews[case.case_id] = {k: rev[k] for k in ("verdict", "reasons", "score")}
     summary = {"reference": str(ref), "label": label, "method": cfg.method, "n_cases": len(cases),
                "cross_validated": cross_validated,
-               "folds": {c: sorted({str(members[i].meta.get("fold")) for i in g}) for c, g in groups.items()}
+               "folds": {c: sorted({str(members[i].meta.fold) for i in g}) for c, g in groups.items()}
                if cross_validated else None,
                "members": [m.name for m in members], "skipped": skipped, "zones": paired_summary(rows),
                "per_case_dsc": _per_case_dsc(rows), "review": reviews}

@@ -16,12 +16,14 @@ needs force=True.
 
 from __future__ import annotations
 
-import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from mricore.modelfolder import write_model
 
 OPSET = 17
 
@@ -44,11 +46,10 @@ def export_member(member, dest: Path) -> None:
                           opset_version=OPSET, dynamo=False)
     imp = compute_importance_map(tuple(seg.patch), mode="gaussian", sigma_scale=0.125, device="cpu")
     np.save(dest / "importance.npy", imp.numpy().astype(np.float32))
-    meta = dict(member.meta)
-    meta["onnx"] = {"file": "model.onnx", "opset": OPSET, "input": "x (N, C, spatial...) normalised float32",
-                    "output": "logits (N, outputs, spatial...)", "importance": "importance.npy",
-                    "exported_from": member.path.name}
-    (dest / "model.json").write_text(json.dumps(meta, indent=1))
+    onnx = {"file": "model.onnx", "opset": OPSET, "input": "x (N, C, spatial...) normalised float32",
+            "output": "logits (N, outputs, spatial...)", "importance": "importance.npy",
+            "exported_from": member.path.name}
+    write_model(dest, replace(member.meta, onnx=onnx))
 
 
 def export(config, out_dir, force: bool = False) -> Path:

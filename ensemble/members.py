@@ -2,7 +2,7 @@
 weights_only=True) before any input is read.
 
 Checks made before any input is read or output written:
-- the folder is a complete segmenter model folder (mricore.modelfolder.read_model_meta / check_meta),
+- the folder is a complete segmenter model folder (mricore.modelfolder.read_model),
   its weights readable and matching its architecture (segment.inference.Segmenter.load), so a broken
   or hostile member is a one-line error naming it, not a traceback after the input was read; a folder
   written by `ensemble export` (model.onnx) runs on ONNX Runtime (segment.onnx_runtime.OnnxSegmenter);
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mricore.errors import ConfigError
-from mricore.modelfolder import check_meta, read_model_meta
+from mricore.modelfolder import ModelMeta, read_model
 from mricore.preprocess import PreprocessSpec
 from mricore.zones import LABEL_NAMES
 
@@ -29,7 +29,7 @@ from mricore.zones import LABEL_NAMES
 class Member:
     path: Path
     name: str            # unique in the ensemble: folder name, or parent/folder when folder names repeat
-    meta: dict           # model.json
+    meta: ModelMeta      # its model.json
     segmenter: object = field(compare=False, repr=False)  # segment.inference.Segmenter, loaded once
 
     @property
@@ -42,7 +42,7 @@ class Member:
 
     @property
     def validation(self) -> dict | None:
-        return self.meta.get("validation")
+        return self.meta.validation
 
 
 def read_members(paths: list[str | Path]) -> list[Member]:
@@ -54,8 +54,8 @@ def read_members(paths: list[str | Path]) -> list[Member]:
     folder_names = [p.name for p in paths]
     members, names = [], set()
     for p in paths:
-        meta = check_meta(read_model_meta(p), p, "segmenter")
-        labels = {str(k): v for k, v in (meta.get("labels") or {}).items()}
+        meta = read_model(p, "segmenter")
+        labels = {str(k): v for k, v in meta.labels.items()}
         if labels != LABEL_NAMES:
             raise ConfigError(f"member {p}", f"label scheme must be the platform's zones {LABEL_NAMES}",
                               labels or None, "remove this member or retrain it with the zone labels 0/1/2")

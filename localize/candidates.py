@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-ZONE_NAMES = {0: "outside", 1: "TZ", 2: "PZ"}
+from mricore.zones import CLASS_NAMES
 
 
 def extract_candidates(prob: np.ndarray, zones: np.ndarray, affine: np.ndarray, threshold: float,
@@ -34,7 +34,7 @@ def extract_candidates(prob: np.ndarray, zones: np.ndarray, affine: np.ndarray, 
         counts = np.bincount(z[z > 0], minlength=3)[1:] if (z > 0).any() else None
         ijk = np.argwhere(m).mean(0)
         ras = (affine @ np.r_[ijk, 1.0])[:3]
-        found.append({"score": float(prob[m].max()), "zone": ZONE_NAMES[0 if counts is None else int(counts.argmax()) + 1],
+        found.append({"score": float(prob[m].max()), "zone": CLASS_NAMES[0 if counts is None else int(counts.argmax()) + 1],
                       "volume_ml": vox * voxel_ml, "voxels": vox, "centroid_ijk": [float(v) for v in ijk],
                       "centroid_ras_mm": [float(v) for v in ras],
                       "centroid_lps_mm": [float(-ras[0]), float(-ras[1]), float(ras[2])], "_mask": m})

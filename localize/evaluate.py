@@ -20,7 +20,7 @@ import numpy as np
 
 from mricore.datasets import load_dataset, read_ref
 from mricore.errors import GeometryError, InputError
-from mricore.io import read_nifti, write_json
+from mricore.io import read_label, write_json
 from mricore.zones import SELECTORS
 
 
@@ -62,9 +62,9 @@ def evaluate(pred_dir: str, ref: str, out_dir: str, force: bool = False) -> dict
     for d, meta, zkey in preds:
         cid = meta["case_id"]
         model = meta["model"].get("name") or "model"  # folds of one config are one model (cross-validation)
-        lesion = read_ref(cases[cid].labels["lesion"], "lesion", cid, label=True)
-        zones = read_ref(cases[cid].labels[zkey], zkey, cid, label=True).array[0]
-        cand = read_nifti(d / "lesion_candidates.nii.gz", "candidates", cid, label=True)
+        lesion = read_ref(cases[cid].labels["lesion"], "lesion", cid)
+        zones = read_ref(cases[cid].labels[zkey], zkey, cid).array[0]
+        cand = read_label(d / "lesion_candidates.nii.gz", "candidates", cid)
         if not cand.same_grid(lesion):
             raise GeometryError(d / "lesion_candidates.nii.gz", "prediction must lie on the reference grid",
                                 f"shape {cand.shape} vs {lesion.shape}", "predict on the case's own t2.nii.gz")

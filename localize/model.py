@@ -15,7 +15,7 @@ import torch
 from mricore.classifiers import DEFAULT_CAM_LAYER, build_classifier
 from mricore.config import from_dict
 from mricore.errors import InputError
-from mricore.modelfolder import check_meta, load_weights, read_model_meta
+from mricore.modelfolder import load_weights, read_model
 from mricore.preprocess import Prepared, PreprocessSpec, prepare_label, preprocess
 from mricore.volume import Volume
 
@@ -57,18 +57,17 @@ class LesionModel:
     @classmethod
     def load(cls, folder: str | Path) -> "LesionModel":
         folder = Path(folder)
-        meta = check_meta(read_model_meta(folder), folder, KIND)
+        meta = read_model(folder, KIND)
         where = f"{folder}/model.json"
-        m = cls.build(from_dict(ModelConfig, meta["model"], where, "model."),
-                      from_dict(CandidateConfig, meta["candidates"], where, "candidates."),
-                      from_dict(PreprocessSpec, meta["preprocess"], where, "preprocess."))
+        m = cls.build(from_dict(ModelConfig, meta.model, where, "model."),
+                      from_dict(CandidateConfig, meta.candidates, where, "candidates."), meta.preprocess)
         try:
             m.net.load_state_dict(load_weights(folder))
         except (RuntimeError, TypeError) as e:
             raise InputError(folder / "weights.pt", "weights do not match the architecture in model.json",
                              str(e).splitlines()[0][:120], "re-export the model folder") from None
         m.net.eval()
-        m.meta, m.name = meta, folder.name
+        m.meta, m.name = meta.to_dict(), folder.name  # as model.json holds it (localize.predict reads it)
         return m
 
     @property

@@ -19,7 +19,7 @@ import torch
 
 from mricore.datasets import image_from_inputs, load_case
 from mricore.errors import GeometryError, InputError
-from mricore.io import read_nifti, write_json, write_nifti
+from mricore.io import read_label, write_json, write_nifti
 from mricore.preprocess import restore
 
 from .candidates import extract_candidates, patient_score
@@ -52,7 +52,7 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
 
         layer = check_layer(model.net, layer or model.cam_layer)
     image, _, info = load_case(case, model.spec.channels)
-    zones = read_nifti(zones_path, "zones", case.case_id, label=True)
+    zones = read_label(zones_path, "zones", case.case_id)
     if not zones.same_grid(image):
         raise GeometryError(zones_path, "the zone map must lie on the grid of the first input image",
                             f"shape {zones.shape} vs image {image.shape}",

@@ -18,7 +18,7 @@ at another contrast give the same lesions, only fainter or stronger.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -106,7 +106,7 @@ def crop_around(vol: Volume, mask: np.ndarray, margin_mm: float = 30.0) -> Volum
     hi = np.minimum(ij.max(0) + pad + 1, vol.shape[:2])
     affine = vol.affine.copy()
     affine[:3, 3] = (vol.affine @ np.r_[lo, 0, 1.0])[:3]
-    return Volume(vol.array[:, lo[0]:hi[0], lo[1]:hi[1]].copy(), affine, vol.channels, vol.case_id)
+    return replace(vol, array=vol.array[:, lo[0]:hi[0], lo[1]:hi[1]].copy(), affine=affine, header=None)
 
 
 def _texture(shape, rng: np.random.Generator, spread: float, sigma_vox=(1.5, 1.5, 0.5)) -> np.ndarray:
@@ -124,7 +124,7 @@ def insert(image: Volume, zones: Volume, lesions: list[Lesion], contrast: float,
     new image and the lesion mask (occupancy >= 0.5, uint8) on its grid. `zones` is resampled to the
     image's grid with nearest neighbour. The rng is drawn from even at contrast 0, so every contrast
     sees the same texture draws."""
-    z = resample_to(zones, image, label=True).array[0]
+    z = resample_to(zones, image).array[0]  # zones is a label map: nearest neighbour
     occ = np.zeros(image.shape, np.float32)
     for les in lesions:
         occ = np.maximum(occ, occupancy(les, image.shape, image.affine) * (z == les.zone))

@@ -12,6 +12,7 @@ repeats the run exactly. One process (no torchrun path: the data is a few thousa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from mricore.config import to_dict
 from mricore.datasets import load_case, load_dataset, read_ref
 from mricore.errors import ConfigError, InputError
 from mricore.io import replace_atomically
-from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder, start_run
+from mricore.modelfolder import ModelMeta, load_weights, read_model, run_folder, start_run, write_model
 from mricore.preprocess import prepare_label
 from mricore.splits import inner_patients, make_splits
 
@@ -43,7 +44,7 @@ def load_training_cases(cfg: LocalizeConfig, model: LesionModel) -> list[dict]:
         if cfg.data.label not in c.labels or zkey is None or any(ch not in c.images for ch in model.spec.channels):
             continue
         image, lesion, _ = load_case(c, model.spec.channels, cfg.data.label)
-        zones = read_ref(c.labels[zkey], zkey, c.case_id, label=True)
+        zones = read_ref(c.labels[zkey], zkey, c.case_id)
         ct = model.tiles_for(image, zones, clinical.get(c.case_id) or clinical.get(c.patient_id))
         lab = patch_labels(prepare_label(lesion, ct.prepared), ct.tiles, cfg.candidates.positive_min_voxels)
         out.append({"case": c, "tiles": ct, "y": lab, "positive": bool(lesion.array.any()), "zones_key": zkey})
@@ -73,7 +74,7 @@ def _init_from(net, folder: str, cfg: LocalizeConfig) -> dict:
     """Load a source model's matching tensors: a lesion classifier of the same backbone, or (for
     model.name dynunet_encoder) a DynUNet segmenter's contracting path, where every encoder tensor
     must load. The counts go into model.json."""
-    meta = read_model_meta(folder)
+    meta = read_model(folder).to_dict()
     kind = meta.get("kind")
     src = load_weights(folder)
     if kind == KIND:
@@ -191,8 +192,8 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
         inner_row = ck["row"]
     held_scores = _score(model, _stack(held), loss_fn) if held else None
     meta = _meta(cfg, fold, inner, held, inner_row, held_scores, best_epoch, pos_weight, transfer, len(ytr), n_pos)
-    meta["training"]["patients"] = len({i["case"].patient_id for i in tr})
-    save_model_folder(run_dir, net.state_dict(), {**meta, "history": history})
+    meta.training["patients"] = len({i["case"].patient_id for i in tr})
+    write_model(run_dir, replace(meta, history=history), net.state_dict())
     return run_dir
 
 
@@ -253,12 +254,12 @@ def _flip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _meta(cfg: LocalizeConfig, fold, inner, held, inner_row, held_scores, epoch, pos_weight, transfer,
-          n_train, n_pos) -> dict:
+          n_train, n_pos) -> ModelMeta:
     rule = ("inner: best epoch and early stopping by patch AUC on inner-validation patients drawn from the "
             "fold's training patients" if inner else "fixed: last epoch, no selection")
-    return {"kind": KIND, "name": cfg.name, "fold": fold, "model": to_dict(cfg.model),
-            "candidates": to_dict(cfg.candidates), "preprocess": to_dict(cfg.preprocess),
-            "channels": list(cfg.preprocess.channels), "outputs": "lesion logit per candidate patch (sigmoid)",
+    return ModelMeta(**{"kind": KIND, "name": cfg.name, "fold": fold, "model": to_dict(cfg.model),
+            "candidates": to_dict(cfg.candidates), "preprocess": cfg.preprocess,
+            "outputs": "lesion logit per candidate patch (sigmoid)",
             "patch_label": f">= {cfg.candidates.positive_min_voxels} '{cfg.data.label}' voxels in the patch centre",
             "training": {"patches": n_train, "positive_patches": n_pos, "pos_weight": pos_weight,
                          "balanced_sampling": cfg.train.balanced_sampling, "transfer": transfer},
@@ -270,4 +271,4 @@ def _meta(cfg: LocalizeConfig, fold, inner, held, inner_row, held_scores, epoch,
                 "split": f"fold {fold} of {cfg.data.folds} (patient-level, stratified by lesion presence); "
                          "held out: scored once after training, used for no decision",
                 "cases": [i["case"].case_id for i in held], "patch_auc": held_scores["auc"],
-                "loss": held_scores["loss"]}}
+                "loss": held_scores["loss"]}})

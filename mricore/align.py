@@ -99,13 +99,14 @@ def _separable_nearest(array: np.ndarray, scale: np.ndarray, offset: np.ndarray,
     return out
 
 
-def resample_to(vol: Volume, ref: Volume | tuple, label: bool = False) -> Volume:
-    """`vol` on the grid of `ref` (a Volume, or a (shape, affine) pair). No-op when grids match."""
+def resample_to(vol: Volume, ref: Volume | tuple) -> Volume:
+    """`vol` on the grid of `ref` (a Volume, or a (shape, affine) pair). No-op when grids match.
+    Its kind decides: an image is interpolated linearly, a label map takes its nearest voxel's value."""
     shape, affine = (ref.shape, ref.affine) if isinstance(ref, Volume) else ref
     if same_grid(vol.shape, vol.affine, shape, affine):
         return vol
-    arr = resample_array(vol.array, vol.affine, affine, shape, order=0 if label else 1)
-    return Volume(arr, affine, vol.channels, vol.case_id, ref.header if isinstance(ref, Volume) else None)
+    arr = resample_array(vol.array, vol.affine, affine, shape, order=0 if vol.is_label else 1)
+    return Volume(arr, affine, vol.channels, vol.case_id, ref.header if isinstance(ref, Volume) else None, vol.kind)
 
 
 def register_rigid(fixed: Volume, moving: Volume, iterations: int = 100, seed: int = 0):

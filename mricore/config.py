@@ -4,6 +4,12 @@
 - Types are checked (int/float/str/bool, lists, tuples, nested dataclasses, Optional, Literal).
 - Cross-field rules live in each dataclass's `validate()` and raise `ConfigError`.
 - `--set a.b=value` overrides are parsed as YAML scalars and applied before checking.
+- Paths (keys named in PATH_KEYS, e.g. data.root, output_dir, members): a relative path is relative to
+  where it is written, the config file's folder for a value in the file and the working directory
+  for a `--set` value (as for every path typed on a command line); the loaded config holds them
+  absolute, so its saved copy means the same wherever it is read. Defaults are relative to the
+  working directory.
+- Loaded configs are frozen dataclasses: a change is a new object (`dataclasses.replace`).
 - The resolved config is written beside every output with `save_config`.
 
 Example:
@@ -26,6 +32,9 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from .errors import ConfigError
+
+# Config keys (the last part of a dotted key, at any depth) whose values are paths or lists of paths.
+PATH_KEYS = frozenset({"root", "output_dir", "splits_file", "init_from", "members"})
 
 # Numbers in exponent notation without a dot (1e-3), which YAML 1.1 leaves as strings.
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -163,8 +172,29 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def resolve_paths(data, base: Path):
+    """`data` (a parsed config mapping) with every relative path under a PATH_KEYS key made absolute
+    against `base`; other values, and values of the wrong type (from_dict reports them), unchanged."""
+    def one(v):
+        return str((base / v).resolve()) if isinstance(v, str) and v and not Path(v).is_absolute() else v
+
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out[k] = resolve_paths(v, base)
+        elif k in PATH_KEYS:
+            out[k] = [one(x) for x in v] if isinstance(v, list) else one(v)
+        else:
+            out[k] = v
+    return out
+
+
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
-    """Load YAML `path` (or defaults when None), apply `--set` overrides, check, return a `cls`."""
+    """Load YAML `path` (or defaults when None), apply `--set` overrides, check, return a `cls`.
+    Relative paths: see PATH_KEYS (the config file's folder for the file, the working directory for
+    overrides)."""
     data: dict = {}
     where = "defaults"
     if path is not None:
@@ -180,8 +210,9 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
             raise ConfigError(path, "config must be a UTF-8 YAML text file", "binary content", "pass a .yaml file") from None
         except yaml.YAMLError as e:
             raise ConfigError(path, "not valid YAML", str(e).splitlines()[0], "fix the syntax") from None
+        data = resolve_paths(data, path.resolve().parent)
     if overrides:
-        data = deep_merge(data, parse_overrides(overrides))
+        data = deep_merge(data, resolve_paths(parse_overrides(overrides), Path.cwd()))
         where += " (with --set)"
     return from_dict(cls, data, where)
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
 from .align import alignment_score, register_rigid, resample_to
 from .errors import GeometryError, InputError
-from .io import read_nifti
+from .io import read_label, read_nifti
 from .volume import Volume, stack
 
 # Channel name -> file stem in case folders. Extend with `files:` in a config for new sequences.
@@ -34,10 +34,12 @@ MSD_NAMES = {"T2": "T2W", "T2W": "T2W", "ADC": "ADC", "DWI": "DWI", "HBV": "DWI"
 
 @dataclass(frozen=True)
 class ImageRef:
-    """A file, and the index along its 4th axis for 4D MSD images (None for 3D files)."""
+    """A file, the index along its 4th axis for 4D MSD images (None for 3D files), and what it holds:
+    "image" or "label" (a label map; `Case` marks every ref in its `labels` so)."""
 
     path: Path
     index: int | None = None
+    kind: str = "image"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class Case:
     images: dict = field(default_factory=dict)   # channel name -> ImageRef
     labels: dict = field(default_factory=dict)   # label key ('zones', 'lesion', ...) -> ImageRef
     dataset: str = ""
+
+    def __post_init__(self):  # a reference under `labels` is a label map, however it was made
+        object.__setattr__(self, "labels", {k: replace(r, kind="label") if isinstance(r, ImageRef) else r
+                                            for k, r in self.labels.items()})
 
 
 def _nii(folder: Path, stem: str) -> Path | None:
@@ -195,17 +201,18 @@ def is_dicom_folder(p: Path) -> bool:
         f.is_file() and f.suffix.lower() not in NOT_DICOM for f in entries)
 
 
-def read_ref(ref: ImageRef, name: str, case_id: str, label: bool = False) -> Volume:
-    """One channel of a case: a 3D NIfTI file, one volume of a 4D MSD file (with read_nifti's checks),
-    or a DICOM series folder (mricore.dicom.read_dicom_series; images only)."""
+def read_ref(ref: ImageRef, name: str, case_id: str) -> Volume:
+    """One channel or label map of a case, as its kind says: a 3D NIfTI file, one volume of a 4D MSD
+    file (with read_nifti's / read_label's checks), or a DICOM series folder (images only)."""
     if ref.path.is_dir():
-        if label:
+        if ref.kind == "label":
             raise InputError(ref.path, "label maps are read from NIfTI files", "a DICOM folder",
                              "convert the label map to .nii.gz")
         from .dicom import read_dicom_series
 
         return read_dicom_series(ref.path, name, case_id)
-    return read_nifti(ref.path, name, case_id, label=label, index=ref.index)
+    reader = read_label if ref.kind == "label" else read_nifti
+    return reader(ref.path, name, case_id, index=ref.index)
 
 
 def load_case(case: Case, channels: list[str], label_key: str | None = None, register: bool = False,
@@ -243,7 +250,7 @@ def load_case(case: Case, channels: list[str], label_key: str | None = None, reg
     if label_key is not None:
         if label_key not in case.labels:
             raise InputError(case.case_id, f"label '{label_key}' not found", sorted(case.labels), "")
-        label = read_ref(case.labels[label_key], label_key, case.case_id, label=True)
+        label = read_ref(case.labels[label_key], label_key, case.case_id)
         if not label.same_grid(ref):
             raise GeometryError(case.labels[label_key].path, "label grid must equal its image grid",
                                 f"shape {label.shape} vs image {ref.shape}",

@@ -87,9 +87,11 @@ class RegionScore(nn.Module):
         return (logits[:, self.channel] * self.mask).flatten(1).sum(1, keepdim=True)
 
 
-def region_cam(net: nn.Module, x: torch.Tensor, layer: str, channel: int, mask: torch.Tensor) -> np.ndarray:
+def region_cam(net: nn.Module, x: torch.Tensor, layer: str, channel: int, mask: torch.Tensor,
+               scale: bool = True) -> np.ndarray:
     """Grad-CAM of RegionScore (ReLU of gradient-weighted activations, upsampled) -> (N, *spatial) float32,
-    scaled to [0, 1] over the whole batch (one scale for all slices of a volume)."""
+    scaled to [0, 1] over the whole batch (one scale for all slices of a volume); scale=False leaves it
+    unscaled, for a caller that blends batches (windows) first and scales the volume once."""
     from monai.visualize import GradCAM
 
     check_layer(net, layer)
@@ -97,6 +99,8 @@ def region_cam(net: nn.Module, x: torch.Tensor, layer: str, channel: int, mask: 
     cam = GradCAM(nn_module=wrapped, target_layers=f"net.{layer}", postprocessing=_identity)
     with torch.enable_grad():
         out = cam(x.detach().float().requires_grad_(True), class_idx=0)[:, 0].detach().cpu().numpy().astype(np.float32)
+    if not scale:
+        return out
     top = float(out.max())
     return out / top if top > 0 else out
 

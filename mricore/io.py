@@ -57,20 +57,32 @@ def load_nifti_image(path: str | Path) -> nib.Nifti1Image:
     return img
 
 
-def read_nifti(path: str | Path, channel: str = "image", case_id: str = "",
-               label: bool = False, index: int | None = None) -> Volume:
-    """Read one 3D NIfTI file (or one volume of a 4D file) into a one-channel `Volume`.
+def read_nifti(path: str | Path, channel: str = "image", case_id: str = "", index: int | None = None) -> Volume:
+    """Read one 3D NIfTI image (or one volume of a 4D file) into a one-channel float32 `Volume` of
+    kind "image" (interpolated when resampled). Label maps are read with `read_label`.
 
     Args:
         path: .nii or .nii.gz file holding a 3D image (a trailing axis of length 1 is dropped).
         channel: the channel name to give it.
-        label: read as an integer label map (uint8), checking values are whole numbers.
         index: for 4D files (MSD layout), the volume along the 4th axis to read; None for 3D files.
 
     Raises:
-        InputError: missing/unreadable file, not 3D (or index out of range), NaN/Inf voxels,
-            non-integer labels.
+        InputError: missing/unreadable file, not 3D (or index out of range), NaN/Inf voxels.
     """
+    return _read(path, channel, case_id, index, "image")
+
+
+def read_label(path: str | Path, channel: str = "label", case_id: str = "", index: int | None = None) -> Volume:
+    """Read one 3D NIfTI label map into a one-channel uint8 `Volume` of kind "label" (never
+    interpolated: every resampling takes the nearest voxel's value).
+
+    Raises:
+        InputError: as `read_nifti`, and values that are not whole numbers in 0..255.
+    """
+    return _read(path, channel, case_id, index, "label")
+
+
+def _read(path, channel: str, case_id: str, index: int | None, kind: str) -> Volume:
     img = load_nifti_image(path)
     shape = img.shape
     if index is not None:
@@ -92,7 +104,7 @@ def read_nifti(path: str | Path, channel: str = "image", case_id: str = "",
     except Exception as e:
         raise InputError(path, "voxel data could not be read", type(e).__name__,
                          "the file is truncated or corrupt; re-export it") from None
-    if label:
+    if kind == "label":
         if not np.issubdtype(data.dtype, np.integer):
             if not np.all(np.isfinite(data)) or not np.all(np.equal(np.mod(data, 1), 0)):
                 raise InputError(path, "label maps must hold whole numbers", "fractional or NaN values",
@@ -106,7 +118,7 @@ def read_nifti(path: str | Path, channel: str = "image", case_id: str = "",
             n = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
             raise InputError(path, "voxels must be finite", f"{n} NaN/Inf voxels",
                              "replace NaN/Inf (e.g. with 0) before use")
-    return Volume(data[None], img.affine, (channel,), case_id, img.header.copy())
+    return Volume(data[None], img.affine, (channel,), case_id, img.header.copy(), kind)
 
 
 def check_affine(affine: np.ndarray, where) -> None:

@@ -21,7 +21,7 @@ from .config import ConfigError, to_dict
 from .volume import Volume
 
 
-@dataclass
+@dataclass(frozen=True)
 class ChannelNorm:
     """Intensity rule for one channel.
 
@@ -54,7 +54,7 @@ DEFAULT_NORMS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreprocessSpec:
     """How raw volumes become network input. Saved in every model folder.
 
@@ -160,17 +160,23 @@ def preprocess(vol: Volume, spec: PreprocessSpec) -> Prepared:
 
 def prepare_label(label: Volume, prepared: Prepared) -> np.ndarray:
     """A label map (1, I, J, K) on the original grid -> (I, J, K) uint8 on the working grid (nearest)."""
+    if not label.is_label:
+        from .errors import InputError
+
+        raise InputError(label.case_id or "label", "prepare_label takes a label map", f"a volume of kind {label.kind}",
+                         "read it with mricore.io.read_label")
     return resample_array(label.array, label.affine, prepared.affine, prepared.array.shape[1:], order=0)[0]
 
 
-def restore(array: np.ndarray, prepared: Prepared, label: bool = False,
-            fill: list[float] | None = None) -> np.ndarray:
+def restore(array: np.ndarray, prepared: Prepared, fill: list[float] | None = None) -> np.ndarray:
     """Inverse of `preprocess` for outputs: (C, working grid) -> (C, original grid).
 
-    Probabilities use linear interpolation; `fill` gives per-channel values outside the working grid
-    (e.g. 1 for background). Labels use nearest neighbour and 0 outside.
+    The array's type decides, as a Volume's kind does: an integer array is a label map (or an index
+    map) and takes the nearest voxel's value, 0 outside the working grid; a floating array
+    (probabilities, heat maps) is interpolated linearly, `fill` giving per-channel values outside
+    the working grid (e.g. 1 for background).
     """
-    if label:
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
         return resample_array(array, prepared.affine, prepared.original_affine, prepared.original_shape, order=0)
     out = resample_array(array.astype(np.float32), prepared.affine, prepared.original_affine,
                          prepared.original_shape, order=1, cval=np.nan)

@@ -56,7 +56,7 @@ class Check:
         return f"{self.name} {v} (expected {self.expected})"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReviewConfig:
     """Limits of the checks. Geometry limits are acquisition facts; the content limits (dark fraction,
     sharpness, noise, non-uniformity) and the output limits (disagreement, entropy, PZ/TZ intensity) are

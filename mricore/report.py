@@ -140,12 +140,12 @@ def _pick_overlays(overlays, table, models, zones, metrics) -> list[tuple[str, d
 
 def _overlay_png(entry: dict, caption: str) -> bytes:
     from .errors import GeometryError
-    from .io import read_nifti
+    from .io import read_label, read_nifti
     from .plots import overlay
 
     image = read_nifti(entry["image"], "image", str(entry["case_id"]))
-    ref = read_nifti(entry["ref"], "ref", str(entry["case_id"]), label=True)
-    pred = read_nifti(entry["pred"], "pred", str(entry["case_id"]), label=True)
+    ref = read_label(entry["ref"], "ref", str(entry["case_id"]))
+    pred = read_label(entry["pred"], "pred", str(entry["case_id"]))
     for v, name in ((ref, "ref"), (pred, "pred")):
         if v.shape != image.shape:
             raise GeometryError(entry[name], "overlay volumes must share the image grid",

@@ -14,6 +14,11 @@ import numpy as np
 
 from .errors import GeometryError
 
+# What a volume holds decides how it is resampled: an image is interpolated (linear), a label map
+# never is (nearest neighbour, so no new label value can appear). Readers set it (mricore.io.read_nifti
+# / read_label); every resampling (mricore.align.resample_to, mricore.preprocess) follows it.
+KINDS = ("image", "label")
+
 # Two grids are "the same" when shapes are equal and affines agree to this many mm (voxel corners).
 GRID_ATOL_MM = 1e-3
 
@@ -29,6 +34,7 @@ class Volume:
         case_id: patient/case identifier; splits are made on it.
         header: optional NIfTI header of the source file, used to write outputs "like the input"
             (qform/sform codes kept). Not compared.
+        kind: "image" (interpolated when resampled) or "label" (integer label map, nearest neighbour).
 
     Example:
         >>> v = Volume(np.zeros((1, 4, 4, 2), np.float32), np.eye(4), ("T2W",), "case0")
@@ -41,6 +47,7 @@ class Volume:
     channels: tuple[str, ...]
     case_id: str = ""
     header: Any = field(default=None, compare=False, repr=False)
+    kind: str = "image"
 
     def __post_init__(self):
         a = np.asarray(self.affine, dtype=np.float64)
@@ -49,12 +56,21 @@ class Volume:
         if self.array.ndim != 4:
             raise GeometryError(self.case_id or "volume", "array must be (C, I, J, K)",
                                 f"shape {self.array.shape}", "add a channel axis or drop extra axes")
+        if self.kind not in KINDS:
+            raise GeometryError(self.case_id or "volume", f"kind must be one of {list(KINDS)}", repr(self.kind), "")
+        if self.kind == "label" and not np.issubdtype(self.array.dtype, np.integer):
+            raise GeometryError(self.case_id or "volume", "a label map holds integers", f"dtype {self.array.dtype}",
+                                "read it with mricore.io.read_label or round it first")
         if a.shape != (4, 4):
             raise GeometryError(self.case_id or "volume", "affine must be 4x4", a.shape, "")
         if len(self.channels) != self.array.shape[0]:
             raise GeometryError(self.case_id or "volume", "one channel name per channel",
                                 f"{len(self.channels)} names for {self.array.shape[0]} channels",
                                 "pass matching channel names")
+
+    @property
+    def is_label(self) -> bool:
+        return self.kind == "label"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -99,6 +115,9 @@ def stack(volumes: list[Volume], case_id: str | None = None) -> Volume:
                                 "channels must share the reference grid before stacking",
                                 f"shape {v.shape} vs {first.shape}",
                                 "align them first (mricore.align.resample_to / align_case)")
+        if v.kind != first.kind:
+            raise GeometryError(f"{v.case_id}:{','.join(v.channels)}", "an image and a label map cannot be stacked",
+                                f"{v.kind} onto {first.kind}", "stack images with images")
     arr = np.concatenate([v.array for v in volumes], axis=0)
     names = tuple(n for v in volumes for n in v.channels)
-    return Volume(arr, first.affine, names, case_id or first.case_id, first.header)
+    return Volume(arr, first.affine, names, case_id or first.case_id, first.header, first.kind)

@@ -8,9 +8,9 @@ from typing import Literal
 from mricore.config import ConfigError
 from mricore.preprocess import PreprocessSpec
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
-    root: str = "../shared/data"          # dataset folder, MSD folder or datalist (relative to the CWD)
+    root: str = "../shared/data"          # dataset folder, MSD folder or datalist (in a file: relative to it)
     datasets: list[str] = field(default_factory=list)  # keep only these dataset names ([] = all)
     label: str = "zones"                  # expert label key
     silver_label: str | None = None       # used where `label` is missing (e.g. zones_ai); never for validation
@@ -30,7 +30,7 @@ class DataConfig:
                               "or set train.selection: fixed to train without an inner split")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "unet"                    # registry name: unet, dynunet, segresnet
     spatial_dims: Literal[2, 3] = 2
@@ -52,7 +52,7 @@ class ModelConfig:
             raise ConfigError(where, "model.dropout must be in [0, 1)", self.dropout, "")
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
     mode: Literal["online", "offline", "none"] = "online"
     offline_copies: int = 4               # copies per case written by `segment augment`
@@ -77,7 +77,7 @@ class AugmentConfig:
                 raise ConfigError(where, f"augment.{k} is a probability in [0, 1]", v, "")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
     iters_per_epoch: int = 50
@@ -115,7 +115,7 @@ class TrainConfig:
             raise ConfigError(where, "train.weight_decay must be >= 0", self.weight_decay, "e.g. 0.0001")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictConfig:
     whole_slice: bool | None = None       # 2D/2.5D: each slice in one pass, padded to the network's divisor (no
                                           # overlapping tiles; up to max_slice_px per side). None = auto: on unless
@@ -130,7 +130,7 @@ class PredictConfig:
     mode: Literal["gaussian", "constant"] = "gaussian"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegmentConfig:
     name: str = "zonal"
     output_dir: str = "runs"              # model folders go to output_dir/name/fold_K
@@ -163,3 +163,11 @@ class SegmentConfig:
 def n_outputs(scheme: str) -> int:
     """multiclass: background, TZ, PZ (softmax); regions: WG, TZ (sigmoid, PZ = WG - TZ)."""
     return 3 if scheme == "multiclass" else 2
+
+
+def segmenter_configs(meta, folder) -> tuple[ModelConfig, PredictConfig]:
+    """The architecture and predict settings of a segmenter model folder's description (ModelMeta)."""
+    from mricore.config import from_dict
+
+    where = f"{folder}/model.json"
+    return from_dict(ModelConfig, meta.model, where, "model."), from_dict(PredictConfig, meta.predict, where, "predict.")

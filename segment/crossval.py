@@ -29,7 +29,6 @@ from mricore.stats import fmt, summarize
 
 from .config import SegmentConfig
 from .inference import Segmenter
-from .predict import predict_volume
 from .train import train
 
 METRICS = ("dsc", "sensitivity", "precision", "hd95", "assd")
@@ -50,12 +49,12 @@ def cross_validate(cfg: SegmentConfig, force: bool = False, init_from: str | Non
     for k in range(cfg.data.folds):
         model_dir = train(cfg, k, init_from=init_from, force=force, progress=progress)
         seg = Segmenter.load(model_dir)
-        val_ids = (seg.meta.get("validation") or {}).get("cases", [])
-        folds.append({"fold": k, "model": str(model_dir), "val": val_ids, "best_epoch": seg.meta.get("best_epoch"),
-                      "selection": (seg.meta.get("selection") or {}).get("rule")})
+        val_ids = (seg.meta.validation or {}).get("cases", [])
+        folds.append({"fold": k, "model": str(model_dir), "val": val_ids, "best_epoch": seg.meta.best_epoch,
+                      "selection": (seg.meta.selection or {}).get("rule")})
         for cid in val_ids:
             image, ref, _ = load_case(cases[cid], seg.channels, cfg.data.label, register=cfg.data.register)
-            label, _ = predict_volume(seg, image)
+            label = seg.predict(image).label
             write_nifti(label, image, cv_dir / "predictions" / f"{cid}.nii.gz", dtype=np.uint8, force=True)
             m = zone_metrics(label, ref.array[0], image.spacing)
             rows.append({"fold": k, "case_id": cid,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mricore.datasets import load_dataset, read_ref
 from mricore.errors import GeometryError, InputError
-from mricore.io import read_nifti
+from mricore.io import read_label
 from mricore.metrics import zone_metrics
 
 # Columns in the report, in this order (the raw confusion counts stay in metrics.csv too).
@@ -97,8 +97,8 @@ def evaluate(pred_dir, ref, out_dir, label: str = "zones", force: bool = False, 
         raise OutputExistsError(existing[0], "report exists", None, "pass --force, or choose another folder")
     pairs = []
     for c in matched:  # check every grid before computing anything
-        refv = read_ref(c.labels[label], label, c.case_id, label=True)
-        predv = read_nifti(preds[c.case_id], "pred", c.case_id, label=True)
+        refv = read_ref(c.labels[label], label, c.case_id)
+        predv = read_label(preds[c.case_id], "pred", c.case_id)
         if not predv.same_grid(refv):
             raise GeometryError(preds[c.case_id], f"prediction must lie on the reference grid of {c.case_id}",
                                 f"shape {predv.shape} vs {refv.shape} (or a different affine)",

@@ -1,8 +1,9 @@
 """`segment predict --explain ZONE`: Grad-CAM of a segmenter for one zone (mricore.gradcam).
 
 The explained score is the sum of the zone's logits inside the zone the model itself predicts on the
-clean input (RegionScore); the heat map is computed on the working grid (2D models slice by slice,
-one scale for the whole volume), restored to the input grid and written as
+clean input (RegionScore), taken from the label map the inference writes; the heat map is computed on
+the working grid through the inference's own tiling (the same whole, padded slices, or the same
+sliding windows blended alike; one scale for the whole volume), restored to the input grid and written as
 `<case>_gradcam_<ZONE>.nii.gz` (float32 in [0, 1]) and `<case>_gradcam_<ZONE>.png`. The faithfulness
 check (score drop when the top 10 % CAM voxels are masked vs random voxels) goes to
 `<case>_gradcam_<ZONE>.json`.
@@ -19,13 +20,10 @@ from mricore.errors import UserError
 from mricore.io import check_absent, write_json, write_nifti
 
 from .inference import Segmenter
-from .windows import slices_with_context
-from .networks import class_probabilities
 
 # Logit channel explained per zone and label scheme (multiclass: bg, TZ, PZ; regions: WG, TZ|gland).
 ZONE_CHANNEL = {"multiclass": {"TZ": 1, "PZ": 2}, "regions": {"WG": 0, "TZ": 1}}
 DEFAULT_LAYER = {"unet": "model.0", "dynunet": "input_block", "segresnet": "down_layers.1"}
-PAD = 16  # spatial sizes padded to a multiple of this so every U-Net level divides evenly
 
 
 def check_zone(seg: Segmenter, zone: str) -> int:
@@ -52,49 +50,59 @@ def check_explain(model_dir: str, zone: str, case_ids: list[str], out_dir: str, 
     return seg, ch, layer
 
 
-def _pad(x: torch.Tensor, dims: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    size = x.shape[2:]
-    pads = []
-    for n in reversed(size[-dims:]):
-        pads += [0, (-n) % PAD]
-    return torch.nn.functional.pad(x, pads, mode="replicate" if dims == 2 else "constant"), tuple(size)
+def cam_through_inference(seg: Segmenter, x: torch.Tensor, layer: str, channel: int, mask: torch.Tensor) -> np.ndarray:
+    """Grad-CAM of RegionScore over the network input `x` (segment.windows.network_input) and the
+    region `mask` (same layout, bool), computed through `Segmenter.tiled`: the same whole slices (and
+    their padding) or the same sliding windows and blending as the inference, one scale for the volume.
+    Returns (N, *spatial) float32 in [0, 1]."""
+    from mricore.gradcam import region_cam
+
+    def cam(xm: torch.Tensor) -> torch.Tensor:  # the region travels as an extra channel, padded alike
+        xi, m = xm[:, :-1], xm[:, -1] > 0.5
+        return torch.from_numpy(region_cam(seg.net, xi, layer, channel, m, scale=False))[:, None]
+
+    xm = torch.cat([x, mask[:, None].to(x.dtype)], 1)
+    out = seg.tiled(xm, cam)[:, 0].numpy().astype(np.float32)
+    top = float(out.max())
+    return out / top if top > 0 else out
 
 
 def explain_volume(seg: Segmenter, channel: int, layer: str, zone: str, image, out_dir: str, force: bool = False) -> dict:
-    """Grad-CAM of one zone for one image Volume; writes the NIfTI, PNG and JSON; returns the JSON dict."""
-    from mricore.gradcam import RegionScore, faithfulness, region_cam, save_overlay
+    """Grad-CAM of one zone for one image Volume; writes the NIfTI, PNG and JSON; returns the JSON dict.
+
+    The explained region is the zone in the label map the inference itself writes on the working grid
+    (`Segmenter.probabilities`, the same preprocessing, windows or whole slices, and TTA), and the
+    heat map runs through the same tiling (`cam_through_inference`)."""
+    from mricore.gradcam import faithfulness, save_overlay
     from mricore.preprocess import preprocess, restore
+    from mricore.zones import labels_from_probabilities
+
+    from .windows import network_input, working_layout
 
     prep = preprocess(image, seg.spec)
-    dims = seg.model_cfg.spatial_dims
-    arr = slices_with_context(prep.array, seg.model_cfg.context) if dims == 2 else prep.array[None]
-    x, size = _pad(torch.from_numpy(np.ascontiguousarray(arr)), dims)
-    net = seg.net.eval()
-    with torch.no_grad():
-        prob = class_probabilities(net(x), seg.model_cfg.label_scheme)
+    work_label = labels_from_probabilities(seg.probabilities(prep.array))      # (I, J, K) as written
     label = {"multiclass": {1: 1, 2: 2}, "regions": {0: None, 1: 1}}[seg.model_cfg.label_scheme][channel]
-    mask = (prob.argmax(1) > 0) if label is None else (prob.argmax(1) == label)
-    cam = region_cam(net, x, layer, channel, mask)
-    crop = tuple(slice(0, n) for n in size)
-    cam = cam[(slice(None),) + crop]
-    work = cam.transpose(1, 2, 0) if dims == 2 else cam[0]  # back to (I, J, K)
-    heat = np.clip(restore(work[None], prep)[0], 0, 1)
-    scorer = RegionScore(net, channel, mask).eval()
+    region = (work_label > 0) if label is None else (work_label == label)
+    x = torch.from_numpy(network_input(prep.array, seg.model_cfg))
+    # The region in the network's layout: (K, I, J) slices for 2D models, (1, I, J, K) for 3D.
+    mask = torch.from_numpy(np.ascontiguousarray(region.transpose(2, 0, 1) if seg.model_cfg.spatial_dims == 2
+                                                 else region[None]))
+    seg.net.eval()
+    cam = cam_through_inference(seg, x, layer, channel, mask)
+    heat = np.clip(restore(working_layout(cam[:, None], seg.model_cfg), prep)[0], 0, 1)
 
     @torch.no_grad()
-    def score(t):
-        return float(scorer(t).sum())
+    def score(t):  # the explained score, through the inference's own tiling
+        return float((seg.logits(t)[:, channel] * mask).sum())
 
-    check = faithfulness(score, x, np.pad(cam, [(0, 0)] + [(0, p - n) for p, n in zip(x.shape[2:], size)]),
-                         top_k=10.0, n_random=3)
+    check = faithfulness(score, x, cam, top_k=10.0, n_random=3)
     nii, png, js = outputs(Path(out_dir), image.case_id, zone)
     write_nifti(heat.astype(np.float32), image, nii, force=force)
-    m = mask.numpy()[(slice(None),) + crop].astype(np.uint8)
-    region = restore((m.transpose(1, 2, 0) if dims == 2 else m[0])[None], prep, label=True)[0] > 0
-    save_overlay(image.array[0], heat, png, title=f"{image.case_id} {zone.upper()} Grad-CAM", contour=region, force=force)
+    contour = restore(region[None].astype(np.uint8), prep)[0] > 0
+    save_overlay(image.array[0], heat, png, title=f"{image.case_id} {zone.upper()} Grad-CAM", contour=contour, force=force)
     info = {"case_id": image.case_id, "zone": zone.upper(), "layer": layer, "target":
             "sum of the zone's logits inside the zone the model predicts (RegionScore)",
-            "predicted_voxels_working_grid": int(mask.sum()), "faithfulness": check, "files": [nii.name, png.name]}
+            "predicted_voxels_working_grid": int(region.sum()), "faithfulness": check, "files": [nii.name, png.name]}
     write_json(info, js, force=True)
     return info
 

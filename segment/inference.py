@@ -1,7 +1,7 @@
-"""Sliding-window inference of one segmenter on a preprocessed array, and post-processing.
-
-`Segmenter.probabilities(prepared.array)` -> (3, I, J, K) float32 background/TZ/PZ probabilities on
-the working grid. 2D models run slice-wise (2.5D stacks neighbours as channels): by default each
+"""A segmenter applied to a volume: `Segmenter.predict(volume)` preprocesses, runs the network and
+restores zones and probabilities onto the input grid (segment.prediction); `Segmenter.probabilities(
+prepared.array)` is the lower-level call on an already preprocessed array -> (3, I, J, K) float32
+background/TZ/PZ probabilities on the working grid (the ensemble preprocesses once per spec and calls it). 2D models run slice-wise (2.5D stacks neighbours as channels): by default each
 whole slice in one pass, edge-padded to a multiple of the network's size divisor and cropped back
 (`predict.whole_slice`; a prostate working slice of ~200 x 200 px would otherwise go through 2 x 2
 overlapping 160-px tiles, 2.6x the pixels); 3D models, and slices larger than `predict.max_slice_px`,
@@ -16,87 +16,94 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mricore.config import from_dict
+from mricore.config import to_dict
 from mricore.errors import InputError
-from mricore.modelfolder import check_meta, load_weights, read_model_meta
+from mricore.modelfolder import ModelMeta, load_weights, read_model, write_model
 from mricore.preprocess import PreprocessSpec
+from mricore.zones import LABEL_NAMES
 
-from .config import ModelConfig, PredictConfig
+from .config import ModelConfig, PredictConfig, segmenter_configs
 from .networks import build_network, class_probabilities
-from .windows import runs_whole_slices, size_divisor, slices_with_context, uses_whole_slices, whole_slices
+from .prediction import VolumePredictor
+from .windows import network_input, runs_whole_slices, size_divisor, uses_whole_slices, whole_slices, working_layout
+
+OUTPUTS = "class probabilities (background, TZ, PZ); WG = TZ + PZ"
 
 
-class Segmenter:
+class Segmenter(VolumePredictor):
     """A network plus everything needed to run it: built from a model folder or from parts."""
 
     def __init__(self, net: torch.nn.Module, model_cfg: ModelConfig, spec: PreprocessSpec, patch: list[int],
-                 predict_cfg: PredictConfig | None = None, meta: dict | None = None, name: str = ""):
+                 predict_cfg: PredictConfig | None = None, meta: ModelMeta | None = None, name: str = ""):
         self.net = net.eval()
         self.model_cfg, self.spec, self.patch = model_cfg, spec, list(patch)
         self.predict_cfg = predict_cfg or PredictConfig()
-        self.meta = meta or {}
+        self.meta = meta or self.describe()
         self.name = name
 
     @classmethod
-    def load(cls, folder: str | Path, meta: dict | None = None) -> "Segmenter":
-        """Build the network of a model folder and load its weights; `meta` is its model.json when the
+    def load(cls, folder: str | Path, meta: ModelMeta | None = None) -> "Segmenter":
+        """Build the network of a model folder and load its weights; `meta` is its description when the
         caller has read it already (an ensemble reads each member's once)."""
         folder = Path(folder)
-        meta = check_meta(read_model_meta(folder) if meta is None else meta, folder, "segmenter")
-        mcfg = from_dict(ModelConfig, meta["model"], f"{folder}/model.json", "model.")
-        spec = from_dict(PreprocessSpec, meta["preprocess"], f"{folder}/model.json", "preprocess.")
-        pcfg = from_dict(PredictConfig, meta.get("predict", {}), f"{folder}/model.json", "predict.")
-        net = build_network(mcfg, len(spec.channels))
+        meta = read_model(folder, "segmenter") if meta is None else meta
+        mcfg, pcfg = segmenter_configs(meta, folder)
+        net = build_network(mcfg, len(meta.channels))
         try:
             net.load_state_dict(load_weights(folder))
         except (RuntimeError, TypeError) as e:
             raise InputError(folder / "weights.pt", "weights do not match the architecture in model.json",
                              str(e).splitlines()[0][:120], "re-export the model folder") from None
-        return cls(net, mcfg, spec, meta["patch"], pcfg, meta, folder.name)
+        return cls(net, mcfg, meta.preprocess, meta.patch, pcfg, meta, folder.name)
 
-    @property
-    def channels(self) -> list[str]:
-        return list(self.spec.channels)
+    def describe(self, **record) -> ModelMeta:
+        """The model folder description of this segmenter; `record` adds the training record (name,
+        fold, best_epoch, history_epochs, selection, validation)."""
+        return ModelMeta("segmenter", to_dict(self.model_cfg), self.spec, patch=list(self.patch),
+                         predict=to_dict(self.predict_cfg), labels=dict(LABEL_NAMES), outputs=OUTPUTS, **record)
+
+    def save(self, folder: str | Path, **record) -> Path:
+        """Write this segmenter as a model folder (weights and model.json; see `describe`)."""
+        return write_model(folder, self.describe(**record), self.net.state_dict())
 
     @property
     def whole_slice(self) -> bool:
         return uses_whole_slices(self.model_cfg, self.predict_cfg)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        from monai.inferers import sliding_window_inference
-
+    def tiled(self, x: torch.Tensor, fn) -> torch.Tensor:
+        """`fn` (network input batch -> output batch) applied the way inference applies the network:
+        2D slices (K, C, H, W) whole, edge-padded to the size divisor, `sw_batch_size` per call; else
+        windows of the training patch blended as MONAI's sliding window blends them. Grad-CAM runs
+        through here too, so it explains the inference that wrote the map."""
         p = self.predict_cfg
         if runs_whole_slices(self.model_cfg, p, x.shape[2:]):
-            return class_probabilities(self._whole_slices(x), self.model_cfg.label_scheme)
+            b = max(1, p.sw_batch_size)
+
+            def run(xp: np.ndarray) -> np.ndarray:
+                return torch.cat([fn(torch.from_numpy(xp[i:i + b])) for i in range(0, len(xp), b)]).numpy()
+            return torch.from_numpy(whole_slices(x.numpy(), run, size_divisor(self.model_cfg)))
+        from monai.inferers import sliding_window_inference
+
         # 3D: the full training patch; a volume with fewer slices is padded by the inferer, so any
         # slice count works with networks that need sizes divisible by their total stride.
-        logits = sliding_window_inference(x, self.patch, p.sw_batch_size, FixedBatch(self.net, p.sw_batch_size),
-                                          overlap=p.overlap, mode=p.mode, padding_mode="replicate")
-        return class_probabilities(logits, self.model_cfg.label_scheme)
+        return sliding_window_inference(x, self.patch, p.sw_batch_size, FixedBatch(fn, p.sw_batch_size),
+                                        overlap=p.overlap, mode=p.mode, padding_mode="replicate")
 
-    def _whole_slices(self, x: torch.Tensor) -> torch.Tensor:
-        """(K, C, H, W) slices -> (K, n_out, H, W) logits, each slice whole: edge-padded (centred) to a
-        multiple of the size divisor, `sw_batch_size` slices per forward, cropped back."""
-        b = max(1, self.predict_cfg.sw_batch_size)
-
-        def run(xp: np.ndarray) -> np.ndarray:
-            return torch.cat([self.net(torch.from_numpy(xp[i:i + b])) for i in range(0, len(xp), b)]).numpy()
-        return torch.from_numpy(whole_slices(x.numpy(), run, size_divisor(self.model_cfg)))
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input (slices or one volume, see segment.windows.network_input) -> logits."""
+        return self.tiled(x, self.net)
 
     @torch.inference_mode()
-    def probabilities(self, array: np.ndarray) -> np.ndarray:
+    def probabilities(self, array: np.ndarray, tta_flip: bool | None = None) -> np.ndarray:
         """(C, I, J, K) normalised array on the working grid -> (3, I, J, K) float32 probabilities.
+        tta_flip: average with the left-right flipped input (default: predict.tta_flip).
         Always in eval mode: dropout off, BatchNorm on its running statistics (never updated here)."""
         self.net.eval()
-        if self.model_cfg.spatial_dims == 2:
-            x = torch.from_numpy(slices_with_context(array, self.model_cfg.context))  # (K, C', I, J)
-        else:
-            x = torch.from_numpy(np.ascontiguousarray(array))[None]                  # (1, C, I, J, K)
-        prob = self._run(x)
-        if self.predict_cfg.tta_flip:  # left-right flip: voxel axis i
-            prob = 0.5 * (prob + self._run(x.flip(2)).flip(2))
-        prob = prob.numpy()
-        return np.ascontiguousarray(prob.transpose(1, 2, 3, 0) if self.model_cfg.spatial_dims == 2 else prob[0])
+        x = torch.from_numpy(network_input(array, self.model_cfg))
+        prob = class_probabilities(self.logits(x), self.model_cfg.label_scheme)
+        if self.predict_cfg.tta_flip if tta_flip is None else tta_flip:  # left-right flip: voxel axis i
+            prob = 0.5 * (prob + class_probabilities(self.logits(x.flip(2)), self.model_cfg.label_scheme).flip(2))
+        return working_layout(prob.numpy(), self.model_cfg)
 
 
 class FixedBatch(torch.nn.Module):
@@ -109,7 +116,7 @@ class FixedBatch(torch.nn.Module):
     Rows are independent in eval mode (batch norm uses running statistics), so outputs match.
     """
 
-    def __init__(self, net: torch.nn.Module, size: int):
+    def __init__(self, net, size: int):
         super().__init__()
         self.net, self.size = net, max(2, int(size))
 

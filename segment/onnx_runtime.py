@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mricore.config import from_dict
 from mricore.errors import InputError
-from mricore.modelfolder import check_meta
-from mricore.preprocess import PreprocessSpec
+from mricore.modelfolder import ModelMeta
 
-from .config import ModelConfig, PredictConfig
-from .windows import centre_pad, crop, runs_whole_slices, size_divisor, slices_with_context, whole_slices, window_starts
+from .config import segmenter_configs
+from .prediction import VolumePredictor
+from .windows import (centre_pad, crop, network_input, runs_whole_slices, size_divisor, whole_slices, window_starts,
+                      working_layout)
 
 
 def class_probabilities(logits: np.ndarray, scheme: str) -> np.ndarray:
@@ -36,18 +36,18 @@ def class_probabilities(logits: np.ndarray, scheme: str) -> np.ndarray:
     return np.concatenate([1 - wg, tz, wg - tz], axis=1)
 
 
-class OnnxSegmenter:
-    """A model folder with model.onnx, run with ONNX Runtime on the CPU."""
+class OnnxSegmenter(VolumePredictor):
+    """A model folder with model.onnx (described by `meta`, mricore.modelfolder.read_model), run with
+    ONNX Runtime on the CPU."""
 
-    def __init__(self, folder: str | Path, meta: dict, threads: int | None = None):
+    def __init__(self, folder: str | Path, meta: ModelMeta, threads: int | None = None):
         import onnxruntime as ort
 
         folder = Path(folder)
-        self.meta = check_meta(meta, folder, "segmenter")
-        self.model_cfg = from_dict(ModelConfig, meta["model"], f"{folder}/model.json", "model.")
-        self.spec = from_dict(PreprocessSpec, meta["preprocess"], f"{folder}/model.json", "preprocess.")
-        self.predict_cfg = from_dict(PredictConfig, meta.get("predict", {}), f"{folder}/model.json", "predict.")
-        self.patch = list(meta["patch"])
+        self.meta = meta
+        self.model_cfg, self.predict_cfg = segmenter_configs(meta, folder)
+        self.spec = meta.preprocess
+        self.patch = list(meta.patch)
         self.name = folder.name
         opts = ort.SessionOptions()
         if threads:
@@ -59,10 +59,6 @@ class OnnxSegmenter:
                              "export it again with `ensemble export`") from None
         self.input = self.session.get_inputs()[0].name
         self.importance = np.load(folder / "importance.npy") if (folder / "importance.npy").exists() else None
-
-    @property
-    def channels(self) -> list[str]:
-        return list(self.spec.channels)
 
     def _net(self, x: np.ndarray) -> np.ndarray:
         b = max(1, self.predict_cfg.sw_batch_size)
@@ -94,13 +90,11 @@ class OnnxSegmenter:
                   if runs_whole_slices(self.model_cfg, self.predict_cfg, x.shape[2:]) else self._windows(x))
         return class_probabilities(logits, self.model_cfg.label_scheme)
 
-    def probabilities(self, array: np.ndarray) -> np.ndarray:
-        """(C, I, J, K) normalised array on the working grid -> (3, I, J, K) float32 probabilities."""
-        if self.model_cfg.spatial_dims == 2:
-            x = slices_with_context(array.astype(np.float32, copy=False), self.model_cfg.context)
-        else:
-            x = np.ascontiguousarray(array, np.float32)[None]
+    def probabilities(self, array: np.ndarray, tta_flip: bool | None = None) -> np.ndarray:
+        """(C, I, J, K) normalised array on the working grid -> (3, I, J, K) float32 probabilities.
+        tta_flip: average with the left-right flipped input (default: predict.tta_flip)."""
+        x = network_input(array, self.model_cfg)
         prob = self._run(x)
-        if self.predict_cfg.tta_flip:  # left-right flip: voxel axis i
+        if self.predict_cfg.tta_flip if tta_flip is None else tta_flip:  # left-right flip: voxel axis i
             prob = 0.5 * (prob + self._run(x[:, :, ::-1].copy())[:, :, ::-1])
-        return np.ascontiguousarray(prob.transpose(1, 2, 3, 0) if self.model_cfg.spatial_dims == 2 else prob[0])
+        return working_layout(prob, self.model_cfg)

@@ -14,8 +14,6 @@ import numpy as np
 from mricore.datasets import Case, image_from_inputs, is_dicom_folder, load_case, load_dataset, require_study
 from mricore.errors import InputError
 from mricore.io import write_json, write_nifti
-from mricore.preprocess import preprocess, restore
-from mricore.zones import keep_largest_component, labels_from_probabilities
 
 from .inference import Segmenter
 
@@ -31,17 +29,6 @@ def cases_from_inputs(inputs: list[str], channels: list[str]) -> list[Case]:
                             (paths[0].is_dir() and not any(paths[0].glob("*.nii*")) and not is_dicom_folder(paths[0]))):
         return load_dataset(paths[0])
     return [image_from_inputs(paths, channels)]
-
-
-def predict_volume(seg: Segmenter, image, largest_component: bool | None = None):
-    """Image Volume (on its reference grid) -> (labels uint8, probabilities (3, ...) float32) on that grid."""
-    prep = preprocess(image, seg.spec)
-    prob = restore(seg.probabilities(prep.array), prep, fill=[1.0, 0.0, 0.0])
-    label = labels_from_probabilities(prob)
-    lcc = seg.predict_cfg.largest_component if largest_component is None else largest_component
-    if lcc:
-        label = keep_largest_component(label)
-    return label, prob
 
 
 def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool = False,
@@ -64,7 +51,8 @@ def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool
         t = time.perf_counter()
         image, _, info = load_case(c, seg.channels)
         require_study(image)
-        label, prob = predict_volume(seg, image)
+        pred = seg.predict(image)
+        label, prob = pred.label, pred.prob
         with staged_dir(out) as stage:  # a case's files appear together or not at all
             write_nifti(label, image, stage / f"{c.case_id}.nii.gz", dtype=np.uint8, force=True)
             if probabilities:

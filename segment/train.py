@@ -23,7 +23,7 @@ from mricore.datasets import load_dataset
 from mricore.errors import ConfigError, InputError
 from mricore.io import replace_atomically, write_csv
 from mricore.metrics import dice
-from mricore.modelfolder import load_weights, read_model_meta, run_folder, save_model_folder, start_run
+from mricore.modelfolder import load_weights, read_model, run_folder, start_run
 from mricore.zones import SELECTORS, ZONES, labels_from_probabilities
 
 from .config import SegmentConfig
@@ -169,17 +169,17 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
     device = torch.device("cuda", rank % max(1, torch.cuda.device_count())) if torch.cuda.is_available() else torch.device("cpu")
     net = build_network(cfg.model, len(spec.channels)).to(device)
     if init_from:
-        meta = read_model_meta(init_from)
+        source = read_model(init_from).model.get("name")
         src = load_weights(init_from)
         own = net.state_dict()
         matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
         if not matched:
             raise InputError(init_from, "no tensor of the source model matches this architecture (name and shape)",
-                             f"source {meta.get('model', {}).get('name')}, target {cfg.model.name}",
+                             f"source {source}, target {cfg.model.name}",
                              "initialise from a model of the same architecture and channels")
         own.update(matched)
         net.load_state_dict(own)
-        print(f"init-from {init_from}: {len(matched)}/{len(own)} tensors loaded (arch {meta.get('model', {}).get('name')})")
+        print(f"init-from {init_from}: {len(matched)}/{len(own)} tensors loaded (arch {source})")
 
     from monai.losses import DiceCELoss
 
@@ -310,35 +310,24 @@ def _finish(cfg: SegmentConfig, fold, split: Split, seg: Segmenter, run_dir: Pat
     if split.held_out:
         items = load_items(split.held_out, cfg.preprocess, cfg.data.label, None, cfg.data.register)
         held = validate(seg, items)
-    meta = _meta(cfg, fold, split, inner, held, best_epoch, history)
-    save_model_folder(run_dir, seg.net.state_dict(), meta)
+    seg.save(run_dir, **training_record(cfg, fold, split, inner, held, best_epoch, len(history)))
 
 
-def _meta(cfg: SegmentConfig, fold, split: Split, inner: dict | None, held: dict | None, epoch: int,
-          history) -> dict:
+def training_record(cfg: SegmentConfig, fold, split: Split, inner: dict | None, held: dict | None, epoch: int,
+                    history_epochs: int) -> dict:
+    """What a training run adds to its segmenter's model folder description (Segmenter.describe)."""
     def metrics(v):
         return {"per_case": v["cases"], **{k: x for k, x in v.items() if k != "cases"}}
 
     rule = ("inner: best epoch and early stopping by mean DSC on inner-validation patients drawn from "
             "the fold's training patients" if split.inner else "fixed: last epoch of the schedule, no selection")
     return {
-        "kind": "segmenter",
         "name": cfg.name,
         "fold": fold,
-        "model": to_dict(cfg.model),
-        "preprocess": to_dict(cfg.preprocess),
-        "predict": to_dict(cfg.predict),
-        "patch": list(cfg.train.patch),
-        "channels": list(cfg.preprocess.channels),
-        "labels": {"0": "background", "1": "TZ", "2": "PZ"},
-        "label_scheme": cfg.model.label_scheme,
-        "outputs": "class probabilities (background, TZ, PZ); WG = TZ + PZ",
         "best_epoch": epoch,
-        "history_epochs": len(history),
-        # What chose the weights; its metrics may weight an ensemble (they come from training patients).
+        "history_epochs": history_epochs,
         "selection": {"rule": rule, "epoch": epoch, "cases": [c.case_id for c in split.inner],
                       **(metrics(inner) if inner else {})},
-        # The fold's held-out patients, scored once on the chosen weights; they decided nothing.
         "validation": None if held is None else {
             "split": f"fold {fold} of {cfg.data.folds} (patient-level), expert labels '{cfg.data.label}'; "
                      "held out: scored once after training, used for no decision",

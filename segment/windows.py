@@ -19,6 +19,18 @@ def slices_with_context(array: np.ndarray, context: int) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(3, 0, 4, 1, 2).reshape(K, C * (2 * context + 1), I, J))
 
 
+def network_input(array: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """(C, I, J, K) working-grid array -> what the network sees: 2D models (K, C', I, J) slices with
+    context, 3D models (1, C, I, J, K); float32."""
+    array = array.astype(np.float32, copy=False)
+    return slices_with_context(array, cfg.context) if cfg.spatial_dims == 2 else np.ascontiguousarray(array)[None]
+
+
+def working_layout(out: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """Inverse of `network_input` for outputs: (K, n, I, J) or (1, n, I, J, K) -> (n, I, J, K)."""
+    return np.ascontiguousarray(out.transpose(1, 2, 3, 0) if cfg.spatial_dims == 2 else out[0])
+
+
 def size_divisor(cfg: ModelConfig) -> int:
     """In-plane sizes the network accepts are multiples of this (the product of its downsampling)."""
     if cfg.name == "segresnet":

@@ -44,11 +44,7 @@ def member(cfg_kwargs: dict, patch, predict: dict, tmp: Path) -> Member:
     net = build_network(cfg, 1).eval()
     spec = PreprocessSpec(target_spacing=[1.2, 1.2, None], crop_mm=[100.0, 100.0])
     seg = Segmenter(net, cfg, spec, patch, PredictConfig(**predict))
-    from mricore.config import to_dict
-
-    meta = {"kind": "segmenter", "model": to_dict(cfg), "preprocess": to_dict(spec), "patch": list(patch),
-            "predict": to_dict(seg.predict_cfg), "labels": {"0": "background", "1": "TZ", "2": "PZ"}}
-    return Member(tmp, "m", meta, seg)
+    return Member(tmp, "m", seg.describe(), seg)
 
 
 KINDS = {  # how the member looks at a volume: (model, patch, predict settings)
@@ -64,12 +60,13 @@ KINDS = {  # how the member looks at a volume: (model, patch, predict settings)
 def test_onnx_runtime_matches_eager_on_a_real_case(data_dir, tmp_path, kind):
     from ensemble.export import export_member
     from mricore.io import read_nifti
+    from mricore.modelfolder import read_model
     from mricore.preprocess import preprocess
     from segment.onnx_runtime import OnnxSegmenter
 
     m = member(*KINDS[kind], tmp_path)
     export_member(m, tmp_path / "onnx")
-    onnx = OnnxSegmenter(tmp_path / "onnx", json.loads((tmp_path / "onnx" / "model.json").read_text()))
+    onnx = OnnxSegmenter(tmp_path / "onnx", read_model(tmp_path / "onnx", "segmenter"))
     prep = preprocess(read_nifti(data_dir / P158 / "t2.nii.gz", "T2W"), m.segmenter.spec)
     eager, ort = m.segmenter.probabilities(prep.array), onnx.probabilities(prep.array)
     assert eager.shape == ort.shape == (3,) + prep.array.shape[1:]

@@ -9,15 +9,13 @@ import pytest
 import torch
 
 from mricore.config import from_dict
-from mricore.modelfolder import save_model_folder
 
 
 @pytest.fixture(scope="module")
 def tiny_segmenter(tmp_path_factory):
     from segment.config import SegmentConfig
     from segment.networks import build_network
-    from segment.folds import Split
-    from segment.train import _meta
+    from segment.inference import Segmenter
 
     cfg = from_dict(SegmentConfig, {
         "preprocess": {"channels": ["T2W"], "target_spacing": [2.0, 2.0, None], "crop_mm": [48.0, 48.0]},
@@ -26,7 +24,7 @@ def tiny_segmenter(tmp_path_factory):
     torch.manual_seed(0)
     net = build_network(cfg.model, 1)
     folder = tmp_path_factory.mktemp("seg") / "model"
-    save_model_folder(folder, net.state_dict(), _meta(cfg, 0, Split([], [], [], None), None, None, 0, []))
+    Segmenter(net, cfg.model, cfg.preprocess, cfg.train.patch, cfg.predict).save(folder, name="tiny", fold=0)
     return folder
 
 

@@ -8,7 +8,8 @@ from localize.config import CandidateConfig, LocalizeConfig, ModelConfig
 from localize.model import KIND, LesionModel
 from localize.train import _draw, _init_from
 from mricore.errors import ConfigError
-from mricore.modelfolder import save_model_folder
+from mricore.config import to_dict
+from mricore.modelfolder import ModelMeta, write_model
 from mricore.preprocess import PreprocessSpec
 
 
@@ -19,7 +20,8 @@ def _model(**kw):
 def test_init_from_a_saved_classifier_loads_matching_tensors(tmp_path, capsys):
     torch.manual_seed(0)
     src = _model()
-    save_model_folder(tmp_path / "m", src.net.state_dict(), {"kind": KIND})
+    meta = ModelMeta(KIND, to_dict(src.model_cfg), src.spec, candidates=to_dict(src.cand))
+    write_model(tmp_path / "m", meta, src.net.state_dict())
     dst = _model(covariates=["zone_pz"])  # head differs in shape: not loaded
     info = _init_from(dst.net, str(tmp_path / "m"), LocalizeConfig())
     assert info["tensors_loaded"] == info["tensors_total"] - 1
@@ -33,7 +35,7 @@ def test_init_from_a_segmenter_needs_its_own_encoder(tmp_path):
     from monai.networks.nets import UNet
 
     seg = UNet(2, 1, 3, channels=(4, 8), strides=(2,))
-    save_model_folder(tmp_path / "s", seg.state_dict(), {"kind": "segmenter"})
+    write_model(tmp_path / "s", ModelMeta("segmenter", {"name": "unet"}, PreprocessSpec(), patch=[32, 32]), seg.state_dict())
     with pytest.raises(ConfigError, match="dynunet segmenter"):
         _init_from(_model().net, str(tmp_path / "s"), LocalizeConfig())
 
@@ -43,9 +45,9 @@ def _segmenter_folder(tmp_path, channels=(8, 16, 32), strides=(2, 2)):
     from segment.networks import build_network
 
     seg = build_network(SegModel(name="dynunet", channels=list(channels), strides=list(strides), norm="instance"), 1)
-    meta = {"kind": "segmenter", "channels": ["T2W"],
-            "model": {"name": "dynunet", "channels": list(channels), "strides": list(strides), "norm": "instance"}}
-    save_model_folder(tmp_path / "seg", seg.state_dict(), meta)
+    meta = ModelMeta("segmenter", {"name": "dynunet", "channels": list(channels), "strides": list(strides),
+                                   "norm": "instance"}, PreprocessSpec(), patch=[64, 64])
+    write_model(tmp_path / "seg", meta, seg.state_dict())
     return seg
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mricore.io import read_nifti
+from mricore.io import read_label, read_nifti
 from mricore_helpers import crop, gland_box, save
 
 
@@ -13,8 +13,8 @@ def px0000_crop(data_dir, tmp_path_factory):
     src = data_dir / "prostatex" / "ProstateX-0000"
     out = tmp_path_factory.mktemp("px0000") / "ProstateX-0000"
     lo, hi = gland_box(data_dir, "prostatex/ProstateX-0000", "wg_ai")
-    for stem, label in (("t2", False), ("zones_ai", True)):
-        v = crop(read_nifti(src / f"{stem}.nii.gz", label=label), lo, hi)
+    for stem, read in (("t2", read_nifti), ("zones_ai", read_label)):
+        v = crop(read(src / f"{stem}.nii.gz"), lo, hi)
         save(v.array[0], v.affine, out / f"{stem}.nii.gz")
     for stem in ("adc", "dwi"):
         (out / f"{stem}.nii.gz").write_bytes((src / f"{stem}.nii.gz").read_bytes())

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mricore.io import read_nifti
+from mricore.io import read_label
 from mricore.volume import Volume
 
 
@@ -18,7 +18,7 @@ def crop(vol: Volume, lo, hi) -> Volume:
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     affine = vol.affine.copy()
     affine[:3, 3] = (vol.affine @ np.r_[lo, 1.0])[:3]
-    return Volume(vol.array[(slice(None),) + box].copy(), affine, vol.channels, vol.case_id)
+    return Volume(vol.array[(slice(None),) + box].copy(), affine, vol.channels, vol.case_id, kind=vol.kind)
 
 
 def save(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
@@ -33,7 +33,7 @@ def save(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
 
 def gland_box(data_dir: Path, case: str, label: str, half_mm: float = 32.0):
     """Voxel box (lo, hi) of +-half_mm in-plane around the gland centroid, all slices."""
-    lab = read_nifti(data_dir / case / f"{label}.nii.gz", label=True)
+    lab = read_label(data_dir / case / f"{label}.nii.gz")
     centre = np.argwhere(lab.array[0] > 0).mean(0).round().astype(int)
     half = np.round(half_mm / np.array(lab.spacing[:2])).astype(int)
     lo = (centre[0] - half[0], centre[1] - half[1], 0)

@@ -6,7 +6,7 @@ import pytest
 from mricore_helpers import crop, save
 from mricore.align import alignment_score, resample_array, resample_to
 from mricore.datasets import load_case, load_dataset
-from mricore.io import read_nifti
+from mricore.io import read_label, read_nifti
 from mricore.volume import Volume
 
 
@@ -78,7 +78,7 @@ RESAMPLE_LABELS = [
 
 @pytest.mark.parametrize("case,key", RESAMPLE_LABELS)
 def test_nearest_resampling_preserves_label_values_there_and_back(data_dir, case, key):
-    lab = read_nifti(data_dir / case / f"{key}.nii.gz", label=True)
+    lab = read_label(data_dir / case / f"{key}.nii.gz")
     # Another grid: 0.8 mm in-plane, rotated 7 degrees about the slice axis, shifted in-plane (a
     # shift along the slice normal would legitimately move edge slices out of a 5-slice slab).
     c, s = np.cos(np.radians(7)), np.sin(np.radians(7))
@@ -87,8 +87,8 @@ def test_nearest_resampling_preserves_label_values_there_and_back(data_dir, case
     aff[:3, :3] = lab.affine[:3, :3] @ rot @ np.diag([0.8 / lab.spacing[0], 0.8 / lab.spacing[1], 1.0])
     aff[:3, 3] += lab.affine[:3, :3] @ [2.7, -1.6, 0.0]
     shape = tuple(int(round(n * sp / nsp)) for n, sp, nsp in zip(lab.shape, lab.spacing, (0.8, 0.8, lab.spacing[2])))
-    other = resample_to(lab, (shape, aff), label=True)
-    back = resample_to(other, lab, label=True)
+    other = resample_to(lab, (shape, aff))
+    back = resample_to(other, lab)
     for arr in (other.array, back.array):
         assert arr.dtype == np.uint8
         assert set(np.unique(arr)) <= set(np.unique(lab.array))   # no new values
@@ -102,7 +102,7 @@ def test_nearest_resampling_preserves_label_values_there_and_back(data_dir, case
 
 def test_linear_resampling_would_create_new_label_values(data_dir):
     """Why labels must use order 0: the same round trip with order 1 produces fractional values."""
-    lab = read_nifti(data_dir / "i2cvb/Patient_68619/zones.nii.gz", label=True)
+    lab = read_label(data_dir / "i2cvb/Patient_68619/zones.nii.gz")
     aff = lab.affine.copy()
     aff[:3, 3] += 0.3
     out = resample_array(lab.array.astype(np.float32), lab.affine, aff, lab.shape, order=1)

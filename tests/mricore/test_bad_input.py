@@ -5,9 +5,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mricore.config import to_dict
 from mricore.errors import InputError, UserError, run_cli
-from mricore.io import read_nifti
+from mricore.io import read_label, read_nifti
 from mricore.preprocess import PreprocessSpec
 from mricore_helpers import crop, save
 
@@ -15,7 +14,7 @@ from mricore_helpers import crop, save
 
 
 def _bad_files(tmp_path, data_dir):
-    """name -> (path, read_nifti kwargs, expected rule)."""
+    """name -> (path, reader, expected rule)."""
     t2 = read_nifti(data_dir / "i2cvb/Patient_68619/t2.nii.gz")
     small = crop(t2, (150, 120, 0), (182, 152, 5))
     nan = small.array[0].copy()
@@ -25,14 +24,14 @@ def _bad_files(tmp_path, data_dir):
     frac = np.full(small.shape, 0.5, np.float32)
     (tmp_path / "notes.nii.gz").write_text("this is not a NIfTI file")
     return {
-        "missing file": (tmp_path / "absent.nii.gz", {}, "does not exist"),
-        "non-NIfTI file": (tmp_path / "notes.nii.gz", {}, "not a readable NIfTI"),
+        "missing file": (tmp_path / "absent.nii.gz", read_nifti, "does not exist"),
+        "non-NIfTI file": (tmp_path / "notes.nii.gz", read_nifti, "not a readable NIfTI"),
         "4D where 3D expected": (save(np.stack([small.array[0]] * 2, -1), small.affine, tmp_path / "4d.nii.gz"),
-                                 {}, "expected a 3D volume"),
-        "NaN voxels": (save(nan, small.affine, tmp_path / "nan.nii.gz"), {}, "1 NaN/Inf voxels"),
-        "Inf voxels": (save(inf, small.affine, tmp_path / "inf.nii.gz"), {}, "1 NaN/Inf voxels"),
-        "fractional labels": (save(frac, small.affine, tmp_path / "frac.nii.gz"), {"label": True}, "whole numbers"),
-        "a folder": (tmp_path, {}, "expected a NIfTI file"),
+                                 read_nifti, "expected a 3D volume"),
+        "NaN voxels": (save(nan, small.affine, tmp_path / "nan.nii.gz"), read_nifti, "1 NaN/Inf voxels"),
+        "Inf voxels": (save(inf, small.affine, tmp_path / "inf.nii.gz"), read_nifti, "1 NaN/Inf voxels"),
+        "fractional labels": (save(frac, small.affine, tmp_path / "frac.nii.gz"), read_label, "whole numbers"),
+        "a folder": (tmp_path, read_nifti, "expected a NIfTI file"),
     }
 
 
@@ -42,9 +41,9 @@ BAD_FILES = ["missing file", "non-NIfTI file", "4D where 3D expected", "NaN voxe
 
 @pytest.mark.parametrize("name", BAD_FILES)
 def test_read_nifti_rejects(tmp_path, data_dir, name):
-    path, kwargs, rule = _bad_files(tmp_path, data_dir)[name]
+    path, reader, rule = _bad_files(tmp_path, data_dir)[name]
     with pytest.raises(InputError, match=rule) as e:
-        read_nifti(path, **kwargs)
+        reader(path)
     msg = str(e.value)
     assert str(path) in msg and "\n" not in msg
     assert "fix:" in msg or name == "missing file"
@@ -77,17 +76,15 @@ def test_user_error_message_parts():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A self-describing segmenter folder with an untrained 2-level U-Net expecting T2W + ADC."""
-    from mricore.modelfolder import save_model_folder
-    from segment.config import ModelConfig, PredictConfig
+    from segment.config import ModelConfig
+    from segment.inference import Segmenter
     from segment.networks import build_network
 
     mcfg = ModelConfig(channels=[4, 8], strides=[2], num_res_units=0)
     spec = PreprocessSpec(channels=["T2W", "ADC"], crop_mm=[32.0, 32.0])
     net = build_network(mcfg, 2)
     folder = tmp_path_factory.mktemp("model") / "tiny"
-    meta = {"kind": "segmenter", "model": to_dict(mcfg), "preprocess": to_dict(spec), "patch": [32, 32],
-            "predict": to_dict(PredictConfig())}
-    return save_model_folder(folder, net.state_dict(), meta)
+    return Segmenter(net, mcfg, spec, [32, 32]).save(folder)
 
 
 def _cli(argv, capsys):

@@ -9,7 +9,7 @@ from mricore_helpers import crop, save
 from mricore.align import resample_to
 from mricore.datasets import image_from_inputs, load_case, load_dataset
 from mricore.errors import GeometryError, InputError
-from mricore.io import read_nifti
+from mricore.io import read_label, read_nifti
 
 
 def test_case_folder_layout_of_shared_data(data_dir):
@@ -46,7 +46,7 @@ def _msd(tmp_path, px0000_crop, four_d: bool):
     ProstateX-0000, ADC resampled onto the T2W grid as in Task05_Prostate."""
     t2 = read_nifti(px0000_crop / "t2.nii.gz", "T2W")
     adc = resample_to(read_nifti(px0000_crop / "adc.nii.gz", "ADC"), t2)
-    zones = read_nifti(px0000_crop / "zones_ai.nii.gz", label=True)
+    zones = read_label(px0000_crop / "zones_ai.nii.gz")
     root = tmp_path / "Task05_Prostate"
     training = []
     for cid in ("prostate_00", "prostate_01"):
@@ -172,7 +172,7 @@ def test_label_on_another_grid_is_rejected(tmp_path, data_dir):
     case_dir = tmp_path / "c1"
     case_dir.mkdir()
     (case_dir / "t2.nii.gz").write_bytes((src / "t2.nii.gz").read_bytes())
-    z = crop(read_nifti(src / "zones.nii.gz", label=True), (0, 0, 0), (380, 308, 5))  # 4 columns short
+    z = crop(read_label(src / "zones.nii.gz"), (0, 0, 0), (380, 308, 5))  # 4 columns short
     save(z.array[0], z.affine, case_dir / "zones.nii.gz")
     with pytest.raises(GeometryError, match="label grid must equal its image grid"):
         load_case(load_dataset(case_dir)[0], ["T2W"], "zones")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mricore import qa
-from mricore.io import read_nifti
+from mricore.io import read_label, read_nifti
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = qa.ReviewConfig()
@@ -31,7 +31,7 @@ def t2(data_dir):
 
 @pytest.fixture(scope="module")
 def zones(data_dir):
-    return read_nifti(data_dir / CASE / "zones.nii.gz", "zones", label=True)
+    return read_label(data_dir / CASE / "zones.nii.gz", "zones")
 
 
 def input_verdicts(array, affine) -> dict:
@@ -182,7 +182,7 @@ def test_disagreement_entropy_and_removed_components_need_review(t2, zones):
 
 def test_slab_skips_the_whole_gland_checks(data_dir):
     case = data_dir / "i2cvb/Patient_68619"
-    z = read_nifti(case / "zones.nii.gz", "zones", label=True)
+    z = read_label(case / "zones.nii.gz", "zones")
     t2v = read_nifti(case / "t2.nii.gz", "T2W")
     got = out_verdicts(z.array[0], z.affine, t2v.array[0])
     assert got["gland_ml"] == got["tz_share"] == got["pz_midgland"] == "n/a"

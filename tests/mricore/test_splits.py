@@ -110,10 +110,10 @@ def test_real_cases_split_by_patient_with_lesion_strata(data_dir):
     """The six ProstateX cases: 3 csPCa-positive (0000, 0002, 0005), 3 negative; 3 folds."""
     import numpy as np
 
-    from mricore.io import read_nifti
+    from mricore.io import read_label
 
     cases = load_dataset(data_dir / "prostatex")
-    positive = [bool(np.any(read_nifti(c.labels["lesion"].path, label=True).array)) for c in cases]
+    positive = [bool(np.any(read_label(c.labels["lesion"].path).array)) for c in cases]
     assert sum(positive) == 3
     splits = make_splits(cases, k=3, positive=positive)
     pos_ids = {c.case_id for c, p in zip(cases, positive) if p}

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mricore.io import read_nifti
+from mricore.io import read_label
 from segment.augment import apply_intensity, apply_spatial, augment_patch, draw
 from segment.config import AugmentConfig
 
@@ -18,7 +18,7 @@ OFF = dict(elastic_p=0.0, rotate_p=0.0, scale_p=0.0, flip_p=0.0, gamma_p=0.0, co
 @pytest.fixture(scope="module")
 def zone_slice(data_dir):
     """A 128x128 in-plane crop of a real zone map (prostate158/001, middle slice) with TZ and PZ."""
-    z = read_nifti(data_dir / "prostate158" / "001" / "zones.nii.gz", label=True).array[0]
+    z = read_label(data_dir / "prostate158" / "001" / "zones.nii.gz").array[0]
     k = int(np.argmax((z > 0).sum(axis=(0, 1))))
     ci, cj = np.argwhere(z[:, :, k] > 0).mean(0).astype(int)
     out = z[ci - 64: ci + 64, cj - 64: cj + 64, k]

@@ -10,11 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mricore.modelfolder import save_model_folder
 from segment.cli import main
 from segment.networks import build_network
-from segment.folds import Split
-from segment.train import _meta
+from segment.inference import Segmenter
 from segment_helpers import DEFAULT_CONFIG, tiny_config, tiny_overrides
 
 
@@ -101,7 +99,7 @@ def test_model_folder_missing_a_file(tiny_model, data_dir, tmp_path, capsys):
 def test_input_channels_do_not_match_the_model(data_dir, tmp_path, capsys):
     cfg = tiny_config(data_dir, tmp_path, preprocess__channels="[T2W, ADC]")
     net = build_network(cfg.model, 2)
-    model = save_model_folder(tmp_path / "t2w_adc", net.state_dict(), _meta(cfg, "all", Split([], [], [], None), None, None, 0, []))
+    model = Segmenter(net, cfg.model, cfg.preprocess, cfg.train.patch, cfg.predict).save(tmp_path / "t2w_adc", fold="all")
     out = tmp_path / "out"
     # prostate158/021 holds T2W only
     assert main(["predict", "--model", str(model), str(data_dir / "prostate158" / "021"), "-o", str(out)]) == 2

@@ -90,7 +90,7 @@ def test_whole_slice_equals_one_window_of_the_padded_size(norm):
     seg = _tiny_2d(norm, whole_slice=True, sw_batch_size=3)
     x = torch.randn(5, 1, 45, 38)
     with torch.inference_mode():
-        whole = seg._whole_slices(x)
+        whole = seg.logits(x)  # whole slices: predict.whole_slice and 45 x 38 <= max_slice_px
         window = sliding_window_inference(x, (48, 40), 3, seg.net, overlap=0.0, padding_mode="replicate")
     assert whole.shape == (5, 3, 45, 38)
     torch.testing.assert_close(whole, window, atol=1e-5, rtol=1e-5)

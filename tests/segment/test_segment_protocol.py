@@ -13,7 +13,7 @@ import torch
 
 from mricore.datasets import Case, load_dataset
 from mricore.errors import ConfigError, InputError
-from mricore.modelfolder import read_model_meta
+from mricore.modelfolder import read_model
 from segment.config import SegmentConfig
 from segment.data import load_items
 from mricore.zones import labels_from_probabilities
@@ -103,10 +103,10 @@ def test_held_out_patients_decide_nothing(data_dir, tmp_path):
                   progress=False) for name in ("good", "bad")]
     a, b = (torch.load(r / "weights.pt", weights_only=True) for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ma, mb = read_model_meta(runs[0]), read_model_meta(runs[1])
-    assert ma["best_epoch"] == mb["best_epoch"] and ma["selection"] == mb["selection"]
-    assert set(ma["validation"]["cases"]) == held and not held & set(ma["selection"]["cases"])
-    assert ma["validation"]["mean_dsc"] != mb["validation"]["mean_dsc"]  # the held-out score did change
+    ma, mb = read_model(runs[0]), read_model(runs[1])
+    assert ma.best_epoch == mb.best_epoch and ma.selection == mb.selection
+    assert set(ma.validation["cases"]) == held and not held & set(ma.selection["cases"])
+    assert ma.validation["mean_dsc"] != mb.validation["mean_dsc"]  # the held-out score did change
     hist = list(csv.DictReader(open(runs[0] / "history.csv")))
     assert "inner_mean_dsc" in hist[0] and not any(k.startswith("val") for k in hist[0])
 
@@ -114,9 +114,9 @@ def test_held_out_patients_decide_nothing(data_dir, tmp_path):
 def test_fixed_selection_keeps_the_last_epoch_and_scores_the_held_out_fold_once(data_dir, tmp_path):
     cfg = tiny_config(data_dir, tmp_path, train__epochs=2, train__selection="fixed")
     out = train(cfg, 0, progress=False)
-    meta = read_model_meta(out)
-    assert meta["best_epoch"] == 1 and meta["selection"]["cases"] == [] and "fixed" in meta["selection"]["rule"]
-    assert meta["validation"]["cases"] and "used for no decision" in meta["validation"]["split"]
+    meta = read_model(out)
+    assert meta.best_epoch == 1 and meta.selection["cases"] == [] and "fixed" in meta.selection["rule"]
+    assert meta.validation["cases"] and "used for no decision" in meta.validation["split"]
     last = torch.load(out / "checkpoint_last.pt", weights_only=True)["model"]
     final = torch.load(out / "weights.pt", weights_only=True)
     assert all(torch.equal(last[k], final[k]) for k in final)

@@ -14,11 +14,10 @@ import pytest
 import torch
 import yaml
 
-from mricore.modelfolder import read_model_meta
+from mricore.modelfolder import read_model
 from mricore.io import read_nifti
 from segment.inference import Segmenter
 from segment.networks import build_network, encoder_modules, encoder_parameters
-from segment.predict import predict_volume
 from segment.train import train
 
 from segment_helpers import DEFAULT_CONFIG, tiny_config, tiny_overrides
@@ -29,9 +28,9 @@ def test_model_folder_describes_itself(tiny_model):
         assert (tiny_model / name).is_file(), name
     sd = torch.load(tiny_model / "weights.pt", map_location="cpu", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in sd.values())
-    meta = read_model_meta(tiny_model)
-    assert meta["kind"] == "segmenter" and meta["channels"] == ["T2W"]
-    assert meta["model"]["channels"] == [8, 16] and meta["patch"] == [64, 64]
+    meta = read_model(tiny_model)
+    assert meta.kind == "segmenter" and meta.channels == ["T2W"]
+    assert meta.model["channels"] == [8, 16] and meta.patch == [64, 64]
     cfg = yaml.safe_load((tiny_model / "config.yaml").read_text())
     assert cfg["train"]["epochs"] == 1
     rows = list(csv.DictReader(open(tiny_model / "history.csv")))
@@ -41,7 +40,8 @@ def test_model_folder_describes_itself(tiny_model):
 def test_segmenter_predicts_on_the_input_grid(tiny_model, data_dir):
     seg = Segmenter.load(tiny_model)
     image = read_nifti(data_dir / "prostate158" / "021" / "t2.nii.gz", "T2W", "021")
-    label, prob = predict_volume(seg, image)
+    pred = seg.predict(image)
+    label, prob = pred.label, pred.prob
     assert label.shape == image.shape and label.dtype == np.uint8
     assert prob.shape == (3,) + image.shape
     np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-4)
@@ -118,7 +118,7 @@ def test_ddp_two_cpu_processes_write_one_model_folder(data_dir, tmp_path):
     _torchrun(data_dir, tmp_path, "all", train__selection="fixed")
     folders = [p.parent for p in (tmp_path / "runs").rglob("model.json")]
     assert [f.name for f in folders] == ["fold_all"]
-    assert read_model_meta(folders[0])["history_epochs"] == 1
+    assert read_model(folders[0]).history_epochs == 1
 
 
 @pytest.mark.slow
@@ -128,8 +128,8 @@ def test_ddp_early_stop_ends_every_rank_at_rank0s_epoch(data_dir, tmp_path):
     r = _torchrun(data_dir, tmp_path, "0", train__epochs=3, train__selection="inner", train__patience=0)
     ends = sorted(line.split(": ", 1)[1] for line in r.stdout.splitlines() if "training ended" in line)
     assert ends == ["training ended after epoch 0"] * 2, r.stdout[-2000:]
-    meta = read_model_meta(tmp_path / "runs" / "zonal_t2w_2d" / "fold_0")
-    assert meta["history_epochs"] == 1 and meta["selection"]["cases"] and meta["validation"]["cases"]
+    meta = read_model(tmp_path / "runs" / "zonal_t2w_2d" / "fold_0")
+    assert meta.history_epochs == 1 and meta.selection["cases"] and meta.validation["cases"]
 
 
 @pytest.mark.slow
@@ -138,4 +138,4 @@ def test_ddp_frozen_encoder_then_unfrozen_ends(data_dir, tmp_path):
     # finished reduction in the prior iteration").
     r = _torchrun(data_dir, tmp_path, "all", train__epochs=2, train__selection="fixed", train__freeze_encoder_epochs=1)
     assert r.stdout.count("training ended after epoch 1") == 2, f"{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
-    assert read_model_meta(tmp_path / "runs" / "zonal_t2w_2d" / "fold_all")["history_epochs"] == 2
+    assert read_model(tmp_path / "runs" / "zonal_t2w_2d" / "fold_all").history_epochs == 2

@@ -1,0 +1,73 @@
+"""Outputs on real cases, before and after a refactor: run the commands with one checkout's `bin/`
+and compare every NIfTI voxel by voxel with another run's.
+
+    .venv/bin/python bench/refactor_check.py run  OUT_DIR [--bin /work/main/.venv/bin]   # writes OUT_DIR/<job>/
+    .venv/bin/python bench/refactor_check.py compare BEFORE_DIR AFTER_DIR                 # exit 1 on any difference
+
+Jobs: `segment predict --probabilities` with one bundled 2D, 2.5D and DynUNet member, and `ensemble predict
+--probabilities` with the bundled PyTorch members and the ONNX export, each on the Prostate158 T2W file and
+on the ProstateX DICOM series. Run from the repository root (the bundle is read from ./ensemble/models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+DATA = Path("../shared/data")
+INPUTS = {"p158_001": DATA / "prostate158/001/t2.nii.gz", "dicom_px0000": DATA / "dicom/ProstateX-0000/4.000000-t2tsetra-00702"}
+BUNDLE = Path("ensemble/models/default")
+MEMBERS = ("unet2d_fold0", "unet25d_fold1", "dynunet2d_fold2")
+
+
+def jobs() -> dict[str, list[str]]:
+    out = {}
+    for case, path in INPUTS.items():
+        for m in MEMBERS:
+            out[f"segment_{m}_{case}"] = ["segment", "predict", "--model", str(BUNDLE / m), str(path), "--probabilities"]
+        for name, cfg in (("torch", BUNDLE / "ensemble.yaml"), ("onnx", BUNDLE / "onnx/ensemble.yaml")):
+            out[f"ensemble_{name}_{case}"] = ["ensemble", "predict", str(path), "--config", str(cfg), "--probabilities"]
+    return out
+
+
+def run(out_dir: Path, bin_dir: Path) -> None:
+    for name, cmd in jobs().items():
+        dest = out_dir / name
+        r = subprocess.run([str(bin_dir / cmd[0])] + cmd[1:] + ["-o", str(dest), "--force"],
+                           capture_output=True, text=True)
+        print(name, "rc", r.returncode, (r.stderr.strip().splitlines() or [""])[-1][:160], flush=True)
+
+
+def compare(before: Path, after: Path) -> int:
+    bad = 0
+    files = sorted(p.relative_to(before) for p in before.rglob("*.nii.gz"))
+    for rel in files:
+        a, b = nib.load(before / rel), nib.load(after / rel) if (after / rel).exists() else None
+        if b is None:
+            print("MISSING", rel)
+            bad += 1
+            continue
+        same = (a.shape == b.shape and np.array_equal(a.affine, b.affine)
+                and np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)))
+        print("identical" if same else "DIFFERENT", rel)
+        bad += not same
+    print(f"{len(files) - bad}/{len(files)} files identical")
+    return 1 if bad or not files else 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("out", type=Path)
+    r.add_argument("--bin", type=Path, default=Path(sys.executable).parent)
+    c = sub.add_parser("compare")
+    c.add_argument("before", type=Path)
+    c.add_argument("after", type=Path)
+    a = ap.parse_args()
+    sys.exit(run(a.out, a.bin) if a.cmd == "run" else compare(a.before, a.after))

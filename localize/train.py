@@ -74,16 +74,16 @@ def _init_from(net, folder: str, cfg: LocalizeConfig) -> dict:
     """Load a source model's matching tensors: a lesion classifier of the same backbone, or (for
     model.name dynunet_encoder) a DynUNet segmenter's contracting path, where every encoder tensor
     must load. The counts go into model.json."""
-    meta = read_model(folder).to_dict()
-    kind = meta.get("kind")
+    meta = read_model(folder)
+    kind = meta.kind
     src = load_weights(folder)
     if kind == KIND:
         loaded, total = load_matching(net, src, {"": ""})
     elif kind == "segmenter" and cfg.model.name == "dynunet_encoder":
-        seg = meta.get("model", {})
-        if seg.get("name") != "dynunet" or list(meta.get("channels", [])) != list(cfg.preprocess.channels):
+        seg = meta.model
+        if seg.get("name") != "dynunet" or list(meta.channels) != list(cfg.preprocess.channels):
             raise ConfigError("train.init_from", "the segmenter must be a dynunet on the same channels",
-                              f"{folder} ({seg.get('name')}, channels {meta.get('channels')})",
+                              f"{folder} ({seg.get('name')}, channels {meta.channels})",
                               f"use a dynunet segmenter trained on {cfg.preprocess.channels}")
         enc = {k: v for k, v in src.items() if k.split(".")[0] in ("input_block", "downsamples", "bottleneck")}
         loaded, _ = load_matching(net, enc, {"": "encoder."})

@@ -40,7 +40,7 @@ from mricore.io import read_label, read_nifti, write_json, write_nifti  # noqa: 
 
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
 SEGMENTER = ROOT / "ensemble/models/default/dynunet2d_fold0"
-DEFAULT_CONTRAST = 0.4
+DEFAULT_CONTRAST = 0.6
 LESION_COUNTS, LESION_ODDS = (0, 1, 2), (0.4, 0.4, 0.2)
 
 
@@ -208,9 +208,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data"))
     ap.add_argument("--out", default=str(ROOT / "runs/lesion_synth"))
-    ap.add_argument("--contrasts", type=float, nargs="+", default=[0.0, 0.1, 0.2, DEFAULT_CONTRAST])
-    ap.add_argument("--variants", type=int, default=2, help="synthetic copies of each base study")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8], help="training patients (transfer)")
+    ap.add_argument("--contrasts", type=float, nargs="+", default=[0.0, 0.3, DEFAULT_CONTRAST, 0.9])
+    ap.add_argument("--variants", type=int, default=6, help="synthetic copies of each base study")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[3, 10], help="training patients (transfer)")
     ap.add_argument("--transfer-epochs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
@@ -223,7 +223,7 @@ def main() -> int:
               "command": "python bench/lesion_synth.py " + " ".join(sys.argv[1:]), "config": str(CONFIG.relative_to(ROOT)),
               "base_studies": [b["patient"] for b in bases], "variants_per_study": args.variants, "seed": args.seed,
               "lesions_per_case": dict(zip(map(str, LESION_COUNTS), LESION_ODDS)), "default_contrast": DEFAULT_CONTRAST,
-              "contrast": "fractional darkening of T2W (and ADC) inside the lesion: 0.4 = 40 % darker", "by_contrast": []}
+              "contrast": "fractional darkening of T2W (and ADC) inside the lesion: 0.6 = 60 % darker", "by_contrast": []}
     for c in args.contrasts:
         tb = time.perf_counter()
         datalist = build(bases, c, out / f"data_c{c:g}", args.seed, args.variants)

@@ -56,6 +56,7 @@ class CandidateConfig:
     spatial_dims: Literal[2, 3] = 2
     patch: list[int] = field(default_factory=lambda: [64, 64])     # voxels of the working grid (i, j[, k])
     stride: list[int] = field(default_factory=lambda: [32, 32])
+    train_stride: list[int] | None = None # denser tiling for training (more views of each lesion); None = stride
     positive_min_voxels: int = 5          # lesion voxels in the patch centre that make a patch positive
     threshold: float = 0.5                # lesion probability that starts a candidate
     min_volume_ml: float = 0.01           # smaller connected regions are dropped
@@ -68,6 +69,9 @@ class CandidateConfig:
         if min(self.patch) < 1 or min(self.stride) < 1 or any(s > p for s, p in zip(self.stride, self.patch)):
             raise ConfigError(where, "candidates.stride must be in 1..patch", (self.patch, self.stride),
                               "use a stride no larger than the patch so tiles cover the gland")
+        ts = self.train_stride
+        if ts is not None and (len(ts) != n or min(ts) < 1 or any(s > p for s, p in zip(ts, self.patch))):
+            raise ConfigError(where, f"candidates.train_stride needs {n} sizes in 1..patch", ts, "e.g. [16, 16]")
         if not 0 < self.threshold < 1:
             raise ConfigError(where, "candidates.threshold is a probability in (0, 1)", self.threshold, "")
 

@@ -74,12 +74,14 @@ class LesionModel:
     def cam_layer(self) -> str:
         return self.model_cfg.cam_layer or DEFAULT_CAM_LAYER[self.model_cfg.name.lower()]
 
-    def tiles_for(self, image: Volume, zones: Volume, clinical: dict | None = None) -> CaseTiles:
+    def tiles_for(self, image: Volume, zones: Volume, clinical: dict | None = None,
+                  stride: list[int] | None = None) -> CaseTiles:
         """Preprocess a study and tile its gland. `zones` must lie on the image's grid; `clinical` is the
-        case's row of the clinical table (None: every clinical covariate missing)."""
+        case's row of the clinical table (None: every clinical covariate missing); `stride` overrides
+        the tiling step (training tiles densely, candidates.train_stride)."""
         prep = preprocess(image, self.spec)
         z = prepare_label(zones, prep)
-        tiles = tile_gland(z, self.cand.patch, self.cand.stride)
+        tiles = tile_gland(z, self.cand.patch, stride or self.cand.stride)
         cov = covariates(self.model_cfg.covariates, zones, tiles, clinical)
         return CaseTiles(prep, z, tiles, extract(prep.array, tiles), cov)
 

@@ -1,7 +1,7 @@
 """`localize train`: a patch lesion classifier on patient-level folds (stratified by lesion presence).
 
 Weighted BCE (pos_weight = negatives / positives of the training patches) and/or balanced sampling,
-left-right and up-down flips, AdamW, transfer learning from a saved lesion classifier (matching tensor
+quarter turns, flips and intensity scale/shift, AdamW, transfer learning from a saved lesion classifier (matching tensor
 names and shapes, count reported) with the encoder frozen (and its norm layers in eval mode) for the
 first N epochs. The weights are chosen on training patients only (`train.selection`: best epoch and
 early stopping by patch AUC on an inner split, or the last epoch); the fold's held-out patients are
@@ -45,7 +45,8 @@ def load_training_cases(cfg: LocalizeConfig, model: LesionModel) -> list[dict]:
             continue
         image, lesion, _ = load_case(c, model.spec.channels, cfg.data.label)
         zones = read_ref(c.labels[zkey], zkey, c.case_id)
-        ct = model.tiles_for(image, zones, clinical.get(c.case_id) or clinical.get(c.patient_id))
+        ct = model.tiles_for(image, zones, clinical.get(c.case_id) or clinical.get(c.patient_id),
+                             stride=cfg.candidates.train_stride)
         lab = patch_labels(prepare_label(lesion, ct.prepared), ct.tiles, cfg.candidates.positive_min_voxels)
         out.append({"case": c, "tiles": ct, "y": lab, "positive": bool(lesion.array.any()), "zones_key": zkey})
     if not out:
@@ -158,7 +159,7 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
         losses = []
         for _ in range(cfg.train.iters_per_epoch):
             idx = _draw(ytr, cfg.train.batch_size, cfg.train.balanced_sampling, rng)
-            x = torch.from_numpy(_flip(xtr[idx], rng))
+            x = torch.from_numpy(_augment(xtr[idx], rng))
             c = torch.from_numpy(ctr[idx]) if ctr.shape[1] else None
             loss = loss_fn(net(x, c)[:, 0], torch.from_numpy(ytr[idx]))
             opt.zero_grad(set_to_none=True)
@@ -243,13 +244,17 @@ def _draw(y: np.ndarray, n: int, balanced: bool, rng: np.random.Generator) -> np
     return np.concatenate([rng.choice(pos, k), rng.choice(neg, n - k)])
 
 
-def _flip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random flips of the in-plane axes (i: left-right, j: anterior-posterior), per sample."""
+def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per sample: a random quarter turn and flip in-plane (axes i, j), and a random intensity scale
+    (0.8-1.25) and shift (sd 0.2 of the z-scored intensity): the lesion's look is kept, the anatomy's
+    orientation and brightness are not memorised."""
     x = x.copy()
+    square = x.shape[2] == x.shape[3]
     for i in range(len(x)):
-        for ax in (1, 2):
-            if rng.random() < 0.5:
-                x[i] = np.flip(x[i], axis=ax)
+        x[i] = np.rot90(x[i], int(rng.integers(4)) if square else 2 * int(rng.integers(2)), axes=(1, 2))
+        if rng.random() < 0.5:
+            x[i] = np.flip(x[i], axis=1)
+        x[i] = x[i] * rng.uniform(0.8, 1.25) + rng.normal(0, 0.2)
     return x
 
 

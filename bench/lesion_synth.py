@@ -100,7 +100,7 @@ def build(bases: list[dict], contrast: float, out: Path, seed: int, variants: in
 
 def _cfg(datalist: Path, runs: Path, name: str, sets: list[str]) -> tuple[LocalizeConfig, list[str]]:
     sets = [f"name={name}", f"output_dir={runs}", f"data.root={datalist}", "data.datasets=[]",
-            "data.zones=[zones]", *sets]
+            "data.zones=[zones]", "data.inner_val=2", *sets]
     return load_config(LocalizeConfig, CONFIG, sets), sets
 
 
@@ -155,7 +155,7 @@ def cross_validate(datalist: Path, runs: Path, name: str, sets: list[str], expla
            "youden_specificity": wg["youden_specificity"], "n_pos": wg["n_pos"], "n_neg": wg["n_neg"],
            "lesion_sensitivity_at_fp_per_case": summary["lesion_level"]["WG"]["sensitivity_at_fp_per_case"],
            "n_lesions": summary["lesion_level"]["WG"]["n_lesions"], "lesion_ap": summary["lesion_level"]["WG"]["ap"],
-           "folds": folds, "overrides": sets[5:], "seconds": round(time.perf_counter() - t0, 1)}
+           "folds": folds, "overrides": sets[6:], "seconds": round(time.perf_counter() - t0, 1)}
     if explain:
         n = len(faith)
         out["gradcam"] = {"n_cases": n, "top_patch": "highest-scoring patch of each held-out case with a lesion",
@@ -177,7 +177,7 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int) -> list[
     from mricore.metrics import roc_auc
 
     seg = json.loads((SEGMENTER / "model.json").read_text())["model"]
-    arch = [f"model.name=dynunet_encoder", "model.width=1.0", "model.cam_layer=null", "train.lr=0.0003",
+    arch = [f"model.name=dynunet_encoder", "model.width=1.0", "model.cam_layer=null", "train.lr=0.001",
             f"model.encoder_args={json.dumps({'channels': seg['channels'], 'strides': seg['strides'], 'norm': seg['norm']})}",
             f"train.epochs={epochs}", f"train.patience={epochs}"]
     init = {"scratch": [], "segmenter": [f"train.init_from={SEGMENTER}", f"train.freeze_encoder_epochs={epochs // 3}"]}

@@ -1,13 +1,22 @@
-"""Lesion localisation, patient-level cross-validation under the honest protocol, as a command.
+"""Lesion localisation on the real expert lesion masks: CNN versus a logistic-regression baseline, with
+and without clinical covariates, under one patient-level cross-validation.
 
-For each fold of `configs/localize/lesion_t2w_2d.yaml`: `localize train --fold K` (the weights are
-chosen on an inner split of the fold's training patients; the held-out patients decide nothing), then
-`localize predict` on each of that fold's held-out cases with its zone map (expert `zones` where
-present, else the AI `zones_ai`), then one `localize evaluate` over all held-out predictions. Prints
-and writes bench/results/localize_cv.json: patient-level AUC, sensitivity/specificity, lesion hits,
-with the case counts and the split.
+Cases: every case of `configs/localize/lesion_t2w_2d.yaml`'s datasets (ProstateX, Prostate158) with an
+expert lesion mask and a zone map (expert `zones`, else the AI `zones_ai`). Folds: the ones `localize
+train` makes (patient-level, stratified by lesion presence, `data.split_seed`); each model sees the
+same held-out patients, which decide nothing.
 
-    .venv/bin/python bench/localize_cv.py [--runs runs/localize_cv] [--set key=value ...]
+Models (`--models`, default all):
+- `cnn`: the config as is (`localize train` per fold, weights chosen on an inner split of the training
+  patients; `localize predict` on each held-out case; patient score = highest lesion probability).
+- `cnn_clinical`: the same plus age, PSA, PSA density (reported and from the zone map's own gland
+  volume) from `prostatex/clinical.csv`, each with a missing indicator (Prostate158 has no table).
+- `lr`, `lr_clinical`: localize.baseline zone-wise T2W/ADC statistics, logistic regression per fold.
+
+Prints and writes bench/results/localize_cv.json: per model the patient AUC with a patient-level
+bootstrap 95 % CI, sensitivity/specificity at the Youden point, per-case scores, and the folds.
+
+    .venv/bin/python bench/localize_cv.py [--models lr lr_clinical cnn cnn_clinical] [--runs runs/localize_cv]
 """
 
 from __future__ import annotations
@@ -18,57 +27,187 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from localize.cli import main as localize  # noqa: E402
+from localize.config import CLINICAL, LocalizeConfig  # noqa: E402
 from mricore.config import load_config  # noqa: E402
-from mricore.datasets import load_dataset  # noqa: E402
 from mricore.io import write_json  # noqa: E402
-from localize.config import LocalizeConfig  # noqa: E402
 
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
+CLINICAL_COVARIATES = ["age", "psa", "psa_density", "psa_density_predicted"]
+MODELS = ("lr", "lr_clinical", "cnn", "cnn_clinical")
+
+
+def real_cases(cfg: LocalizeConfig) -> list[dict]:
+    """The cases `localize train` would use, in its order, with lesion presence and zone map."""
+    from mricore.datasets import load_dataset, read_ref
+
+    out = []
+    for c in load_dataset(cfg.data.root):
+        if cfg.data.datasets and c.dataset not in cfg.data.datasets:
+            continue
+        zkey = next((k for k in cfg.data.zones if k in c.labels), None)
+        if cfg.data.label not in c.labels or zkey is None or "T2W" not in c.images:
+            continue
+        lesion = read_ref(c.labels[cfg.data.label], cfg.data.label, c.case_id)
+        out.append({"case": c, "zones_key": zkey, "positive": bool(lesion.array.any())})
+    return out
+
+
+def folds_of(cfg: LocalizeConfig, cases: list[dict]) -> list[list[str]]:
+    """Held-out case ids per fold, exactly as localize.train makes them."""
+    from mricore.splits import make_splits
+
+    splits = make_splits([c["case"] for c in cases], cfg.data.folds, cfg.data.split_seed,
+                         positive=[c["positive"] for c in cases])
+    return [list(s["val"]) for s in splits]
+
+
+def with_site_check(result: dict, cases: list[dict]) -> dict:
+    """Adds the AUC within each dataset holding both classes: here every negative patient is a ProstateX
+    study, so a model can separate the classes by site alone; the within-ProstateX AUC cannot."""
+    from mricore.metrics import roc_auc
+
+    label = {c["case"].case_id: int(c["positive"]) for c in cases}
+    within = {}
+    for ds in sorted({c["case"].dataset for c in cases}):
+        ids = [c["case"].case_id for c in cases if c["case"].dataset == ds and c["case"].case_id in result["scores"]]
+        y = [label[i] for i in ids]
+        if 0 < sum(y) < len(y):
+            within[ds] = {"auc": roc_auc([result["scores"][i] for i in ids], y), "n_pos": sum(y), "n_neg": len(y) - sum(y)}
+    return {**result, "auc_within_dataset": within}
+
+
+def auc_with_ci(scores: list[float], labels: list[int], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Patient AUC, its patient-level bootstrap 95 % CI (resamples holding both classes), and the
+    sensitivity / specificity at the Youden point."""
+    from mricore.metrics import patient_level, roc_auc
+
+    s, y = np.asarray(scores, float), np.asarray(labels, int)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(s), len(s))
+        if 0 < y[i].sum() < len(i):
+            boots.append(roc_auc(s[i], y[i]))
+    pl = patient_level(s, y)
+    return {"auc": roc_auc(s, y), "auc_ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
+            if boots else [float("nan")] * 2, "youden_sensitivity": pl["youden_sensitivity"],
+            "youden_specificity": pl["youden_specificity"], "n_pos": int(y.sum()), "n_neg": int(len(y) - y.sum())}
+
+
+
+def logistic(cfg: LocalizeConfig, cases: list[dict], folds: list[list[str]], clinical: dict | None) -> dict:
+    """Zone-statistics logistic regression, fitted on each fold's training patients."""
+    from localize.baseline import LogisticBaseline, zone_features
+    from localize.model import clinical_value
+    from mricore.datasets import load_case, read_ref
+
+    feats, names = {}, None
+    for c in cases:
+        case = c["case"]
+        channels = ["T2W"] + (["ADC"] if "ADC" in case.images else [])
+        image, _, _ = load_case(case, channels)
+        zones = read_ref(case.labels[c["zones_key"]], c["zones_key"], case.case_id)
+        f = zone_features(image, zones)
+        if clinical is not None:
+            gland_ml = float((zones.array[0] > 0).sum() * zones.voxel_volume_ml)
+            for name in CLINICAL_COVARIATES:
+                v = clinical_value(name, clinical.get(case.case_id), gland_ml)
+                centre, scale, _ = CLINICAL[name]
+                f[name] = (v - centre) * scale if np.isfinite(v) else 0.0
+                f[f"{name}_missing"] = float(not np.isfinite(v))
+        feats[case.case_id] = f
+        names = list(f)
+    label = {c["case"].case_id: int(c["positive"]) for c in cases}
+    scores, coefs = {}, []
+    for held in folds:
+        train_ids = [cid for cid in feats if cid not in held]
+        x = np.array([[feats[cid][n] for n in names] for cid in train_ids])
+        m = LogisticBaseline().fit(x, [label[cid] for cid in train_ids])
+        p = m.predict(np.array([[feats[cid][n] for n in names] for cid in held]))
+        scores |= dict(zip(held, map(float, p)))
+        coefs.append(m.coefficients(names))
+    ids = sorted(scores)
+    return {"scores": {cid: scores[cid] for cid in ids}, "features": names,
+            "coefficients_per_fold": coefs, **auc_with_ci([scores[c] for c in ids], [label[c] for c in ids])}
+
+
+def cnn(cfg_sets: list[str], cases: list[dict], folds: list[list[str]], runs: Path, name: str,
+        clinical_path: str | None) -> dict:
+    """The full localisation path per fold: train, predict the held-out cases, score them."""
+    from localize.predict import predict
+    from localize.train import train
+
+    sets = [f"name={name}", f"output_dir={runs}", *cfg_sets]
+    if clinical_path:
+        sets += [f"data.clinical={clinical_path}",
+                 f"model.covariates={json.dumps(['prostate_volume_ml', 'zone_pz', *CLINICAL_COVARIATES])}"]
+    cfg = load_config(LocalizeConfig, CONFIG, sets)
+    by_id = {c["case"].case_id: c for c in cases}
+    scores, selection = {}, []
+    for k, held in enumerate(folds):
+        model = train(cfg, k, force=True)
+        meta = json.loads((model / "model.json").read_text())
+        if sorted(meta["validation"]["cases"]) != sorted(held):
+            raise SystemExit(f"fold {k}: localize train held out {meta['validation']['cases']}, expected {held}")
+        selection.append(meta["selection"])
+        for cid in held:
+            c = by_id[cid]["case"]
+            r = predict(str(model), [str(c.images["T2W"].path)], str(c.labels[by_id[cid]["zones_key"]].path),
+                        str(runs / name / "pred" / cid), force=True, clinical=clinical_path)
+            scores[cid] = r["patient_score"]
+    ids = sorted(scores)
+    return {"scores": {c: scores[c] for c in ids}, "selection": selection, "overrides": sets[2:],
+            **auc_with_ci([scores[c] for c in ids], [int(by_id[c]["positive"]) for c in ids])}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default=str(ROOT / "runs/localize_cv"))
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data"))
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
-    runs = Path(args.runs)
-    sets = [f"output_dir={runs}", f"data.root={args.data}", *args.overrides]
+    from localize.model import read_clinical
+
+    sets = [f"data.root={args.data}", *args.overrides]
     cfg = load_config(LocalizeConfig, CONFIG, sets)
-    cases = {c.case_id: c for c in load_dataset(args.data)}
-    t0 = time.perf_counter()
-    folds = []
-    for k in range(cfg.data.folds):
-        argv = ["train", "--config", str(CONFIG), "--fold", str(k), "--force"]
-        if localize(argv + [a for s in sets for a in ("--set", s)]) != 0:
-            return 2
-        model = runs / cfg.name / f"fold_{k}"
-        meta = json.loads((model / "model.json").read_text())
-        held = meta["validation"]["cases"]
-        folds.append({"fold": k, "held_out": held, "selection": meta["selection"]})
-        for cid in held:
-            c = cases[cid]
-            zones = next(c.labels[z].path for z in cfg.data.zones if z in c.labels)
-            if localize(["predict", "--model", str(model), "--zones", str(zones), str(c.images["T2W"].path),
-                         "-o", str(runs / "pred" / cid), "--force"]) != 0:
-                return 2
-    if localize(["evaluate", "--pred", str(runs / "pred"), "--ref", args.data, "-o", str(runs / "report"),
-                 "--force"]) != 0:
-        return 2
-    summary = json.loads((runs / "report" / "localize.json").read_text())
-    out = {"what": "lesion localisation, patient-level cross-validation (outer folds only; weights chosen "
-                   "on inner splits of the training patients)",
-           "command": "python bench/localize_cv.py", "config": str(CONFIG.relative_to(ROOT)),
-           "overrides": args.overrides, "datasets": cfg.data.datasets, "folds": folds,
-           "seconds": round(time.perf_counter() - t0, 1), **summary}
-    write_json(out, ROOT / "bench/results/localize_cv.json")
-    wg = summary["patient_level"]["WG"]
-    print(json.dumps({"n_cases": summary["n_cases"], "patient_auc_WG": wg.get("auc"),
-                      "sensitivity": wg.get("sensitivity"), "specificity": wg.get("specificity")}, indent=1))
+    clinical_path = str(Path(args.data) / "prostatex/clinical.csv")
+    clinical = read_clinical(clinical_path)
+    cases = real_cases(cfg)
+    folds = folds_of(cfg, cases)
+    out = {"what": "lesion detection per patient on the real expert lesion masks: patient-level cross-validation, "
+                   "the same folds for every model (held-out patients decide nothing)",
+           "command": "python bench/localize_cv.py " + " ".join(sys.argv[1:]), "config": str(CONFIG.relative_to(ROOT)),
+           "n_cases": len(cases), "n_positive": sum(c["positive"] for c in cases),
+           "folds": [{"fold": k, "held_out": h} for k, h in enumerate(folds)],
+           "clinical": {"table": "prostatex/clinical.csv", "covariates": CLINICAL_COVARIATES,
+                        "cases_with_values": sorted(c["case"].case_id for c in cases if c["case"].case_id in clinical),
+                        "missing": "value 0 (the centre) plus a <name>_missing indicator"},
+           "site_confound": "every lesion-free patient is a ProstateX study and every Prostate158 case has a lesion, "
+                            "so the pooled AUC can be won by telling the sites apart; auc_within_dataset "
+                            "(ProstateX: 3 with, 3 without) cannot",
+           "models": {}}
+    previous = ROOT / "bench/results/localize_cv.json"
+    if previous.exists():  # models not rerun keep their last figures (same folds are checked)
+        old = json.loads(previous.read_text())
+        if old.get("folds") == out["folds"]:
+            out["models"] = old.get("models", {})
+    for m in args.models:
+        t0 = time.perf_counter()
+        if m.startswith("lr"):
+            r = logistic(cfg, cases, folds, clinical if m == "lr_clinical" else None)
+        else:
+            r = cnn(sets, cases, folds, Path(args.runs), m, clinical_path if m == "cnn_clinical" else None)
+        r = with_site_check(r, cases)
+        out["models"][m] = {**r, "seconds": round(time.perf_counter() - t0, 1)}
+        print(json.dumps({"model": m, "auc": r["auc"], "auc_ci95": r["auc_ci95"], "n_pos": r["n_pos"],
+                          "n_neg": r["n_neg"], "within": r["auc_within_dataset"]}))
+    write_json(out, previous)
     return 0
 
 

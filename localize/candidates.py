@@ -1,7 +1,11 @@
 """Lesion candidates from a lesion probability map (PI-CAI style detection map).
 
-Connected regions (26-connectivity, 3D) of `prob >= threshold` become candidates; each gets one score
-(the maximum probability inside it), the majority zone of the zone map under it, its volume in mL and
+Candidates grow from peaks (dynamic thresholding, as PI-CAI's detection maps): the highest remaining
+voxel, if at least `threshold`, seeds a candidate made of the voxels connected to it (26-connectivity)
+whose probability is at least max(threshold, `relative` x peak); they are removed and the next peak is
+taken. So two lesions on a raised background stay two candidates, and a faint lesion still becomes
+one. relative=0 gives plain connected regions of `prob >= threshold`. Each candidate gets one score
+(its peak), the majority zone of the zone map under it, its volume in mL and
 its centroid in scanner millimetres. Labels are 1..n in order of decreasing score; the patient score
 is the maximum probability anywhere in the gland (0 when the map is empty).
 """
@@ -15,18 +19,23 @@ from mricore.zones import CLASS_NAMES
 
 
 def extract_candidates(prob: np.ndarray, zones: np.ndarray, affine: np.ndarray, threshold: float,
-                       min_volume_ml: float = 0.0) -> tuple[np.ndarray, list[dict]]:
+                       min_volume_ml: float = 0.0, relative: float = 0.5,
+                       max_candidates: int = 20) -> tuple[np.ndarray, list[dict]]:
     """(I, J, K) probabilities and zone map on one grid -> (uint16 labelled blobs, candidate dicts).
 
     Each dict: label, score, zone, volume_ml, voxels, centroid_ijk, centroid_ras_mm (NIfTI world,
     RAS+) and centroid_lps_mm (DICOM scanner convention: x and y negated).
     """
     prob = np.asarray(prob, dtype=np.float32)
-    blobs, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3, 3), bool))
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3])) / 1000.0)
+    work = np.where(prob >= threshold, prob, 0).astype(np.float32)
     found = []
-    for lab in range(1, n + 1):
-        m = blobs == lab
+    while len(found) < max_candidates and work.max() >= threshold and work.max() > 0:
+        peak_at = np.unravel_index(int(np.argmax(work)), work.shape)
+        peak = float(work[peak_at])
+        blobs, _ = ndimage.label(work >= max(threshold, relative * peak), structure=np.ones((3, 3, 3), bool))
+        m = blobs == blobs[peak_at]
+        work[m] = 0
         vox = int(m.sum())
         if vox * voxel_ml < min_volume_ml:
             continue
@@ -34,7 +43,7 @@ def extract_candidates(prob: np.ndarray, zones: np.ndarray, affine: np.ndarray, 
         counts = np.bincount(z[z > 0], minlength=3)[1:] if (z > 0).any() else None
         ijk = np.argwhere(m).mean(0)
         ras = (affine @ np.r_[ijk, 1.0])[:3]
-        found.append({"score": float(prob[m].max()), "zone": CLASS_NAMES[0 if counts is None else int(counts.argmax()) + 1],
+        found.append({"score": peak, "zone": CLASS_NAMES[0 if counts is None else int(counts.argmax()) + 1],
                       "volume_ml": vox * voxel_ml, "voxels": vox, "centroid_ijk": [float(v) for v in ijk],
                       "centroid_ras_mm": [float(v) for v in ras],
                       "centroid_lps_mm": [float(-ras[0]), float(-ras[1]), float(ras[2])], "_mask": m})

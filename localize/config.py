@@ -28,7 +28,7 @@ CLINICAL = {
 COVARIATES = sorted([*COMPUTED, *CLINICAL])
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     root: str = "../shared/data"
     datasets: list[str] = field(default_factory=lambda: ["prostatex", "prostate158"])
@@ -51,14 +51,16 @@ class DataConfig:
             raise ConfigError(where, "data.zones needs at least one label key", self.zones, "e.g. [zones, zones_ai]")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CandidateConfig:
     spatial_dims: Literal[2, 3] = 2
     patch: list[int] = field(default_factory=lambda: [64, 64])     # voxels of the working grid (i, j[, k])
     stride: list[int] = field(default_factory=lambda: [32, 32])
     train_stride: list[int] | None = None # denser tiling for training (more views of each lesion); None = stride
     positive_min_voxels: int = 5          # lesion voxels in the patch centre that make a patch positive
-    threshold: float = 0.5                # lesion probability that starts a candidate
+    threshold: float = 0.5                # lesion probability a candidate's peak must reach
+    relative: float = 0.5                 # a candidate: voxels connected to its peak with >= relative x peak
+    max_candidates: int = 20
     min_volume_ml: float = 0.01           # smaller connected regions are dropped
 
     def validate(self, where):
@@ -72,11 +74,14 @@ class CandidateConfig:
         ts = self.train_stride
         if ts is not None and (len(ts) != n or min(ts) < 1 or any(s > p for s, p in zip(ts, self.patch))):
             raise ConfigError(where, f"candidates.train_stride needs {n} sizes in 1..patch", ts, "e.g. [16, 16]")
+        if not 0 <= self.relative < 1 or self.max_candidates < 1:
+            raise ConfigError(where, "candidates.relative must lie in [0, 1) and max_candidates be >= 1",
+                              (self.relative, self.max_candidates), "e.g. relative 0.5, max_candidates 20")
         if not 0 < self.threshold < 1:
             raise ConfigError(where, "candidates.threshold is a probability in (0, 1)", self.threshold, "")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "resnet18"                # mricore.classifiers registry name
     width: float = 0.25                   # feature-channel scale (CPU-sized)
@@ -91,7 +96,7 @@ class ModelConfig:
             raise ConfigError(where, "unknown covariate", bad, f"use names from {sorted(COVARIATES)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
     iters_per_epoch: int = 30
@@ -118,7 +123,7 @@ class TrainConfig:
             raise ConfigError(where, "train.lr must be a positive number", self.lr, "e.g. 0.001")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LocalizeConfig:
     name: str = "lesion"
     output_dir: str = "runs"              # model folders go to output_dir/name/fold_K

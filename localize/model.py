@@ -25,9 +25,12 @@ from .patches import Tiles, extract, tile_gland
 KIND = "lesion_classifier"
 
 
-def lesion_probability(logits: torch.Tensor) -> torch.Tensor:
-    """(N, 1) logits -> (N,) float32 lesion probabilities."""
-    return torch.sigmoid(logits.float()[:, 0])
+def lesion_probability(logits: torch.Tensor, prior_logit: float = 0.0) -> torch.Tensor:
+    """(N, 1) logits -> (N,) float32 lesion probabilities. `prior_logit` undoes the class prior that
+    training imposed (balanced batches or a positive weight see lesions as often as the rest): it is
+    log(population odds) - log(training odds), so the probabilities are calibrated to how rare lesion
+    tiles are (model.json `training.prior_logit`)."""
+    return torch.sigmoid(logits.float()[:, 0] + prior_logit)
 
 
 @dataclass
@@ -46,6 +49,7 @@ class LesionModel:
                  meta: dict | None = None, name: str = ""):
         self.net, self.model_cfg, self.cand, self.spec = net, model_cfg, cand, spec
         self.meta, self.name = meta or {}, name
+        self.prior_logit = float(((meta or {}).get("training") or {}).get("prior_logit", 0.0))
 
     @classmethod
     def build(cls, model_cfg: ModelConfig, cand: CandidateConfig, spec: PreprocessSpec) -> "LesionModel":
@@ -68,6 +72,7 @@ class LesionModel:
                              str(e).splitlines()[0][:120], "re-export the model folder") from None
         m.net.eval()
         m.meta, m.name = meta.to_dict(), folder.name  # as model.json holds it (localize.predict reads it)
+        m.prior_logit = float((meta.training or {}).get("prior_logit", 0.0))
         return m
 
     @property
@@ -93,7 +98,7 @@ class LesionModel:
         for s in range(0, len(patches), batch):
             x = torch.from_numpy(patches[s:s + batch])
             c = torch.from_numpy(cov[s:s + batch]) if cov.shape[1] else None
-            out.append(lesion_probability(self.net(x, c)).numpy())
+            out.append(lesion_probability(self.net(x, c), self.prior_logit).numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 

@@ -68,7 +68,8 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
     if not np.all(np.isfinite(prob)):
         raise InputError(case.case_id, "lesion probabilities must be finite", "NaN/Inf values",
                          "check the input image and the model folder")
-    labels, cands = extract_candidates(prob, zones.array[0], image.affine, model.cand.threshold, model.cand.min_volume_ml)
+    labels, cands = extract_candidates(prob, zones.array[0], image.affine, model.cand.threshold, model.cand.min_volume_ml,
+                                       model.cand.relative, model.cand.max_candidates)
     result = {"case_id": case.case_id, "inputs": [str(p) for p in inputs], "zones": str(zones_path),
               "model": {"folder": str(model_dir), "name": model.meta.get("name"), "fold": model.meta.get("fold"),
                         "classifier": model.model_cfg.name, "validation": model.meta.get("validation")},
@@ -99,7 +100,8 @@ def top_patch_faithfulness(model: LesionModel, ct, scores: np.ndarray, layer: st
 
     @torch.no_grad()
     def batch_scores(t):
-        return lesion_probability(model.net.eval()(t, None if c is None else c.expand(len(t), -1))).numpy()
+        return lesion_probability(model.net.eval()(t, None if c is None else c.expand(len(t), -1)),
+                                  model.prior_logit).numpy()
 
     curves = deletion_insertion(batch_scores, x, cam)
     return {"patch": top, **faithfulness(lambda t: float(batch_scores(t)[0]), x, cam, top_k=10.0, n_random=5),

@@ -194,6 +194,10 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
     held_scores = _score(model, _stack(held), loss_fn) if held else None
     meta = _meta(cfg, fold, inner, held, inner_row, held_scores, best_epoch, pos_weight, transfer, len(ytr), n_pos)
     meta.training["patients"] = len({i["case"].patient_id for i in tr})
+    # Training saw lesions at odds (batch share) x pos_weight; the tiles hold them at n_pos : n_neg.
+    odds = n_pos / max(len(ytr) - n_pos, 1)
+    batch_odds = 1.0 if cfg.train.balanced_sampling else odds
+    meta.training["prior_logit"] = float(np.log(odds) - np.log(batch_odds * pos_weight))
     write_model(run_dir, replace(meta, history=history), net.state_dict())
     return run_dir
 

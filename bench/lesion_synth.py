@@ -177,7 +177,7 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int) -> list[
     from mricore.metrics import roc_auc
 
     seg = json.loads((SEGMENTER / "model.json").read_text())["model"]
-    arch = [f"model.name=dynunet_encoder", "model.width=1.0", "model.cam_layer=null", "train.lr=0.001",
+    arch = ["model.name=dynunet_encoder", "model.width=1.0", "model.cam_layer=null", "train.lr=0.001",
             f"model.encoder_args={json.dumps({'channels': seg['channels'], 'strides': seg['strides'], 'norm': seg['norm']})}",
             f"train.epochs={epochs}", f"train.patience={epochs}"]
     init = {"scratch": [], "segmenter": [f"train.init_from={SEGMENTER}", f"train.freeze_encoder_epochs={epochs // 3}"]}

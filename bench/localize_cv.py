@@ -11,7 +11,8 @@ Models (`--models`, default all):
   patients; `localize predict` on each held-out case; patient score = highest lesion probability).
 - `cnn_clinical`: the same plus age, PSA, PSA density (reported and from the zone map's own gland
   volume) from `prostatex/clinical.csv`, each with a missing indicator (Prostate158 has no table).
-- `lr`, `lr_clinical`: localize.baseline zone-wise T2W/ADC statistics, logistic regression per fold.
+- `lr`, `lr_clinical`: `configs/localize/lesion_zone_lr.yaml` (localize.baseline: zone-wise T2W/ADC
+  statistics and a logistic regression), through the same commands.
 
 Prints and writes bench/results/localize_cv.json: per model the patient AUC with a patient-level
 bootstrap 95 % CI, sensitivity/specificity at the Youden point, per-case scores, and the folds.
@@ -32,11 +33,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from localize.config import CLINICAL, LocalizeConfig  # noqa: E402
+from localize.config import LocalizeConfig  # noqa: E402
 from mricore.config import load_config  # noqa: E402
 from mricore.io import write_json  # noqa: E402
 
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
+LR_CONFIG = ROOT / "configs/localize/lesion_zone_lr.yaml"
 CLINICAL_COVARIATES = ["age", "psa", "psa_density", "psa_density_predicted"]
 MODELS = ("lr", "lr_clinical", "cnn", "cnn_clinical")
 
@@ -100,53 +102,17 @@ def auc_with_ci(scores: list[float], labels: list[int], n_boot: int = 2000, seed
 
 
 
-def logistic(cfg: LocalizeConfig, cases: list[dict], folds: list[list[str]], clinical: dict | None) -> dict:
-    """Zone-statistics logistic regression, fitted on each fold's training patients."""
-    from localize.baseline import LogisticBaseline, zone_features
-    from localize.model import clinical_value
-    from mricore.datasets import load_case, read_ref
-
-    feats, names = {}, None
-    for c in cases:
-        case = c["case"]
-        channels = ["T2W"] + (["ADC"] if "ADC" in case.images else [])
-        image, _, _ = load_case(case, channels)
-        zones = read_ref(case.labels[c["zones_key"]], c["zones_key"], case.case_id)
-        f = zone_features(image, zones)
-        if clinical is not None:
-            gland_ml = float((zones.array[0] > 0).sum() * zones.voxel_volume_ml)
-            for name in CLINICAL_COVARIATES:
-                v = clinical_value(name, clinical.get(case.case_id), gland_ml)
-                centre, scale, _ = CLINICAL[name]
-                f[name] = (v - centre) * scale if np.isfinite(v) else 0.0
-                f[f"{name}_missing"] = float(not np.isfinite(v))
-        feats[case.case_id] = f
-        names = list(f)
-    label = {c["case"].case_id: int(c["positive"]) for c in cases}
-    scores, coefs = {}, []
-    for held in folds:
-        train_ids = [cid for cid in feats if cid not in held]
-        x = np.array([[feats[cid][n] for n in names] for cid in train_ids])
-        m = LogisticBaseline().fit(x, [label[cid] for cid in train_ids])
-        p = m.predict(np.array([[feats[cid][n] for n in names] for cid in held]))
-        scores |= dict(zip(held, map(float, p)))
-        coefs.append(m.coefficients(names))
-    ids = sorted(scores)
-    return {"scores": {cid: scores[cid] for cid in ids}, "features": names,
-            "coefficients_per_fold": coefs, **auc_with_ci([scores[c] for c in ids], [label[c] for c in ids])}
-
-
-def cnn(cfg_sets: list[str], cases: list[dict], folds: list[list[str]], runs: Path, name: str,
-        clinical_path: str | None) -> dict:
-    """The full localisation path per fold: train, predict the held-out cases, score them."""
+def full_path(config: Path, cfg_sets: list[str], cases: list[dict], folds: list[list[str]], runs: Path, name: str,
+              clinical_path: str | None) -> dict:
+    """The full localisation path per fold: `localize train`, `localize predict` on the held-out cases."""
     from localize.predict import predict
     from localize.train import train
 
     sets = [f"name={name}", f"output_dir={runs}", *cfg_sets]
     if clinical_path:
-        sets += [f"data.clinical={clinical_path}",
-                 f"model.covariates={json.dumps(['prostate_volume_ml', 'zone_pz', *CLINICAL_COVARIATES])}"]
-    cfg = load_config(LocalizeConfig, CONFIG, sets)
+        base = load_config(LocalizeConfig, config, cfg_sets).model.covariates
+        sets += [f"data.clinical={clinical_path}", f"model.covariates={json.dumps([*base, *CLINICAL_COVARIATES])}"]
+    cfg = load_config(LocalizeConfig, config, sets)
     by_id = {c["case"].case_id: c for c in cases}
     scores, selection = {}, []
     for k, held in enumerate(folds):
@@ -199,10 +165,8 @@ def main() -> int:
             out["models"] = old.get("models", {})
     for m in args.models:
         t0 = time.perf_counter()
-        if m.startswith("lr"):
-            r = logistic(cfg, cases, folds, clinical if m == "lr_clinical" else None)
-        else:
-            r = cnn(sets, cases, folds, Path(args.runs), m, clinical_path if m == "cnn_clinical" else None)
+        config = LR_CONFIG if m.startswith("lr") else CONFIG
+        r = full_path(config, sets, cases, folds, Path(args.runs), m, clinical_path if m.endswith("_clinical") else None)
         r = with_site_check(r, cases)
         out["models"][m] = {**r, "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps({"model": m, "auc": r["auc"], "auc_ci95": r["auc_ci95"], "n_pos": r["n_pos"],

@@ -39,16 +39,27 @@ def extract_candidates(prob: np.ndarray, zones: np.ndarray, affine: np.ndarray, 
         vox = int(m.sum())
         if vox * voxel_ml < min_volume_ml:
             continue
-        z = zones[m]
-        counts = np.bincount(z[z > 0], minlength=3)[1:] if (z > 0).any() else None
-        ijk = np.argwhere(m).mean(0)
-        ras = (affine @ np.r_[ijk, 1.0])[:3]
-        found.append({"score": peak, "zone": CLASS_NAMES[0 if counts is None else int(counts.argmax()) + 1],
-                      "volume_ml": vox * voxel_ml, "voxels": vox, "centroid_ijk": [float(v) for v in ijk],
-                      "centroid_ras_mm": [float(v) for v in ras],
-                      "centroid_lps_mm": [float(-ras[0]), float(-ras[1]), float(ras[2])], "_mask": m})
+        found.append(describe(m, peak, zones, affine))
+    return label_candidates(found, prob.shape)
+
+
+def describe(mask: np.ndarray, score: float, zones: np.ndarray, affine: np.ndarray) -> dict:
+    """A candidate dict for a boolean region (its `_mask` is consumed by label_candidates)."""
+    vox = int(mask.sum())
+    z = zones[mask]
+    counts = np.bincount(z[z > 0], minlength=3)[1:] if (z > 0).any() else None
+    ijk = np.argwhere(mask).mean(0)
+    ras = (affine @ np.r_[ijk, 1.0])[:3]
+    return {"score": float(score), "zone": CLASS_NAMES[0 if counts is None else int(counts.argmax()) + 1],
+            "volume_ml": vox * float(abs(np.linalg.det(affine[:3, :3])) / 1000.0), "voxels": vox,
+            "centroid_ijk": [float(v) for v in ijk], "centroid_ras_mm": [float(v) for v in ras],
+            "centroid_lps_mm": [float(-ras[0]), float(-ras[1]), float(ras[2])], "_mask": mask}
+
+
+def label_candidates(found: list[dict], shape) -> tuple[np.ndarray, list[dict]]:
+    """(uint16 map with labels 1..n by decreasing score, the candidate dicts with their label)."""
     found.sort(key=lambda c: -c["score"])
-    out = np.zeros(prob.shape, np.uint16)
+    out = np.zeros(shape, np.uint16)
     for i, c in enumerate(found, start=1):
         out[c.pop("_mask")] = i
         c["label"] = i

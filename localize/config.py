@@ -83,11 +83,12 @@ class CandidateConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "resnet18"                # mricore.classifiers registry name
+    name: str = "resnet18"                # mricore.classifiers registry name, or zone_stats_lr (localize.baseline)
     width: float = 0.25                   # feature-channel scale (CPU-sized)
     dropout: float = 0.2
     covariates: list[str] = field(default_factory=list)   # names from COVARIATES (clinical ones add an indicator)
     encoder_args: dict = field(default_factory=dict)       # dynunet_encoder: channels, strides, norm (the segmenter's)
+    c: float = 0.3                        # zone_stats_lr: inverse L2 strength (scikit-learn's C)
     cam_layer: str | None = None          # Grad-CAM target; None = the backbone's default
 
     def validate(self, where):

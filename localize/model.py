@@ -60,6 +60,8 @@ class LesionModel:
 
     @classmethod
     def load(cls, folder: str | Path) -> "LesionModel":
+        """The CNN of a model folder (a zone_stats_lr folder loads as localize.baseline.ZoneStatsModel:
+        use load_lesion_model for either)."""
         folder = Path(folder)
         meta = read_model(folder, KIND)
         where = f"{folder}/model.json"
@@ -100,6 +102,14 @@ class LesionModel:
             c = torch.from_numpy(cov[s:s + batch]) if cov.shape[1] else None
             out.append(lesion_probability(self.net(x, c), self.prior_logit).numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def load_lesion_model(folder: str | Path):
+    """A model folder of kind lesion_classifier: the CNN (LesionModel) or the zone-statistics baseline."""
+    from .baseline import NAME, ZoneStatsModel
+
+    meta = read_model(folder, KIND)
+    return ZoneStatsModel.load(folder, meta) if meta.model.get("name") == NAME else LesionModel.load(folder)
 
 
 def covariate_columns(names: list[str]) -> list[str]:

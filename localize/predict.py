@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from mricore.datasets import image_from_inputs, load_case
-from mricore.errors import GeometryError, InputError
+from mricore.errors import ConfigError, GeometryError, InputError
 from mricore.io import read_label, write_json, write_nifti
 from mricore.preprocess import restore
 
 from .candidates import extract_candidates, patient_score
-from .model import LesionModel, covariate_columns, lesion_probability, read_clinical
+from .model import LesionModel, covariate_columns, lesion_probability, load_lesion_model, read_clinical
 from .patches import assemble
 
 OUTPUTS = ("lesion_probability.nii.gz", "lesion_candidates.nii.gz", "lesion.json")
@@ -38,7 +38,8 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
 
     t0 = time.perf_counter()
     out = check_output_dir(out_dir)
-    model = LesionModel.load(model_dir)
+    model = load_lesion_model(model_dir)
+    cnn = isinstance(model, LesionModel)
     case = image_from_inputs([Path(p) for p in inputs], model.spec.channels)
     missing = [c for c in model.spec.channels if c not in case.images]
     if missing:
@@ -47,6 +48,9 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
     names = OUTPUTS + (EXPLAIN_OUTPUTS if explain else ())
     check_absent([out / n for n in names], force)
     row = read_clinical(clinical).get(case.case_id)
+    if explain and not cnn:
+        raise ConfigError("--explain", "Grad-CAM needs a CNN lesion classifier", model.model_cfg.name,
+                          "drop --explain: model.json training.coefficients explain zone_stats_lr")
     if explain:
         from mricore.gradcam import check_layer
 
@@ -60,23 +64,31 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
     if zones.array.max() > 2:
         raise InputError(zones_path, "zone labels must be 0 background, 1 TZ, 2 PZ", int(zones.array.max()),
                          "pass a zone map, not a lesion or whole-gland mask")
-    ct = model.tiles_for(image, zones, row)
-    scores = model.score(ct.patches, ct.covariates)
-    work = assemble(scores, ct.tiles, ct.zones.shape, gland=ct.zones)
     gland = zones.array[0] > 0
-    prob = restore(work[None], ct.prepared)[0] * gland
+    if cnn:
+        ct = model.tiles_for(image, zones, row)
+        scores = model.score(ct.patches, ct.covariates)
+        work = assemble(scores, ct.tiles, ct.zones.shape, gland=ct.zones)
+        prob = restore(work[None], ct.prepared)[0] * gland
+        extra = {"covariates": dict(zip(covariate_columns(model.model_cfg.covariates),
+                                        (ct.covariates[0].tolist() if len(ct.covariates) else []))),
+                 "n_patches": int(len(scores))}
+    else:
+        prob, per_zone = model.zone_map(image, zones, row)
+        extra = {"zone_probability": per_zone}
     if not np.all(np.isfinite(prob)):
         raise InputError(case.case_id, "lesion probabilities must be finite", "NaN/Inf values",
                          "check the input image and the model folder")
-    labels, cands = extract_candidates(prob, zones.array[0], image.affine, model.cand.threshold, model.cand.min_volume_ml,
-                                       model.cand.relative, model.cand.max_candidates)
+    if cnn:
+        labels, cands = extract_candidates(prob, zones.array[0], image.affine, model.cand.threshold,
+                                           model.cand.min_volume_ml, model.cand.relative, model.cand.max_candidates)
+    else:
+        labels, cands = model.candidates(prob, zones.array[0], image.affine)
     result = {"case_id": case.case_id, "inputs": [str(p) for p in inputs], "zones": str(zones_path),
               "model": {"folder": str(model_dir), "name": model.meta.get("name"), "fold": model.meta.get("fold"),
                         "classifier": model.model_cfg.name, "validation": model.meta.get("validation")},
-              "covariates": dict(zip(covariate_columns(model.model_cfg.covariates),
-                                     (ct.covariates[0].tolist() if len(ct.covariates) else []))),
-              "threshold": model.cand.threshold, "patient_score": patient_score(prob), "n_patches": int(len(scores)),
-              "candidates": cands, "alignment": info["alignment"],
+              **extra, "threshold": model.cand.threshold, "patient_score": patient_score(prob), "candidates": cands,
+              "alignment": info["alignment"],
               "coordinates": "centroid_ras_mm: NIfTI world (RAS+); centroid_lps_mm: DICOM scanner (LPS)"}
     with staged_dir(out, stale=OUTPUTS + EXPLAIN_OUTPUTS) as stage:  # all outputs together or none
         if explain:

@@ -28,6 +28,8 @@ from mricore.preprocess import prepare_label
 from mricore.splits import inner_patients, make_splits
 
 from .config import LocalizeConfig
+from .baseline import NAME as BASELINE
+from .baseline import train_baseline
 from .model import KIND, LesionModel, read_clinical
 from .patches import patch_labels
 
@@ -107,6 +109,8 @@ def _init_from(net, folder: str, cfg: LocalizeConfig) -> dict:
 
 def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force: bool = False) -> Path:
     """Train one fold (or 'all' cases without validation); return the model folder."""
+    if cfg.model.name == BASELINE:
+        return train_baseline(cfg, fold, force)
     run_dir, last = run_folder(cfg.output_dir, cfg.name, fold, resume, force)
     torch.manual_seed(cfg.train.seed)
     model = LesionModel.build(cfg.model, cfg.candidates, cfg.preprocess)

@@ -169,8 +169,8 @@ def cross_validate(datalist: Path, runs: Path, name: str, sets: list[str], expla
 
 def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int) -> list[dict]:
     """dynunet_encoder from scratch versus from the bundled segmenter's encoder (frozen for the first
-    third of the epochs), at several numbers of training patients per fold; patient AUC of the
-    held-out cases (patient score = highest patch probability)."""
+    third of the epochs), at several numbers of training patients per fold, both on the same fixed
+    schedule (last epoch); patient AUC of the held-out cases (patient score = highest patch probability)."""
     from localize.model import LesionModel
     from localize.train import train
     from mricore.datasets import load_case, load_dataset, read_ref
@@ -179,7 +179,7 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int) -> list[
     seg = json.loads((SEGMENTER / "model.json").read_text())["model"]
     arch = ["model.name=dynunet_encoder", "model.width=1.0", "model.cam_layer=null", "train.lr=0.001",
             f"model.encoder_args={json.dumps({'channels': seg['channels'], 'strides': seg['strides'], 'norm': seg['norm']})}",
-            f"train.epochs={epochs}", f"train.patience={epochs}"]
+            f"train.epochs={epochs}", "train.selection=fixed"]
     init = {"scratch": [], "segmenter": [f"train.init_from={SEGMENTER}", f"train.freeze_encoder_epochs={epochs // 3}"]}
     cases = {c.case_id: c for c in load_dataset(datalist)}
     rows = []
@@ -211,10 +211,11 @@ def main() -> int:
     ap.add_argument("--contrasts", type=float, nargs="+", default=[0.0, 0.3, DEFAULT_CONTRAST, 0.9])
     ap.add_argument("--variants", type=int, default=6, help="synthetic copies of each base study")
     ap.add_argument("--sizes", type=int, nargs="+", default=[3, 10], help="training patients (transfer)")
-    ap.add_argument("--transfer-epochs", type=int, default=12)
+    ap.add_argument("--transfer-epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--no-transfer", action="store_true")
+    ap.add_argument("--parts", nargs="+", default=["sweep", "transfer"], choices=["sweep", "transfer"],
+                    help="run these parts; the others keep their figures from the last bench/results JSON")
     args = ap.parse_args()
     out, t0 = Path(args.out), time.perf_counter()
     bases = base_studies(Path(args.data), out / "zones")
@@ -224,7 +225,12 @@ def main() -> int:
               "base_studies": [b["patient"] for b in bases], "variants_per_study": args.variants, "seed": args.seed,
               "lesions_per_case": dict(zip(map(str, LESION_COUNTS), LESION_ODDS)), "default_contrast": DEFAULT_CONTRAST,
               "contrast": "fractional darkening of T2W (and ADC) inside the lesion: 0.6 = 60 % darker", "by_contrast": []}
-    for c in args.contrasts:
+    path = ROOT / "bench/results/lesion_synth.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    for part, key in (("sweep", "by_contrast"), ("transfer", "transfer")):
+        if part not in args.parts and key in old:
+            result[key] = old[key]
+    for c in (args.contrasts if "sweep" in args.parts else []):
         tb = time.perf_counter()
         datalist = build(bases, c, out / f"data_c{c:g}", args.seed, args.variants)
         row = {"contrast": c, "build_seconds": round(time.perf_counter() - tb, 1),
@@ -232,14 +238,15 @@ def main() -> int:
         result["by_contrast"].append(row)
         print(json.dumps({k: row[k] for k in ("contrast", "patient_auc", "lesion_sensitivity_at_fp_per_case", "seconds")}
                          | {"gradcam_deletion_better": row["gradcam"]["deletion_better_than_random"]}))
-    if not args.no_transfer:
+    if "transfer" in args.parts:
         datalist = out / f"data_c{DEFAULT_CONTRAST:g}" / "datalist.csv"
         if not datalist.exists():
             build(bases, DEFAULT_CONTRAST, datalist.parent, args.seed, args.variants)
         result["transfer"] = {"segmenter": str(SEGMENTER.relative_to(ROOT)), "contrast": DEFAULT_CONTRAST,
                               "rows": transfer(datalist, out / "runs", args.sizes, args.transfer_epochs)}
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(result, ROOT / "bench/results/lesion_synth.json")
+    result["command"] = "python bench/lesion_synth.py " + " ".join(sys.argv[1:])
+    write_json(result, path)
     print(f"wrote bench/results/lesion_synth.json ({result['seconds']} s)")
     return 0
 

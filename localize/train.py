@@ -130,8 +130,8 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
         held_ids = set(splits[int(fold)]["val"])
         tr = [i for i in items if i["case"].case_id not in held_ids]
         held = [i for i in items if i["case"].case_id in held_ids]
-    tr = _subset(cfg, tr, fold)
     tr, inner = _inner_split(cfg, tr, fold)
+    tr = _subset(cfg, tr, fold)  # after the inner split: the patients whose tiles train the weights
     xtr, ctr, ytr = _stack(tr)
     val = _stack(inner)
     n_pos = int(ytr.sum())

@@ -45,15 +45,11 @@ MODELS = ("lr", "lr_clinical", "cnn", "cnn_clinical")
 
 def real_cases(cfg: LocalizeConfig) -> list[dict]:
     """The cases `localize train` would use, in its order, with lesion presence and zone map."""
-    from mricore.datasets import load_dataset, read_ref
+    from localize.model import labelled_cases
+    from mricore.datasets import read_ref
 
     out = []
-    for c in load_dataset(cfg.data.root):
-        if cfg.data.datasets and c.dataset not in cfg.data.datasets:
-            continue
-        zkey = next((k for k in cfg.data.zones if k in c.labels), None)
-        if cfg.data.label not in c.labels or zkey is None or "T2W" not in c.images:
-            continue
+    for c, zkey in labelled_cases(cfg.data, ["T2W"]):
         lesion = read_ref(c.labels[cfg.data.label], cfg.data.label, c.case_id)
         out.append({"case": c, "zones_key": zkey, "positive": bool(lesion.array.any())})
     return out

@@ -100,23 +100,18 @@ def probability(weights: dict, x: np.ndarray) -> np.ndarray:
 def train_baseline(cfg, fold, force: bool = False) -> Path:
     """`localize train` for zone_stats_lr: one fit per fold (no epochs, nothing to choose)."""
     from mricore.config import to_dict
-    from mricore.datasets import load_case, load_dataset, read_ref
+    from mricore.datasets import load_case, read_ref
     from mricore.errors import InputError
     from mricore.metrics import roc_auc
     from mricore.modelfolder import ModelMeta, run_folder, start_run, write_model
     from mricore.splits import make_splits
 
-    from .model import KIND, read_clinical
+    from .model import KIND, labelled_cases, read_clinical
 
     run_dir, _ = run_folder(cfg.output_dir, cfg.name, fold, False, force)
     clinical = read_clinical(cfg.data.clinical)
     items = []
-    for c in load_dataset(cfg.data.root):
-        if cfg.data.datasets and c.dataset not in cfg.data.datasets:
-            continue
-        zkey = next((k for k in cfg.data.zones if k in c.labels), None)
-        if cfg.data.label not in c.labels or zkey is None or "T2W" not in c.images:
-            continue
+    for c, zkey in labelled_cases(cfg.data, ["T2W"]):
         channels = ["T2W"] + (["ADC"] if "ADC" in cfg.preprocess.channels and "ADC" in c.images else [])
         image, lesion, _ = load_case(c, channels, cfg.data.label)
         zones = read_ref(c.labels[zkey], zkey, c.case_id)

@@ -104,6 +104,22 @@ class LesionModel:
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def labelled_cases(data, channels: list[str]) -> list[tuple]:
+    """(case, zone-map key) of every case of `data` (a DataConfig) in its datasets with the lesion
+    label, a zone map (the first of data.zones present) and the channels: the cases training uses,
+    in load order (so folds made from them are the same everywhere)."""
+    from mricore.datasets import load_dataset
+
+    out = []
+    for c in load_dataset(data.root):
+        if data.datasets and c.dataset not in data.datasets:
+            continue
+        zkey = next((k for k in data.zones if k in c.labels), None)
+        if data.label in c.labels and zkey is not None and all(ch in c.images for ch in channels):
+            out.append((c, zkey))
+    return out
+
+
 def load_lesion_model(folder: str | Path):
     """A model folder of kind lesion_classifier: the CNN (LesionModel) or the zone-statistics baseline."""
     from .baseline import NAME, ZoneStatsModel

@@ -20,7 +20,7 @@ import torch
 
 from mricore.classifiers import encoder_parameters, load_matching
 from mricore.config import to_dict
-from mricore.datasets import load_case, load_dataset, read_ref
+from mricore.datasets import load_case, read_ref
 from mricore.errors import ConfigError, InputError
 from mricore.io import replace_atomically
 from mricore.modelfolder import ModelMeta, load_weights, read_model, run_folder, start_run, write_model
@@ -30,21 +30,15 @@ from mricore.splits import inner_patients, make_splits
 from .config import LocalizeConfig
 from .baseline import NAME as BASELINE
 from .baseline import train_baseline
-from .model import KIND, LesionModel, read_clinical
+from .model import KIND, LesionModel, labelled_cases, read_clinical
 from .patches import patch_labels
 
 
 def load_training_cases(cfg: LocalizeConfig, model: LesionModel) -> list[dict]:
     """Every case with the lesion label and a zone map: its patches, patch labels and covariates."""
-    cases = load_dataset(cfg.data.root)
     clinical = read_clinical(cfg.data.clinical)
-    if cfg.data.datasets:
-        cases = [c for c in cases if c.dataset in cfg.data.datasets]
     out = []
-    for c in cases:
-        zkey = next((k for k in cfg.data.zones if k in c.labels), None)
-        if cfg.data.label not in c.labels or zkey is None or any(ch not in c.images for ch in model.spec.channels):
-            continue
+    for c, zkey in labelled_cases(cfg.data, model.spec.channels):
         image, lesion, _ = load_case(c, model.spec.channels, cfg.data.label)
         zones = read_ref(c.labels[zkey], zkey, c.case_id)
         ct = model.tiles_for(image, zones, clinical.get(c.case_id) or clinical.get(c.patient_id),

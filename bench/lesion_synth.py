@@ -167,7 +167,7 @@ def cross_validate(datalist: Path, runs: Path, name: str, sets: list[str], expla
     return out
 
 
-def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int) -> list[dict]:
+def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int, contrast: float) -> list[dict]:
     """dynunet_encoder from scratch versus from the bundled segmenter's encoder (frozen for the first
     third of the epochs), at several numbers of training patients per fold, both on the same fixed
     schedule (last epoch); patient AUC of the held-out cases (patient score = highest patch probability)."""
@@ -185,7 +185,7 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int) -> list[
     rows = []
     for n in sizes:
         for how, extra in init.items():
-            cfg, _ = _cfg(datalist, runs, f"transfer_{how}_{n}", [*arch, *extra, f"data.max_train_patients={n}"])
+            cfg, _ = _cfg(datalist, runs, f"transfer_c{contrast:g}_{how}_{n}", [*arch, *extra, f"data.max_train_patients={n}"])
             scores, labels, t0, n_train = [], [], time.perf_counter(), []
             for k in range(cfg.data.folds):
                 model_dir = train(cfg, k, force=True)
@@ -212,6 +212,7 @@ def main() -> int:
     ap.add_argument("--variants", type=int, default=6, help="synthetic copies of each base study")
     ap.add_argument("--sizes", type=int, nargs="+", default=[3, 10], help="training patients (transfer)")
     ap.add_argument("--transfer-epochs", type=int, default=8)
+    ap.add_argument("--transfer-contrasts", type=float, nargs="+", default=[DEFAULT_CONTRAST, 0.9])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--parts", nargs="+", default=["sweep", "transfer"], choices=["sweep", "transfer"],
@@ -239,11 +240,17 @@ def main() -> int:
         print(json.dumps({k: row[k] for k in ("contrast", "patient_auc", "lesion_sensitivity_at_fp_per_case", "seconds")}
                          | {"gradcam_deletion_better": row["gradcam"]["deletion_better_than_random"]}))
     if "transfer" in args.parts:
-        datalist = out / f"data_c{DEFAULT_CONTRAST:g}" / "datalist.csv"
-        if not datalist.exists():
-            build(bases, DEFAULT_CONTRAST, datalist.parent, args.seed, args.variants)
-        result["transfer"] = {"segmenter": str(SEGMENTER.relative_to(ROOT)), "contrast": DEFAULT_CONTRAST,
-                              "rows": transfer(datalist, out / "runs", args.sizes, args.transfer_epochs)}
+        old_t = old.get("transfer", {})
+        kept = [{"contrast": r.get("contrast", old_t.get("contrast")), **r} for r in old_t.get("rows", [])]
+        kept = [r for r in kept if r["contrast"] not in args.transfer_contrasts]  # other contrasts' rows stay
+        rows = []
+        for c in args.transfer_contrasts:
+            datalist = out / f"data_c{c:g}" / "datalist.csv"
+            if not datalist.exists():
+                build(bases, c, datalist.parent, args.seed, args.variants)
+            rows += [{"contrast": c, **r} for r in transfer(datalist, out / "runs", args.sizes, args.transfer_epochs, c)]
+        result["transfer"] = {"segmenter": str(SEGMENTER.relative_to(ROOT)),
+                              "rows": sorted(kept + rows, key=lambda r: (r["contrast"], r["max_train_patients"]))}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["command"] = "python bench/lesion_synth.py " + " ".join(sys.argv[1:])
     write_json(result, path)

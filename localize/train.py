@@ -1,12 +1,19 @@
 """`localize train`: a patch lesion classifier on patient-level folds (stratified by lesion presence).
 
-Weighted BCE (pos_weight = negatives / positives of the training patches) and/or balanced sampling,
-quarter turns, flips and intensity scale/shift, AdamW, transfer learning from a saved lesion classifier (matching tensor
-names and shapes, count reported) with the encoder frozen (and its norm layers in eval mode) for the
-first N epochs. The weights are chosen on training patients only (`train.selection`: best epoch and
-early stopping by patch AUC on an inner split, or the last epoch); the fold's held-out patients are
-scored once at the end and decide nothing. After every epoch an atomic `checkpoint_last.pt`; the model
-folder is written once, at the end. Each epoch's randomness depends only on (seed, epoch), so `--resume`
+Balanced batches (half lesion tiles) and/or weighted BCE; the prior they impose is undone at scoring
+(`training.prior_logit` in model.json), so probabilities are calibrated. Tiles with a lesion only at
+their rim are left out (localize.patches.patch_labels); training tiles are denser than prediction's
+(`candidates.train_stride`). Quarter turns, flips and intensity scale/shift, AdamW. Transfer learning
+(`train.init_from`): from a saved lesion classifier (matching tensor names and shapes, count reported)
+or, for model.name dynunet_encoder, from a DynUNet segmenter (every encoder tensor must load), with
+the encoder frozen (its norm layers in eval mode) for the first N epochs. `data.max_train_patients`
+trains on a seeded subset of the patients (learning curves). model.name zone_stats_lr is fitted by
+localize.baseline instead.
+
+The weights are chosen on training patients only (`train.selection`: best epoch and early stopping
+by patch AUC on an inner split, or the last epoch); the fold's held-out patients are scored once at
+the end and decide nothing. After every epoch an atomic `checkpoint_last.pt`; the model folder is
+written once, at the end. Each epoch's randomness depends only on (seed, epoch), so `--resume`
 repeats the run exactly. One process (no torchrun path: the data is a few thousand patches).
 """
 

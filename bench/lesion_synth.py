@@ -199,6 +199,7 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int, contrast
                     labels.append(int(lesion.array.any()))
             rows.append({"init": how, "max_train_patients": n, "patient_auc": roc_auc(scores, labels),
                          "n_cases": len(scores), "n_pos": int(sum(labels)), "training_patients_per_fold": n_train,
+                         "distinct_scores": len(set(scores)), "scores": scores,
                          "transfer": meta["training"]["transfer"], "seconds": round(time.perf_counter() - t0, 1)})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "transfer"}))
     return rows

@@ -213,7 +213,7 @@ def main() -> int:
     ap.add_argument("--variants", type=int, default=6, help="synthetic copies of each base study")
     ap.add_argument("--sizes", type=int, nargs="+", default=[3, 10], help="training patients (transfer)")
     ap.add_argument("--transfer-epochs", type=int, default=8)
-    ap.add_argument("--transfer-contrasts", type=float, nargs="+", default=[DEFAULT_CONTRAST, 0.9])
+    ap.add_argument("--transfer-contrasts", type=float, nargs="+", default=[0.9])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--parts", nargs="+", default=["sweep", "transfer"], choices=["sweep", "transfer"],

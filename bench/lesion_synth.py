@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from localize.config import LocalizeConfig  # noqa: E402
 from localize.synth import crop_around, draw_lesions, insert  # noqa: E402
 from mricore.config import load_config  # noqa: E402
-from mricore.io import read_label, read_nifti, write_json, write_nifti  # noqa: E402
+from mricore.io import read_label, read_nifti, repo_relative, write_json, write_nifti  # noqa: E402
 
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
 SEGMENTER = ROOT / "ensemble/models/default/dynunet2d_fold0"
@@ -223,7 +223,7 @@ def main() -> int:
     bases = base_studies(Path(args.data), out / "zones")
     result = {"what": "synthetic lesions in real anatomy; localisation trained and evaluated on patient-level "
                       "folds (weights chosen on inner splits of the training patients)",
-              "command": "python bench/lesion_synth.py " + " ".join(sys.argv[1:]), "config": str(CONFIG.relative_to(ROOT)),
+              "config": str(CONFIG.relative_to(ROOT)),
               "base_studies": [b["patient"] for b in bases], "variants_per_study": args.variants, "seed": args.seed,
               "lesions_per_case": dict(zip(map(str, LESION_COUNTS), LESION_ODDS)), "default_contrast": DEFAULT_CONTRAST,
               "contrast": "fractional darkening of T2W (and ADC) inside the lesion: 0.6 = 60 % darker", "by_contrast": []}
@@ -253,8 +253,12 @@ def main() -> int:
         result["transfer"] = {"segmenter": str(SEGMENTER.relative_to(ROOT)),
                               "rows": sorted(kept + rows, key=lambda r: (r["contrast"], r["max_train_patients"]))}
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    result["command"] = "python bench/lesion_synth.py " + " ".join(sys.argv[1:])
-    write_json(result, path)
+    # The command without --data / --out (this machine's folders); the run's own folders are under --out.
+    result["command"] = ("python bench/lesion_synth.py --parts " + " ".join(args.parts)
+                         + (f" --contrasts {' '.join(map(str, args.contrasts))}" if "sweep" in args.parts else "")
+                         + (f" --transfer-contrasts {' '.join(map(str, args.transfer_contrasts))}"
+                            if "transfer" in args.parts else ""))
+    write_json(repo_relative(result, ROOT), path)
     print(f"wrote bench/results/lesion_synth.json ({result['seconds']} s)")
     return 0
 

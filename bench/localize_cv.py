@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from localize.config import LocalizeConfig  # noqa: E402
 from mricore.config import load_config  # noqa: E402
-from mricore.io import write_json  # noqa: E402
+from mricore.io import repo_relative, write_json  # noqa: E402
 
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
 LR_CONFIG = ROOT / "configs/localize/lesion_zone_lr.yaml"
@@ -144,7 +144,8 @@ def main() -> int:
     folds = folds_of(cfg, cases)
     out = {"what": "lesion detection per patient on the real expert lesion masks: patient-level cross-validation, "
                    "the same folds for every model (held-out patients decide nothing)",
-           "command": "python bench/localize_cv.py " + " ".join(sys.argv[1:]), "config": str(CONFIG.relative_to(ROOT)),
+           "command": "python bench/localize_cv.py --models " + " ".join(args.models),
+           "config": str(CONFIG.relative_to(ROOT)),
            "n_cases": len(cases), "n_positive": sum(c["positive"] for c in cases),
            "folds": [{"fold": k, "held_out": h} for k, h in enumerate(folds)],
            "clinical": {"table": "prostatex/clinical.csv", "covariates": CLINICAL_COVARIATES,
@@ -167,7 +168,7 @@ def main() -> int:
         out["models"][m] = {**r, "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps({"model": m, "auc": r["auc"], "auc_ci95": r["auc_ci95"], "n_pos": r["n_pos"],
                           "n_neg": r["n_neg"], "within": r["auc_within_dataset"]}))
-    write_json(out, previous)
+    write_json(repo_relative(out, ROOT), previous)
     return 0
 
 

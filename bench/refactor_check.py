@@ -1,7 +1,7 @@
 """Outputs on real cases, before and after a refactor: run the commands with one checkout's `bin/`
 and compare every NIfTI voxel by voxel with another run's.
 
-    .venv/bin/python bench/refactor_check.py run  OUT_DIR [--bin /work/main/.venv/bin]   # writes OUT_DIR/<job>/
+    .venv/bin/python bench/refactor_check.py run  OUT_DIR [--bin ../other-checkout/.venv/bin]   # writes OUT_DIR/<job>/
     .venv/bin/python bench/refactor_check.py compare BEFORE_DIR AFTER_DIR                 # exit 1 on any difference
 
 Jobs: `segment predict --probabilities` with one bundled 2D, 2.5D and DynUNet member, and `ensemble predict

@@ -219,6 +219,19 @@ def write_json(obj: Any, path: str | Path, force: bool = True) -> Path:
     return path
 
 
+def repo_relative(obj: Any, root: str | Path) -> Any:
+    """`obj` with every absolute path inside `root` (a repository) or beside it written relative to
+    `root` ("ensemble/models/...", "../shared/data"), so committed results name no machine's paths."""
+    root = Path(root).resolve()
+    if isinstance(obj, dict):
+        return {k: repo_relative(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [repo_relative(v, root) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace(f"{root}/", "").replace(f"{root.parent}/", "../")
+    return obj
+
+
 def write_text(text: str, path: str | Path, force: bool = True) -> Path:
     path = output_target(Path(path), force)
     replace_atomically(path, lambda tmp: Path(tmp).write_text(text))

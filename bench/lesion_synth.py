@@ -45,7 +45,8 @@ LESION_COUNTS, LESION_ODDS = (0, 1, 2), (0.4, 0.4, 0.2)
 
 
 def base_studies(data: Path, cache: Path) -> list[dict]:
-    """(patient, t2, adc or None, zones) of every usable base study; predicted zones cached in `cache`."""
+    """(patient, t2, zones, adc or None) volumes of every usable base study, read once (T2W and zones
+    cropped to the gland and 30 mm around it); predicted zones cached in `cache`."""
     from ensemble.cli import main as ensemble
 
     bases = [{"patient": p, "folder": data / "prostatex" / p, "zones": data / "prostatex" / p / "zones_ai.nii.gz"}
@@ -58,8 +59,12 @@ def base_studies(data: Path, cache: Path) -> list[dict]:
         if not b["zones"].exists():
             if ensemble(["predict", str(b["folder"] / "t2.nii.gz"), "-o", str(b["zones"].parent), "--force"]) != 0:
                 raise SystemExit(f"ensemble predict failed on {b['folder']}")
-        b["t2"] = b["folder"] / "t2.nii.gz"
-        b["adc"] = b["folder"] / "adc.nii.gz" if (b["folder"] / "adc.nii.gz").exists() else None
+        zones = read_label(b["zones"], "zones", b["patient"])
+        gland = zones.array[0] > 0  # the gland and 30 mm around it: smaller files, same anatomy
+        b["t2"] = crop_around(read_nifti(b["folder"] / "t2.nii.gz", "T2W", b["patient"]), gland)
+        b["zones"] = crop_around(zones, gland)
+        adc = b["folder"] / "adc.nii.gz"
+        b["adc"] = read_nifti(adc, "ADC", b["patient"]) if adc.exists() else None
     return bases
 
 
@@ -67,11 +72,7 @@ def build(bases: list[dict], contrast: float, out: Path, seed: int, variants: in
     """Write the synthetic cases of one contrast and their datalist; return the datalist path."""
     rows, lesions = [], {}
     for bi, b in enumerate(bases):
-        t2 = read_nifti(b["t2"], "T2W", b["patient"])
-        zones = read_label(b["zones"], "zones", b["patient"])
-        gland = zones.array[0] > 0  # the gland and 30 mm around it: smaller files, same anatomy
-        t2, zones = crop_around(t2, gland), crop_around(zones, gland)
-        adc = read_nifti(b["adc"], "ADC", b["patient"]) if b["adc"] else None
+        t2, zones, adc = b["t2"], b["zones"], b["adc"]
         for v in range(variants):
             rng = np.random.default_rng([seed, bi, v])
             drawn = draw_lesions(zones, int(rng.choice(LESION_COUNTS, p=LESION_ODDS)), rng)
@@ -98,27 +99,33 @@ def build(bases: list[dict], contrast: float, out: Path, seed: int, variants: in
     return path
 
 
-def _cfg(datalist: Path, runs: Path, name: str, sets: list[str]) -> tuple[LocalizeConfig, list[str]]:
-    sets = [f"name={name}", f"output_dir={runs}", f"data.root={datalist}", "data.datasets=[]",
-            "data.zones=[zones]", "data.inner_val=2", *sets]
-    return load_config(LocalizeConfig, CONFIG, sets), sets
+def _cfg(datalist: Path, runs: Path, name: str, sets: list[str]) -> LocalizeConfig:
+    """The localisation config on a synthetic datalist, with `sets` (the bench's overrides) last."""
+    return load_config(LocalizeConfig, CONFIG, [f"name={name}", f"output_dir={runs}", f"data.root={datalist}",
+                                                "data.datasets=[]", "data.zones=[zones]", "data.inner_val=2", *sets])
+
+
+def held_out(model_dir: Path, cases: dict, held: list[str]):
+    """(model, case id, tiles, patch probabilities, has a lesion) for each held-out case of a fold."""
+    from localize.model import LesionModel
+    from mricore.datasets import load_case, read_ref
+
+    model = LesionModel.load(model_dir)
+    for cid in held:
+        c = cases[cid]
+        image, lesion, _ = load_case(c, model.spec.channels, "lesion")
+        ct = model.tiles_for(image, read_ref(c.labels["zones"], "zones", cid))
+        yield model, cid, ct, model.score(ct.patches, ct.covariates), bool(lesion.array.any())
 
 
 def faithfulness_of(model_dir: Path, cases: dict, held: list[str]) -> list[dict]:
     """Grad-CAM deletion/insertion on the top patch of every held-out case that has a lesion."""
-    from localize.model import LesionModel
     from localize.predict import top_patch_faithfulness
-    from mricore.datasets import load_case, read_ref
 
-    model = LesionModel.load(model_dir)
     out = []
-    for cid in held:
-        c = cases[cid]
-        image, lesion, _ = load_case(c, model.spec.channels, "lesion")
-        if not lesion.array.any():
+    for model, cid, ct, scores, positive in held_out(model_dir, cases, held):
+        if not positive:
             continue
-        ct = model.tiles_for(image, read_ref(c.labels["zones"], "zones", cid))
-        scores = model.score(ct.patches, ct.covariates)
         f = top_patch_faithfulness(model, ct, scores, model.cam_layer)
         out.append({"case_id": cid, "top_score": float(scores.max()), **{k: f["curves"][k] for k in (
             "deletion_area", "insertion_area", "random_deletion_area", "random_insertion_area",
@@ -133,7 +140,7 @@ def cross_validate(datalist: Path, runs: Path, name: str, sets: list[str], expla
     from localize.train import train
     from mricore.datasets import load_dataset
 
-    cfg, sets = _cfg(datalist, runs, name, sets)
+    cfg = _cfg(datalist, runs, name, sets)
     cases = {c.case_id: c for c in load_dataset(datalist)}
     pred, faith, folds = runs / name / "pred", [], []
     t0 = time.perf_counter()
@@ -155,7 +162,7 @@ def cross_validate(datalist: Path, runs: Path, name: str, sets: list[str], expla
            "youden_specificity": wg["youden_specificity"], "n_pos": wg["n_pos"], "n_neg": wg["n_neg"],
            "lesion_sensitivity_at_fp_per_case": summary["lesion_level"]["WG"]["sensitivity_at_fp_per_case"],
            "n_lesions": summary["lesion_level"]["WG"]["n_lesions"], "lesion_ap": summary["lesion_level"]["WG"]["ap"],
-           "folds": folds, "overrides": sets[6:], "seconds": round(time.perf_counter() - t0, 1)}
+           "folds": folds, "overrides": sets, "seconds": round(time.perf_counter() - t0, 1)}
     if explain:
         n = len(faith)
         out["gradcam"] = {"n_cases": n, "top_patch": "highest-scoring patch of each held-out case with a lesion",
@@ -171,9 +178,8 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int, contrast
     """dynunet_encoder from scratch versus from the bundled segmenter's encoder (frozen for the first
     third of the epochs), at several numbers of training patients per fold, both on the same fixed
     schedule (last epoch); patient AUC of the held-out cases (patient score = highest patch probability)."""
-    from localize.model import LesionModel
     from localize.train import train
-    from mricore.datasets import load_case, load_dataset, read_ref
+    from mricore.datasets import load_dataset
     from mricore.metrics import roc_auc
 
     seg = json.loads((SEGMENTER / "model.json").read_text())["model"]
@@ -185,18 +191,15 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int, contrast
     rows = []
     for n in sizes:
         for how, extra in init.items():
-            cfg, _ = _cfg(datalist, runs, f"transfer_c{contrast:g}_{how}_{n}", [*arch, *extra, f"data.max_train_patients={n}"])
+            cfg = _cfg(datalist, runs, f"transfer_c{contrast:g}_{how}_{n}", [*arch, *extra, f"data.max_train_patients={n}"])
             scores, labels, t0, n_train = [], [], time.perf_counter(), []
             for k in range(cfg.data.folds):
                 model_dir = train(cfg, k, force=True)
                 meta = json.loads((model_dir / "model.json").read_text())
-                model = LesionModel.load(model_dir)
                 n_train.append(meta["training"]["patients"])
-                for cid in meta["validation"]["cases"]:
-                    image, lesion, _ = load_case(cases[cid], model.spec.channels, "lesion")
-                    ct = model.tiles_for(image, read_ref(cases[cid].labels["zones"], "zones", cid))
-                    scores.append(float(model.score(ct.patches, ct.covariates).max()))
-                    labels.append(int(lesion.array.any()))
+                for _, _, _, p, positive in held_out(model_dir, cases, meta["validation"]["cases"]):
+                    scores.append(float(p.max()))
+                    labels.append(int(positive))
             rows.append({"init": how, "max_train_patients": n, "patient_auc": roc_auc(scores, labels),
                          "n_cases": len(scores), "n_pos": int(sum(labels)), "training_patients_per_fold": n_train,
                          "distinct_scores": len(set(scores)), "scores": scores,

@@ -56,12 +56,10 @@ def real_cases(cfg: LocalizeConfig) -> list[dict]:
 
 
 def folds_of(cfg: LocalizeConfig, cases: list[dict]) -> list[list[str]]:
-    """Held-out case ids per fold, exactly as localize.train makes them."""
-    from mricore.splits import make_splits
+    """Held-out case ids per fold, exactly as localize train makes them."""
+    from localize.model import patient_splits
 
-    splits = make_splits([c["case"] for c in cases], cfg.data.folds, cfg.data.split_seed,
-                         positive=[c["positive"] for c in cases])
-    return [list(s["val"]) for s in splits]
+    return [list(s["val"]) for s in patient_splits(cfg.data, cases)]
 
 
 def with_site_check(result: dict, cases: list[dict]) -> dict:
@@ -144,7 +142,7 @@ def main() -> int:
     folds = folds_of(cfg, cases)
     out = {"what": "lesion detection per patient on the real expert lesion masks: patient-level cross-validation, "
                    "the same folds for every model (held-out patients decide nothing)",
-           "command": "python bench/localize_cv.py --models " + " ".join(args.models),
+           "command": "python bench/localize_cv.py (every model; each model's entry names its own run)",
            "config": str(CONFIG.relative_to(ROOT)),
            "n_cases": len(cases), "n_positive": sum(c["positive"] for c in cases),
            "folds": [{"fold": k, "held_out": h} for k, h in enumerate(folds)],
@@ -165,7 +163,8 @@ def main() -> int:
         config = LR_CONFIG if m.startswith("lr") else CONFIG
         r = full_path(config, sets, cases, folds, Path(args.runs), m, clinical_path if m.endswith("_clinical") else None)
         r = with_site_check(r, cases)
-        out["models"][m] = {**r, "seconds": round(time.perf_counter() - t0, 1)}
+        out["models"][m] = {**r, "command": f"python bench/localize_cv.py --models {m}",
+                            "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps({"model": m, "auc": r["auc"], "auc_ci95": r["auc_ci95"], "n_pos": r["n_pos"],
                           "n_neg": r["n_neg"], "within": r["auc_within_dataset"]}))
     write_json(repo_relative(out, ROOT), previous)

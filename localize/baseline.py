@@ -58,23 +58,12 @@ def feature_names(covariates: list[str]) -> list[str]:
 
 
 def zone_rows(image: Volume, zones: Volume, covariates: list[str], clinical: dict | None) -> dict[int, np.ndarray]:
-    """zone code -> feature vector (feature_names order)."""
-    from .config import CLINICAL, COMPUTED
-    from .model import clinical_value
+    """zone code -> feature vector (feature_names order): the zone's STATS, then the case's covariates."""
+    from .model import case_covariates
 
     stats = zone_features(image, zones)
     gland_ml = float(np.count_nonzero(zones.array[0]) * zones.voxel_volume_ml)
-    extra = []
-    for name in covariates:
-        if name == "zone_pz":
-            continue  # is_pz is a zone statistic already
-        if name in COMPUTED:
-            centre, scale = COMPUTED[name]
-            extra.append((gland_ml - centre) * scale)
-        else:
-            v = clinical_value(name, clinical, gland_ml)
-            centre, scale, _ = CLINICAL[name]
-            extra += [(v - centre) * scale if np.isfinite(v) else 0.0, float(not np.isfinite(v))]
+    extra = list(case_covariates(covariates, gland_ml, clinical).values())  # is_pz stands for zone_pz
     return {k: np.array([stats[k][s] for s in STATS] + extra, np.float64) for k in ZONES}
 
 
@@ -104,9 +93,8 @@ def train_baseline(cfg, fold, force: bool = False) -> Path:
     from mricore.errors import InputError
     from mricore.metrics import roc_auc
     from mricore.modelfolder import ModelMeta, run_folder, start_run, write_model
-    from mricore.splits import make_splits
 
-    from .model import KIND, labelled_cases, read_clinical
+    from .model import KIND, fold_split, labelled_cases, read_clinical
 
     run_dir, _ = run_folder(cfg.output_dir, cfg.name, fold, False, force)
     clinical = read_clinical(cfg.data.clinical)
@@ -122,14 +110,7 @@ def train_baseline(cfg, fold, force: bool = False) -> Path:
     if not items:
         raise InputError(cfg.data.root, f"no case has '{cfg.data.label}' and a zone map {cfg.data.zones}", 0,
                          "check data.root, data.datasets and data.zones")
-    splits = None
-    held_ids: set = set()
-    if fold != "all":
-        splits = make_splits([i["case"] for i in items], cfg.data.folds, cfg.data.split_seed,
-                             positive=[i["positive"] for i in items])
-        held_ids = set(splits[int(fold)]["val"])
-    tr = [i for i in items if i["case"].case_id not in held_ids]
-    held = [i for i in items if i["case"].case_id in held_ids]
+    splits, tr, held = fold_split(cfg.data, items, fold)
     x = np.array([i["rows"][k] for i in tr for k in ZONES])
     y = np.array([i["labels"][k] for i in tr for k in ZONES])
     if not 0 < y.sum() < len(y):

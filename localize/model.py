@@ -49,7 +49,6 @@ class LesionModel:
                  meta: dict | None = None, name: str = ""):
         self.net, self.model_cfg, self.cand, self.spec = net, model_cfg, cand, spec
         self.meta, self.name = meta or {}, name
-        self.prior_logit = float(((meta or {}).get("training") or {}).get("prior_logit", 0.0))
 
     @classmethod
     def build(cls, model_cfg: ModelConfig, cand: CandidateConfig, spec: PreprocessSpec) -> "LesionModel":
@@ -74,8 +73,12 @@ class LesionModel:
                              str(e).splitlines()[0][:120], "re-export the model folder") from None
         m.net.eval()
         m.meta, m.name = meta.to_dict(), folder.name  # as model.json holds it (localize.predict reads it)
-        m.prior_logit = float((meta.training or {}).get("prior_logit", 0.0))
         return m
+
+    @property
+    def prior_logit(self) -> float:
+        """The training prior to undo (model.json training.prior_logit; 0 for a model in training)."""
+        return float((self.meta.get("training") or {}).get("prior_logit", 0.0))
 
     @property
     def cam_layer(self) -> str:
@@ -120,6 +123,32 @@ def labelled_cases(data, channels: list[str]) -> list[tuple]:
     return out
 
 
+def patient_splits(data, items: list[dict]) -> list[dict]:
+    """Patient-level folds of `items` (dicts with "case" and "positive"), stratified by lesion presence:
+    the one split of localize train, the baseline and the benches."""
+    from mricore.errors import ConfigError
+    from mricore.splits import make_splits
+
+    n_pat = len({i["case"].patient_id for i in items})
+    if data.folds > n_pat:
+        raise ConfigError("data.folds", f"needs at most {n_pat} (patients with labels)", data.folds, "lower it")
+    return make_splits([i["case"] for i in items], data.folds, data.split_seed, positive=[i["positive"] for i in items])
+
+
+def fold_split(data, items: list[dict], fold) -> tuple[list[dict] | None, list[dict], list[dict]]:
+    """(splits, training items, held-out items) of one fold; fold 'all' holds nothing out."""
+    from mricore.errors import ConfigError
+
+    if fold == "all":
+        return None, items, []
+    splits = patient_splits(data, items)
+    if not 0 <= int(fold) < len(splits):
+        raise ConfigError("--fold", f"must be in 0..{len(splits) - 1} or 'all'", fold, "")
+    held = set(splits[int(fold)]["val"])
+    return (splits, [i for i in items if i["case"].case_id not in held],
+            [i for i in items if i["case"].case_id in held])
+
+
 def load_lesion_model(folder: str | Path):
     """A model folder of kind lesion_classifier: the CNN (LesionModel) or the zone-statistics baseline."""
     from .baseline import NAME, ZoneStatsModel
@@ -147,22 +176,29 @@ def clinical_value(name: str, row: dict | None, gland_ml: float) -> float:
     return num(CLINICAL[name][2])
 
 
-def covariates(names: list[str], zones: Volume, tiles: Tiles, clinical: dict | None = None) -> np.ndarray:
-    """(n_tiles, len(covariate_columns(names))) float32: (value - centre) * scale (localize.config);
-    a missing clinical value is 0 with its indicator 1."""
-    n = len(tiles.corners)
-    gland_ml = float(np.count_nonzero(zones.array[0]) * zones.voxel_volume_ml)
-    cols = []
+def case_covariates(names: list[str], gland_ml: float, clinical: dict | None) -> dict[str, float]:
+    """The covariates that are one number per case (all but zone_pz), as the head sees them:
+    (value - centre) * scale (localize.config); a missing clinical value is 0 with its indicator 1."""
+    out = {}
     for name in names:
-        if name in COMPUTED:
-            v = gland_ml if name == "prostate_volume_ml" else (tiles.zone == 2).astype(float)
+        if name in COMPUTED and name != "zone_pz":
             centre, scale = COMPUTED[name]
-            cols.append(np.broadcast_to((np.asarray(v, float) - centre) * scale, (n,)))
-        else:
+            out[name] = (gland_ml - centre) * scale
+        elif name in CLINICAL:
             v = clinical_value(name, clinical, gland_ml)
             centre, scale, _ = CLINICAL[name]
-            known = np.isfinite(v)
-            cols += [np.full(n, (v - centre) * scale if known else 0.0), np.full(n, 0.0 if known else 1.0)]
+            known = bool(np.isfinite(v))
+            out[name], out[f"{name}_missing"] = ((v - centre) * scale if known else 0.0), float(not known)
+    return out
+
+
+def covariates(names: list[str], zones: Volume, tiles: Tiles, clinical: dict | None = None) -> np.ndarray:
+    """(n_tiles, len(covariate_columns(names))) float32: the case's covariates (case_covariates) and
+    zone_pz, 1 for a tile that is mostly PZ."""
+    n = len(tiles.corners)
+    per_case = case_covariates(names, float(np.count_nonzero(zones.array[0]) * zones.voxel_volume_ml), clinical)
+    cols = [(tiles.zone == 2).astype(float) if c == "zone_pz" else np.full(n, per_case[c])
+            for c in covariate_columns(names)]
     return np.stack(cols, 1).astype(np.float32) if cols else np.zeros((n, 0), np.float32)
 
 

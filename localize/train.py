@@ -32,12 +32,12 @@ from mricore.errors import ConfigError, InputError
 from mricore.io import replace_atomically
 from mricore.modelfolder import ModelMeta, load_weights, read_model, run_folder, start_run, write_model
 from mricore.preprocess import prepare_label
-from mricore.splits import inner_patients, make_splits
+from mricore.splits import inner_patients
 
 from .config import LocalizeConfig
 from .baseline import NAME as BASELINE
 from .baseline import train_baseline
-from .model import KIND, LesionModel, labelled_cases, read_clinical
+from .model import KIND, LesionModel, fold_split, labelled_cases, read_clinical
 from .patches import patch_labels
 
 
@@ -117,20 +117,7 @@ def train(cfg: LocalizeConfig, fold: int | str = 0, resume: bool = False, force:
     model = LesionModel.build(cfg.model, cfg.candidates, cfg.preprocess)
     net = model.net
     items = load_training_cases(cfg, model)
-    splits = None
-    if fold == "all":
-        tr, held = items, []
-    else:
-        n_pat = len({i["case"].patient_id for i in items})
-        if cfg.data.folds > n_pat:
-            raise ConfigError("data.folds", f"needs at most {n_pat} (patients with labels)", cfg.data.folds, "lower it")
-        splits = make_splits([i["case"] for i in items], cfg.data.folds, cfg.data.split_seed,
-                             positive=[i["positive"] for i in items])
-        if not 0 <= int(fold) < len(splits):
-            raise ConfigError("--fold", f"must be in 0..{len(splits) - 1} or 'all'", fold, "")
-        held_ids = set(splits[int(fold)]["val"])
-        tr = [i for i in items if i["case"].case_id not in held_ids]
-        held = [i for i in items if i["case"].case_id in held_ids]
+    splits, tr, held = fold_split(cfg.data, items, fold)
     tr, inner = _inner_split(cfg, tr, fold)
     tr = _subset(cfg, tr, fold)  # after the inner split: the patients whose tiles train the weights
     xtr, ctr, ytr = _stack(tr)

@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, half the size)")
     pk.add_argument("--cv-report", metavar="DIR", help="report folder of `ensemble evaluate --cv`, for the model card")
     pk.add_argument("--notes", metavar="FILE", help="Markdown appended to the model card")
+    pk.add_argument("--locator", metavar="MODEL_DIR", help="stage one: a coarse gland segmenter (model folder)")
     pk.add_argument("--force", action="store_true", help="replace an existing ensemble folder")
     return p
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--method", "unknown combination method", repr(args.method),
                                   f"use one of {list(METHODS)}")
             out = pack(args.members, args.output, args.method, half=not args.fp32, cv_report=args.cv_report,
-                       force=args.force, notes=args.notes)
+                       force=args.force, notes=args.notes, locator=args.locator)
             print(f"ensemble folder: {out}")
             return 0
         from .config import load_ensemble_config

@@ -10,6 +10,9 @@ Cost model (what bench/ensemble_bench.py measures):
 - each spec group's weighted sum is restored onto the input grid once. Restoring is linear
   interpolation, so restoring the sum equals summing the restored members: the combination is the
   one on the input grid, in float32, at the cost of one restore per spec instead of one per member.
+Two stages (`EnsembleConfig.locator`): a coarse segmenter finds the gland on the whole field of view
+first; members whose spec crops around the gland (crop_centre "gland") are centred on its bounding
+box, and everything farther than `locator_margin_mm` from that box is background.
 Member label maps (for vote, STAPLE and disagreement) are each member's argmax on its working grid,
 carried to the input grid with nearest neighbour (masks are never interpolated).
 """
@@ -28,7 +31,7 @@ from segment.prediction import BACKGROUND
 
 from . import combine
 from .config import EnsembleConfig
-from .members import Member
+from .members import Member, read_locator
 
 
 @dataclass
@@ -73,10 +76,37 @@ def carry_labels(work_label: np.ndarray, index_map: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros(1, np.uint8), work_label.ravel()])[index_map]
 
 
+def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, np.ndarray | None, dict]:
+    """Stage one: the locator's largest gland component on the input grid -> (its bounding box centre
+    in world mm, the box grown by `locator_margin_mm` as a keep mask, facts); (None, None, facts) when
+    there is no locator, it lacks a channel of the input, or it finds no gland (one stage then)."""
+    if not cfg.locator:
+        return None, None, {"used": False}
+    loc = read_locator(str(cfg.locator))
+    if any(c not in image.channels for c in loc.channels):
+        return None, None, {"used": False, "reason": f"locator needs {', '.join(loc.channels)}"}
+    gland = loc.segmenter.predict(image, largest_component=True).label > 0
+    if not gland.any():
+        return None, None, {"used": False, "reason": "the locator found no gland"}
+    idx = np.argwhere(gland)
+    lo, hi = idx.min(0), idx.max(0)
+    grow = np.ceil(cfg.locator_margin_mm / np.asarray(image.spacing)).astype(int)
+    keep = np.zeros(image.shape, bool)
+    keep[tuple(slice(max(a - g, 0), b + g + 1) for a, b, g in zip(lo, hi, grow))] = True
+    centre = (image.affine @ np.r_[(lo + hi) / 2.0, 1])[:3]
+    return centre, keep, {"used": True, "model": loc.name, "centre_mm": [round(float(v), 2) for v in centre],
+                          "gland_ml": round(float(gland.sum()) * image.voxel_volume_ml, 3),
+                          "margin_mm": cfg.locator_margin_mm}
+
+
 def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> EnsembleResult:
     """Members `used` (all of whose channels `image` has) on `image`; combination by `cfg.method`."""
     weights = member_weights(cfg, used)
-    timings = {"preprocess": 0.0, "network": {}, "restore": 0.0, "combine": 0.0, "postprocess": 0.0}
+    timings = {"locator": 0.0, "preprocess": 0.0, "network": {}, "restore": 0.0, "combine": 0.0,
+               "postprocess": 0.0}
+    t = time.perf_counter()
+    centre, keep, located = locate(image, cfg)
+    timings["locator"] = time.perf_counter() - t
     groups: dict[str, list[int]] = {}
     for i, m in enumerate(used):
         groups.setdefault(m.spec.key(), []).append(i)
@@ -85,7 +115,7 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     member_labels = np.zeros((len(used),) + image.shape, np.uint8)
     for idxs in groups.values():
         t = time.perf_counter()
-        prep = preprocess(image, used[idxs[0]].spec)
+        prep = preprocess(image, used[idxs[0]].spec, centre)
         timings["preprocess"] += time.perf_counter() - t
         work = combine.WeightedSum()
         t = time.perf_counter()
@@ -107,6 +137,9 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
 
     t = time.perf_counter()
     prob = acc.result()
+    if keep is not None:  # farther than the margin from the located gland: background
+        prob[:, ~keep] = np.asarray(BACKGROUND, np.float32)[:, None]
+        member_labels[:, ~keep] = 0
     staple_perf = None
     if cfg.method == "vote":
         label = combine.majority_vote(member_labels, tie_break=prob)
@@ -140,6 +173,7 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
         "members_used": [{"member": m.name, "path": str(m.path), "channels": m.channels} for m in used],
         "weights": {m.name: dict(zip(zones.CLASS_NAMES, map(float, w))) for m, w in zip(used, weights)},
         "preprocessing_passes": len(groups),
+        "locator": located,
         "volume_ml": {z: round(float(mk.sum()) * vml, 3) for z, mk in masks.items()},
         "uncertainty": {"score": round(score, 4), "disagreement": round(mean_dis, 4),
                         "definition": "score: mean normalised entropy (0..1); disagreement: mean share of "

@@ -7,6 +7,7 @@ DIR/<member>/model.onnx    the network: input `x` (N, C, spatial...) float32 nor
 DIR/<member>/model.json    the segmenter's model.json (architecture, channels, labels, label scheme,
                            preprocessing spec, patch, predict settings) plus an `onnx` block
 DIR/<member>/importance.npy  MONAI's Gaussian window weights for the training patch (sliding windows)
+DIR/locator/               the same for the ensemble's locator (stage one), when it has one
 
 Another runtime needs nothing else: preprocess as `preprocess` says (mricore.preprocess), run the
 network slice- or window-wise as segment/onnx_runtime.py does, decode by `label_scheme`, combine by
@@ -57,7 +58,7 @@ def export(config, out_dir, force: bool = False) -> Path:
     from mricore.config import to_dict
     from mricore.errors import OutputExistsError
 
-    from .members import read_members
+    from .members import read_locator, read_members
     from .predict import _resolve
 
     cfg = _resolve(config)
@@ -78,6 +79,9 @@ def export(config, out_dir, force: bool = False) -> Path:
             export_member(m, tmp / m.name.replace("/", "_"))
         d = to_dict(cfg)
         d["members"] = [m.name.replace("/", "_") for m in members]
+        if cfg.locator:  # stage one travels with the members
+            export_member(read_locator(str(cfg.locator)), tmp / "locator")
+            d["locator"] = "locator"
         (tmp / "ensemble.yaml").write_text("# Written by `ensemble export`: ONNX members, run by ONNX Runtime.\n"
                                            + yaml.safe_dump(d, sort_keys=False))
     return out

@@ -15,6 +15,7 @@ Members whose input channels the case lacks are skipped (`split_available`; ense
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,13 @@ def read_members(paths: list[str | Path]) -> list[Member]:
 
         members.append(Member(p, name, meta, Segmenter.load(p, meta)))
     return members
+
+
+@functools.lru_cache(maxsize=4)
+def read_locator(path: str) -> Member:
+    """Stage one of a two-stage ensemble (EnsembleConfig.locator): checked and loaded as a member is,
+    once per process."""
+    return read_members([path])[0]
 
 
 def split_available(members: list[Member], available: list[str]):

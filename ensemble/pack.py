@@ -32,18 +32,27 @@ def member_folder_name(meta: ModelMeta, src: Path) -> str:
     return f"{meta.name or src.parent.name}_fold{meta.fold}" if meta.fold is not None else src.name
 
 
+def _copy_model(src: Path, dest: Path, meta: ModelMeta, half: bool) -> None:
+    write_model(dest, meta, load_weights(src), half=half)
+    for f in COPY:
+        if (src / f).exists():
+            shutil.copy2(src / f, dest / f)
+
+
 def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", half: bool = True,
-         cv_report: str | Path | None = None, force: bool = False, notes: str | Path | None = None) -> Path:
+         cv_report: str | Path | None = None, force: bool = False, notes: str | Path | None = None,
+         locator: str | Path | None = None) -> Path:
     """Copy member folders (weights optionally as fp16) and write ensemble.yaml (+ model card).
 
     notes: a Markdown file appended to the model card (measurements made outside `ensemble evaluate`,
-    e.g. ablations, with their commands)."""
+    e.g. ablations, with their commands).
+    locator: a model folder copied to OUT/locator as the ensemble's stage one (EnsembleConfig.locator)."""
     from .members import read_members
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputExistsError(out, "ensemble folder exists", None, "pass --force to replace it")
-    read_members(members)  # every member complete, loadable, segmenter, platform zone labels: checked first
+    read_members(list(members) + ([locator] if locator else []))  # complete, loadable, platform zones: checked first
     cv = None
     if cv_report is not None:
         p = Path(cv_report) / "evaluate.json"
@@ -60,21 +69,20 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
         for src in map(Path, members):
             meta = read_model(src, "segmenter")
             name = member_folder_name(meta, src)
-            if name in names:
+            if name in names or name == "locator":
                 raise InputError(src, "two members would get the same folder name", name,
                                  "give the training configs different names")
-            write_model(tmp / name, meta, load_weights(src), half=half)
-            for f in COPY:
-                if (src / f).exists():
-                    shutil.copy2(src / f, tmp / name / f)
+            _copy_model(src, tmp / name, meta, half)
             names.append(name)
             metas.append(meta)
             records.append(training_record(src))
+        if locator:
+            _copy_model(Path(locator), tmp / "locator", read_model(locator, "segmenter"), half)
         from mricore.config import to_dict
 
         from .config import EnsembleConfig
 
-        cfg = to_dict(EnsembleConfig(members=names, method=method))
+        cfg = to_dict(EnsembleConfig(members=names, method=method, locator="locator" if locator else None))
         header = ("# Bundled ensemble written by `ensemble pack`; member paths are relative to this folder.\n"
                   "# review: limits of the quality checks (mricore.qa), calibrated by bench/qa_bench.py.\n")
         (tmp / "ensemble.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))

@@ -89,7 +89,13 @@ def source_from_inputs(inputs: list[str | Path]) -> Source:
 
 
 def _resolve(config) -> EnsembleConfig:
-    return config if isinstance(config, EnsembleConfig) else load_ensemble_config(config)
+    """The config, its locator (if any) loaded and checked before any input is read."""
+    cfg = config if isinstance(config, EnsembleConfig) else load_ensemble_config(config)
+    if cfg.locator:
+        from .members import read_locator
+
+        read_locator(str(cfg.locator))
+    return cfg
 
 
 def _check_outputs(out: Path, force: bool) -> None:

@@ -2,7 +2,8 @@
 
 Forward (`preprocess`): reorient voxel axes to `spec.orientation` (a permutation/flip, exact), resample
 to `spec.target_spacing` (in-plane and through-plane separately; `None` keeps an axis as acquired),
-crop/pad the in-plane field of view to `spec.crop_mm` around the volume centre, and normalise each
+crop/pad the in-plane field of view to `spec.crop_mm` around a centre (the volume centre, or a gland
+centre the caller found: `spec.crop_centre` "gland", see ensemble.engine's locator), and normalise each
 channel by its rule. The result carries its own affine, so the inverse is a resampling through world
 coordinates back onto the original grid (`restore`): linear for probabilities, nearest for labels.
 """
@@ -59,14 +60,17 @@ class PreprocessSpec:
     """How raw volumes become network input. Saved in every model folder.
 
     target_spacing: mm along (in-plane i, in-plane j, through-plane k); None per axis keeps it.
-    crop_mm: in-plane field of view (i, j) in mm kept around the volume centre (the prostate sits near
-        the centre of a prostate protocol's FOV); None keeps the whole plane.
+    crop_mm: in-plane field of view (i, j) in mm kept around the crop centre; None keeps the whole plane.
+    crop_centre: "volume" (the FOV centre) or "gland": training centres the crop on the reference
+        gland's centre, and prediction on the gland a locator found (two stages, ensemble.engine);
+        without a gland centre (e.g. `segment predict` of one member) the volume centre is used.
     """
 
     channels: list[str] = field(default_factory=lambda: ["T2W"])
     orientation: str = "LPS"
     target_spacing: list[float | None] = field(default_factory=lambda: [0.6, 0.6, None])
     crop_mm: list[float] | None = field(default_factory=lambda: [128.0, 128.0])
+    crop_centre: Literal["volume", "gland"] = "volume"
     norm: dict[str, ChannelNorm] = field(default_factory=dict)
 
     def validate(self, where="preprocess"):
@@ -78,6 +82,8 @@ class PreprocessSpec:
             raise ConfigError(where, "target_spacing must be positive", self.target_spacing, "")
         if self.crop_mm is not None and (len(self.crop_mm) != 2 or min(self.crop_mm) <= 0):
             raise ConfigError(where, "crop_mm needs 2 positive values (in-plane mm) or null", self.crop_mm, "")
+        if self.crop_centre not in ("volume", "gland"):
+            raise ConfigError(where, "crop_centre must be volume or gland", self.crop_centre, "")
         if not self.channels:
             raise ConfigError(where, "channels must not be empty", self.channels, "e.g. [T2W]")
 
@@ -115,16 +121,21 @@ def reorient(array: np.ndarray, affine: np.ndarray, codes: str):
     return out, new_affine
 
 
-def target_grid(shape, affine, target_spacing, crop_mm):
-    """Shape and affine of the working grid: resampled per axis, in-plane FOV cropped/padded."""
+def target_grid(shape, affine, target_spacing, crop_mm, centre=None):
+    """Shape and affine of the working grid: resampled per axis, in-plane FOV cropped/padded around
+    `centre` (world mm; None: the volume centre). Only the in-plane position of `centre` counts: the
+    through-plane extent is kept whole."""
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     new_sp = np.array([s if t is None else t for s, t in zip(spacing, target_spacing)], dtype=float)
     extent = np.array(shape) * spacing
     if crop_mm is not None:
         extent[:2] = crop_mm
     new_shape = np.maximum(1, np.round(extent / new_sp)).astype(int)
-    # Keep the volume centre fixed: centre voxel of old grid maps to centre voxel of new grid.
-    centre_world = affine @ np.r_[(np.array(shape) - 1) / 2.0, 1]
+    # Keep the centre fixed: the volume centre (or `centre` in-plane) maps to the new grid's centre voxel.
+    centre_vox = (np.array(shape) - 1) / 2.0
+    if centre is not None and crop_mm is not None:
+        centre_vox[:2] = (np.linalg.inv(affine) @ np.r_[np.asarray(centre, float), 1])[:2]
+    centre_world = affine @ np.r_[centre_vox, 1]
     new_affine = affine.copy()
     new_affine[:3, :3] = affine[:3, :3] / spacing[None, :] * new_sp[None, :]
     new_affine[:3, 3] = centre_world[:3] - new_affine[:3, :3] @ ((new_shape - 1) / 2.0)
@@ -141,8 +152,9 @@ class Prepared:
     original_affine: np.ndarray
 
 
-def preprocess(vol: Volume, spec: PreprocessSpec) -> Prepared:
-    """Volume on its reference grid -> normalised array on the working grid."""
+def preprocess(vol: Volume, spec: PreprocessSpec, centre=None) -> Prepared:
+    """Volume on its reference grid -> normalised array on the working grid.
+    centre: world point (mm) to centre the in-plane crop on when `spec.crop_centre` is "gland"."""
     missing = [c for c in spec.channels if c not in vol.channels]
     if missing:
         from .errors import InputError
@@ -151,7 +163,8 @@ def preprocess(vol: Volume, spec: PreprocessSpec) -> Prepared:
                          ", ".join(vol.channels), f"provide {', '.join(missing)}")
     arr = np.stack([vol.channel(c) for c in spec.channels]).astype(np.float32)
     arr, aff = reorient(arr, vol.affine, spec.orientation)
-    shape, new_aff = target_grid(arr.shape[1:], aff, spec.target_spacing, spec.crop_mm)
+    centre = centre if spec.crop_centre == "gland" else None
+    shape, new_aff = target_grid(arr.shape[1:], aff, spec.target_spacing, spec.crop_mm, centre)
     if not (shape == arr.shape[1:] and np.allclose(new_aff, aff, atol=1e-4)):
         arr = resample_array(arr, aff, new_aff, shape, order=1)
     arr = np.stack([normalise(a, spec.norm_for(c)) for a, c in zip(arr, spec.channels)])
@@ -184,3 +197,11 @@ def restore(array: np.ndarray, prepared: Prepared, fill: list[float] | None = No
     for c, v in enumerate(fill):
         np.nan_to_num(out[c], copy=False, nan=v)
     return out
+
+
+def gland_centre(mask: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
+    """World centre (mm) of the bounding box of a (I, J, K) mask on the grid `affine`; None if empty."""
+    idx = np.argwhere(mask)
+    if not len(idx):
+        return None
+    return (affine @ np.r_[(idx.min(0) + idx.max(0)) / 2.0, 1])[:3]

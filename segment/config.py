@@ -14,6 +14,8 @@ class DataConfig:
     datasets: list[str] = field(default_factory=list)  # keep only these dataset names ([] = all)
     label: str = "zones"                  # expert label key
     silver_label: str | None = None       # used where `label` is missing (e.g. zones_ai); never for validation
+    teacher: str | None = None            # datalist of extra studies with a teacher's whole gland (column
+                                          # wg_teacher, zones unknown): training only, partial-label loss
     files: dict[str, str] = field(default_factory=dict)  # extra channel -> file stem (new sequences)
     folds: int = 3                        # patient-level k-fold
     split_seed: int = 0
@@ -70,6 +72,10 @@ class AugmentConfig:
     noise_p: float = 0.1
     noise_std: float = 0.05
     bias_p: float = 0.1
+    bias_strength: float = 0.2            # coefficients of the smooth log-bias field drawn in [-s, s]
+                                          # (surface and endorectal coils: 0.5 and more)
+    blur_p: float = 0.0                   # in-plane Gaussian blur (thicker, lower-resolution acquisitions)
+    blur_sigma: float = 1.0               # largest sigma in voxels, drawn in [0.25, blur_sigma]
 
     def validate(self, where):
         for k, v in vars(self).items():
@@ -155,6 +161,9 @@ class SegmentConfig:
             if p < need or p % need:
                 raise ConfigError(where, f"train.patch must be multiples of the network's total stride ({need})",
                                   self.train.patch, f"e.g. {[max(need, (q // need) * need) for q in self.train.patch]}")
+        if self.data.teacher and self.model.label_scheme != "multiclass":
+            raise ConfigError(where, "data.teacher (whole glands, zones unknown) needs model.label_scheme multiclass",
+                              self.model.label_scheme, "set model.label_scheme: multiclass or drop data.teacher")
         if self.train.class_weights is not None and len(self.train.class_weights) != n_outputs(self.model.label_scheme):
             raise ConfigError(where, "train.class_weights needs one weight per output",
                               self.train.class_weights, f"{n_outputs(self.model.label_scheme)} values")

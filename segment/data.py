@@ -15,12 +15,14 @@ import torch
 
 from mricore.datasets import Case, load_case
 from mricore.errors import InputError
-from mricore.preprocess import PreprocessSpec, prepare_label, preprocess
+from mricore.preprocess import PreprocessSpec, gland_centre, prepare_label, preprocess
 
 from .augment import augment_patch
 from .config import AugmentConfig
 
 MARGIN = 16  # voxels around a 2D/3D patch handed to the elastic deformation (pulls from outside)
+# Label value of a teacher's whole-gland voxel whose zone is unknown (data.teacher; segment.losses).
+GLAND_UNKNOWN = 3
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Item:
     image: np.ndarray       # (C, I, J, K) float32, working grid
     label: np.ndarray       # (I, J, K) uint8
     fg: np.ndarray          # (N, 3) foreground voxel indices
-    silver: bool = False    # label came from `silver_label`
+    silver: bool = False    # label came from `silver_label` or a teacher's whole gland
 
 
 def label_key_for(case: Case, label: str, silver: str | None) -> tuple[str | None, bool]:
@@ -38,12 +40,21 @@ def label_key_for(case: Case, label: str, silver: str | None) -> tuple[str | Non
         return label, False
     if silver and silver in case.labels:
         return silver, True
+    if TEACHER_LABEL in case.labels:
+        return TEACHER_LABEL, True
     return None, False
+
+
+TEACHER_LABEL = "wg_teacher"  # the label column of a `data.teacher` datalist: whole gland, zones unknown
 
 
 def load_items(cases: list[Case], spec: PreprocessSpec, label: str, silver: str | None = None,
                register: bool = False, progress: bool = False) -> list[Item]:
-    """Preprocess labelled cases onto the working grid (cases without the label are left out)."""
+    """Preprocess labelled cases onto the working grid (cases without the label are left out).
+
+    With `spec.crop_centre` "gland" the crop is centred on the reference gland (training, and the
+    held-out scoring on the working grid); a whole-gland-only label (`TEACHER_LABEL`, from a teacher)
+    becomes GLAND_UNKNOWN inside the gland."""
     from tqdm import tqdm
 
     items = []
@@ -52,8 +63,10 @@ def load_items(cases: list[Case], spec: PreprocessSpec, label: str, silver: str 
         if key is None or any(c not in case.images for c in spec.channels):
             continue
         image, lab, _ = load_case(case, spec.channels, key, register=register)
-        prep = preprocess(image, spec)
+        prep = preprocess(image, spec, gland_centre(lab.array[0] > 0, lab.affine))
         y = prepare_label(lab, prep)
+        if key == TEACHER_LABEL and key != label:
+            y = np.where(y > 0, GLAND_UNKNOWN, 0).astype(np.uint8)
         items.append(Item(case.case_id, case.patient_id, prep.array, y, np.argwhere(y > 0), is_silver))
     return items
 

@@ -15,6 +15,7 @@ from mricore.errors import ConfigError, InputError
 from mricore.splits import inner_patients, load_splits, make_splits
 
 from .config import SegmentConfig
+from .data import TEACHER_LABEL
 
 
 @dataclass
@@ -28,15 +29,15 @@ class Split:
 
 
 def resolve_split(cfg: SegmentConfig, cases, fold: int | str) -> Split:
-    """Expert-labelled cases are split by patient; silver-only cases only ever train.
+    """Expert-labelled cases are split by patient; silver-only and teacher cases only ever train.
 
     Outer split: `data.splits_file` or a seeded patient-level k-fold. Inner split (train.selection
     inner): `data.inner_val` expert patients drawn (seeded by split_seed and fold) from the fold's
     training patients; they leave the training set.
     """
     expert = [c for c in cases if cfg.data.label in c.labels]
-    silver = [c for c in cases if cfg.data.label not in c.labels and cfg.data.silver_label
-              and cfg.data.silver_label in c.labels]
+    silver = [c for c in cases if cfg.data.label not in c.labels and (
+        (cfg.data.silver_label and cfg.data.silver_label in c.labels) or TEACHER_LABEL in c.labels)]
     if not expert and not silver:
         raise InputError(cfg.data.root, f"no case has label '{cfg.data.label}'", 0, "check data.root and data.label")
     splits = None

@@ -27,7 +27,8 @@ from mricore.modelfolder import load_weights, read_model, run_folder, start_run
 from mricore.zones import SELECTORS, ZONES, labels_from_probabilities
 
 from .config import SegmentConfig
-from .data import EpochBatches, PatchSampler, Prefetch, load_items
+from .data import GLAND_UNKNOWN, EpochBatches, PatchSampler, Prefetch, load_items
+from .losses import PartialDiceCE
 from .folds import Split, resolve_split
 from .inference import Segmenter
 from .networks import build_network, encoder_modules, targets_for
@@ -157,6 +158,8 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
     cases = load_dataset(cfg.data.root, cfg.data.files)
     if cfg.data.datasets:
         cases = [c for c in cases if c.dataset in cfg.data.datasets]
+    if cfg.data.teacher:  # extra studies with a teacher's whole gland: training only (resolve_split)
+        cases += load_dataset(cfg.data.teacher)
     split = resolve_split(cfg, cases, fold)
     spec = cfg.preprocess
     train_items = load_items(split.train, spec, cfg.data.label, cfg.data.silver_label, cfg.data.register)
@@ -186,8 +189,12 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
     scheme = cfg.model.label_scheme
     weight = torch.tensor(cfg.train.class_weights, dtype=torch.float32) if cfg.train.class_weights else None
     lam_dice, lam_ce = {"dice_ce": (1.0, 1.0), "dice": (1.0, 0.0), "ce": (0.0, 1.0)}[cfg.train.loss]
-    loss_fn = DiceCELoss(to_onehot_y=scheme == "multiclass", softmax=scheme == "multiclass", sigmoid=scheme == "regions",
-                         weight=weight, lambda_dice=lam_dice, lambda_ce=lam_ce).to(device)
+    if any(it.label.max() == GLAND_UNKNOWN for it in train_items):  # teacher whole glands: zones unknown
+        loss_fn = PartialDiceCE(weight=weight, lambda_dice=lam_dice, lambda_ce=lam_ce).to(device)
+    else:
+        loss_fn = DiceCELoss(to_onehot_y=scheme == "multiclass", softmax=scheme == "multiclass",
+                             sigmoid=scheme == "regions", weight=weight, lambda_dice=lam_dice,
+                             lambda_ce=lam_ce).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     total = cfg.train.epochs * cfg.train.iters_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))

@@ -112,3 +112,24 @@ def test_pack_appends_notes_and_rejects_missing_notes(members, tmp_path, capsys)
     assert "max_disagreement:" in (out / "ensemble.yaml").read_text()  # the review limits travel with it
     assert main(["pack", str(members["t2_a"]), "-o", str(tmp_path / "b2"), "--notes", str(tmp_path / "no.md")]) == 2
     assert not (tmp_path / "b2").exists()
+
+
+def test_pack_and_export_carry_the_locator(data_dir, members, tmp_path):
+    """`pack --locator` copies stage one into the bundle; `export` converts it with the members; both
+    bundles run it before their members (zones.json names it)."""
+    out = tmp_path / "bundle"
+    assert main(["pack", str(members["t2_b"]), "--locator", str(members["t2_a"]), "-o", str(out)]) == 0
+    import yaml
+
+    cfg = yaml.safe_load((out / "ensemble.yaml").read_text())
+    assert cfg["locator"] == "locator" and (out / "locator" / "weights.pt").exists()
+    assert cfg["members"] == ["t2_b_foldall"]
+    assert main(["export", "--config", str(out / "ensemble.yaml"), "-o", str(tmp_path / "onnx")]) == 0
+    assert (tmp_path / "onnx" / "locator" / "model.onnx").exists()
+    assert yaml.safe_load((tmp_path / "onnx" / "ensemble.yaml").read_text())["locator"] == "locator"
+    case = data_dir / CASE / "t2.nii.gz"
+    for name, config in (("torch", out / "ensemble.yaml"), ("onnx", tmp_path / "onnx" / "ensemble.yaml")):
+        assert main(["predict", str(case), "--config", str(config), "-o", str(tmp_path / f"out_{name}")]) == 0
+        side = json.loads((tmp_path / f"out_{name}" / "zones.json").read_text())
+        assert side["locator"]["used"] or "no gland" in side["locator"]["reason"]
+        assert side["timings_s"]["locator"] > 0

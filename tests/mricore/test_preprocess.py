@@ -8,8 +8,8 @@ import pytest
 from mricore.config import ConfigError, from_dict, to_dict
 from mricore.errors import InputError
 from mricore.io import read_label, read_nifti
-from mricore.preprocess import (ChannelNorm, PreprocessSpec, normalise, prepare_label, preprocess,
-                                restore)
+from mricore.preprocess import (ChannelNorm, PreprocessSpec, gland_centre, normalise, prepare_label,
+                                preprocess, restore)
 from mricore.volume import Volume
 
 ORIGINAL_GRID = [
@@ -143,3 +143,42 @@ def test_missing_channel_names_what_to_provide(data_dir):
     t2 = read_nifti(data_dir / "i2cvb/Patient_68619/t2.nii.gz", "T2W")
     with pytest.raises(InputError, match="provide ADC"):
         preprocess(t2, PreprocessSpec(channels=["T2W", "ADC"]))
+
+
+def _padded(vol: Volume, n: int) -> Volume:
+    """`vol` with n zero voxels added before voxel 0 along axis i: the same anatomy, n voxels off-centre."""
+    aff = vol.affine.copy()
+    aff[:3, 3] -= aff[:3, 0] * n
+    arr = np.pad(vol.array, [(0, 0), (n, 0), (0, 0), (0, 0)])
+    return Volume(arr, aff, vol.channels, vol.case_id, kind=vol.kind)
+
+
+def test_gland_centred_crop_keeps_an_off_centre_gland(data_dir):
+    """prostate158/001 padded so the gland lies about 47 mm from the FOV centre: a 100 mm crop around the
+    volume centre cuts the gland; the same crop around the gland's centre (the locator's job at
+    prediction) keeps all of it, and the crop centre maps to the gland centre in the world."""
+    t2 = _padded(read_nifti(data_dir / "prostate158/001/t2.nii.gz", "T2W"), 200)
+    lab = _padded(read_label(data_dir / "prostate158/001/zones.nii.gz"), 200)
+    centre = gland_centre(lab.array[0] > 0, lab.affine)
+    spec = PreprocessSpec(crop_mm=[100.0, 100.0], crop_centre="gland")
+    kept = {}
+    for name, c in (("volume", None), ("gland", centre)):
+        prep = preprocess(t2, spec, c)
+        kept[name] = (prepare_label(lab, prep) > 0).sum() * np.prod(np.linalg.norm(prep.affine[:3, :3], axis=0)) / (
+            (lab.array[0] > 0).sum() * np.prod(np.linalg.norm(lab.affine[:3, :3], axis=0)))
+        if c is not None:  # the gland centre sits at the working grid's in-plane centre
+            ijk = np.linalg.inv(prep.affine) @ np.r_[centre, 1]
+            np.testing.assert_allclose(ijk[:2], (np.array(prep.array.shape[1:3]) - 1) / 2.0, atol=0.5)
+    assert kept["volume"] < 0.8 and kept["gland"] > 0.97
+    # A "volume" spec ignores any centre it is given: old models keep their working grid.
+    a = preprocess(t2, PreprocessSpec(crop_mm=[100.0, 100.0]), centre)
+    b = preprocess(t2, PreprocessSpec(crop_mm=[100.0, 100.0]))
+    np.testing.assert_array_equal(a.affine, b.affine)
+
+
+def test_gland_centre_is_the_bounding_box_centre():
+    aff = np.diag([0.5, 0.5, 3.0, 1.0])
+    mask = np.zeros((20, 20, 5), bool)
+    mask[4:9, 10:15, 1:4] = True
+    np.testing.assert_allclose(gland_centre(mask, aff), [3.0, 6.0, 6.0])
+    assert gland_centre(np.zeros_like(mask), aff) is None

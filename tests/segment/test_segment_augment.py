@@ -74,7 +74,7 @@ def test_flip_is_exact(zone_slice):
     np.testing.assert_array_equal(msk, zone_slice[CROP][::-1])
 
 
-@pytest.mark.parametrize("name", ["gamma_p", "contrast_p", "brightness_p", "noise_p", "bias_p"])
+@pytest.mark.parametrize("name", ["gamma_p", "contrast_p", "brightness_p", "noise_p", "bias_p", "blur_p"])
 def test_intensity_transforms_never_touch_the_mask(zone_slice, name):
     cfg = AugmentConfig(**{**OFF, name: 1.0})
     image = (np.random.default_rng(0).normal(size=(1,) + zone_slice.shape) + 2).astype(np.float32)
@@ -88,3 +88,26 @@ def test_intensity_alone_is_image_only():
     x = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8)
     y = apply_intensity(x, d)
     assert y.shape == x.shape and y.dtype == np.float32
+
+
+def test_blur_is_in_plane_only_and_keeps_the_mean():
+    """A blurred 3D patch: each slice smoothed in-plane, no signal carried across slices."""
+    d = draw(np.random.default_rng(0), AugmentConfig(**{**OFF, "blur_p": 1.0, "blur_sigma": 1.5}))
+    assert 0.25 <= d.blur <= 1.5
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    x[0, 16, 16, 1] = 1.0  # one bright voxel on the middle slice
+    y = apply_intensity(x, d)
+    assert y[0, :, :, 0].max() == 0 and y[0, :, :, 2].max() == 0
+    assert 0 < y[0, 16, 16, 1] < 1 and y[0, 15, 16, 1] > 0
+    np.testing.assert_allclose(y.sum(), 1.0, atol=1e-4)
+
+
+def test_bias_strength_bounds_the_field():
+    cfg = AugmentConfig(**{**OFF, "bias_p": 1.0, "bias_strength": 0.5})
+    for seed in range(20):
+        d = draw(np.random.default_rng(seed), cfg)
+        assert np.all(np.abs(d.bias) <= 0.5)
+    x = np.ones((1, 16, 16), np.float32)
+    weak = apply_intensity(x, draw(np.random.default_rng(3), replace(cfg, bias_strength=0.05)))
+    strong = apply_intensity(x, draw(np.random.default_rng(3), cfg))
+    assert np.ptp(strong) > np.ptp(weak) > 0

@@ -1,0 +1,81 @@
+"""Two stages (ensemble.engine.locate): the locator's gland centres the members' crops and bounds the
+output; without a locator, or when it finds nothing, the ensemble runs in one stage."""
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ensemble import engine
+from ensemble.config import EnsembleConfig
+from ensemble.members import read_members
+from mricore.io import read_label, read_nifti
+from mricore.preprocess import gland_centre
+from mricore.volume import Volume
+
+CASE = "prostatex/ProstateX-0000"
+PAD = 160  # voxels (80 mm) added before voxel 0 along i: the gland lies 40 mm off the FOV centre
+
+
+def _padded(vol: Volume) -> Volume:
+    aff = vol.affine.copy()
+    aff[:3, 3] -= aff[:3, 0] * PAD
+    return Volume(np.pad(vol.array, [(0, 0), (PAD, 0), (0, 0), (0, 0)]), aff, vol.channels, vol.case_id, kind=vol.kind)
+
+
+@pytest.fixture(scope="module")
+def off_centre(data_dir):
+    image = _padded(read_nifti(data_dir / CASE / "t2.nii.gz", "T2W"))
+    gland = _padded(read_label(data_dir / CASE / "zones_ai.nii.gz")).array[0] > 0
+    return image, gland
+
+
+@pytest.fixture(scope="module")
+def gland_member(members, tmp_path_factory):
+    """The tiny 100 mm member, told to crop around the gland (preprocess crop_centre: gland)."""
+    dst = tmp_path_factory.mktemp("gland_member") / "m"
+    shutil.copytree(members["t2_b"], dst)
+    meta = json.loads((dst / "model.json").read_text())
+    meta["preprocess"]["crop_centre"] = "gland"
+    (dst / "model.json").write_text(json.dumps(meta))
+    return read_members([dst])
+
+
+def _stub(label: np.ndarray):
+    seg = SimpleNamespace(predict=lambda image, largest_component=True: SimpleNamespace(label=label.astype(np.uint8)))
+    return SimpleNamespace(name="stub", channels=["T2W"], segmenter=seg)
+
+
+def _run(monkeypatch, image, used, locator_label, margin=10.0):
+    centres = []
+    real = engine.preprocess
+    monkeypatch.setattr(engine, "preprocess", lambda img, spec, centre=None: centres.append(centre) or real(img, spec, centre))
+    monkeypatch.setattr(engine, "read_locator", lambda path: _stub(locator_label))
+    cfg = EnsembleConfig(members=[str(m.path) for m in used], locator="stub", locator_margin_mm=margin)
+    return engine.run_ensemble(image, used, cfg), centres
+
+
+def test_members_are_centred_on_the_located_gland_and_nothing_lies_beyond_the_margin(monkeypatch, off_centre, gland_member):
+    image, gland = off_centre
+    res, centres = _run(monkeypatch, image, gland_member, gland)
+    np.testing.assert_allclose(centres[0], gland_centre(gland, image.affine))
+    assert res.info["locator"]["used"] and res.info["locator"]["gland_ml"] > 10
+    idx = np.argwhere(gland)
+    grow = np.ceil(10.0 / np.asarray(image.spacing)).astype(int)
+    lo, hi = np.maximum(idx.min(0) - grow, 0), idx.max(0) + grow
+    ii, jj, kk = np.indices(image.shape)
+    inside = ((ii >= lo[0]) & (ii <= hi[0]) & (jj >= lo[1]) & (jj <= hi[1]) & (kk >= lo[2]) & (kk <= hi[2]))
+    assert not res.label[~inside].any() and not res.member_labels[:, ~inside].any()
+    np.testing.assert_array_equal(res.prob[0][~inside], 1.0)
+    assert (~inside).any() and inside.any()
+
+
+def test_one_stage_when_the_locator_finds_nothing_or_is_absent(monkeypatch, off_centre, gland_member):
+    image, gland = off_centre
+    res, centres = _run(monkeypatch, image, gland_member, np.zeros_like(gland))
+    assert centres == [None] and not res.info["locator"]["used"]
+    assert "no gland" in res.info["locator"]["reason"]
+    res = engine.run_ensemble(image, gland_member, EnsembleConfig(members=[str(gland_member[0].path)]))
+    assert res.info["locator"] == {"used": False}

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import re
 import subprocess
@@ -153,6 +154,32 @@ def measure(case: str, args, run_taps: bool, reported: dict) -> dict:
     return row
 
 
+def cross_validated(config: Path | None, rows: dict) -> dict:
+    """Ours as cross-validated (each expert case scored only by the members of the fold that held it
+    out: the bundle's cv_evaluate.json, from `ensemble evaluate --cv`) next to TAPS on the same case.
+    The whole bundle has seen most expert cases in training, so its own row above is not a result."""
+    folder = config.parent if config else ROOT / "ensemble" / "models" / "default"
+    path = next((p for p in (folder / "cv_evaluate.json", folder.parent / "cv_evaluate.json") if p.exists()), None)
+    if path is None:
+        return {"skipped": "no cv_evaluate.json beside the ensemble config"}
+    cv = json.loads(path.read_text())["per_case_dsc"]["WG"]["ensemble"]
+    out = {}
+    for case, r in rows.items():
+        name = case.split("/")[1]
+        if name in cv and "wg_dsc_expert" in r.get("taps", {}):
+            ours, taps = round(float(cv[name]), 4), r["taps"]["wg_dsc_expert"]
+            out[case] = {"ours_cv": ours, "taps": taps, "ours_beats_taps": ours > taps}
+    return {"source": os.path.relpath(path, ROOT), "cases": out}
+
+
+def msd_volume_range(data: Path) -> dict | None:
+    """WG volume range (mL) of the expert zone maps in msd_labels/: what a plausible gland measures."""
+    from mricore.io import read_label
+
+    vols = [float((v.array[0] > 0).sum()) * v.voxel_volume_ml for v in map(read_label, sorted((data / "msd_labels").rglob("*.nii.gz")))]
+    return {"min_ml": round(min(vols), 1), "max_ml": round(max(vols), 1), "n": len(vols)} if vols else None
+
+
 def stats(values: list) -> dict | None:
     v = [x for x in values if x is not None and np.isfinite(x)]
     return {"mean": round(float(np.mean(v)), 4), "median": round(float(np.median(v)), 4), "n": len(v)} if v else None
@@ -261,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
            else {"skipped": f"{TAPS} not found: run bash bench/setup_peers.sh"},
            "notes": "silver = DSC vs AI zones_ai > 0 (agreement with another model, not accuracy); "
                     "reported_volume_ml = radiologist-reported (prostatex/clinical.csv); times as cached",
-           "cases": rows, "summary": summarise(rows)}
+           "cases": rows, "summary": summarise(rows),
+           "cross_validated_vs_taps": cross_validated(args.config, rows),
+           "msd_wg_volume_range": msd_volume_range(args.data)}
     print(table(rows))
     write_json(repo_relative(out, ROOT), args.out)
     print(f"wrote {args.out}")

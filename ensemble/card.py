@@ -50,7 +50,8 @@ def model_card(names: list[str], metas: list[ModelMeta], records: list[dict], cv
                      f"{m.fold} | {rule} | {m.best_epoch} | {', '.join(val) or 'none'} |")
     lines += ["", f"Weights stored as {'fp16' if half else 'fp32'} (loaded as float32). Preprocessing: "
               f"{spec.target_spacing} mm target spacing (None = as acquired), "
-              f"{spec.crop_mm} mm in-plane field of view around the volume centre.", ""]
+              f"{spec.crop_mm} mm in-plane field of view around the "
+              f"{'gland (the locator finds it, stage one)' if spec.crop_centre == 'gland' else 'volume centre'}.", ""]
     lines += ["Protocol: a member's held-out patients decide nothing (no epoch choice, early stopping, weight or "
               "threshold); its weights are the last epoch of a fixed schedule (`fixed`) or the best epoch on an "
               "inner split of its training patients (`inner`), and the held-out patients are scored once, after "
@@ -128,7 +129,28 @@ def known_limits(metas: list[ModelMeta], records: list[dict]) -> list[str]:
         lines.append(f"- Cross-validated figures come from {n} expert-labelled patients: their confidence "
                      "intervals are wide and they are not a claim of clinical accuracy.")
     lines.append(f"- Input channels {_channels(metas)} only.")
-    if spec.crop_mm is not None:
+    if spec.crop_mm is not None and spec.crop_centre == "gland":
+        lines.append(f"- The members see {spec.crop_mm} mm around the gland the locator (stage one) finds, and "
+                     "nothing beyond its margin is labelled: a gland the locator misses is missed.")
+    elif spec.crop_mm is not None:
         lines.append(f"- The in-plane field of view is cropped to {spec.crop_mm} mm around the image centre: a "
                      "gland far from the image centre will be missed.")
     return lines
+
+
+def locator_section(folder: Path, meta: ModelMeta) -> str:
+    """Markdown: the locator (stage one) of a bundle, from its model.json and training config."""
+    spec = meta.preprocess
+    cfg = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").exists() else {}
+    data = cfg.get("data", {})
+    arch = meta.model["name"] + f" {meta.model['spatial_dims']}D, channels {meta.model['channels']}"
+    return "\n".join([
+        "## Stage one: the locator", "",
+        f"`locator/`: {arch} on {', '.join(meta.channels)}, {spec.target_spacing} mm, field of view "
+        f"{'whole' if spec.crop_mm is None else spec.crop_mm}; trained with fold `{meta.fold}`, last epoch "
+        f"{meta.best_epoch}, on: datasets {data.get('datasets') or 'all'} (label `{data.get('label')}`, "
+        f"silver `{data.get('silver_label')}`) and teacher datalist "
+        f"`{Path(data['teacher']).name if data.get('teacher') else 'none'}`.",
+        "It runs first on the whole field of view; the members segment a crop centred on the bounding box of its "
+        "largest gland component, and nothing farther than the ensemble's `locator_margin_mm` from that box is "
+        "labelled (ensemble/engine.py).", ""])

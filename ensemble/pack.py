@@ -23,7 +23,7 @@ import yaml
 from mricore.errors import InputError, OutputExistsError
 from mricore.modelfolder import ModelMeta, load_weights, read_model, write_model
 
-from .card import model_card, training_record
+from .card import locator_section, model_card, training_record
 
 COPY = ("config.yaml", "history.csv", "splits.json")
 
@@ -89,6 +89,8 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
         if cv is not None:
             (tmp / "cv_evaluate.json").write_text(json.dumps(cv, indent=2))
         card = model_card(names, metas, records, cv, half)
+        if locator:
+            card += "\n" + locator_section(Path(locator), read_model(locator, "segmenter"))
         if notes is not None:
             card += "\n" + Path(notes).read_text()
         (tmp / "MODEL_CARD.md").write_text(card)

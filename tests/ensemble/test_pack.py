@@ -124,6 +124,7 @@ def test_pack_and_export_carry_the_locator(data_dir, members, tmp_path):
     cfg = yaml.safe_load((out / "ensemble.yaml").read_text())
     assert cfg["locator"] == "locator" and (out / "locator" / "weights.pt").exists()
     assert cfg["members"] == ["t2_b_foldall"]
+    assert "## Stage one: the locator" in (out / "MODEL_CARD.md").read_text()
     assert main(["export", "--config", str(out / "ensemble.yaml"), "-o", str(tmp_path / "onnx")]) == 0
     assert (tmp_path / "onnx" / "locator" / "model.onnx").exists()
     assert yaml.safe_load((tmp_path / "onnx" / "ensemble.yaml").read_text())["locator"] == "locator"

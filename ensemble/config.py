@@ -57,7 +57,8 @@ class EnsembleConfig:
     locator: stage one (a model folder, relative to this file): a coarse segmenter run on the whole
         field of view; the members' crop is centred on the gland it finds (their preprocess
         crop_centre "gland") and everything farther than `locator_margin_mm` from its gland's bounding
-        box is background. Null: one stage, crops around the volume centre.
+        box is background (null: no bound, the locator only centres). Null locator: one stage, crops
+        around the volume centre.
     """
 
     members: list[str] = field(default_factory=list)
@@ -69,7 +70,7 @@ class EnsembleConfig:
     tta: bool = False
     register: bool = False
     locator: str | None = None
-    locator_margin_mm: float = 15.0
+    locator_margin_mm: float | None = 15.0
 
     def validate(self, where: str = "config"):
         if not self.members:
@@ -78,8 +79,8 @@ class EnsembleConfig:
         if self.method not in METHODS:
             raise ConfigError(f"{where}: method", "unknown combination method", repr(self.method),
                               f"use one of {list(METHODS)}")
-        if not self.locator_margin_mm >= 0:
-            raise ConfigError(f"{where}: locator_margin_mm", "must be >= 0 (mm)", self.locator_margin_mm, "e.g. 15")
+        if self.locator_margin_mm is not None and not self.locator_margin_mm >= 0:
+            raise ConfigError(f"{where}: locator_margin_mm", "must be >= 0 (mm) or null", self.locator_margin_mm, "e.g. 15")
         if self.weights is not None:
             if len(self.weights) != len(self.members):
                 raise ConfigError(f"{where}: weights", "needs one weight per member",

@@ -78,8 +78,9 @@ def carry_labels(work_label: np.ndarray, index_map: np.ndarray) -> np.ndarray:
 
 def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, np.ndarray | None, dict]:
     """Stage one: the locator's largest gland component on the input grid -> (its bounding box centre
-    in world mm, the box grown by `locator_margin_mm` as a keep mask, facts); (None, None, facts) when
-    there is no locator, it lacks a channel of the input, or it finds no gland (one stage then)."""
+    in world mm, the box grown by `locator_margin_mm` as a keep mask (None without a margin), facts);
+    (None, None, facts) when there is no locator, it lacks a channel of the input, or it finds no gland
+    (one stage then)."""
     if not cfg.locator:
         return None, None, {"used": False}
     loc = read_locator(str(cfg.locator))
@@ -90,9 +91,11 @@ def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, np.nd
         return None, None, {"used": False, "reason": "the locator found no gland"}
     idx = np.argwhere(gland)
     lo, hi = idx.min(0), idx.max(0)
-    grow = np.ceil(cfg.locator_margin_mm / np.asarray(image.spacing)).astype(int)
-    keep = np.zeros(image.shape, bool)
-    keep[tuple(slice(max(a - g, 0), b + g + 1) for a, b, g in zip(lo, hi, grow))] = True
+    keep = None
+    if cfg.locator_margin_mm is not None:
+        grow = np.ceil(cfg.locator_margin_mm / np.asarray(image.spacing)).astype(int)
+        keep = np.zeros(image.shape, bool)
+        keep[tuple(slice(max(a - g, 0), b + g + 1) for a, b, g in zip(lo, hi, grow))] = True
     centre = (image.affine @ np.r_[(lo + hi) / 2.0, 1])[:3]
     return centre, keep, {"used": True, "model": loc.name, "centre_mm": [round(float(v), 2) for v in centre],
                           "gland_ml": round(float(gland.sum()) * image.voxel_volume_ml, 3),

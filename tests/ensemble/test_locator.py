@@ -79,3 +79,10 @@ def test_one_stage_when_the_locator_finds_nothing_or_is_absent(monkeypatch, off_
     assert "no gland" in res.info["locator"]["reason"]
     res = engine.run_ensemble(image, gland_member, EnsembleConfig(members=[str(gland_member[0].path)]))
     assert res.info["locator"] == {"used": False}
+
+
+def test_without_a_margin_the_locator_only_centres(monkeypatch, off_centre, gland_member):
+    image, gland = off_centre
+    res, centres = _run(monkeypatch, image, gland_member, gland, margin=None)
+    np.testing.assert_allclose(centres[0], gland_centre(gland, image.affine))
+    assert res.info["locator"]["used"] and res.info["locator"]["margin_mm"] is None

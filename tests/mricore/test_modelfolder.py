@@ -1,5 +1,5 @@
 """The model-folder description (mricore.modelfolder.ModelMeta): one reader, one writer, a format
-version; the bundled version-1 folders (no `version`, channels and label scheme stored twice) load
+version; version-1 folders (two model.json of the first bundle, kept in v1_folders/: no `version`, channels and label scheme stored twice) load
 unchanged, and rewriting one through the writer keeps each fact once."""
 
 import json
@@ -12,28 +12,34 @@ from mricore.errors import InputError
 from mricore.modelfolder import FORMAT_VERSION, ModelMeta, read_model, write_model
 from mricore.preprocess import PreprocessSpec
 
-ROOT = Path(__file__).resolve().parents[2]
-BUNDLE = ROOT / "ensemble" / "models" / "default"
-BUNDLED = sorted(p.parent for p in BUNDLE.glob("*/model.json")) + sorted(p.parent for p in BUNDLE.glob("onnx/*/model.json"))
+V1 = Path(__file__).resolve().parent / "v1_folders"  # model.json of two members of the first bundle
 
 
-def test_the_bundle_has_version_1_folders():
-    assert len(BUNDLED) == 18
-    assert all("version" not in json.loads((f / "model.json").read_text()) for f in BUNDLED)
+def _v1_folder(tmp_path, name) -> Path:
+    """A version-1 folder as the first bundle shipped it: its model.json, and the network file (empty:
+    reading the description never opens it)."""
+    dst = tmp_path / name
+    dst.mkdir()
+    shutil.copy(V1 / name / "model.json", dst / "model.json")
+    (dst / ("model.onnx" if name.startswith("onnx") else "weights.pt")).write_bytes(b"")
+    return dst
 
 
-@pytest.mark.parametrize("folder", BUNDLED, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_bundled_version_1_folders_load(folder):
+@pytest.mark.parametrize("name", ["unet2d_fold0", "onnx_unet2d_fold0"])
+def test_version_1_folders_load(tmp_path, name):
+    folder = _v1_folder(tmp_path, name)
     old = json.loads((folder / "model.json").read_text())
+    assert "version" not in old
     meta = read_model(folder, "segmenter")
     assert meta.version == FORMAT_VERSION
     assert meta.channels == old["channels"] and meta.label_scheme == old["label_scheme"]
     assert meta.model == old["model"] and meta.patch == old["patch"] and meta.validation == old["validation"]
     assert (meta.onnx is not None) == ("onnx" in old)
+    assert meta.preprocess.crop_centre == "volume"  # before two stages: crops around the volume centre
 
 
 def test_rewriting_a_version_1_folder_stores_each_fact_once(tmp_path):
-    src = BUNDLE / "unet2d_fold0"
+    src = _v1_folder(tmp_path, "unet2d_fold0")
     meta = read_model(src)
     write_model(tmp_path / "m", meta)
     new = json.loads((tmp_path / "m" / "model.json").read_text())

@@ -1,6 +1,7 @@
 """The model-folder description (mricore.modelfolder.ModelMeta): one reader, one writer, a format
-version; version-1 folders (two model.json of the first bundle, kept in v1_folders/: no `version`, channels and label scheme stored twice) load
-unchanged, and rewriting one through the writer keeps each fact once."""
+version; version-1 folders (no `version`, channels and label scheme stored twice; two model.json of
+the first bundle are kept in v1_folders/) load unchanged, and rewriting one through the writer keeps
+each fact once."""
 
 import json
 import shutil

@@ -100,14 +100,16 @@ def training_data(names: list[str], metas: list[ModelMeta], records: list[dict])
         d = r["config"].get("data") or {}
         if d:
             fact = (d.get("root"), tuple(d.get("datasets") or ("all",)), d.get("label"), d.get("silver_label"),
-                    d.get("folds"), d.get("split_seed"))
+                    d.get("folds"), d.get("split_seed"), d.get("teacher"))
             groups.setdefault(fact, []).append(n)
     lines = []
-    for (root, datasets, label, silver, folds, seed), who in groups.items():
+    for (root, datasets, label, silver, folds, seed, teacher), who in groups.items():
         lines.append(f"- {', '.join(who)}: data root `{root}`, datasets {', '.join(datasets)}; expert labels "
                      f"`{label}`, {folds} patient-level folds (split_seed {seed})"
                      + (f"; silver labels `{silver}` where the expert label is missing, in training sets only, "
-                        "never used to measure accuracy" if silver else "") + ".")
+                        "never used to measure accuracy" if silver else "")
+                     + (f"; a teacher's whole glands (`{teacher}`, zones unknown: partial-label loss), in training "
+                        "sets only" if teacher else "") + ".")
     patients = _patients(records)
     if patients:
         lines.append(f"- Expert-labelled patients in the splits ({len(patients)}): {', '.join(patients)}. The "

@@ -21,7 +21,9 @@ from .augment import augment_patch
 from .config import AugmentConfig
 
 MARGIN = 16  # voxels around a 2D/3D patch handed to the elastic deformation (pulls from outside)
-# Label value of a teacher's whole-gland voxel whose zone is unknown (data.teacher; segment.losses).
+# A `data.teacher` datalist's label column (a teacher's whole gland, zones unknown), and the value its
+# gland voxels take in training (segment.losses).
+TEACHER_LABEL = "wg_teacher"
 GLAND_UNKNOWN = 3
 
 
@@ -43,9 +45,6 @@ def label_key_for(case: Case, label: str, silver: str | None) -> tuple[str | Non
     if TEACHER_LABEL in case.labels:
         return TEACHER_LABEL, True
     return None, False
-
-
-TEACHER_LABEL = "wg_teacher"  # the label column of a `data.teacher` datalist: whole gland, zones unknown
 
 
 def load_items(cases: list[Case], spec: PreprocessSpec, label: str, silver: str | None = None,

@@ -1,0 +1,118 @@
+"""What each step of the retrained bundle did, under the same honest cross-validation.
+
+Every variant is `ensemble evaluate --cv` on the 5 expert-labelled patients (each case scored only by
+the members of the fold that held it out), with the bundle's members (runs/bundle, `make bundle`):
+- shipped: configs/ensemble/default.yaml as is (locator, 15 mm margin);
+- one_stage: no locator (crops around the image centre, nothing bounded);
+- centre_only: the locator centres the crops but bounds nothing (locator_margin_mm null);
+- tta: shipped plus left-right flip test-time augmentation;
+- teacher: configs/bundle/teacher_ablation.yaml, the 2D U-Net with and without the teacher's glands.
+Then per-case paired DSC differences (mean, bootstrap 95 % CI, Wilcoxon p; mricore.stats) for:
+shipped vs the previous bundle (bench/results/bundle_previous_cv.json, its `ensemble evaluate --cv`
+summary: fixed 120 mm centre crop, no teacher, weaker intensity augmentation), shipped vs each
+variant, unet2d vs unet2d_noteacher, and the ensemble vs its best member. TAPS's WG DSC on the
+Prostate158 cases (the brief's figures, measured again by bench/peer_taps.py) sits beside ours.
+
+    .venv/bin/python bench/bundle_ablations.py [--reuse]   # --reuse: read runs/bundle/ablations/* if there
+
+Prints and writes bench/results/bundle_ablations.json (about 8 min on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mricore.io import repo_relative, write_json  # noqa: E402
+from mricore.stats import paired_difference  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+ENSEMBLE = ROOT / ".venv" / "bin" / "ensemble"
+DEFAULT = "configs/ensemble/default.yaml"
+VARIANTS = {
+    "shipped": (DEFAULT, []),
+    "one_stage": (DEFAULT, ["locator=null"]),
+    "centre_only": (DEFAULT, ["locator_margin_mm=null"]),
+    "tta": (DEFAULT, ["tta=true"]),
+    "teacher": ("configs/bundle/teacher_ablation.yaml", []),
+}
+ZONES = ("WG", "TZ", "PZ")
+TAPS = {"001": 0.871, "002": 0.903, "021": 0.874}  # TAPS 1.1.2 WG DSC on prostate158 (the brief)
+
+
+def evaluate(name: str, data: Path, reuse: bool) -> dict:
+    config, sets = VARIANTS[name]
+    out = ROOT / "runs" / "bundle" / "ablations" / name
+    if not (reuse and (out / "evaluate.json").exists()):
+        cmd = [str(ENSEMBLE), "evaluate", "--config", str(ROOT / config), "--cv", "--ref", str(data), "-o", str(out),
+               "--force", *[a for s in sets for a in ("--set", s)]]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "evaluate.json").read_text())
+
+
+def paired(a: dict, b: dict) -> dict:
+    """a - b per zone over the cases both scored."""
+    out = {}
+    for z in ZONES:
+        cases = sorted(set(a[z]) & set(b[z]))
+        d = paired_difference([a[z][c] for c in cases], [b[z][c] for c in cases])
+        out[z] = {"a_mean": round(sum(a[z][c] for c in cases) / len(cases), 4),
+                  "b_mean": round(sum(b[z][c] for c in cases) / len(cases), 4),
+                  "mean_diff": round(d["mean"], 4), "ci": [round(d["ci_low"], 4), round(d["ci_high"], 4)],
+                  "median_diff": round(d["median"], 4), "improved": sum(a[z][c] > b[z][c] for c in cases),
+                  "wilcoxon_p": round(d["wilcoxon_p"], 4) if d["wilcoxon_p"] == d["wilcoxon_p"] else None,
+                  "n": len(cases)}
+    return out
+
+
+def model(report: dict, name: str) -> dict:
+    return {z: report["per_case_dsc"][z][name] for z in ZONES}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--reuse", action="store_true", help="read existing runs/bundle/ablations/* reports")
+    args = ap.parse_args()
+    reports = {n: evaluate(n, args.data, args.reuse) for n in VARIANTS}
+    previous = json.loads((ROOT / "bench/results/bundle_previous_cv.json").read_text())
+    shipped = model(reports["shipped"], "ensemble")
+    comparisons = {
+        "shipped_minus_previous_bundle": paired(shipped, model(previous, "ensemble")),
+        **{f"shipped_minus_{n}": paired(shipped, model(reports[n], "ensemble")) for n in ("one_stage", "centre_only", "tta")},
+        "unet2d_minus_unet2d_noteacher": paired(model(reports["teacher"], "unet2d"), model(reports["teacher"], "unet2d_noteacher")),
+    }
+    summaries = {n: {z: {m: {k: round(v, 4) if isinstance(v, float) else v for k, v in r["zones"][z]["dsc"][m].items()
+                             if k in ("mean", "median", "ci_low", "ci_high", "n")}
+                         for m in r["zones"][z]["dsc"]} for z in ZONES} for n, r in reports.items()}
+    best = {z: {"best_member": reports["shipped"]["zones"][z]["best_member"],
+                **{k: round(v, 4) if isinstance(v, float) else v
+                   for k, v in reports["shipped"]["zones"][z]["ensemble_minus_best_member_dsc"].items()
+                   if k in ("mean", "ci_low", "ci_high", "wilcoxon_p", "n")}} for z in ZONES}
+    peer = {c: {"ours_cv": round(shipped["WG"][c], 4), "previous_cv": round(previous["per_case_dsc"]["WG"]["ensemble"][c], 4),
+                "taps": t, "ours_beats_taps": shipped["WG"][c] > t} for c, t in TAPS.items() if c in shipped["WG"]}
+    out = {"command": "python bench/bundle_ablations.py", "cases": "5 expert-labelled patients (prostate158 001, 002, "
+           "021; i2cvb Patient_52209036, Patient_68619), 3 patient-level folds, each case scored by its fold's members",
+           "variants": {n: {"config": c, "set": s} for n, (c, s) in VARIANTS.items()},
+           "summaries": summaries, "ensemble_minus_best_member": best, "comparisons": comparisons,
+           "taps_cases_wg": peer}
+    write_json(repo_relative(out, ROOT), ROOT / "bench/results/bundle_ablations.json")
+    for name, comp in comparisons.items():
+        print(name, " ".join(f"{z} {c['a_mean']:.3f}-{c['b_mean']:.3f}={c['mean_diff']:+.3f} ({c['improved']}/{c['n']})"
+                             for z, c in comp.items()))
+    for z, b in best.items():
+        print(f"ensemble - best member ({b['best_member']}) {z}: {b['mean']:+.3f} ({b['ci_low']:+.3f} to {b['ci_high']:+.3f})")
+    for c, p in peer.items():
+        print(f"prostate158/{c}: WG ours (CV) {p['ours_cv']:.3f}, previous {p['previous_cv']:.3f}, TAPS {p['taps']:.3f}")
+    print("wrote bench/results/bundle_ablations.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,8 +31,8 @@ test: venv
 # teacher labels: bash bench/setup_peers.sh). Stage one, the locator, is trained on silver and teacher
 # labels only (no expert case, so it serves every fold); then 3 patient-level folds x (2D U-Net,
 # 2.5D U-Net, 2D DynUNet) on a fixed schedule (the held-out fold decides nothing), cross-validated
-# scoring of the held-out folds, the teacher ablation (2D U-Net without the teacher's glands on the
-# same folds), then pack into ensemble/models/default with a model card and export to ONNX.
+# scoring of the held-out folds, pack into ensemble/models/default with a model card, export to ONNX,
+# then bench/bundle_ablations.py: one stage vs two, margin, flips, teacher (the 2D U-Net without it).
 BUNDLE_RUNS := runs/bundle
 BUNDLE_MEMBERS := $(foreach c,unet2d unet25d dynunet2d,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
 bundle: venv
@@ -41,9 +41,9 @@ bundle: venv
 	for c in unet2d unet2d_noteacher unet25d dynunet2d; do for f in 0 1 2; do \
 	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force || exit 1; done; done
 	$(BIN)/ensemble evaluate --config configs/ensemble/default.yaml --cv --ref $(DATA) -o $(BUNDLE_RUNS)/cv_report --force
-	$(BIN)/ensemble evaluate --config configs/bundle/teacher_ablation.yaml --cv --ref $(DATA) -o $(BUNDLE_RUNS)/teacher_ablation --force
 	$(BIN)/ensemble pack $(BUNDLE_MEMBERS) --locator $(BUNDLE_RUNS)/locator/fold_all -o ensemble/models/default \
 	  --cv-report $(BUNDLE_RUNS)/cv_report --notes configs/bundle/MODEL_CARD_NOTES.md --force
 	$(BIN)/ensemble export --config ensemble/models/default/ensemble.yaml -o ensemble/models/default/onnx --force
+	$(BIN)/python bench/bundle_ablations.py --data $(DATA)
 
 .PHONY: venv demo test bundle

@@ -36,7 +36,7 @@ test: venv
 BUNDLE_RUNS := runs/bundle
 BUNDLE_MEMBERS := $(foreach c,unet2d unet25d dynunet2d,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
 bundle: venv
-	$(BIN)/python bench/peer_taps.py --teacher runs/teacher
+	$(BIN)/python bench/peer_taps.py --teacher runs/teacher --data $(DATA)
 	$(BIN)/segment train --config configs/bundle/locator.yaml --fold all --force
 	for c in unet2d unet2d_noteacher unet25d dynunet2d; do for f in 0 1 2; do \
 	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force || exit 1; done; done

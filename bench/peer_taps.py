@@ -82,11 +82,25 @@ def read_time(path: Path) -> dict:
             "peak_rss_gb": round(int(field(r"Maximum resident set size \(kbytes\)")) / 1024 ** 2, 3)}
 
 
+# TAPS writes out.nii.gz, or, when its own checks object, out_cleaned.nii.gz (it removed parts) or
+# out_abnormal.nii.gz (it flags the map): the first that exists is its answer.
+TAPS_OUTPUTS = ("wg.nii.gz", "wg_cleaned.nii.gz", "wg_abnormal.nii.gz")
+
+
+def taps_output(folder: Path) -> Path | None:
+    return next((folder / n for n in TAPS_OUTPUTS if (folder / n).exists()), None)
+
+
 def taps_map(case: str, data: Path, rerun: bool) -> Path:
     folder = TAPS_CACHE / case
-    if rerun or not (folder / "wg.nii.gz").exists():
+    if rerun or taps_output(folder) is None:
+        for n in TAPS_OUTPUTS:
+            (folder / n).unlink(missing_ok=True)
         run_timed([str(TAPS), "segment", str(data / case / "t2.nii.gz"), str(folder / "wg.nii.gz"), "--device", "cpu"], folder)
-    return folder / "wg.nii.gz"
+    out = taps_output(folder)
+    if out is None:
+        raise RuntimeError(f"TAPS wrote none of {TAPS_OUTPUTS} in {folder}")
+    return out
 
 
 def ours_map(case: str, data: Path, config: Path | None, rerun: bool) -> Path:
@@ -129,6 +143,7 @@ def reported_volumes(data: Path) -> dict:
 def measure(case: str, args, run_taps: bool, reported: dict) -> dict:
     from scipy import ndimage
 
+    from mricore.errors import UserError
     from mricore.io import read_label
 
     kind, ref = reference(args.data / case)
@@ -143,7 +158,9 @@ def measure(case: str, args, run_taps: bool, reported: dict) -> dict:
                          "components": int(ndimage.label(mask, np.ones((3, 3, 3)))[1])}
             if kind:
                 row[tool][f"wg_dsc_{kind}"] = dsc(mask, ref)
-        except RuntimeError as e:
+            if tool == "taps" and path.name != "wg.nii.gz":
+                row[tool]["taps_flag"] = path.name.split("_")[1].split(".")[0]  # cleaned / abnormal
+        except (RuntimeError, UserError) as e:
             print(f"{case}: {tool}: {e}", flush=True)
             row[tool] = {"error": str(e)}
     if len(masks) == 2:
@@ -224,7 +241,7 @@ def write_teacher(folder: Path, cases: list[str], data: Path) -> int:
     folder, rows = folder.resolve(), []
     for case in cases:
         dataset, name = case.split("/")
-        wg = TAPS_CACHE / case / "wg.nii.gz"
+        wg = TAPS_CACHE / case / "wg.nii.gz"  # only maps TAPS itself passes (no cleaned / abnormal ones)
         if dataset in TEACHER_DATASETS and wg.exists():
             rows.append({"patient_id": name, "case_id": name, "dataset": f"{dataset}_teacher",
                          "T2W": os.path.relpath((data / case / "t2.nii.gz").resolve(), folder), "wg_teacher": os.path.relpath(wg, folder)})
@@ -266,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     run_taps = TAPS.exists()
     if args.teacher:
         teach = [c for c in cases if c.split("/")[0] in TEACHER_DATASETS]
-        missing = [c for c in teach if not (TAPS_CACHE / c / "wg.nii.gz").exists()]
+        missing = [c for c in teach if taps_output(TAPS_CACHE / c) is None]
         if missing and not run_taps:
             print(f"peer_taps: {TAPS} not found and no cached TAPS map for {missing[:2]}: run bash bench/setup_peers.sh",
                   file=sys.stderr)

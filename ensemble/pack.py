@@ -26,6 +26,7 @@ from mricore.modelfolder import ModelMeta, load_weights, read_model, write_model
 from .card import locator_section, model_card, training_record
 
 COPY = ("config.yaml", "history.csv", "splits.json")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def member_folder_name(meta: ModelMeta, src: Path) -> str:
@@ -33,10 +34,17 @@ def member_folder_name(meta: ModelMeta, src: Path) -> str:
 
 
 def _copy_model(src: Path, dest: Path, meta: ModelMeta, half: bool) -> None:
+    """A member into the bundle; its training config names paths relative to the repository (a
+    committed bundle names no machine's paths)."""
+    from mricore.io import repo_relative
+
     write_model(dest, meta, load_weights(src), half=half)
     for f in COPY:
         if (src / f).exists():
             shutil.copy2(src / f, dest / f)
+    if (src / "config.yaml").exists():
+        cfg = repo_relative(yaml.safe_load((src / "config.yaml").read_text()), REPO)
+        (dest / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", half: bool = True,
@@ -75,7 +83,7 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
             _copy_model(src, tmp / name, meta, half)
             names.append(name)
             metas.append(meta)
-            records.append(training_record(src))
+            records.append(training_record(tmp / name))
         if locator:
             _copy_model(Path(locator), tmp / "locator", read_model(locator, "segmenter"), half)
         from mricore.config import to_dict
@@ -90,7 +98,7 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
             (tmp / "cv_evaluate.json").write_text(json.dumps(cv, indent=2))
         card = model_card(names, metas, records, cv, half)
         if locator:
-            card += "\n" + locator_section(Path(locator), read_model(locator, "segmenter"))
+            card += "\n" + locator_section(tmp / "locator", read_model(locator, "segmenter"))
         if notes is not None:
             card += "\n" + Path(notes).read_text()
         (tmp / "MODEL_CARD.md").write_text(card)

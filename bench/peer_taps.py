@@ -35,7 +35,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +43,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from peers import parse_time  # noqa: E402  (bench/, beside this script)
 DATA = ROOT.parent / "shared" / "data"
 TAPS = ROOT / ".venv-taps" / "bin" / "taps"
 ENSEMBLE = ROOT / ".venv" / "bin" / "ensemble"
@@ -73,13 +73,8 @@ def run_timed(cmd: list[str], folder: Path) -> None:
 
 
 def read_time(path: Path) -> dict:
-    text = path.read_text()
-
-    def field(name):
-        return re.search(rf"{name}: (.+)", text).group(1).strip()
-    h, m, s = ([0] + [float(x) for x in field(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\)").split(":")])[-3:]
-    return {"wall_s": round(h * 3600 + m * 60 + s, 2),
-            "peak_rss_gb": round(int(field(r"Maximum resident set size \(kbytes\)")) / 1024 ** 2, 3)}
+    t = parse_time(path.read_text())
+    return {"wall_s": round(t["wall_s"], 2), "peak_rss_gb": round(t["peak_rss_gb"], 3)}
 
 
 # TAPS writes out.nii.gz, or, when its own checks object, out_cleaned.nii.gz (it removed parts) or
@@ -189,12 +184,13 @@ def cross_validated(config: Path | None, rows: dict) -> dict:
     return {"source": os.path.relpath(path, ROOT), "cases": out}
 
 
-def msd_volume_range(data: Path) -> dict | None:
-    """WG volume range (mL) of the expert zone maps in msd_labels/: what a plausible gland measures."""
-    from mricore.io import read_label
+def plausible_volumes() -> dict:
+    """WG volume range (mL) of the expert glands the review checks use (mricore/gland_reference.json:
+    the MSD maps and the Prostate158 maps; bench/qa_reference.py)."""
+    from mricore.qa import load_reference
 
-    vols = [float((v.array[0] > 0).sum()) * v.voxel_volume_ml for v in map(read_label, sorted((data / "msd_labels").rglob("*.nii.gz")))]
-    return {"min_ml": round(min(vols), 1), "max_ml": round(max(vols), 1), "n": len(vols)} if vols else None
+    ref = load_reference()
+    return {"min_ml": ref["WG_ml"]["min"], "max_ml": ref["WG_ml"]["max"], "n": ref["n"], "source": "mricore/gland_reference.json"}
 
 
 def stats(values: list) -> dict | None:
@@ -307,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     "reported_volume_ml = radiologist-reported (prostatex/clinical.csv); times as cached",
            "cases": rows, "summary": summarise(rows),
            "cross_validated_vs_taps": cross_validated(args.config, rows),
-           "msd_wg_volume_range": msd_volume_range(args.data)}
+           "expert_wg_volume_range": plausible_volumes()}
     print(table(rows))
     write_json(repo_relative(out, ROOT), args.out)
     print(f"wrote {args.out}")

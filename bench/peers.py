@@ -40,17 +40,21 @@ NNUNET = ROOT / ".venv-nnunet" / "bin"
 N_FOLDS = 9
 
 
-def timed(cmd: list[str], env: dict | None = None) -> dict:
-    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
-
+def parse_time(report: str) -> dict:
+    """Wall, CPU and system seconds and peak RSS (GB) from GNU `/usr/bin/time -v`'s report (stderr)."""
     def field(name):
-        return re.search(rf"{name}: (.+)", r.stderr).group(1).strip()
+        return re.search(rf"{name}: (.+)", report).group(1).strip()
     h, m, s = ([0] + [float(x) for x in field(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\)").split(":")])[-3:]
     user, system = float(field("User time \\(seconds\\)")), float(field("System time \\(seconds\\)"))
     return {"wall_s": h * 3600 + m * 60 + s, "cpu_s": user + system, "system_s": system,
             "peak_rss_gb": int(field("Maximum resident set size \\(kbytes\\)")) / 1024 ** 2}
+
+
+def timed(cmd: list[str], env: dict | None = None) -> dict:
+    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+    return parse_time(r.stderr)
 
 
 def median_of(runs: list[dict]) -> dict:

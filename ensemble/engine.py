@@ -86,7 +86,11 @@ def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, np.nd
     loc = read_locator(str(cfg.locator))
     if any(c not in image.channels for c in loc.channels):
         return None, None, {"used": False, "reason": f"locator needs {', '.join(loc.channels)}"}
-    gland = loc.segmenter.predict(image, largest_component=True).label > 0
+    # Its largest gland component on its own coarse grid, carried to the input grid as one uint8 map
+    # (nearest): restoring its three probability maps onto a large input grid would cost more than it.
+    prep = preprocess(image, loc.spec)
+    work = zones.keep_largest_component(zones.labels_from_probabilities(loc.segmenter.probabilities(prep.array)))
+    gland = restore((work > 0).astype(np.uint8)[None], prep)[0] > 0
     if not gland.any():
         return None, None, {"used": False, "reason": "the locator found no gland"}
     idx = np.argwhere(gland)

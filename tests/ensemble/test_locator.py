@@ -12,7 +12,7 @@ from ensemble import engine
 from ensemble.config import EnsembleConfig
 from ensemble.members import read_members
 from mricore.io import read_label, read_nifti
-from mricore.preprocess import gland_centre
+from mricore.preprocess import PreprocessSpec, gland_centre
 from mricore.volume import Volume
 
 CASE = "prostatex/ProstateX-0000"
@@ -43,15 +43,26 @@ def gland_member(members, tmp_path_factory):
     return read_members([dst])
 
 
+STUB_SPEC = PreprocessSpec(target_spacing=[None, None, None], crop_mm=None)  # the input grid (LPS) itself
+
+
 def _stub(label: np.ndarray):
-    seg = SimpleNamespace(predict=lambda image, largest_component=True: SimpleNamespace(label=label.astype(np.uint8)))
-    return SimpleNamespace(name="stub", channels=["T2W"], segmenter=seg)
+    """A locator whose probabilities are the one-hot of `label`, on the input grid."""
+    onehot = np.stack([label == 0, label == 1, label == 2]).astype(np.float32)
+    seg = SimpleNamespace(probabilities=lambda array, tta_flip=None: onehot)
+    return SimpleNamespace(name="stub", channels=["T2W"], spec=STUB_SPEC, segmenter=seg)
 
 
 def _run(monkeypatch, image, used, locator_label, margin=10.0):
+    """run_ensemble with the stub locator; the crop centres the members' preprocessing was given."""
     centres = []
     real = engine.preprocess
-    monkeypatch.setattr(engine, "preprocess", lambda img, spec, centre=None: centres.append(centre) or real(img, spec, centre))
+
+    def recorded(img, spec, centre=None):
+        if spec is not STUB_SPEC:
+            centres.append(centre)
+        return real(img, spec, centre)
+    monkeypatch.setattr(engine, "preprocess", recorded)
     monkeypatch.setattr(engine, "read_locator", lambda path: _stub(locator_label))
     cfg = EnsembleConfig(members=[str(m.path) for m in used], locator="stub", locator_margin_mm=margin)
     return engine.run_ensemble(image, used, cfg), centres
@@ -59,7 +70,7 @@ def _run(monkeypatch, image, used, locator_label, margin=10.0):
 
 def test_members_are_centred_on_the_located_gland_and_nothing_lies_beyond_the_margin(monkeypatch, off_centre, gland_member):
     image, gland = off_centre
-    res, centres = _run(monkeypatch, image, gland_member, gland)
+    res, centres = _run(monkeypatch, image, gland_member, gland.astype(np.uint8))
     np.testing.assert_allclose(centres[0], gland_centre(gland, image.affine))
     assert res.info["locator"]["used"] and res.info["locator"]["gland_ml"] > 10
     idx = np.argwhere(gland)
@@ -74,7 +85,7 @@ def test_members_are_centred_on_the_located_gland_and_nothing_lies_beyond_the_ma
 
 def test_one_stage_when_the_locator_finds_nothing_or_is_absent(monkeypatch, off_centre, gland_member):
     image, gland = off_centre
-    res, centres = _run(monkeypatch, image, gland_member, np.zeros_like(gland))
+    res, centres = _run(monkeypatch, image, gland_member, np.zeros(gland.shape, np.uint8))
     assert centres == [None] and not res.info["locator"]["used"]
     assert "no gland" in res.info["locator"]["reason"]
     res = engine.run_ensemble(image, gland_member, EnsembleConfig(members=[str(gland_member[0].path)]))
@@ -83,6 +94,6 @@ def test_one_stage_when_the_locator_finds_nothing_or_is_absent(monkeypatch, off_
 
 def test_without_a_margin_the_locator_only_centres(monkeypatch, off_centre, gland_member):
     image, gland = off_centre
-    res, centres = _run(monkeypatch, image, gland_member, gland, margin=None)
+    res, centres = _run(monkeypatch, image, gland_member, gland.astype(np.uint8), margin=None)
     np.testing.assert_allclose(centres[0], gland_centre(gland, image.affine))
     assert res.info["locator"]["used"] and res.info["locator"]["margin_mm"] is None

@@ -1,16 +1,17 @@
 """The bundled default ensemble (ensemble/models/default) loads and gives plausible zones on real studies.
 
 Floors, measured when the bundle was packed (see its MODEL_CARD.md and bench/results/peer_taps.json):
-- prostate158/001, expert zones: the full bundle scored WG DSC 0.769, TZ 0.758. Only the three fold-0
+- prostate158/001, expert zones: the full bundle scored WG DSC 0.763, TZ 0.759. Only the three fold-0
   members held this case out (the other six trained on it), so this is a regression floor, not an
   accuracy claim; the cross-validated figures are in the model card. Floor: WG >= 0.72, TZ >= 0.70.
 - The same study in a field of view 75 mm wider on one side (zero padding, the affine moved with it),
   so the gland lies about 37 mm off its centre: the locator finds the gland and the members segment
   around it, so the zones stay within 0.02 DSC of the unmoved study's (a 100 mm crop around the
   image centre would cut the gland).
-- PROMISE12 Case00 (endorectal coil, another site; never trained on): WG DSC 0.389 (previous bundle 0.002; the target was 0.80). Floor 0.30.
+- PROMISE12 Case00 (endorectal coil, another site; never trained on): WG DSC 0.413 (previous bundle
+  0.002; the target was 0.80). Floor 0.30.
 - Prostate3T-03-0001 (no expert labels; its TAPS gland was a teacher label in training, zones
-  unknown): gland 40.7 mL; plausible adult range asserted (15-150 mL), both zones present, one gland.
+  unknown): gland 40.4 mL; plausible adult range asserted (15-150 mL), both zones present, one gland.
 """
 
 import json

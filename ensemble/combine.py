@@ -34,7 +34,8 @@ class WeightedSum:
     """Running weighted sum of (3, ...) probability maps: memory is one map plus one sum, whatever M.
 
     add(prob, w): w is a scalar or (3,) per-class weight. `result()` gives the combined, renormalised
-    float32 probabilities. Sums of several running sums (e.g. restored onto one grid) merge with `add_sum`.
+    float32 probabilities, once: it hands over its buffer (one full map less at the peak). Sums of
+    several running sums (e.g. restored onto one grid) merge with `add_sum`.
     """
 
     def __init__(self):
@@ -46,22 +47,25 @@ class WeightedSum:
         self.add_sum(prob * w.astype(np.float32).reshape((N_CLASSES,) + (1,) * (prob.ndim - 1)), w)
 
     def add_sum(self, weighted_total: np.ndarray, weight) -> None:
+        """Adds an already weighted sum. The first one is adopted, not copied (one full map less at the
+        peak): the caller hands over `weighted_total` and must not write to it afterwards."""
         weighted_total = weighted_total.astype(np.float32, copy=False)
         if self.total is None:
-            self.total = weighted_total.copy()
+            self.total = weighted_total
         else:
             self.total += weighted_total
         self.weight += np.asarray(weight, np.float64)
 
     def result(self) -> np.ndarray:
         if self.total is None:
-            raise ValueError("nothing was added")
+            raise ValueError("nothing was added, or result() was already taken")
         if np.any(self.weight <= 0):
             raise ValueError(f"every class needs a positive total weight, got {self.weight.tolist()}")
         shape = (N_CLASSES,) + (1,) * (self.total.ndim - 1)
-        p = self.total / self.weight.astype(np.float32).reshape(shape)
-        s = p.sum(axis=0, keepdims=True)
-        return (p / np.maximum(s, 1e-12)).astype(np.float32)
+        p, self.total = self.total, None  # divided in place: the sum is handed out, not copied
+        p /= self.weight.astype(np.float32).reshape(shape)
+        p /= np.maximum(p.sum(axis=0, keepdims=True), 1e-12)
+        return p
 
 
 def mean(probs: np.ndarray) -> np.ndarray:
@@ -153,17 +157,26 @@ def staple(labels: np.ndarray, undecided: np.ndarray | None = None) -> tuple[np.
 
 def entropy(prob: np.ndarray) -> np.ndarray:
     """(3, ...) probabilities -> (...) float32 Shannon entropy normalised to [0, 1] (divided by ln 3)."""
-    p = np.clip(prob, 1e-12, 1.0)
-    return np.clip(-(prob * np.log(p)).sum(axis=0) / np.log(N_CLASSES), 0.0, 1.0).astype(np.float32)
+    h = np.zeros(prob.shape[1:], np.float32)
+    for p in prob:  # one class at a time: two single-channel temporaries, not three-channel ones
+        h -= p * np.log(np.clip(p, 1e-12, 1.0))
+    h /= np.float32(np.log(N_CLASSES))
+    return np.clip(h, 0.0, 1.0, out=h)
 
 
 def disagreement(member_labels: np.ndarray, label: np.ndarray) -> np.ndarray:
     """(M, ...) member labels and (...) combined label -> (...) float32 fraction of members disagreeing."""
-    return (member_labels != label[None]).mean(axis=0).astype(np.float32)
+    count = np.zeros(label.shape, np.uint16)
+    for m in member_labels:  # one member at a time: no (M, ...) boolean array
+        count += m != label
+    return count.astype(np.float32) / np.float32(max(len(member_labels), 1))
 
 
 def gland_region(label: np.ndarray, member_labels: np.ndarray) -> np.ndarray:
     """Where per-case uncertainty is averaged: voxels any member or the combined map calls gland.
     Background far from the gland is left out because it is confidently empty in every case and would
     drown the signal."""
-    return (label > 0) | (member_labels > 0).any(axis=0)
+    region = label > 0
+    for m in member_labels:
+        region |= m > 0
+    return region

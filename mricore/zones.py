@@ -25,7 +25,15 @@ def masks(label: np.ndarray) -> dict[str, np.ndarray]:
 
 def labels_from_probabilities(prob: np.ndarray) -> np.ndarray:
     """(3, ...) background/TZ/PZ probabilities -> uint8 zone labels (argmax; ties go to the lower label)."""
-    return np.argmax(prob, axis=0).astype(np.uint8)
+    # np.argmax would build an int64 map (8 bytes a voxel); this keeps uint8 labels and one running
+    # maximum, same result: a later class wins only when strictly greater.
+    label = np.zeros(prob.shape[1:], np.uint8)
+    best = prob[0].copy()
+    for c in range(1, prob.shape[0]):
+        higher = prob[c] > best
+        label[higher] = c
+        np.maximum(best, prob[c], out=best)
+    return label
 
 
 def largest_component(label: np.ndarray) -> tuple[np.ndarray, dict]:

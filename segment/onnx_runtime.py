@@ -50,6 +50,10 @@ class OnnxSegmenter(VolumePredictor):
         self.patch = list(meta.patch)
         self.name = folder.name
         opts = ort.SessionOptions()
+        # No per-session memory arena: an arena keeps its largest activations for the life of the
+        # session, about 60 MB a member, and the bundle holds ten sessions (Philips-03: 1.62 -> see
+        # bench/results/peer_taps.json). Freed buffers go back at once; the cost in time is small.
+        opts.enable_cpu_mem_arena = False
         if threads:
             opts.intra_op_num_threads = threads
         try:

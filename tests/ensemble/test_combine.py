@@ -136,3 +136,29 @@ def test_gland_region_is_any_member_or_the_combined_map():
     members = np.array([[0, 1, 2, 0], [0, 1, 0, 0]], np.uint8)
     assert combine.gland_region(label, members).tolist() == [False, True, True, False]
     assert not combine.gland_region(np.zeros(4, np.uint8), np.zeros((2, 4), np.uint8)).any()
+
+
+def test_memory_lean_maps_equal_the_plain_numpy_formulas():
+    # The engine's per-voxel maps are computed class by class / member by member to keep big input
+    # grids under the memory target; they must stay the textbook formulas, ties included.
+    rng = np.random.default_rng(0)
+    raw = rng.random((3, 6, 5, 4)).astype(np.float32)
+    raw[1, 0] = raw[0, 0]                      # ties between background and TZ: the lower label wins
+    raw[:, 1, 0] = 0.5                         # three-way ties
+    prob = raw / raw.sum(axis=0, keepdims=True)
+    assert np.array_equal(zones.labels_from_probabilities(prob), np.argmax(prob, axis=0).astype(np.uint8))
+    ref = np.clip(-(prob * np.log(np.clip(prob, 1e-12, 1))).sum(0) / np.log(3), 0, 1)
+    np.testing.assert_allclose(combine.entropy(prob), ref, atol=1e-6)
+    members = rng.integers(0, 3, (5, 6, 5, 4)).astype(np.uint8)
+    label = rng.integers(0, 3, (6, 5, 4)).astype(np.uint8)
+    np.testing.assert_allclose(combine.disagreement(members, label), (members != label).mean(0), atol=1e-7)
+    assert np.array_equal(combine.gland_region(label, members), (label > 0) | (members > 0).any(0))
+
+
+def test_weighted_sum_hands_over_its_buffer_once():
+    acc = combine.WeightedSum()
+    acc.add(np.array([[1.0], [0.0], [0.0]], np.float32), 2.0)
+    acc.add(np.array([[0.0], [1.0], [0.0]], np.float32), 2.0)
+    assert acc.result()[:, 0].tolist() == [0.5, 0.5, 0.0]
+    with pytest.raises(ValueError, match="already taken"):
+        acc.result()

@@ -27,18 +27,19 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Retrain the bundled default ensemble from scratch (about 80 min on 2 quiet cores; needs TAPS for the
+# Retrain the bundled default ensemble from scratch (about 2.5 h on 2 quiet cores; needs TAPS for the
 # teacher labels: bash bench/setup_peers.sh). Stage one, the locator, is trained on silver and teacher
-# labels only (no expert case, so it serves every fold); then 3 patient-level folds x (2D U-Net,
-# 2.5D U-Net, 2D DynUNet) on a fixed schedule (the held-out fold decides nothing), cross-validated
-# scoring of the held-out folds, pack into ensemble/models/default with a model card, export to ONNX,
-# then bench/bundle_ablations.py: one stage vs two, margin, flips, teacher (the 2D U-Net without it).
+# labels only (no expert case, so it serves every fold); then 3 patient-level folds x (2D U-Net on the
+# long schedule, 2.5D U-Net, 2D DynUNet) on a fixed schedule (the held-out fold decides nothing), and
+# the ablation members (2D U-Net short, and short without the teacher); cross-validated scoring of the
+# held-out folds, pack into ensemble/models/default with a model card, export to ONNX, then
+# bench/bundle_ablations.py: one stage vs two, margin, flips, teacher, schedule.
 BUNDLE_RUNS := runs/bundle
-BUNDLE_MEMBERS := $(foreach c,unet2d unet25d dynunet2d,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
+BUNDLE_MEMBERS := $(foreach c,unet2d_long unet25d dynunet2d,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
 bundle: venv
 	$(BIN)/python bench/peer_taps.py --teacher runs/teacher --data $(DATA)
 	$(BIN)/segment train --config configs/bundle/locator.yaml --fold all --force
-	for c in unet2d unet2d_noteacher unet25d dynunet2d; do for f in 0 1 2; do \
+	for c in unet2d_long unet25d dynunet2d unet2d unet2d_noteacher; do for f in 0 1 2; do \
 	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force || exit 1; done; done
 	$(BIN)/ensemble evaluate --config configs/ensemble/default.yaml --cv --ref $(DATA) -o $(BUNDLE_RUNS)/cv_report --force
 	$(BIN)/ensemble pack $(BUNDLE_MEMBERS) --locator $(BUNDLE_RUNS)/locator/fold_all -o ensemble/models/default \

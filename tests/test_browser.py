@@ -134,7 +134,9 @@ def test_report_from_real_predictions_renders(browser, data_dir, tmp_path):
     from ensemble.config import BUNDLED
     from segment.cli import main
 
-    member = BUNDLED.parent / "unet2d_fold0"
+    import yaml
+
+    member = BUNDLED.parent / yaml.safe_load(BUNDLED.read_text())["members"][0]  # the 2D U-Net, fold 0
     if not member.exists():
         pytest.skip("bundled ensemble not packed (run `make bundle`)")
     pred, rep = tmp_path / "pred", tmp_path / "report"

@@ -85,8 +85,10 @@ def _separable_linear(array: np.ndarray, scale: np.ndarray, offset: np.ndarray, 
         out[c] = ch
         del ch
     mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
-    if not mask.all():
-        out[:, ~mask] = cval
+    if not mask.all():  # per channel with `where`: out[:, ~mask] would build int64 index arrays
+        outside = ~mask
+        for c in range(out.shape[0]):
+            np.copyto(out[c], np.float32(cval), where=outside)
     return out
 
 

@@ -30,8 +30,7 @@ def labels_from_probabilities(prob: np.ndarray) -> np.ndarray:
     label = np.zeros(prob.shape[1:], np.uint8)
     best = prob[0].copy()
     for c in range(1, prob.shape[0]):
-        higher = prob[c] > best
-        label[higher] = c
+        np.copyto(label, np.uint8(c), where=prob[c] > best)
         np.maximum(best, prob[c], out=best)
     return label
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mricore import qa, zones
+from mricore.align import fill_outside_box
 from mricore.preprocess import preprocess, restore
 from mricore.volume import Volume
 from segment.prediction import BACKGROUND
@@ -76,11 +77,11 @@ def carry_labels(work_label: np.ndarray, index_map: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros(1, np.uint8), work_label.ravel()])[index_map]
 
 
-def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, np.ndarray | None, dict]:
+def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, list[np.ndarray] | None, dict]:
     """Stage one: the locator's largest gland component on the input grid -> (its bounding box centre
-    in world mm, the box grown by `locator_margin_mm` as a keep mask (None without a margin), facts);
-    (None, None, facts) when there is no locator, it lacks a channel of the input, or it finds no gland
-    (one stage then)."""
+    in world mm, the box grown by `locator_margin_mm` as one boolean vector per axis (None without a
+    margin), facts); (None, None, facts) when there is no locator, it lacks a channel of the input, or
+    it finds no gland (one stage then)."""
     if not cfg.locator:
         return None, None, {"used": False}
     loc = read_locator(str(cfg.locator))
@@ -96,10 +97,9 @@ def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, np.nd
     idx = np.argwhere(gland)
     lo, hi = idx.min(0), idx.max(0)
     keep = None
-    if cfg.locator_margin_mm is not None:
+    if cfg.locator_margin_mm is not None:  # the grown box, one boolean vector per axis
         grow = np.ceil(cfg.locator_margin_mm / np.asarray(image.spacing)).astype(int)
-        keep = np.zeros(image.shape, bool)
-        keep[tuple(slice(max(a - g, 0), b + g + 1) for a, b, g in zip(lo, hi, grow))] = True
+        keep = [(np.arange(n) >= a - g) & (np.arange(n) <= b + g) for n, a, b, g in zip(image.shape, lo, hi, grow)]
     centre = (image.affine @ np.r_[(lo + hi) / 2.0, 1])[:3]
     return centre, keep, {"used": True, "model": loc.name, "centre_mm": [round(float(v), 2) for v in centre],
                           "gland_ml": round(float(gland.sum()) * image.voxel_volume_ml, 3),
@@ -146,14 +146,8 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     prob = acc.result()
     del acc, to_input  # full input-grid arrays no longer needed (big grids: 704x704x30 is 15 M voxels)
     if keep is not None:  # farther than the margin from the located gland: background
-        # copyto with `where`, not prob[:, ~keep] = ...: that builds three int64 index arrays of every
-        # voxel outside the box (about 0.35 GB on a 704x704x30 grid).
-        far = ~keep
-        for c, v in enumerate(BACKGROUND):
-            np.copyto(prob[c], np.float32(v), where=far)
-        for m in member_labels:
-            np.copyto(m, 0, where=far)
-        del far
+        fill_outside_box(prob, keep, BACKGROUND)
+        fill_outside_box(member_labels, keep, [0] * len(member_labels))
     staple_perf = None
     if cfg.method == "vote":
         label = combine.majority_vote(member_labels, tie_break=prob)

@@ -25,7 +25,7 @@ from mricore.modelfolder import ModelMeta, load_weights, read_model, write_model
 
 from .card import locator_section, model_card, training_record
 
-COPY = ("config.yaml", "history.csv", "splits.json")
+COPY = ("history.csv", "splits.json")  # as they are; config.yaml is rewritten repository-relative
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -84,8 +84,9 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
             names.append(name)
             metas.append(meta)
             records.append(training_record(tmp / name))
+        loc_meta = read_model(locator, "segmenter") if locator else None
         if locator:
-            _copy_model(Path(locator), tmp / "locator", read_model(locator, "segmenter"), half)
+            _copy_model(Path(locator), tmp / "locator", loc_meta, half)
         from mricore.config import to_dict
 
         from .config import EnsembleConfig
@@ -98,7 +99,7 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
             (tmp / "cv_evaluate.json").write_text(json.dumps(cv, indent=2))
         card = model_card(names, metas, records, cv, half)
         if locator:
-            card += "\n" + locator_section(tmp / "locator", read_model(locator, "segmenter"))
+            card += "\n" + locator_section(tmp / "locator", loc_meta)
         if notes is not None:
             card += "\n" + Path(notes).read_text()
         (tmp / "MODEL_CARD.md").write_text(card)

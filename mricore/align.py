@@ -84,12 +84,18 @@ def _separable_linear(array: np.ndarray, scale: np.ndarray, offset: np.ndarray, 
                 ch = np.moveaxis(np.tensordot(w, ch, axes=([1], [ax])), 0, ax)
         out[c] = ch
         del ch
-    mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
-    if not mask.all():  # per channel with `where`: out[:, ~mask] would build int64 index arrays
-        outside = ~mask
-        for c in range(out.shape[0]):
-            np.copyto(out[c], np.float32(cval), where=outside)
+    fill_outside_box(out, inside, [cval] * out.shape[0])
     return out
+
+
+def fill_outside_box(array: np.ndarray, inside: list[np.ndarray], values) -> None:
+    """Set, in place, every voxel of a (C, I, J, K) array outside the box `inside` (one boolean vector
+    per spatial axis) to values[c]. One channel at a time with `where`: `array[:, ~mask] = ...` would
+    build an int64 index array per axis over every outside voxel (0.35 GB on a 704x704x30 grid)."""
+    outside = ~(inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :])
+    if outside.any():
+        for c, v in enumerate(values):
+            np.copyto(array[c], array.dtype.type(v), where=outside)
 
 
 def _separable_nearest(array: np.ndarray, scale: np.ndarray, offset: np.ndarray, dst_shape, cval):
@@ -102,9 +108,7 @@ def _separable_nearest(array: np.ndarray, scale: np.ndarray, offset: np.ndarray,
         inside.append((x >= -0.5) & (x < n - 0.5))
         idx.append(np.clip(np.floor(x + 0.5), 0, n - 1).astype(np.intp))
     out = array[:, idx[0][:, None, None], idx[1][None, :, None], idx[2][None, None, :]]
-    mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
-    if not mask.all():
-        out[:, ~mask] = cval
+    fill_outside_box(out, inside, [cval] * out.shape[0])
     return out
 
 

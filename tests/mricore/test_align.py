@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mricore_helpers import crop, save
-from mricore.align import alignment_score, resample_array, resample_to
+from mricore.align import alignment_score, fill_outside_box, resample_array, resample_to
 from mricore.datasets import load_case, load_dataset
 from mricore.io import read_label, read_nifti
 from mricore.volume import Volume
@@ -179,3 +179,17 @@ def test_separable_fast_path_equals_the_general_path(seed):
     slow = _general_path(image, src, dst, shape, 1, np.nan)
     assert np.array_equal(np.isnan(fast), np.isnan(slow))
     np.testing.assert_allclose(fast[~np.isnan(fast)], slow[~np.isnan(slow)], atol=1e-6)
+
+
+def test_fill_outside_box_equals_boolean_indexing_per_channel():
+    rng = np.random.default_rng(1)
+    arr = rng.random((3, 5, 4, 3)).astype(np.float32)
+    inside = [np.array([0, 1, 1, 1, 0], bool), np.array([1, 1, 0, 0], bool), np.array([0, 1, 1], bool)]
+    box = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    ref = arr.copy()
+    ref[:, ~box] = np.array([1.0, 0.0, np.nan], np.float32)[:, None]
+    fill_outside_box(arr, inside, [1.0, 0.0, np.nan])
+    np.testing.assert_array_equal(arr, ref)  # NaN == NaN here; the box itself untouched
+    labels = np.full((2, 5, 4, 3), 2, np.uint8)
+    fill_outside_box(labels, inside, [0, 0])
+    assert (labels[:, box] == 2).all() and (labels[:, ~box] == 0).all()

@@ -7,13 +7,15 @@ the members of the fold that held it out), with the bundle's members (runs/bundl
 - centre_only: the locator centres the crops but bounds nothing (locator_margin_mm null);
 - tta: shipped plus left-right flip test-time augmentation;
 - teacher: configs/bundle/teacher_ablation.yaml, the 2D U-Net with and without the teacher's glands;
-- schedule: configs/bundle/schedule_ablation.yaml, the 2D U-Net on 50 x 40 and on 250 x 40 steps.
+- schedule: configs/bundle/schedule_ablation.yaml, the 2D U-Net on 50 x 40 and on 250 x 40 steps, and
+  the 2D DynUNet on 30 x 40 and on 90 x 40 steps.
 Then per-case paired DSC differences (mean, bootstrap 95 % CI, Wilcoxon p; mricore.stats) for:
 shipped vs the first bundle (bench/results/bundle_previous_cv.json, its `ensemble evaluate --cv`
 summary: fixed 120 mm centre crop, no teacher, weaker intensity augmentation), shipped vs the second
 (bench/results/bundle_stop21_cv.json: two stages and teacher, every member on the short schedule),
-shipped vs each variant, unet2d vs unet2d_noteacher, unet2d_long vs unet2d, and the ensemble vs its
-best member. TAPS's WG DSC on the
+shipped vs the third (bench/results/bundle_stop22_cv.json: the 2D U-Net on the long schedule), shipped
+vs each variant, unet2d vs unet2d_noteacher, unet2d_long vs unet2d, dynunet2d_long vs dynunet2d, and
+the ensemble vs its best member. TAPS's WG DSC on the
 Prostate158 cases (the brief's figures, measured again by bench/peer_taps.py) sits beside ours.
 
     .venv/bin/python bench/bundle_ablations.py [--reuse]   # --reuse: read runs/bundle/ablations/* if there
@@ -87,13 +89,17 @@ def main() -> int:
     reports = {n: evaluate(n, args.data, args.reuse) for n in VARIANTS}
     previous = json.loads((ROOT / "bench/results/bundle_previous_cv.json").read_text())
     second = json.loads((ROOT / "bench/results/bundle_stop21_cv.json").read_text())
+    third = json.loads((ROOT / "bench/results/bundle_stop22_cv.json").read_text())
     shipped = model(reports["shipped"], "ensemble")
     comparisons = {
         "shipped_minus_previous_bundle": paired(shipped, model(previous, "ensemble")),
         "shipped_minus_second_bundle": paired(shipped, model(second, "ensemble")),
+        "shipped_minus_third_bundle": paired(shipped, model(third, "ensemble")),
         **{f"shipped_minus_{n}": paired(shipped, model(reports[n], "ensemble")) for n in ("one_stage", "centre_only", "tta")},
         "unet2d_minus_unet2d_noteacher": paired(model(reports["teacher"], "unet2d"), model(reports["teacher"], "unet2d_noteacher")),
         "unet2d_long_minus_unet2d": paired(model(reports["schedule"], "unet2d_long"), model(reports["schedule"], "unet2d")),
+        "dynunet2d_long_minus_dynunet2d": paired(model(reports["schedule"], "dynunet2d_long"),
+                                                 model(reports["schedule"], "dynunet2d")),
     }
     summaries = {n: {z: {m: {k: round(v, 4) if isinstance(v, float) else v for k, v in r["zones"][z]["dsc"][m].items()
                              if k in ("mean", "median", "ci_low", "ci_high", "n")}
@@ -104,6 +110,7 @@ def main() -> int:
                    if k in ("mean", "ci_low", "ci_high", "wilcoxon_p", "n")}} for z in ZONES}
     peer = {c: {"ours_cv": round(shipped["WG"][c], 4), "previous_cv": round(previous["per_case_dsc"]["WG"]["ensemble"][c], 4),
                 "second_cv": round(second["per_case_dsc"]["WG"]["ensemble"][c], 4),
+                "third_cv": round(third["per_case_dsc"]["WG"]["ensemble"][c], 4),
                 "taps": t, "ours_beats_taps": shipped["WG"][c] > t} for c, t in TAPS.items() if c in shipped["WG"]}
     out = {"command": "python bench/bundle_ablations.py", "cases": "5 expert-labelled patients (prostate158 001, 002, "
            "021; i2cvb Patient_52209036, Patient_68619), 3 patient-level folds, each case scored by its fold's members",
@@ -118,7 +125,7 @@ def main() -> int:
         print(f"ensemble - best member ({b['best_member']}) {z}: {b['mean']:+.3f} ({b['ci_low']:+.3f} to {b['ci_high']:+.3f})")
     for c, p in peer.items():
         print(f"prostate158/{c}: WG ours (CV) {p['ours_cv']:.3f}, first bundle {p['previous_cv']:.3f}, "
-              f"second {p['second_cv']:.3f}, TAPS {p['taps']:.3f}")
+              f"second {p['second_cv']:.3f}, third {p['third_cv']:.3f}, TAPS {p['taps']:.3f}")
     print("wrote bench/results/bundle_ablations.json")
     return 0
 

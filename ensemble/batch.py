@@ -55,19 +55,19 @@ def predict_batch(dataset, out_dir, config=None, force: bool = False, probabilit
     from mricore.io import check_absent, check_output_dir, write_csv, write_json
 
     from .members import read_members
-    from .predict import _check_outputs, _plan, _resolve, infer_case, read_case, source_from_case, write_outputs
+    from .predict import check_outputs, plan_members, resolve_config, infer_case, read_case, source_from_case, write_outputs
 
     if workers < 1:
         raise InputError("--workers", "must be at least 1", workers, "e.g. --workers 2")
     rank, world = rank_and_world()
-    cfg = _resolve(config)
+    cfg = resolve_config(config)
     out = check_output_dir(out_dir)
     check_absent([out / "summary.json", out / "summary.csv"], force)
     members = read_members(cfg.members)
     sources = [source_from_case(c) for c in load_dataset(dataset)]
     for s in sources:
-        _plan(s, members, cfg, notify=False)
-        _check_outputs(out / s.case_id, force)
+        plan_members(s, members, cfg, notify=False)
+        check_outputs(out / s.case_id, force)
     probs = cfg.probabilities if probabilities is None else probabilities
     run_cfg = replace(cfg, probabilities=probs)
     mine = list(range(rank, len(sources), world))

@@ -98,9 +98,9 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
     from mricore.io import write_json
 
     from .members import read_members
-    from .predict import _plan, _resolve, run_case, source_from_case
+    from .predict import plan_members, resolve_config, run_case, source_from_case
 
-    cfg = _resolve(config)
+    cfg = resolve_config(config)
     members = read_members(cfg.members)
     cases = [c for c in load_dataset(ref) if label in c.labels]
     if not cases:
@@ -120,7 +120,7 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
                              "evaluate cross-validated members on the dataset they were trained from")
     sources = [(c, source_from_case(c)) for c in cases]
     for c, s in sources:
-        _plan(s, [members[i] for i in groups[c.case_id]], cfg, notify=False)
+        plan_members(s, [members[i] for i in groups[c.case_id]], cfg, notify=False)
     rows, skipped, reviews = [], {}, {}
     for case, s in tqdm(sources, desc="ensemble evaluate", disable=not progress, file=sys.stderr):
         case_members = [members[i] for i in groups[case.case_id]]

@@ -59,9 +59,9 @@ def export(config, out_dir, force: bool = False) -> Path:
     from mricore.errors import OutputExistsError
 
     from .members import read_locator, read_members
-    from .predict import _resolve
+    from .predict import resolve_config
 
-    cfg = _resolve(config)
+    cfg = resolve_config(config)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputExistsError(out, "export folder exists", None, "pass --force to replace it")

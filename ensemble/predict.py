@@ -88,7 +88,7 @@ def source_from_inputs(inputs: list[str | Path]) -> Source:
     return source_from_case(image_from_inputs(paths, POSITIONAL_CHANNELS))
 
 
-def _resolve(config) -> EnsembleConfig:
+def resolve_config(config) -> EnsembleConfig:
     """The config, its locator (if any) loaded and checked before any input is read."""
     cfg = config if isinstance(config, EnsembleConfig) else load_ensemble_config(config)
     if cfg.locator:
@@ -98,13 +98,13 @@ def _resolve(config) -> EnsembleConfig:
     return cfg
 
 
-def _check_outputs(out: Path, force: bool) -> None:
+def check_outputs(out: Path, force: bool) -> None:
     from mricore.io import check_absent
 
     check_absent([out / name for name in OUTPUTS], force)
 
 
-def _plan(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool):
+def plan_members(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool):
     """The members that can run on `source` and those skipped; every error before any reading, and the
     skip notices only once the case is known to run."""
     used, skipped = split_available(members, source.available)
@@ -158,7 +158,7 @@ def read_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify
     """Read `source` once for the members that can run and check it (`check_input`); no network runs."""
     from mricore.datasets import require_study
 
-    used, skipped = _plan(source, members, cfg, notify)
+    used, skipped = plan_members(source, members, cfg, notify)
     t = time.perf_counter()
     image, alignment = source.read(channel_order(used), cfg.register)
     require_study(image)
@@ -267,9 +267,9 @@ def predict(inputs, out_dir, config=None, force: bool = False, probabilities: bo
     """
     from mricore.io import check_output_dir
 
-    cfg = _resolve(config)
+    cfg = resolve_config(config)
     out = check_output_dir(out_dir)
-    _check_outputs(out, force)
+    check_outputs(out, force)
     members = read_members(cfg.members) if members is None else members
     source = source_from_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     image, result, skipped = run_case(source, members, cfg, notify, accept=force)  # plans before reading

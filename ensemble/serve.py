@@ -112,9 +112,9 @@ class Server:
 
     def __init__(self, cfg, results: Path, workers: int, queue: int, max_upload_mb: float):
         from .members import read_members
-        from .predict import _resolve
+        from .predict import resolve_config
 
-        self.cfg, self.results = _resolve(cfg), Path(results)  # the locator, if any, loaded and checked
+        self.cfg, self.results = resolve_config(cfg), Path(results)  # the locator, if any, loaded and checked
         self.members = read_members(cfg.members)  # once, before the first request
         self.results.mkdir(parents=True, exist_ok=True)
         self.workers, self.queue = workers, queue

@@ -76,11 +76,16 @@ class AugmentConfig:
                                           # (surface and endorectal coils: 0.5 and more)
     blur_p: float = 0.0                   # in-plane Gaussian blur (thicker, lower-resolution acquisitions)
     blur_sigma: float = 1.0               # largest sigma in voxels, drawn in [0.25, blur_sigma]
+    zone_p: float = 0.0                   # per-zone intensity: each label value's region shifted on its own
+                                          # (zone contrast differs by scanner: PZ - TZ is 0.1-0.9 std here)
+    zone_shift: float = 0.5               # the shift per label value, drawn in [-s, s], in image std units
 
     def validate(self, where):
         for k, v in vars(self).items():
             if k.endswith("_p") and not 0 <= v <= 1:
                 raise ConfigError(where, f"augment.{k} is a probability in [0, 1]", v, "")
+        if self.zone_shift < 0:
+            raise ConfigError(where, "augment.zone_shift is a magnitude (>= 0)", self.zone_shift, "e.g. 0.5")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def augment_volume(rng: np.random.Generator, cfg, image: np.ndarray, label: np.n
     img, lab = apply_spatial(image, label, d, (slice(0, I), slice(0, J)))
     scale = np.array([max(float(c[c > 0].std()) if (c > 0).any() else 1.0, 1e-6) for c in image],
                      dtype=np.float32).reshape((-1,) + (1,) * (image.ndim - 1))
-    img = apply_intensity(img / scale, d) * scale
+    img = apply_intensity(img / scale, d, lab) * scale
     return img.astype(np.float32), lab
 
 

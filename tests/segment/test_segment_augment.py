@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mricore.io import read_label
-from segment.augment import apply_intensity, apply_spatial, augment_patch, draw
+from segment.augment import ZONE_VALUES, apply_intensity, apply_spatial, augment_patch, draw
 from segment.config import AugmentConfig
 
 CROP = (slice(16, 112), slice(16, 112))
@@ -111,3 +111,39 @@ def test_bias_strength_bounds_the_field():
     weak = apply_intensity(x, draw(np.random.default_rng(3), replace(cfg, bias_strength=0.05)))
     strong = apply_intensity(x, draw(np.random.default_rng(3), cfg))
     assert np.ptp(strong) > np.ptp(weak) > 0
+
+
+def test_zone_shift_moves_each_zone_on_its_own_and_leaves_the_rest():
+    cfg = AugmentConfig(**{**OFF, "zone_p": 1.0, "zone_shift": 0.8})
+    d = draw(np.random.default_rng(3), cfg)
+    assert d.zone.shape == (ZONE_VALUES,) and np.all(np.abs(d.zone) <= 0.8)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:15, 5:15], mask[25:35, 25:35] = 1, 2
+    x = np.zeros((2, 40, 40), np.float32)
+    y = apply_intensity(x, d, mask)
+    for c in range(2):  # every channel, each zone by its own draw (edges softened, so the core only)
+        np.testing.assert_allclose(y[c, 8:12, 8:12], d.zone[0], atol=1e-4)
+        np.testing.assert_allclose(y[c, 28:32, 28:32], d.zone[1], atol=1e-4)
+        assert np.all(y[c, 20, :] == 0) and np.all(y[c, :, 20] == 0)  # background away from both zones
+    np.testing.assert_array_equal(apply_intensity(x, d), x)  # no mask: nothing to shift
+
+
+def test_zone_shift_changes_no_other_draw():
+    """Off by default, drawn last: enabling it keeps every other random number of a config's stream."""
+    base = AugmentConfig(**{**OFF, "gamma_p": 0.5, "noise_p": 0.5, "bias_p": 0.5, "elastic_p": 0.5})
+    for seed in range(10):
+        a = draw(np.random.default_rng(seed), base)
+        b = draw(np.random.default_rng(seed), replace(base, zone_p=1.0))
+        assert a.zone is None and b.zone is not None
+        assert (a.gamma, a.noise_std, a.seed) == (b.gamma, b.noise_std, b.seed)
+        for u, v in ((a.bias, b.bias), (a.displacement, b.displacement)):
+            assert (u is None) == (v is None) and (u is None or np.array_equal(u, v))
+
+
+def test_zone_shift_in_a_training_patch_keeps_the_mask(zone_slice):
+    cfg = AugmentConfig(**{**OFF, "zone_p": 1.0, "elastic_p": 1.0})
+    image = np.zeros((1,) + zone_slice.shape, np.float32)
+    img, msk = augment_patch(np.random.default_rng(1), cfg, image, zone_slice, CROP)
+    assert set(np.unique(msk)) <= set(np.unique(zone_slice))
+    inside = msk > 0
+    assert np.abs(img[0][inside]).mean() > np.abs(img[0][~inside]).mean()  # shifted where the zones are

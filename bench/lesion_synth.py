@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,7 +40,10 @@ from mricore.config import load_config  # noqa: E402
 from mricore.io import read_label, read_nifti, repo_relative, write_json, write_nifti  # noqa: E402
 
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
-SEGMENTER = ROOT / "ensemble/models/default/dynunet2d_fold0"
+BUNDLE = ROOT / "ensemble/models/default"
+# The bundle's first DynUNet member: its encoder is the transfer-learning source.
+SEGMENTER = BUNDLE / next(m for m in yaml.safe_load((BUNDLE / "ensemble.yaml").read_text())["members"]
+                          if m.startswith("dynunet"))
 DEFAULT_CONTRAST = 0.6
 LESION_COUNTS, LESION_ODDS = (0, 1, 2), (0.4, 0.4, 0.2)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,7 +35,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from segment_bench import _best, matmul_peak_gflops  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-KINDS = ("unet2d_fold0", "unet25d_fold0", "dynunet2d_fold0")
+# The first fold of each member family, read from the bundle (`ensemble pack` lists them family by family).
+KINDS = tuple(yaml.safe_load((ROOT / "ensemble/models/default/ensemble.yaml").read_text())["members"][::3])
 
 
 def flops_of(seg, array) -> float:

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import yaml
 
 DATA = Path("../shared/data")
 INPUTS = {"p158_001": DATA / "prostate158/001/t2.nii.gz", "dicom_px0000": DATA / "dicom/ProstateX-0000/4.000000-t2tsetra-00702"}
 BUNDLE = Path("ensemble/models/default")
-MEMBERS = ("unet2d_fold0", "unet25d_fold1", "dynunet2d_fold2")
+# Fold k of member family k (`ensemble pack` lists the bundle's members family by family, folds 0-2).
+MEMBERS = tuple(yaml.safe_load((BUNDLE / "ensemble.yaml").read_text())["members"][0::4][:3])
 
 
 def jobs() -> dict[str, list[str]]:

@@ -6,6 +6,7 @@ the members of the fold that held it out), with the bundle's members (runs/bundl
 - one_stage: no locator (crops around the image centre, nothing bounded);
 - centre_only: the locator centres the crops but bounds nothing (locator_margin_mm null);
 - tta: shipped plus left-right flip test-time augmentation;
+- n4: shipped plus N4 bias-field correction of the T2W input (members trained without it);
 - teacher: configs/bundle/teacher_ablation.yaml, the 2D U-Net with and without the teacher's glands;
 - schedule: configs/bundle/schedule_ablation.yaml, the 2D U-Net on 50 x 40 and on 250 x 40 steps, and
   the 2D DynUNet on 30 x 40 and on 90 x 40 steps.
@@ -45,6 +46,7 @@ VARIANTS = {
     "one_stage": (DEFAULT, ["locator=null"]),
     "centre_only": (DEFAULT, ["locator_margin_mm=null"]),
     "tta": (DEFAULT, ["tta=true"]),
+    "n4": (DEFAULT, ["n4=true"]),
     "teacher": ("configs/bundle/teacher_ablation.yaml", []),
     "schedule": ("configs/bundle/schedule_ablation.yaml", []),
 }
@@ -95,7 +97,7 @@ def main() -> int:
         "shipped_minus_previous_bundle": paired(shipped, model(previous, "ensemble")),
         "shipped_minus_second_bundle": paired(shipped, model(second, "ensemble")),
         "shipped_minus_third_bundle": paired(shipped, model(third, "ensemble")),
-        **{f"shipped_minus_{n}": paired(shipped, model(reports[n], "ensemble")) for n in ("one_stage", "centre_only", "tta")},
+        **{f"shipped_minus_{n}": paired(shipped, model(reports[n], "ensemble")) for n in ("one_stage", "centre_only", "tta", "n4")},
         "unet2d_minus_unet2d_noteacher": paired(model(reports["teacher"], "unet2d"), model(reports["teacher"], "unet2d_noteacher")),
         "unet2d_long_minus_unet2d": paired(model(reports["schedule"], "unet2d_long"), model(reports["schedule"], "unet2d")),
         "dynunet2d_long_minus_dynunet2d": paired(model(reports["schedule"], "dynunet2d_long"),

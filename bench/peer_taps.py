@@ -24,7 +24,7 @@ labels (mricore.datasets.load_datalist), the teacher data of the bundle (`make b
 
     bash bench/setup_peers.sh      # makes .venv-taps/bin/taps (CPU only)
     .venv/bin/python bench/peer_taps.py [--cases prostate158/001 ...] [--config ensemble/models/default/onnx/ensemble.yaml]
-        [--teacher runs/teacher] [--rerun] [--rerun-ours]
+        [--set n4=true] [--teacher runs/teacher] [--rerun] [--rerun-ours] [--out JSON]
 
 Prints a table and writes bench/results/peer_taps.json (or --out).
 """
@@ -98,13 +98,16 @@ def taps_map(case: str, data: Path, rerun: bool) -> Path:
     return out
 
 
-def ours_map(case: str, data: Path, config: Path | None, rerun: bool) -> Path:
-    folder, key = OURS_CACHE / case, os.path.relpath(config, ROOT) if config else "bundled default"
+def ours_map(case: str, data: Path, config: Path | None, rerun: bool, sets: list[str] = ()) -> Path:
+    """Our map of `case`, cached per config; runs with --set overrides have their own cache folder."""
+    cache = OURS_CACHE.with_name("ours_" + "_".join(sets).replace("=", "-")) if sets else OURS_CACHE
+    folder = cache / case
+    key = (os.path.relpath(config, ROOT) if config else "bundled default") + "".join(f" --set {s}" for s in sets)
     if rerun or not (folder / "zones.nii.gz").exists() or not (folder / "config.txt").exists() \
             or (folder / "config.txt").read_text() != key:
         (folder / "config.txt").unlink(missing_ok=True)  # a failed run leaves no valid cache entry
         cmd = [str(ENSEMBLE), "predict", str(data / case / "t2.nii.gz"), "-o", str(folder), "--force"]
-        run_timed(cmd + (["--config", str(config)] if config else []), folder)
+        run_timed(cmd + (["--config", str(config)] if config else []) + [a for s in sets for a in ("--set", s)], folder)
         (folder / "config.txt").write_text(key)
     return folder / "zones.nii.gz"
 
@@ -145,7 +148,7 @@ def measure(case: str, args, run_taps: bool, reported: dict) -> dict:
     row, masks = {"reference": kind}, {}
     for tool in TOOLS if run_taps else ("ours",):
         try:
-            path = (ours_map(case, args.data, args.config, args.rerun_ours) if tool == "ours"
+            path = (ours_map(case, args.data, args.config, args.rerun_ours, args.set) if tool == "ours"
                     else taps_map(case, args.data, args.rerun))
             label = read_label(path)
             mask = masks[tool] = label.array[0] > 0
@@ -261,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--cases", nargs="+", help="dataset/case, e.g. prostate158/001 (default: the list in the docstring)")
     ap.add_argument("--config", type=Path, help="ensemble config for `ensemble predict` (default: the bundled one)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override our ensemble config, e.g. --set n4=true (repeatable; own cache folder)")
     ap.add_argument("--rerun", action="store_true", help="rerun TAPS on cached cases")
     ap.add_argument("--rerun-ours", action="store_true", help="rerun ours on cached cases")
     ap.add_argument("--teacher", type=Path, help="only write TEACHER/datalist.json of TAPS maps (unlabelled/, philips/)")
@@ -296,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         rows[case] = measure(case, args, run_taps, reported)
         print(f"{case}: done", flush=True)
     out = {"command": command_line(argv), "machine": f"{os.cpu_count()} CPUs",
-           "ours": {"tool": "ensemble predict", "config": str(args.config) if args.config else "bundled default"},
+           "ours": {"tool": "ensemble predict", "config": str(args.config) if args.config else "bundled default",
+                    "set": args.set},
            "taps": {"tool": "lavlab-taps 1.1.2", "command": "taps segment t2.nii.gz out.nii.gz --device cpu"} if run_taps
            else {"skipped": f"{TAPS} not found: run bash bench/setup_peers.sh"},
            "notes": "silver = DSC vs AI zones_ai > 0 (agreement with another model, not accuracy); "

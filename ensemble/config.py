@@ -54,6 +54,8 @@ class EnsembleConfig:
     probabilities: also write probabilities.nii.gz (float32: NIfTI-1 has no half-float type).
     tta: left-right flip test-time augmentation in every member (doubles network time).
     register: rigid registration of ADC/DWI onto T2W before preprocessing (else resampling by affine).
+    n4: N4 bias-field correction of the T2W channel (mricore.bias) before the locator and the members;
+        the quality checks still judge the input as given.
     locator: stage one (a model folder, relative to this file): a coarse segmenter run on the whole
         field of view; the members' crop is centred on the gland it finds (their preprocess
         crop_centre "gland") and everything farther than `locator_margin_mm` from its gland's bounding
@@ -69,6 +71,7 @@ class EnsembleConfig:
     probabilities: bool = False
     tta: bool = False
     register: bool = False
+    n4: bool = False
     locator: str | None = None
     locator_margin_mm: float | None = 15.0
 

@@ -12,7 +12,8 @@ Cost model (what bench/ensemble_bench.py measures):
   one on the input grid, in float32, at the cost of one restore per spec instead of one per member.
 Two stages (`EnsembleConfig.locator`): a coarse segmenter finds the gland on the whole field of view
 first; members whose spec crops around the gland (crop_centre "gland") are centred on its bounding
-box, and everything farther than `locator_margin_mm` from that box is background.
+box, and everything farther than `locator_margin_mm` from that box is background. With `n4`, the T2W
+channel is bias-corrected (mricore.bias) before both stages.
 Member label maps (for vote, STAPLE and disagreement) are each member's argmax on its working grid,
 carried to the input grid with nearest neighbour (masks are never interpolated).
 """
@@ -20,7 +21,7 @@ carried to the input grid with nearest neighbour (masks are never interpolated).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -106,11 +107,25 @@ def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, list[
                           "margin_mm": cfg.locator_margin_mm}
 
 
+def bias_corrected(image: Volume, channel: str) -> Volume:
+    """`image` with `channel` divided by its N4 bias field (mricore.bias), the others as they are."""
+    from mricore.bias import n4_correct
+
+    c = image.channels.index(channel)
+    array = image.array.copy()
+    array[c] = n4_correct(image.array[c], image.spacing)
+    return replace(image, array=array)
+
+
 def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> EnsembleResult:
     """Members `used` (all of whose channels `image` has) on `image`; combination by `cfg.method`."""
     weights = member_weights(cfg, used)
-    timings = {"locator": 0.0, "preprocess": 0.0, "network": {}, "restore": 0.0, "combine": 0.0,
+    timings = {"n4": 0.0, "locator": 0.0, "preprocess": 0.0, "network": {}, "restore": 0.0, "combine": 0.0,
                "postprocess": 0.0}
+    t = time.perf_counter()
+    if cfg.n4 and "T2W" in image.channels:
+        image = bias_corrected(image, "T2W")
+        timings["n4"] = time.perf_counter() - t
     t = time.perf_counter()
     centre, keep, located = locate(image, cfg)
     timings["locator"] = time.perf_counter() - t

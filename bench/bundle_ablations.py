@@ -8,14 +8,14 @@ the members of the fold that held it out), with the bundle's members (runs/bundl
 - tta: shipped plus left-right flip test-time augmentation;
 - n4: shipped plus N4 bias-field correction of the T2W input (members trained without it);
 - teacher: configs/bundle/teacher_ablation.yaml, the 2D U-Net with and without the teacher's glands;
-- schedule: configs/bundle/schedule_ablation.yaml, the 2D U-Net on 50 x 40 and on 250 x 40 steps, and
-  the 2D DynUNet on 30 x 40 and on 90 x 40 steps.
+- schedule: configs/bundle/schedule_ablation.yaml, the 2D and the 2.5D U-Net on 50 x 40 and on 250 x 40
+  steps, and the 2D DynUNet on 30 x 40 and on 90 x 40 steps.
 Then per-case paired DSC differences (mean, bootstrap 95 % CI, Wilcoxon p; mricore.stats) for:
 shipped vs the first bundle (bench/results/bundle_previous_cv.json, its `ensemble evaluate --cv`
 summary: fixed 120 mm centre crop, no teacher, weaker intensity augmentation), shipped vs the second
 (bench/results/bundle_stop21_cv.json: two stages and teacher, every member on the short schedule),
 shipped vs the third (bench/results/bundle_stop22_cv.json: the 2D U-Net on the long schedule), shipped
-vs each variant, unet2d vs unet2d_noteacher, unet2d_long vs unet2d, dynunet2d_long vs dynunet2d, and
+vs each variant, unet2d vs unet2d_noteacher, each member family on its long vs its short schedule, and
 the ensemble vs its best member. TAPS's WG DSC on the
 Prostate158 cases (the brief's figures, measured again by bench/peer_taps.py) sits beside ours.
 
@@ -100,8 +100,8 @@ def main() -> int:
         **{f"shipped_minus_{n}": paired(shipped, model(reports[n], "ensemble")) for n in ("one_stage", "centre_only", "tta", "n4")},
         "unet2d_minus_unet2d_noteacher": paired(model(reports["teacher"], "unet2d"), model(reports["teacher"], "unet2d_noteacher")),
         "unet2d_long_minus_unet2d": paired(model(reports["schedule"], "unet2d_long"), model(reports["schedule"], "unet2d")),
-        "dynunet2d_long_minus_dynunet2d": paired(model(reports["schedule"], "dynunet2d_long"),
-                                                 model(reports["schedule"], "dynunet2d")),
+        **{f"{m}_long_minus_{m}": paired(model(reports["schedule"], f"{m}_long"), model(reports["schedule"], m))
+           for m in ("unet25d", "dynunet2d")},
     }
     summaries = {n: {z: {m: {k: round(v, 4) if isinstance(v, float) else v for k, v in r["zones"][z]["dsc"][m].items()
                              if k in ("mean", "median", "ci_low", "ci_high", "n")}

@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ensemble.config import load_ensemble_config  # noqa: E402
 from localize.config import LocalizeConfig  # noqa: E402
 from localize.synth import crop_around, draw_lesions, insert  # noqa: E402
 from mricore.config import load_config  # noqa: E402
@@ -42,8 +42,8 @@ from mricore.io import read_label, read_nifti, repo_relative, write_json, write_
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
 BUNDLE = ROOT / "ensemble/models/default"
 # The bundle's first DynUNet member: its encoder is the transfer-learning source.
-SEGMENTER = BUNDLE / next(m for m in yaml.safe_load((BUNDLE / "ensemble.yaml").read_text())["members"]
-                          if m.startswith("dynunet"))
+SEGMENTER = next(Path(m) for m in load_ensemble_config(BUNDLE / "ensemble.yaml").members
+                 if Path(m).name.startswith("dynunet"))
 DEFAULT_CONTRAST = 0.6
 LESION_COUNTS, LESION_ODDS = (0, 1, 2), (0.4, 0.4, 0.2)
 

@@ -26,17 +26,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from ensemble.config import load_ensemble_config  # noqa: E402
 from segment_bench import _best, matmul_peak_gflops  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 # The first fold of each member family, read from the bundle (`ensemble pack` lists them family by family).
-KINDS = tuple(yaml.safe_load((ROOT / "ensemble/models/default/ensemble.yaml").read_text())["members"][::3])
+KINDS = tuple(Path(m).name for m in load_ensemble_config().members[::3])
 
 
 def flops_of(seg, array) -> float:

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import yaml
+
+from ensemble.config import load_ensemble_config
 
 DATA = Path("../shared/data")
 INPUTS = {"p158_001": DATA / "prostate158/001/t2.nii.gz", "dicom_px0000": DATA / "dicom/ProstateX-0000/4.000000-t2tsetra-00702"}
 BUNDLE = Path("ensemble/models/default")
 # Fold k of member family k (`ensemble pack` lists the bundle's members family by family, folds 0-2).
-MEMBERS = tuple(yaml.safe_load((BUNDLE / "ensemble.yaml").read_text())["members"][0::4][:3])
+MEMBERS = tuple(Path(m).name for m in load_ensemble_config(BUNDLE / "ensemble.yaml").members[0::4][:3])
 
 
 def jobs() -> dict[str, list[str]]:

@@ -1,7 +1,7 @@
 """N4 bias-field correction (SimpleITK) of one image channel: coil shading, above all the steep
 fall-off around an endorectal coil, which the networks' bias-field augmentation does not cover.
 
-The field is fitted on a coarse copy (voxels averaged to about `shrink_mm`, tissue only: voxels above
+The field is fitted on a coarse copy (voxels averaged to about `SHRINK_MM`, tissue only: voxels above
 5 % of the 99th percentile) and carried back to the full grid by trilinear interpolation; it is smooth
 on a scale of centimetres, so the coarse fit costs a fraction of a full one and changes little. Thin
 slabs keep at least 3 voxels along each axis; a single slice is left as it is.

@@ -27,24 +27,33 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Retrain the bundled default ensemble from scratch (about 2.5 h on 2 quiet cores; needs TAPS for the
+# Retrain the bundled default ensemble from scratch (about 4.5 h on 2 quiet cores; needs TAPS for the
 # teacher labels: bash bench/setup_peers.sh). Stage one, the locator, is trained on silver and teacher
-# labels only (no expert case, so it serves every fold); then 3 patient-level folds x (2D U-Net on the
-# long schedule, 2.5D U-Net, 2D DynUNet) on a fixed schedule (the held-out fold decides nothing), and
-# the ablation members (2D U-Net short, and short without the teacher); cross-validated scoring of the
-# held-out folds, pack into ensemble/models/default with a model card, export to ONNX, then
-# bench/bundle_ablations.py: one stage vs two, margin, flips, teacher, schedule.
+# labels only (no expert case, so it serves every fold); then 3 patient-level folds x (2D U-Net, 2.5D
+# U-Net, 2D DynUNet, each on its long schedule) on a fixed schedule (the held-out fold decides nothing),
+# and the ablation members (each family on its short schedule, and the 2D U-Net without the teacher).
+# `make bundle-pack` then scores the held-out folds (cross-validated), packs ensemble/models/default
+# with its model card, exports ONNX and runs the benches: TAPS side by side (plain and with N4) and
+# bench/bundle_ablations.py (one stage vs two, margin, flips, teacher, schedule, N4).
 BUNDLE_RUNS := runs/bundle
-BUNDLE_MEMBERS := $(foreach c,unet2d_long unet25d dynunet2d,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
-bundle: venv
+BUNDLE_MEMBERS := $(foreach c,unet2d_long unet25d_long dynunet2d_long,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
+bundle: bundle-train bundle-pack
+
+bundle-train: venv
 	$(BIN)/python bench/peer_taps.py --teacher runs/teacher --data $(DATA)
 	$(BIN)/segment train --config configs/bundle/locator.yaml --fold all --force
-	for c in unet2d_long unet25d dynunet2d unet2d unet2d_noteacher; do for f in 0 1 2; do \
+	for c in unet2d_long unet25d_long dynunet2d_long unet2d unet25d dynunet2d unet2d_noteacher; do for f in 0 1 2; do \
 	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force || exit 1; done; done
+
+bundle-pack: venv
 	$(BIN)/ensemble evaluate --config configs/ensemble/default.yaml --cv --ref $(DATA) -o $(BUNDLE_RUNS)/cv_report --force
 	$(BIN)/ensemble pack $(BUNDLE_MEMBERS) --locator $(BUNDLE_RUNS)/locator/fold_all -o ensemble/models/default \
 	  --cv-report $(BUNDLE_RUNS)/cv_report --notes configs/bundle/MODEL_CARD_NOTES.md --force
 	$(BIN)/ensemble export --config ensemble/models/default/ensemble.yaml -o ensemble/models/default/onnx --force
+	$(BIN)/python bench/peer_taps.py --data $(DATA) --rerun-ours
+	$(BIN)/python bench/peer_taps.py --data $(DATA) --set n4=true --out bench/results/peer_taps_n4.json \
+	  --cases promise12/Case00 philips/Philips-01 philips/Philips-02 philips/Philips-03 philips/Philips-04 \
+	  prostate158/001 prostate158/002 prostate158/021
 	$(BIN)/python bench/bundle_ablations.py --data $(DATA)
 
-.PHONY: venv demo test bundle
+.PHONY: venv demo test bundle bundle-train bundle-pack

@@ -9,7 +9,11 @@ the members of the fold that held it out), with the bundle's members (runs/bundl
 - n4: shipped plus N4 bias-field correction of the T2W input (members trained without it);
 - teacher: configs/bundle/teacher_ablation.yaml, the 2D U-Net with and without the teacher's glands;
 - schedule: configs/bundle/schedule_ablation.yaml, the 2D and the 2.5D U-Net on 50 x 40 and on 250 x 40
-  steps, and the 2D DynUNet on 30 x 40 and on 90 x 40 steps.
+  steps, and the 2D DynUNet on 30 x 40 and on 90 x 40 steps;
+- zone: configs/bundle/zone_ablation.yaml, the shipped ensemble with its DynUNet trained with the
+  per-zone intensity shift (augment.zone_p 0.3);
+- n4_member: configs/bundle/n4_ablation.yaml, the short-schedule DynUNet trained and used without and
+  with N4 in its preprocessing (preprocess.n4).
 Then per-case paired DSC differences (mean, bootstrap 95 % CI, Wilcoxon p; mricore.stats) for:
 shipped vs the first bundle (bench/results/bundle_previous_cv.json, its `ensemble evaluate --cv`
 summary: fixed 120 mm centre crop, no teacher, weaker intensity augmentation), shipped vs the second
@@ -35,7 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mricore.io import repo_relative, write_json  # noqa: E402
+from mricore.io import read_label, repo_relative, write_json  # noqa: E402
+from mricore.metrics import dice  # noqa: E402
 from mricore.stats import paired_difference  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -49,6 +54,27 @@ VARIANTS = {
     "n4": (DEFAULT, ["n4=true"]),
     "teacher": ("configs/bundle/teacher_ablation.yaml", []),
     "schedule": ("configs/bundle/schedule_ablation.yaml", []),
+    "zone": ("configs/bundle/zone_ablation.yaml", []),
+    "n4_member": ("configs/bundle/n4_ablation.yaml", []),
+}
+
+
+def family(name: str) -> list[str]:
+    """--set making an ensemble of one member family's 3 folds (paths from the working directory)."""
+    return ["members=[" + ",".join(str(ROOT / "runs" / "bundle" / name / f"fold_{f}") for f in range(3)) + "]"]
+
+
+# PROMISE12 Case00 (endorectal coil, another site, never trained on), whole-gland reference: every
+# fold's members together, as `ensemble predict` runs them.
+CASE00 = {
+    "shipped": (DEFAULT, []),
+    "n4": (DEFAULT, ["n4=true"]),
+    "zone": ("configs/bundle/zone_ablation.yaml", []),
+    "dynunet2d": (DEFAULT, family("dynunet2d")),
+    "dynunet2d_n4": (DEFAULT, family("dynunet2d_n4")),
+    # n4=true corrects the locator's input as well (a member whose spec has n4 is corrected once)
+    "dynunet2d_n4input": (DEFAULT, family("dynunet2d") + ["n4=true"]),
+    "dynunet2d_n4_n4input": (DEFAULT, family("dynunet2d_n4") + ["n4=true"]),
 }
 ZONES = ("WG", "TZ", "PZ")
 TAPS = {"001": 0.871, "002": 0.903, "021": 0.874}  # TAPS 1.1.2 WG DSC on prostate158 (the brief)
@@ -62,6 +88,22 @@ def evaluate(name: str, data: Path, reuse: bool) -> dict:
                "--force", *[a for s in sets for a in ("--set", s)]]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "evaluate.json").read_text())
+
+
+def case00(name: str, data: Path, reuse: bool) -> float | None:
+    """WG DSC of variant `name` on PROMISE12 Case00 (None without the case)."""
+    case = data / "promise12" / "Case00"
+    if not (case / "wg.nii.gz").exists():
+        return None
+    config, sets = CASE00[name]
+    out = ROOT / "runs" / "bundle" / "ablations" / "case00" / name
+    if not (reuse and (out / "zones.nii.gz").exists()):
+        cmd = [str(ENSEMBLE), "predict", str(case / "t2.nii.gz"), "--config", str(ROOT / config), "-o", str(out),
+               "--force", *[a for s in sets for a in ("--set", s)]]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    pred = read_label(out / "zones.nii.gz").array[0] > 0
+    ref = read_label(case / "wg.nii.gz").array[0] > 0
+    return round(float(dice(pred, ref)), 4)
 
 
 def paired(a: dict, b: dict) -> dict:
@@ -89,6 +131,7 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true", help="read existing runs/bundle/ablations/* reports")
     args = ap.parse_args()
     reports = {n: evaluate(n, args.data, args.reuse) for n in VARIANTS}
+    case00s = {n: case00(n, args.data, args.reuse) for n in CASE00}
     previous = json.loads((ROOT / "bench/results/bundle_previous_cv.json").read_text())
     second = json.loads((ROOT / "bench/results/bundle_stop21_cv.json").read_text())
     third = json.loads((ROOT / "bench/results/bundle_stop22_cv.json").read_text())
@@ -102,6 +145,11 @@ def main() -> int:
         "unet2d_long_minus_unet2d": paired(model(reports["schedule"], "unet2d_long"), model(reports["schedule"], "unet2d")),
         **{f"{m}_long_minus_{m}": paired(model(reports["schedule"], f"{m}_long"), model(reports["schedule"], m))
            for m in ("unet25d", "dynunet2d")},
+        "zone_ensemble_minus_shipped": paired(model(reports["zone"], "ensemble"), shipped),
+        "dynunet2d_n4_minus_dynunet2d": paired(model(reports["n4_member"], "dynunet2d_n4"),
+                                               model(reports["n4_member"], "dynunet2d")),
+        "dynunet2d_long_zone_minus_dynunet2d_long": paired(model(reports["zone"], "dynunet2d_long_zone"),
+                                                           model(reports["shipped"], "dynunet2d_long")),
     }
     summaries = {n: {z: {m: {k: round(v, 4) if isinstance(v, float) else v for k, v in r["zones"][z]["dsc"][m].items()
                              if k in ("mean", "median", "ci_low", "ci_high", "n")}
@@ -118,7 +166,7 @@ def main() -> int:
            "021; i2cvb Patient_52209036, Patient_68619), 3 patient-level folds, each case scored by its fold's members",
            "variants": {n: {"config": c, "set": s} for n, (c, s) in VARIANTS.items()},
            "summaries": summaries, "ensemble_minus_best_member": best, "comparisons": comparisons,
-           "taps_cases_wg": peer}
+           "taps_cases_wg": peer, "promise12_case00_wg": case00s}
     write_json(repo_relative(out, ROOT), ROOT / "bench/results/bundle_ablations.json")
     for name, comp in comparisons.items():
         print(name, " ".join(f"{z} {c['a_mean']:.3f}-{c['b_mean']:.3f}={c['mean_diff']:+.3f} ({c['improved']}/{c['n']})"
@@ -128,6 +176,7 @@ def main() -> int:
     for c, p in peer.items():
         print(f"prostate158/{c}: WG ours (CV) {p['ours_cv']:.3f}, first bundle {p['previous_cv']:.3f}, "
               f"second {p['second_cv']:.3f}, third {p['third_cv']:.3f}, TAPS {p['taps']:.3f}")
+    print("PROMISE12 Case00 WG DSC:", ", ".join(f"{n} {v}" for n, v in case00s.items()))
     print("wrote bench/results/bundle_ablations.json")
     return 0
 

@@ -137,7 +137,8 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     member_labels = np.zeros((len(used),) + image.shape, np.uint8)
     for idxs in groups.values():
         t = time.perf_counter()
-        prep = preprocess(image, used[idxs[0]].spec, centre)
+        spec = used[idxs[0]].spec
+        prep = preprocess(image, replace(spec, n4=False) if cfg.n4 else spec, centre)  # corrected once only
         timings["preprocess"] += time.perf_counter() - t
         work = combine.WeightedSum()
         t = time.perf_counter()

@@ -1,6 +1,7 @@
 """Preprocessing shared by training and prediction, described by one serialisable spec.
 
-Forward (`preprocess`): reorient voxel axes to `spec.orientation` (a permutation/flip, exact), resample
+Forward (`preprocess`): with `spec.n4`, divide the T2W channel by its N4 bias field on the input grid
+(mricore.bias; the member was trained so, and prediction repeats it); reorient voxel axes to `spec.orientation` (a permutation/flip, exact), resample
 to `spec.target_spacing` (in-plane and through-plane separately; `None` keeps an axis as acquired),
 crop/pad the in-plane field of view to `spec.crop_mm` around a centre (the volume centre, or a gland
 centre the caller found: `spec.crop_centre` "gland", see ensemble.engine's locator), and normalise each
@@ -64,6 +65,8 @@ class PreprocessSpec:
     crop_centre: "volume" (the FOV centre) or "gland": training centres the crop on the reference
         gland's centre, and prediction on the gland a locator found (two stages, ensemble.engine);
         without a gland centre (e.g. `segment predict` of one member) the volume centre is used.
+    n4: N4 bias-field correction of the T2W channel first (mricore.bias; a few seconds per study), in
+        training and in prediction alike, so a member trained on corrected images always sees them.
     """
 
     channels: list[str] = field(default_factory=lambda: ["T2W"])
@@ -72,6 +75,7 @@ class PreprocessSpec:
     crop_mm: list[float] | None = field(default_factory=lambda: [128.0, 128.0])
     crop_centre: Literal["volume", "gland"] = "volume"
     norm: dict[str, ChannelNorm] = field(default_factory=dict)
+    n4: bool = False
 
     def validate(self, where="preprocess"):
         if len(self.orientation) != 3 or set(self.orientation) - set("LRAPSI"):
@@ -86,6 +90,9 @@ class PreprocessSpec:
             raise ConfigError(where, "crop_centre must be volume or gland", self.crop_centre, "")
         if not self.channels:
             raise ConfigError(where, "channels must not be empty", self.channels, "e.g. [T2W]")
+        if self.n4 and "T2W" not in self.channels:
+            raise ConfigError(where, "n4 corrects the T2W channel, which channels lacks", self.channels,
+                              "add T2W or set n4: false")
 
     def norm_for(self, channel: str) -> ChannelNorm:
         return self.norm.get(channel) or DEFAULT_NORMS.get(channel, ChannelNorm("zscore"))
@@ -162,6 +169,11 @@ def preprocess(vol: Volume, spec: PreprocessSpec, centre=None) -> Prepared:
         raise InputError(vol.case_id, f"model expects channels {', '.join(spec.channels)}",
                          ", ".join(vol.channels), f"provide {', '.join(missing)}")
     arr = np.stack([vol.channel(c) for c in spec.channels]).astype(np.float32)
+    if spec.n4:
+        from .bias import n4_correct
+
+        c = spec.channels.index("T2W")
+        arr[c] = n4_correct(arr[c], vol.spacing)
     arr, aff = reorient(arr, vol.affine, spec.orientation)
     centre = centre if spec.crop_centre == "gland" else None
     shape, new_aff = target_grid(arr.shape[1:], aff, spec.target_spacing, spec.crop_mm, centre)

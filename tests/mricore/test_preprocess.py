@@ -1,10 +1,13 @@
 """mricore.preprocess: working grid there and back on real oblique cases, orientation, normalisation
 rules, and the serialisable spec."""
 
+from dataclasses import replace
+
 import nibabel as nib
 import numpy as np
 import pytest
 
+from mricore.bias import n4_correct
 from mricore.config import ConfigError, from_dict, to_dict
 from mricore.errors import InputError
 from mricore.io import read_label, read_nifti
@@ -121,6 +124,23 @@ def test_spec_round_trips_through_dict_and_key_is_stable():
     assert isinstance(again.norm["ADC"], ChannelNorm)
     assert PreprocessSpec().key() == PreprocessSpec().key()
     assert PreprocessSpec(crop_mm=[100.0, 100.0]).key() != PreprocessSpec().key()
+    assert PreprocessSpec(n4=True).key() != PreprocessSpec().key()  # never shares a pass with uncorrected members
+    old = to_dict(PreprocessSpec())
+    del old["n4"]  # a model.json written before the option: trained without N4
+    assert from_dict(PreprocessSpec, old, "model.json").n4 is False
+
+
+def test_n4_spec_corrects_t2w_only_on_the_input_grid():
+    i, j = np.meshgrid(np.linspace(0, 1, 48), np.linspace(0, 1, 40), indexing="ij")
+    t2 = (100 + 50 * (i > 0.5))[..., None] * np.exp(1.2 * i + 0.4 * j)[..., None] * np.ones(6)  # tissue x shading
+    adc = np.full(t2.shape, 1200.0)
+    vol = Volume(np.stack([t2, adc]).astype(np.float32), np.diag([-0.8, -0.8, 3.0, 1.0]), ("T2W", "ADC"))
+    spec = PreprocessSpec(channels=["T2W", "ADC"], target_spacing=[None, None, None], crop_mm=None)
+    plain, corrected = preprocess(vol, spec), preprocess(vol, replace(spec, n4=True))
+    by_hand = preprocess(replace(vol, array=np.stack([n4_correct(vol.array[0], vol.spacing), vol.array[1]])), spec)
+    np.testing.assert_allclose(corrected.array, by_hand.array, atol=1e-5)  # the same correction, nothing else
+    np.testing.assert_array_equal(corrected.array[1], plain.array[1])  # ADC untouched
+    assert not np.allclose(corrected.array[0], plain.array[0])
 
 
 BAD_SPECS = [
@@ -129,6 +149,7 @@ BAD_SPECS = [
     ({"target_spacing": [0.6, -1.0, None]}, "positive"),   # negative spacing
     ({"crop_mm": [100.0]}, "crop_mm"),                     # needs 2 values
     ({"channels": []}, "must not be empty"),
+    ({"channels": ["ADC"], "n4": True}, "n4 corrects the T2W"),  # nothing to correct
     ({"norm": {"T2W": {"method": "percentile", "lower": 99.0, "upper": 1.0}}}, "lower < upper"),
 ]
 

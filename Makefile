@@ -27,14 +27,16 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Retrain the bundled default ensemble from scratch (about 4.5 h on 2 quiet cores; needs TAPS for the
+# Retrain the bundled default ensemble from scratch (about 6.5 h on 2 quiet cores; needs TAPS for the
 # teacher labels: bash bench/setup_peers.sh). Stage one, the locator, is trained on silver and teacher
 # labels only (no expert case, so it serves every fold); then 3 patient-level folds x (2D U-Net, 2.5D
 # U-Net, 2D DynUNet, each on its long schedule) on a fixed schedule (the held-out fold decides nothing),
-# and the ablation members (each family on its short schedule, and the 2D U-Net without the teacher).
+# and the ablation members (each family on its short schedule, the 2D U-Net without the teacher, the
+# DynUNet with the per-zone intensity shift, the short DynUNet with N4 in its preprocessing, and the
+# short DynUNet self-trained on the long members' confident zones: `make bundle-pseudo`).
 # `make bundle-pack` then scores the held-out folds (cross-validated), packs ensemble/models/default
 # with its model card, exports ONNX and runs the benches: TAPS side by side (plain and with N4) and
-# bench/bundle_ablations.py (one stage vs two, margin, flips, teacher, schedule, N4).
+# bench/bundle_ablations.py (one stage vs two, margin, flips, teacher, schedule, zone shift, N4).
 BUNDLE_RUNS := runs/bundle
 BUNDLE_MEMBERS := $(foreach c,unet2d_long unet25d_long dynunet2d_long,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
 bundle: bundle-train bundle-pack
@@ -42,8 +44,20 @@ bundle: bundle-train bundle-pack
 bundle-train: venv
 	$(BIN)/python bench/peer_taps.py --teacher runs/teacher --data $(DATA)
 	$(BIN)/segment train --config configs/bundle/locator.yaml --fold all --force
-	for c in unet2d_long unet25d_long dynunet2d_long unet2d unet25d dynunet2d unet2d_noteacher; do for f in 0 1 2; do \
+	for c in unet2d_long unet25d_long dynunet2d_long unet2d unet25d dynunet2d unet2d_noteacher dynunet2d_long_zone dynunet2d_n4; do for f in 0 1 2; do \
 	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force || exit 1; done; done
+	$(MAKE) bundle-pseudo
+	for f in 0 1 2; do $(BIN)/segment train --config configs/bundle/dynunet2d_pseudo.yaml --fold $$f --force || exit 1; done
+
+# Self-training labels, fold by fold: fold K's shipped members (the three long families) predict the
+# teacher studies, and `segment pseudo-label` keeps their zones inside TAPS's glands where confident
+# (configs/bundle/dynunet2d_pseudo.yaml trains on them).
+bundle-pseudo: venv
+	for f in 0 1 2; do \
+	  $(BIN)/ensemble predict runs/teacher/datalist.json --probabilities -o runs/pseudo/fold_$$f/pred --force \
+	    --set "members=[$(BUNDLE_RUNS)/unet2d_long/fold_$$f,$(BUNDLE_RUNS)/unet25d_long/fold_$$f,$(BUNDLE_RUNS)/dynunet2d_long/fold_$$f]" || exit 1; \
+	  $(BIN)/segment pseudo-label --predictions runs/pseudo/fold_$$f/pred --teacher runs/teacher/datalist.json \
+	    -o runs/pseudo/fold_$$f/labels --force || exit 1; done
 
 bundle-pack: venv
 	$(BIN)/ensemble evaluate --config configs/ensemble/default.yaml --cv --ref $(DATA) -o $(BUNDLE_RUNS)/cv_report --force
@@ -56,4 +70,4 @@ bundle-pack: venv
 	  prostate158/001 prostate158/002 prostate158/021
 	$(BIN)/python bench/bundle_ablations.py --data $(DATA)
 
-.PHONY: venv demo test bundle bundle-train bundle-pack
+.PHONY: venv demo test bundle bundle-train bundle-pack bundle-pseudo

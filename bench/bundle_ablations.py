@@ -13,7 +13,10 @@ the members of the fold that held it out), with the bundle's members (runs/bundl
 - zone: configs/bundle/zone_ablation.yaml, the shipped ensemble with its DynUNet trained with the
   per-zone intensity shift (augment.zone_p 0.3);
 - n4_member: configs/bundle/n4_ablation.yaml, the short-schedule DynUNet trained and used without and
-  with N4 in its preprocessing (preprocess.n4).
+  with N4 in its preprocessing (preprocess.n4);
+- pseudo: configs/bundle/pseudo_ablation.yaml, the short-schedule DynUNet trained with the teacher's
+  whole glands only and with zones inside them where the same fold's shipped members are confident
+  (self-training, segment.pseudo).
 Then per-case paired DSC differences (mean, bootstrap 95 % CI, Wilcoxon p; mricore.stats) for:
 shipped vs the first bundle (bench/results/bundle_previous_cv.json, its `ensemble evaluate --cv`
 summary: fixed 120 mm centre crop, no teacher, weaker intensity augmentation), shipped vs the second
@@ -56,6 +59,7 @@ VARIANTS = {
     "schedule": ("configs/bundle/schedule_ablation.yaml", []),
     "zone": ("configs/bundle/zone_ablation.yaml", []),
     "n4_member": ("configs/bundle/n4_ablation.yaml", []),
+    "pseudo": ("configs/bundle/pseudo_ablation.yaml", []),
 }
 
 
@@ -72,6 +76,7 @@ CASE00 = {
     "zone": ("configs/bundle/zone_ablation.yaml", []),
     "dynunet2d": (DEFAULT, family("dynunet2d")),
     "dynunet2d_n4": (DEFAULT, family("dynunet2d_n4")),
+    "dynunet2d_pseudo": (DEFAULT, family("dynunet2d_pseudo")),
     # n4=true corrects the locator's input as well (a member whose spec has n4 is corrected once)
     "dynunet2d_n4input": (DEFAULT, family("dynunet2d") + ["n4=true"]),
     "dynunet2d_n4_n4input": (DEFAULT, family("dynunet2d_n4") + ["n4=true"]),
@@ -146,6 +151,8 @@ def main() -> int:
         **{f"{m}_long_minus_{m}": paired(model(reports["schedule"], f"{m}_long"), model(reports["schedule"], m))
            for m in ("unet25d", "dynunet2d")},
         "zone_ensemble_minus_shipped": paired(model(reports["zone"], "ensemble"), shipped),
+        "dynunet2d_pseudo_minus_dynunet2d": paired(model(reports["pseudo"], "dynunet2d_pseudo"),
+                                                   model(reports["pseudo"], "dynunet2d")),
         "dynunet2d_n4_minus_dynunet2d": paired(model(reports["n4_member"], "dynunet2d_n4"),
                                                model(reports["n4_member"], "dynunet2d")),
         "dynunet2d_long_zone_minus_dynunet2d_long": paired(model(reports["zone"], "dynunet2d_long_zone"),

@@ -28,7 +28,7 @@ from .volume import Volume, stack
 # Channel name -> file stem in case folders. Extend with `files:` in a config for new sequences.
 DEFAULT_FILES = {"T2W": "t2", "ADC": "adc", "DWI": "dwi", "zones": "zones", "zones_ai": "zones_ai",
                  "wg": "wg", "wg_ai": "wg_ai", "lesion": "lesion"}
-LABEL_KEYS = ("zones", "zones_ai", "wg", "wg_ai", "wg_teacher", "lesion")
+LABEL_KEYS = ("zones", "zones_ai", "wg", "wg_ai", "wg_teacher", "zones_teacher", "lesion")
 MSD_NAMES = {"T2": "T2W", "T2W": "T2W", "ADC": "ADC", "DWI": "DWI", "HBV": "DWI"}
 
 

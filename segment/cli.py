@@ -1,4 +1,4 @@
-"""`segment` command line: train, predict, evaluate, augment. Heavy imports live inside commands."""
+"""`segment` command line: train, predict, evaluate, pseudo-label, augment. Heavy imports live inside commands."""
 
 from __future__ import annotations
 
@@ -40,6 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--label", default="zones", help="reference label key (zones, zones_ai, wg)")
     ev.add_argument("-o", "--output", required=True, help="report folder")
     ev.add_argument("--force", action="store_true")
+
+    ps = sub.add_parser("pseudo-label", help="self-training labels: a teacher's whole glands split into zones "
+                        "where an ensemble's probabilities are confident (segment.pseudo)")
+    ps.add_argument("--predictions", required=True, help="ensemble predict output of the teacher datalist, run "
+                    "with --probabilities (one <case>/probabilities.nii.gz each)")
+    ps.add_argument("--teacher", required=True, help="datalist of the teacher's whole glands (wg_teacher), e.g. "
+                    "runs/teacher/datalist.json")
+    ps.add_argument("--min-conf", type=float, default=0.9, help="share of the gland's probability a zone needs "
+                    "(default 0.9); below it the zone stays unknown")
+    ps.add_argument("-o", "--output", required=True, help="folder for the zone maps and datalist.json")
+    ps.add_argument("--force", action="store_true")
 
     au = sub.add_parser("augment", help="offline augmentation: write N augmented copies of each training case")
     au.add_argument("--config", required=True)
@@ -89,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import evaluate
 
             print(f"report: {evaluate(args.pred, args.ref, args.output, label=args.label, force=args.force)}")
+        elif args.cmd == "pseudo-label":
+            from .pseudo import write_pseudo_labels
+
+            stats = write_pseudo_labels(args.predictions, args.teacher, args.output, args.min_conf, args.force)
+            for r in stats:
+                print(f"{r['case_id']}: TZ {r['TZ']:.0%}, PZ {r['PZ']:.0%}, zone unknown {r['unknown']:.0%} of the gland")
+            print(f"datalist: {args.output}/datalist.json")
         elif args.cmd == "augment":
             from .offline import write_augmented
 

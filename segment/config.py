@@ -15,7 +15,9 @@ class DataConfig:
     label: str = "zones"                  # expert label key
     silver_label: str | None = None       # used where `label` is missing (e.g. zones_ai); never for validation
     teacher: str | None = None            # datalist of extra studies with a teacher's whole gland (column
-                                          # wg_teacher, zones unknown): training only, partial-label loss
+                                          # wg_teacher, zones unknown) or its zones where confident (column
+                                          # zones_teacher, segment pseudo-label): training only, partial-label
+                                          # loss; a {fold} in the path is replaced by the fold (per-fold labels)
     files: dict[str, str] = field(default_factory=dict)  # extra channel -> file stem (new sequences)
     folds: int = 3                        # patient-level k-fold
     split_seed: int = 0

@@ -21,9 +21,11 @@ from .augment import augment_patch
 from .config import AugmentConfig
 
 MARGIN = 16  # voxels around a 2D/3D patch handed to the elastic deformation (pulls from outside)
-# A `data.teacher` datalist's label column (a teacher's whole gland, zones unknown), and the value its
-# gland voxels take in training (segment.losses).
+# A `data.teacher` datalist's label columns: a teacher's whole gland (zones unknown), or its zones where
+# known (self-training, segment.pseudo: 0, 1 TZ, 2 PZ, GLAND_UNKNOWN); and the value a gland voxel of
+# unknown zone takes in training (segment.losses).
 TEACHER_LABEL = "wg_teacher"
+TEACHER_ZONES = "zones_teacher"
 GLAND_UNKNOWN = 3
 
 
@@ -34,7 +36,7 @@ class Item:
     image: np.ndarray       # (C, I, J, K) float32, working grid
     label: np.ndarray       # (I, J, K) uint8
     fg: np.ndarray          # (N, 3) foreground voxel indices
-    silver: bool = False    # label came from `silver_label` or a teacher's whole gland
+    silver: bool = False    # label came from `silver_label` or a teacher
 
 
 def label_key_for(case: Case, label: str, silver: str | None) -> tuple[str | None, bool]:
@@ -42,8 +44,9 @@ def label_key_for(case: Case, label: str, silver: str | None) -> tuple[str | Non
         return label, False
     if silver and silver in case.labels:
         return silver, True
-    if TEACHER_LABEL in case.labels:
-        return TEACHER_LABEL, True
+    for key in (TEACHER_ZONES, TEACHER_LABEL):
+        if key in case.labels:
+            return key, True
     return None, False
 
 
@@ -53,7 +56,7 @@ def load_items(cases: list[Case], spec: PreprocessSpec, label: str, silver: str 
 
     With `spec.crop_centre` "gland" the crop is centred on the reference gland (training, and the
     held-out scoring on the working grid); a whole-gland-only label (`TEACHER_LABEL`, from a teacher)
-    becomes GLAND_UNKNOWN inside the gland."""
+    becomes GLAND_UNKNOWN inside the gland; a teacher's zones (`TEACHER_ZONES`) are kept as they are."""
     from tqdm import tqdm
 
     items = []

@@ -15,7 +15,7 @@ from mricore.errors import ConfigError, InputError
 from mricore.splits import inner_patients, load_splits, make_splits
 
 from .config import SegmentConfig
-from .data import TEACHER_LABEL
+from .data import TEACHER_LABEL, TEACHER_ZONES
 
 
 @dataclass
@@ -28,6 +28,11 @@ class Split:
     splits: list | None
 
 
+def teacher_datalist(cfg: SegmentConfig, fold: int | str) -> str | None:
+    """`data.teacher` for `fold`: a `{fold}` in the path names the fold's own labels (segment.pseudo)."""
+    return cfg.data.teacher.replace("{fold}", str(fold)) if cfg.data.teacher else None
+
+
 def resolve_split(cfg: SegmentConfig, cases, fold: int | str) -> Split:
     """Expert-labelled cases are split by patient; silver-only and teacher cases only ever train.
 
@@ -37,7 +42,8 @@ def resolve_split(cfg: SegmentConfig, cases, fold: int | str) -> Split:
     """
     expert = [c for c in cases if cfg.data.label in c.labels]
     silver = [c for c in cases if cfg.data.label not in c.labels and (
-        (cfg.data.silver_label and cfg.data.silver_label in c.labels) or TEACHER_LABEL in c.labels)]
+        (cfg.data.silver_label and cfg.data.silver_label in c.labels) or TEACHER_LABEL in c.labels
+        or TEACHER_ZONES in c.labels)]
     if not expert and not silver:
         raise InputError(cfg.data.root, f"no case has label '{cfg.data.label}'", 0, "check data.root and data.label")
     splits = None

@@ -29,7 +29,7 @@ from mricore.zones import SELECTORS, ZONES, labels_from_probabilities
 from .config import SegmentConfig
 from .data import GLAND_UNKNOWN, EpochBatches, PatchSampler, Prefetch, load_items
 from .losses import PartialDiceCE
-from .folds import Split, resolve_split
+from .folds import Split, resolve_split, teacher_datalist
 from .inference import Segmenter
 from .networks import build_network, encoder_modules, targets_for
 
@@ -158,8 +158,8 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
     cases = load_dataset(cfg.data.root, cfg.data.files)
     if cfg.data.datasets:
         cases = [c for c in cases if c.dataset in cfg.data.datasets]
-    if cfg.data.teacher:  # extra studies with a teacher's whole gland: training only (resolve_split)
-        cases += load_dataset(cfg.data.teacher)
+    if cfg.data.teacher:  # extra studies with a teacher's gland or zones: training only (resolve_split)
+        cases += load_dataset(teacher_datalist(cfg, fold))
     split = resolve_split(cfg, cases, fold)
     spec = cfg.preprocess
     train_items = load_items(split.train, spec, cfg.data.label, cfg.data.silver_label, cfg.data.register)

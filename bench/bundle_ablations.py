@@ -10,25 +10,24 @@ the members of the fold that held it out), with the bundle's members (runs/bundl
 - teacher: configs/bundle/teacher_ablation.yaml, the 2D U-Net with and without the teacher's glands;
 - schedule: configs/bundle/schedule_ablation.yaml, the 2D and the 2.5D U-Net on 50 x 40 and on 250 x 40
   steps, and the 2D DynUNet on 30 x 40 and on 90 x 40 steps;
-- zone: configs/bundle/zone_ablation.yaml, the shipped ensemble with its DynUNet trained with the
-  per-zone intensity shift (augment.zone_p 0.3);
-- n4_member: configs/bundle/n4_ablation.yaml, the short-schedule DynUNet trained and used without and
-  with N4 in its preprocessing (preprocess.n4);
-- pseudo: configs/bundle/pseudo_ablation.yaml, the short-schedule DynUNet trained with the teacher's
-  whole glands only and with zones inside them where the same fold's shipped members are confident
-  (self-training, segment.pseudo).
+- dynunet: configs/bundle/dynunet_ablation.yaml, the DynUNet on its short schedule as trained for the
+  bundle and with one change each: the per-zone intensity shift (augment.zone_p), self-training on the
+  fold's own confident zones (segment.pseudo), N4 in its preprocessing (preprocess.n4).
 Then per-case paired DSC differences (mean, bootstrap 95 % CI, Wilcoxon p; mricore.stats) for:
 shipped vs the first bundle (bench/results/bundle_previous_cv.json, its `ensemble evaluate --cv`
 summary: fixed 120 mm centre crop, no teacher, weaker intensity augmentation), shipped vs the second
 (bench/results/bundle_stop21_cv.json: two stages and teacher, every member on the short schedule),
 shipped vs the third (bench/results/bundle_stop22_cv.json: the 2D U-Net on the long schedule), shipped
-vs each variant, unet2d vs unet2d_noteacher, each member family on its long vs its short schedule, and
-the ensemble vs its best member. TAPS's WG DSC on the
+vs each variant, unet2d vs unet2d_noteacher, each member family on its long vs its short schedule,
+each DynUNet variant vs the plain DynUNet, and the ensemble vs its best member. PROMISE12 Case00
+(endorectal coil, never trained on) is predicted by the shipped and n4 ensembles and by each short
+DynUNet family alone (3 folds each), WG DSC. TAPS's WG DSC on the
 Prostate158 cases (the brief's figures, measured again by bench/peer_taps.py) sits beside ours.
 
     .venv/bin/python bench/bundle_ablations.py [--reuse]   # --reuse: read runs/bundle/ablations/* if there
 
-Prints and writes bench/results/bundle_ablations.json (about 8 min on 2 cores).
+Prints and writes bench/results/bundle_ablations.json (about 15 min on 2 quiet cores). A variant whose
+members are not trained is skipped and says so.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from mricore.io import read_label, repo_relative, write_json  # noqa: E402
 from mricore.metrics import dice  # noqa: E402
+from ensemble.config import load_ensemble_config  # noqa: E402
 from mricore.stats import paired_difference  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -57,9 +57,7 @@ VARIANTS = {
     "n4": (DEFAULT, ["n4=true"]),
     "teacher": ("configs/bundle/teacher_ablation.yaml", []),
     "schedule": ("configs/bundle/schedule_ablation.yaml", []),
-    "zone": ("configs/bundle/zone_ablation.yaml", []),
-    "n4_member": ("configs/bundle/n4_ablation.yaml", []),
-    "pseudo": ("configs/bundle/pseudo_ablation.yaml", []),
+    "dynunet": ("configs/bundle/dynunet_ablation.yaml", []),
 }
 
 
@@ -73,10 +71,10 @@ def family(name: str) -> list[str]:
 CASE00 = {
     "shipped": (DEFAULT, []),
     "n4": (DEFAULT, ["n4=true"]),
-    "zone": ("configs/bundle/zone_ablation.yaml", []),
     "dynunet2d": (DEFAULT, family("dynunet2d")),
-    "dynunet2d_n4": (DEFAULT, family("dynunet2d_n4")),
+    "dynunet2d_zone": (DEFAULT, family("dynunet2d_zone")),
     "dynunet2d_pseudo": (DEFAULT, family("dynunet2d_pseudo")),
+    "dynunet2d_n4": (DEFAULT, family("dynunet2d_n4")),
     # n4=true corrects the locator's input as well (a member whose spec has n4 is corrected once)
     "dynunet2d_n4input": (DEFAULT, family("dynunet2d") + ["n4=true"]),
     "dynunet2d_n4_n4input": (DEFAULT, family("dynunet2d_n4") + ["n4=true"]),
@@ -85,8 +83,18 @@ ZONES = ("WG", "TZ", "PZ")
 TAPS = {"001": 0.871, "002": 0.903, "021": 0.874}  # TAPS 1.1.2 WG DSC on prostate158 (the brief)
 
 
-def evaluate(name: str, data: Path, reuse: bool) -> dict:
+def untrained(config: str, sets: list[str]) -> list[str]:
+    """Member folders of `config` (with `sets`) that hold no trained model."""
+    cfg = load_ensemble_config(ROOT / config, sets)
+    return [repo_relative(m, ROOT) for m in cfg.members if not (Path(m) / "model.json").exists()]
+
+
+def evaluate(name: str, data: Path, reuse: bool) -> dict | None:
+    """The variant's `ensemble evaluate --cv` report; None (and a note) if a member is not trained."""
     config, sets = VARIANTS[name]
+    if missing := untrained(config, sets):
+        print(f"{name}: skipped, not trained: {', '.join(missing[:3])} (make bundle-train)")
+        return None
     out = ROOT / "runs" / "bundle" / "ablations" / name
     if not (reuse and (out / "evaluate.json").exists()):
         cmd = [str(ENSEMBLE), "evaluate", "--config", str(ROOT / config), "--cv", "--ref", str(data), "-o", str(out),
@@ -101,6 +109,8 @@ def case00(name: str, data: Path, reuse: bool) -> float | None:
     if not (case / "wg.nii.gz").exists():
         return None
     config, sets = CASE00[name]
+    if untrained(config, sets):
+        return None
     out = ROOT / "runs" / "bundle" / "ablations" / "case00" / name
     if not (reuse and (out / "zones.nii.gz").exists()):
         cmd = [str(ENSEMBLE), "predict", str(case / "t2.nii.gz"), "--config", str(ROOT / config), "-o", str(out),
@@ -130,6 +140,13 @@ def model(report: dict, name: str) -> dict:
     return {z: report["per_case_dsc"][z][name] for z in ZONES}
 
 
+def compare(a: tuple[dict | None, str], b: tuple[dict | None, str]) -> dict:
+    """Member or ensemble row a minus row b, each (report, row name); skipped if a report is missing."""
+    if a[0] is None or b[0] is None:
+        return {"skipped": "a variant is not trained (make bundle-train)"}
+    return paired(model(*a), model(*b))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
@@ -141,26 +158,22 @@ def main() -> int:
     second = json.loads((ROOT / "bench/results/bundle_stop21_cv.json").read_text())
     third = json.loads((ROOT / "bench/results/bundle_stop22_cv.json").read_text())
     shipped = model(reports["shipped"], "ensemble")
+    r = reports
     comparisons = {
         "shipped_minus_previous_bundle": paired(shipped, model(previous, "ensemble")),
         "shipped_minus_second_bundle": paired(shipped, model(second, "ensemble")),
         "shipped_minus_third_bundle": paired(shipped, model(third, "ensemble")),
-        **{f"shipped_minus_{n}": paired(shipped, model(reports[n], "ensemble")) for n in ("one_stage", "centre_only", "tta", "n4")},
-        "unet2d_minus_unet2d_noteacher": paired(model(reports["teacher"], "unet2d"), model(reports["teacher"], "unet2d_noteacher")),
-        "unet2d_long_minus_unet2d": paired(model(reports["schedule"], "unet2d_long"), model(reports["schedule"], "unet2d")),
-        **{f"{m}_long_minus_{m}": paired(model(reports["schedule"], f"{m}_long"), model(reports["schedule"], m))
-           for m in ("unet25d", "dynunet2d")},
-        "zone_ensemble_minus_shipped": paired(model(reports["zone"], "ensemble"), shipped),
-        "dynunet2d_pseudo_minus_dynunet2d": paired(model(reports["pseudo"], "dynunet2d_pseudo"),
-                                                   model(reports["pseudo"], "dynunet2d")),
-        "dynunet2d_n4_minus_dynunet2d": paired(model(reports["n4_member"], "dynunet2d_n4"),
-                                               model(reports["n4_member"], "dynunet2d")),
-        "dynunet2d_long_zone_minus_dynunet2d_long": paired(model(reports["zone"], "dynunet2d_long_zone"),
-                                                           model(reports["shipped"], "dynunet2d_long")),
+        **{f"shipped_minus_{n}": compare((r["shipped"], "ensemble"), (r[n], "ensemble"))
+           for n in ("one_stage", "centre_only", "tta", "n4")},
+        "unet2d_minus_unet2d_noteacher": compare((r["teacher"], "unet2d"), (r["teacher"], "unet2d_noteacher")),
+        **{f"{m}_long_minus_{m}": compare((r["schedule"], f"{m}_long"), (r["schedule"], m))
+           for m in ("unet2d", "unet25d", "dynunet2d")},
+        **{f"{m}_minus_dynunet2d": compare((r["dynunet"], m), (r["dynunet"], "dynunet2d"))
+           for m in ("dynunet2d_zone", "dynunet2d_pseudo", "dynunet2d_n4")},
     }
     summaries = {n: {z: {m: {k: round(v, 4) if isinstance(v, float) else v for k, v in r["zones"][z]["dsc"][m].items()
                              if k in ("mean", "median", "ci_low", "ci_high", "n")}
-                         for m in r["zones"][z]["dsc"]} for z in ZONES} for n, r in reports.items()}
+                         for m in r["zones"][z]["dsc"]} for z in ZONES} for n, r in reports.items() if r}
     best = {z: {"best_member": reports["shipped"]["zones"][z]["best_member"],
                 **{k: round(v, 4) if isinstance(v, float) else v
                    for k, v in reports["shipped"]["zones"][z]["ensemble_minus_best_member_dsc"].items()
@@ -176,6 +189,9 @@ def main() -> int:
            "taps_cases_wg": peer, "promise12_case00_wg": case00s}
     write_json(repo_relative(out, ROOT), ROOT / "bench/results/bundle_ablations.json")
     for name, comp in comparisons.items():
+        if "skipped" in comp:
+            print(name, comp["skipped"])
+            continue
         print(name, " ".join(f"{z} {c['a_mean']:.3f}-{c['b_mean']:.3f}={c['mean_diff']:+.3f} ({c['improved']}/{c['n']})"
                              for z, c in comp.items()))
     for z, b in best.items():

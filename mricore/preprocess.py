@@ -1,10 +1,11 @@
 """Preprocessing shared by training and prediction, described by one serialisable spec.
 
 Forward (`preprocess`): with `spec.n4`, divide the T2W channel by its N4 bias field on the input grid
-(mricore.bias; the member was trained so, and prediction repeats it); reorient voxel axes to `spec.orientation` (a permutation/flip, exact), resample
-to `spec.target_spacing` (in-plane and through-plane separately; `None` keeps an axis as acquired),
-crop/pad the in-plane field of view to `spec.crop_mm` around a centre (the volume centre, or a gland
-centre the caller found: `spec.crop_centre` "gland", see ensemble.engine's locator), and normalise each
+(mricore.bias; the member was trained so, and prediction repeats it); reorient voxel axes to
+`spec.orientation` (a permutation/flip, exact), resample to `spec.target_spacing` (in-plane and
+through-plane separately; `None` keeps an axis as acquired), crop/pad the in-plane field of view to
+`spec.crop_mm` around a centre (the volume centre, or a gland centre the caller found:
+`spec.crop_centre` "gland", see ensemble.engine's locator), and normalise each
 channel by its rule. The result carries its own affine, so the inverse is a resampling through world
 coordinates back onto the original grid (`restore`): linear for probabilities, nearest for labels.
 """

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
             stats = write_pseudo_labels(args.predictions, args.teacher, args.output, args.min_conf, args.force)
             for r in stats:
-                print(f"{r['case_id']}: TZ {r['TZ']:.0%}, PZ {r['PZ']:.0%}, zone unknown {r['unknown']:.0%} of the gland")
+                print(f"{r['case_id']}: TZ {r['TZ']:.0%}, PZ {r['PZ']:.0%}, "
+                      f"zone unknown {r['unknown']:.0%} of the gland")
             print(f"datalist: {args.output}/datalist.json")
         elif args.cmd == "augment":
             from .offline import write_augmented

@@ -30,7 +30,7 @@ import numpy as np
 
 from mricore.datasets import load_dataset
 from mricore.errors import InputError
-from mricore.io import check_absent, load_nifti_image, read_label, staged_dir, write_json, write_nifti
+from mricore.io import check_absent, load_nifti_image, read_label, replaced_dir, write_json, write_nifti
 
 from .data import GLAND_UNKNOWN, TEACHER_LABEL, TEACHER_ZONES
 
@@ -65,17 +65,19 @@ def write_pseudo_labels(predictions: str | Path, teacher: str | Path, out: str |
     probs = {c.case_id: predictions / c.case_id / "probabilities.nii.gz" for c in cases}
     missing = [cid for cid, p in probs.items() if not p.exists()]
     if missing:
-        raise InputError(predictions, "needs <case>/probabilities.nii.gz of every teacher study", ", ".join(missing[:3]),
+        raise InputError(predictions, "needs <case>/probabilities.nii.gz of every teacher study",
+                         ", ".join(missing[:3]),
                          "run ensemble predict on the teacher datalist with --probabilities")
     check_absent([out], force)
     rows, stats = [], []
-    with staged_dir(out, stale=("datalist.json",)) as stage:
+    with replaced_dir(out) as stage:  # the whole folder at once: no map of an earlier run is left
         for c in cases:
             gland_vol = read_label(c.labels[TEACHER_LABEL].path)
             img = load_nifti_image(probs[c.case_id])
             if img.shape != gland_vol.shape + (3,) or not np.allclose(img.affine, gland_vol.affine, atol=1e-3):
                 raise InputError(probs[c.case_id], "probabilities (background, TZ, PZ) must lie on the teacher "
-                                 "gland's grid", f"shape {img.shape} vs {gland_vol.shape}", "predict the same T2W studies")
+                                 "gland's grid", f"shape {img.shape} vs {gland_vol.shape}",
+                                 "predict the same T2W studies")
             zones = pseudo_zones(np.asarray(img.dataobj, np.float32), gland_vol.array[0] > 0, min_conf)
             name = f"{c.case_id}_zones_teacher.nii.gz"
             write_nifti(zones, gland_vol, stage / name)

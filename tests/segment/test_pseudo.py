@@ -86,7 +86,7 @@ def test_bad_inputs_are_named_and_nothing_is_written(teacher):
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[1:], img.affine), tmp / "pred" / "T1" / "probabilities.nii.gz")
     with pytest.raises(InputError, match="grid"):
         write_pseudo_labels(**args)
-    assert not (tmp / "o").exists() and not list(tmp.glob(".o.staging-*"))
+    assert not (tmp / "o").exists() and not list(tmp.glob(".o.*"))
     (tmp / "o").mkdir()
     with pytest.raises(OutputExistsError):
         write_pseudo_labels(**args)

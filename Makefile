@@ -37,6 +37,8 @@ test: venv
 # `make bundle-pack` then scores the held-out folds (cross-validated), packs ensemble/models/default
 # with its model card, exports ONNX and runs the benches: TAPS side by side (plain and with N4) and
 # bench/bundle_ablations.py (one stage vs two, margin, flips, teacher, schedule, N4, the DynUNet variants).
+# After a retrain, bench/qa_bench.py re-fits the review limits: copy its shipped_limits into
+# mricore/qa.py (ReviewConfig; a test checks they agree) and run `make bundle-pack` again.
 BUNDLE_RUNS := runs/bundle
 BUNDLE_MEMBERS := $(foreach c,unet2d_long unet25d_long dynunet2d_long,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
 bundle: bundle-train bundle-pack

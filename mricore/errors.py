@@ -48,8 +48,29 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that every `finally` (staging clean-up) runs."""
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+# Signals run_cli's handlers received. Python runs a handler between bytecodes, and when that happens
+# inside a __del__ or a weakref callback (nibabel has them) the exception it raises is printed as
+# "ignored" and lost; the run would then carry on and commit its outputs. `check_signals` raises it
+# again at the points that commit outputs (mricore.io), and run_cli once more at the end.
+_received: list[int] = []
+
+
+def _on_signal(signum, frame):
+    _received.append(signum)
+    _raise_for(signum)
+
+
+def _raise_for(signum: int):
+    import signal
+
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def check_signals() -> None:
+    """Raise KeyboardInterrupt or Terminated if run_cli's handlers saw SIGINT or SIGTERM (even one
+    whose exception Python swallowed). Called before outputs are committed."""
+    if _received:
+        _raise_for(_received[-1])
 
 
 def run_cli(main: Callable[[], int | None]) -> int:
@@ -64,11 +85,18 @@ def run_cli(main: Callable[[], int | None]) -> int:
     import warnings
 
     main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    previous = {}
+    if main_thread:
+        _received.clear()
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_signal)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _on_signal)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return int(main() or 0)
+            code = int(main() or 0)
+        check_signals()  # a signal whose exception was swallowed still ends the run with its code
+        return code
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -79,5 +107,7 @@ def run_cli(main: Callable[[], int | None]) -> int:
         print("terminated: nothing of the unfinished case was kept", file=sys.stderr)
         return 143
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            _received.clear()

@@ -21,7 +21,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .errors import GeometryError, InputError, OutputExistsError
+from .errors import GeometryError, InputError, OutputExistsError, check_signals
 from .volume import Volume
 
 _UMASK = os.umask(0)
@@ -156,6 +156,7 @@ def replace_atomically(path: Path, write) -> None:
     try:
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         write(tmp)
+        check_signals()
         os.chmod(tmp, 0o666 & ~_UMASK)  # created 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -310,6 +311,7 @@ def staged_dir(out: str | Path, stale: tuple[str, ...] = ()):
         stage = _make_hidden_dir(stage)
         os.chmod(stage, 0o777 & ~_UMASK)  # made 0700; the output folder gets the usual mode
         yield stage
+        check_signals()  # a SIGTERM/SIGINT swallowed while writing: keep nothing
         out.parent.mkdir(parents=True, exist_ok=True)
         if not out.exists():
             os.rename(stage, out)
@@ -361,6 +363,7 @@ def replaced_dir(out: str | Path):
     try:
         tmp = _make_hidden_dir(tmp)
         yield tmp
+        check_signals()
         tmp.chmod(0o777 & ~_UMASK)
         if out.exists():
             shutil.rmtree(out)

@@ -1,12 +1,15 @@
 """Bad input, one test each: through the library (typed UserError naming input, rule, value, fix) and
 through a CLI `main([...])` (exit code 2, one line on stderr, no traceback, nothing written)."""
 
+import os
+import signal
+
 import nibabel as nib
 import numpy as np
 import pytest
 
 from mricore.errors import InputError, UserError, run_cli
-from mricore.io import read_label, read_nifti
+from mricore.io import read_label, read_nifti, staged_dir
 from mricore.preprocess import PreprocessSpec
 from mricore_helpers import crop, save
 
@@ -195,3 +198,26 @@ def test_run_cli_works_outside_the_main_thread(capsys):
     t.start()
     t.join()
     assert codes == [2] and capsys.readouterr().err.startswith("error: x: rule")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed exception
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_swallowed_inside_a_finaliser_still_stops_the_run(tmp_path, sig, code):
+    """Python runs a signal handler between bytecodes; inside a __del__ its exception is printed as
+    "ignored" and lost. The run must still stop with the signal's code and keep nothing."""
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), sig)
+            for _ in range(100_000):  # the handler runs here, inside __del__
+                pass
+
+    def main():
+        with staged_dir(tmp_path / "case") as stage:
+            (stage / "a.txt").write_text("x")
+            Finaliser()  # collected at once: the signal arrives while outputs are written
+            (stage / "b.txt").write_text("y")
+        return 0
+
+    assert run_cli(main) == code
+    assert not (tmp_path / "case").exists() and not list(tmp_path.glob(".case*"))
+    assert run_cli(lambda: 0) == 0  # the next run starts clean

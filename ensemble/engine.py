@@ -13,7 +13,8 @@ Cost model (what bench/ensemble_bench.py measures):
 Two stages (`EnsembleConfig.locator`): a coarse segmenter finds the gland on the whole field of view
 first; members whose spec crops around the gland (crop_centre "gland") are centred on its bounding
 box, and everything farther than `locator_margin_mm` from that box is background. With `n4`, the T2W
-channel is bias-corrected (mricore.bias) before both stages.
+channel is bias-corrected (mricore.bias) before both stages; members whose spec says `n4` (trained on
+corrected images) share one correction per case either way.
 Member label maps (for vote, STAPLE and disagreement) are each member's argmax on its working grid,
 carried to the input grid with nearest neighbour (masks are never interpolated).
 """
@@ -27,6 +28,7 @@ import numpy as np
 
 from mricore import qa, zones
 from mricore.align import fill_outside_box
+from mricore.bias import bias_corrected
 from mricore.preprocess import preprocess, restore
 from mricore.volume import Volume
 from segment.prediction import BACKGROUND
@@ -107,24 +109,15 @@ def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, list[
                           "margin_mm": cfg.locator_margin_mm}
 
 
-def bias_corrected(image: Volume, channel: str) -> Volume:
-    """`image` with `channel` divided by its N4 bias field (mricore.bias), the others as they are."""
-    from mricore.bias import n4_correct
-
-    c = image.channels.index(channel)
-    array = image.array.copy()
-    array[c] = n4_correct(image.array[c], image.spacing)
-    return replace(image, array=array)
-
-
 def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> EnsembleResult:
     """Members `used` (all of whose channels `image` has) on `image`; combination by `cfg.method`."""
     weights = member_weights(cfg, used)
     timings = {"n4": 0.0, "locator": 0.0, "preprocess": 0.0, "network": {}, "restore": 0.0, "combine": 0.0,
                "postprocess": 0.0}
     t = time.perf_counter()
+    corrected = None  # the input with its T2W divided by its N4 field: computed once per case at most
     if cfg.n4 and "T2W" in image.channels:
-        image = bias_corrected(image, "T2W")
+        image = corrected = bias_corrected(image, "T2W")
         timings["n4"] = time.perf_counter() - t
     t = time.perf_counter()
     centre, keep, located = locate(image, cfg)
@@ -138,7 +131,11 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     for idxs in groups.values():
         t = time.perf_counter()
         spec = used[idxs[0]].spec
-        prep = preprocess(image, replace(spec, n4=False) if cfg.n4 else spec, centre)  # corrected once only
+        if spec.n4:  # trained on corrected T2W: every such group shares the one correction
+            corrected = corrected if corrected is not None else bias_corrected(image, "T2W")
+            prep = preprocess(corrected, replace(spec, n4=False), centre)
+        else:
+            prep = preprocess(image, spec, centre)
         timings["preprocess"] += time.perf_counter() - t
         work = combine.WeightedSum()
         t = time.perf_counter()

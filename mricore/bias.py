@@ -18,7 +18,12 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .volume import Volume
 
 SHRINK_MM = 4.0
 LEVELS = 4
@@ -56,3 +61,13 @@ def n4_correct(image: np.ndarray, spacing) -> np.ndarray:
     field = n4_log_field(image, spacing)
     np.exp(field, out=field)
     return np.divide(image, field, out=field, dtype=np.float32)
+
+
+def bias_corrected(image: "Volume", channel: str = "T2W") -> "Volume":
+    """`image` with `channel` divided by its N4 bias field, the other channels as they are (a copy)."""
+    from dataclasses import replace
+
+    c = image.channels.index(channel)
+    array = image.array.copy()
+    array[c] = n4_correct(image.array[c], image.spacing)
+    return replace(image, array=array)

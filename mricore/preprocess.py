@@ -169,12 +169,11 @@ def preprocess(vol: Volume, spec: PreprocessSpec, centre=None) -> Prepared:
 
         raise InputError(vol.case_id, f"model expects channels {', '.join(spec.channels)}",
                          ", ".join(vol.channels), f"provide {', '.join(missing)}")
-    arr = np.stack([vol.channel(c) for c in spec.channels]).astype(np.float32)
     if spec.n4:
-        from .bias import n4_correct
+        from .bias import bias_corrected
 
-        c = spec.channels.index("T2W")
-        arr[c] = n4_correct(arr[c], vol.spacing)
+        vol = bias_corrected(vol, "T2W")
+    arr = np.stack([vol.channel(c) for c in spec.channels]).astype(np.float32)
     arr, aff = reorient(arr, vol.affine, spec.orientation)
     centre = centre if spec.crop_centre == "gland" else None
     shape, new_aff = target_grid(arr.shape[1:], aff, spec.target_spacing, spec.crop_mm, centre)

@@ -3,8 +3,7 @@ copes with thin slabs, and leaves a single slice alone; in the ensemble it touch
 
 import numpy as np
 
-from ensemble.engine import bias_corrected
-from mricore.bias import n4_correct
+from mricore.bias import bias_corrected, n4_correct
 from mricore.volume import Volume
 
 

@@ -40,20 +40,26 @@ test: venv
 # After a retrain, bench/qa_bench.py re-fits the review limits: copy its shipped_limits into
 # mricore/qa.py (ReviewConfig; a test checks they agree) and run `make bundle-pack` again.
 BUNDLE_RUNS := runs/bundle
+# The DynUNet ablations (configs/bundle/dynunet_ablation.yaml): configs/bundle/dynunet2d.yaml with one
+# change each, so nothing else can differ.
+DYN_ZONE := --set name=dynunet2d_zone --set augment.zone_p=0.3
+DYN_N4 := --set name=dynunet2d_n4 --set preprocess.n4=true
+DYN_PSEUDO := --set name=dynunet2d_pseudo --set data.teacher=runs/pseudo/fold_{fold}/labels/datalist.json
 BUNDLE_MEMBERS := $(foreach c,unet2d_long unet25d_long dynunet2d_long,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
 bundle: bundle-train bundle-pack
 
 bundle-train: venv
 	$(BIN)/python bench/peer_taps.py --teacher runs/teacher --data $(DATA)
 	$(BIN)/segment train --config configs/bundle/locator.yaml --fold all --force
-	for c in unet2d_long unet25d_long dynunet2d_long unet2d unet25d dynunet2d unet2d_noteacher dynunet2d_zone dynunet2d_n4; do for f in 0 1 2; do \
+	for c in unet2d_long unet25d_long dynunet2d_long unet2d unet25d dynunet2d unet2d_noteacher; do for f in 0 1 2; do \
 	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force || exit 1; done; done
 	$(MAKE) bundle-pseudo
-	for f in 0 1 2; do $(BIN)/segment train --config configs/bundle/dynunet2d_pseudo.yaml --fold $$f --force || exit 1; done
+	for f in 0 1 2; do for v in "$(DYN_ZONE)" "$(DYN_N4)" "$(DYN_PSEUDO)"; do \
+	  $(BIN)/segment train --config configs/bundle/dynunet2d.yaml --fold $$f --force $$v || exit 1; done; done
 
 # Self-training labels, fold by fold: fold K's shipped members (the three long families) predict the
 # teacher studies, and `segment pseudo-label` keeps their zones inside TAPS's glands where confident
-# (configs/bundle/dynunet2d_pseudo.yaml trains on them).
+# (the DynUNet ablation DYN_PSEUDO trains on them).
 bundle-pseudo: venv
 	for f in 0 1 2; do \
 	  $(BIN)/ensemble predict runs/teacher/datalist.json --probabilities -o runs/pseudo/fold_$$f/pred --force \

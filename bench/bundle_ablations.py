@@ -12,16 +12,19 @@ the members of the fold that held it out), with the bundle's members (runs/bundl
   steps, and the 2D DynUNet on 30 x 40 and on 90 x 40 steps;
 - dynunet: configs/bundle/dynunet_ablation.yaml, the DynUNet on its short schedule as trained for the
   bundle and with one change each: the per-zone intensity shift (augment.zone_p), self-training on the
-  fold's own confident zones (segment.pseudo), N4 in its preprocessing (preprocess.n4).
+  fold's own confident zones (segment.pseudo), N4 in its preprocessing (preprocess.n4);
+- selftrain: configs/bundle/selftrain_ablation.yaml, the 2.5D U-Net and the DynUNet on their long
+  schedules as in the fourth bundle and self-trained (*_long_pseudo).
 Then per-case paired DSC differences (mean, bootstrap 95 % CI, Wilcoxon p; mricore.stats) for:
 shipped vs the first bundle (bench/results/bundle_previous_cv.json, its `ensemble evaluate --cv`
 summary: fixed 120 mm centre crop, no teacher, weaker intensity augmentation), shipped vs the second
 (bench/results/bundle_stop21_cv.json: two stages and teacher, every member on the short schedule),
 shipped vs the third (bench/results/bundle_stop22_cv.json: the 2D U-Net on the long schedule), shipped
-vs each variant, unet2d vs unet2d_noteacher, each member family on its long vs its short schedule,
-each DynUNet variant vs the plain DynUNet, and the ensemble vs its best member. PROMISE12 Case00
-(endorectal coil, never trained on) is predicted by the shipped and n4 ensembles and by each short
-DynUNet family alone (3 folds each), WG DSC. TAPS's WG DSC on the
+vs the fourth (bench/results/bundle_stop24_cv.json: every family on its long schedule), shipped vs each
+variant, unet2d vs unet2d_noteacher, each member family on its long vs its short schedule, each DynUNet
+variant vs the plain DynUNet, each self-trained long family vs its fourth-bundle run, and the ensemble
+vs its best member. PROMISE12 Case00 (endorectal coil, never trained on) is predicted by the shipped
+and n4 ensembles and by each short DynUNet family alone (3 folds each), WG DSC. TAPS's WG DSC on the
 Prostate158 cases (the brief's figures, measured again by bench/peer_taps.py) sits beside ours.
 
     .venv/bin/python bench/bundle_ablations.py [--reuse]   # --reuse: read runs/bundle/ablations/* if there
@@ -58,6 +61,7 @@ VARIANTS = {
     "teacher": ("configs/bundle/teacher_ablation.yaml", []),
     "schedule": ("configs/bundle/schedule_ablation.yaml", []),
     "dynunet": ("configs/bundle/dynunet_ablation.yaml", []),
+    "selftrain": ("configs/bundle/selftrain_ablation.yaml", []),
 }
 
 
@@ -157,12 +161,14 @@ def main() -> int:
     previous = json.loads((ROOT / "bench/results/bundle_previous_cv.json").read_text())
     second = json.loads((ROOT / "bench/results/bundle_stop21_cv.json").read_text())
     third = json.loads((ROOT / "bench/results/bundle_stop22_cv.json").read_text())
+    fourth = json.loads((ROOT / "bench/results/bundle_stop24_cv.json").read_text())
     shipped = model(reports["shipped"], "ensemble")
     r = reports
     comparisons = {
         "shipped_minus_previous_bundle": paired(shipped, model(previous, "ensemble")),
         "shipped_minus_second_bundle": paired(shipped, model(second, "ensemble")),
         "shipped_minus_third_bundle": paired(shipped, model(third, "ensemble")),
+        "shipped_minus_fourth_bundle": paired(shipped, model(fourth, "ensemble")),
         **{f"shipped_minus_{n}": compare((r["shipped"], "ensemble"), (r[n], "ensemble"))
            for n in ("one_stage", "centre_only", "tta", "n4")},
         "unet2d_minus_unet2d_noteacher": compare((r["teacher"], "unet2d"), (r["teacher"], "unet2d_noteacher")),
@@ -170,6 +176,8 @@ def main() -> int:
            for m in ("unet2d", "unet25d", "dynunet2d")},
         **{f"{m}_minus_dynunet2d": compare((r["dynunet"], m), (r["dynunet"], "dynunet2d"))
            for m in ("dynunet2d_zone", "dynunet2d_pseudo", "dynunet2d_n4")},
+        **{f"{m}_long_pseudo_minus_{m}_long": compare((r["selftrain"], f"{m}_long_pseudo"), (r["selftrain"], f"{m}_long"))
+           for m in ("unet25d", "dynunet2d")},
     }
     summaries = {n: {z: {m: {k: round(v, 4) if isinstance(v, float) else v for k, v in r["zones"][z]["dsc"][m].items()
                              if k in ("mean", "median", "ci_low", "ci_high", "n")}
@@ -181,6 +189,7 @@ def main() -> int:
     peer = {c: {"ours_cv": round(shipped["WG"][c], 4), "previous_cv": round(previous["per_case_dsc"]["WG"]["ensemble"][c], 4),
                 "second_cv": round(second["per_case_dsc"]["WG"]["ensemble"][c], 4),
                 "third_cv": round(third["per_case_dsc"]["WG"]["ensemble"][c], 4),
+                "fourth_cv": round(fourth["per_case_dsc"]["WG"]["ensemble"][c], 4),
                 "taps": t, "ours_beats_taps": shipped["WG"][c] > t} for c, t in TAPS.items() if c in shipped["WG"]}
     out = {"command": "python bench/bundle_ablations.py", "cases": "5 expert-labelled patients (prostate158 001, 002, "
            "021; i2cvb Patient_52209036, Patient_68619), 3 patient-level folds, each case scored by its fold's members",
@@ -198,7 +207,7 @@ def main() -> int:
         print(f"ensemble - best member ({b['best_member']}) {z}: {b['mean']:+.3f} ({b['ci_low']:+.3f} to {b['ci_high']:+.3f})")
     for c, p in peer.items():
         print(f"prostate158/{c}: WG ours (CV) {p['ours_cv']:.3f}, first bundle {p['previous_cv']:.3f}, "
-              f"second {p['second_cv']:.3f}, third {p['third_cv']:.3f}, TAPS {p['taps']:.3f}")
+              f"second {p['second_cv']:.3f}, third {p['third_cv']:.3f}, fourth {p['fourth_cv']:.3f}, TAPS {p['taps']:.3f}")
     print("PROMISE12 Case00 WG DSC:", ", ".join(f"{n} {v}" for n, v in case00s.items()))
     print("wrote bench/results/bundle_ablations.json")
     return 0

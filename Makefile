@@ -44,9 +44,10 @@ BUNDLE_RUNS := runs/bundle
 # change each, so nothing else can differ.
 DYN_ZONE := --set name=dynunet2d_zone --set augment.zone_p=0.3
 DYN_N4 := --set name=dynunet2d_n4 --set preprocess.n4=true
-DYN_PSEUDO := --set name=dynunet2d_pseudo --set data.teacher=runs/pseudo/fold_{fold}/labels/datalist.json
-# Self-training on the long schedules (configs/bundle/selftrain_ablation.yaml): <family>_long_pseudo.
-LONG_PSEUDO := --set data.teacher=runs/pseudo/fold_{fold}/labels/datalist.json
+# Self-training: each fold trains on its own pseudo labels (make bundle-pseudo); the short DynUNet
+# ablation, and the long families as <family>_long_pseudo (configs/bundle/selftrain_ablation.yaml).
+PSEUDO_LABELS := --set data.teacher=runs/pseudo/fold_{fold}/labels/datalist.json
+DYN_PSEUDO := --set name=dynunet2d_pseudo $(PSEUDO_LABELS)
 BUNDLE_MEMBERS := $(foreach c,unet2d_long unet25d_long dynunet2d_long,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
 bundle: bundle-train bundle-pack
 
@@ -59,7 +60,7 @@ bundle-train: venv
 	for f in 0 1 2; do for v in "$(DYN_ZONE)" "$(DYN_N4)" "$(DYN_PSEUDO)"; do \
 	  $(BIN)/segment train --config configs/bundle/dynunet2d.yaml --fold $$f --force $$v || exit 1; done; done
 	for c in dynunet2d_long unet25d_long; do for f in 0 1 2; do \
-	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force --set name=$${c}_pseudo $(LONG_PSEUDO) || exit 1; done; done
+	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force --set name=$${c}_pseudo $(PSEUDO_LABELS) || exit 1; done; done
 
 # Self-training labels, fold by fold: fold K's shipped members (the three long families) predict the
 # teacher studies, and `segment pseudo-label` keeps their zones inside TAPS's glands where confident

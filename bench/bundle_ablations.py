@@ -84,6 +84,9 @@ CASE00 = {
     "dynunet2d_n4_n4input": (DEFAULT, family("dynunet2d_n4") + ["n4=true"]),
 }
 ZONES = ("WG", "TZ", "PZ")
+# Earlier bundles' `ensemble evaluate --cv` reports (the first is named "previous" in the JSON).
+EARLIER = {"previous": "bundle_previous_cv.json", "second": "bundle_stop21_cv.json",
+           "third": "bundle_stop22_cv.json", "fourth": "bundle_stop24_cv.json"}
 TAPS = {"001": 0.871, "002": 0.903, "021": 0.874}  # TAPS 1.1.2 WG DSC on prostate158 (the brief)
 
 
@@ -158,17 +161,11 @@ def main() -> int:
     args = ap.parse_args()
     reports = {n: evaluate(n, args.data, args.reuse) for n in VARIANTS}
     case00s = {n: case00(n, args.data, args.reuse) for n in CASE00}
-    previous = json.loads((ROOT / "bench/results/bundle_previous_cv.json").read_text())
-    second = json.loads((ROOT / "bench/results/bundle_stop21_cv.json").read_text())
-    third = json.loads((ROOT / "bench/results/bundle_stop22_cv.json").read_text())
-    fourth = json.loads((ROOT / "bench/results/bundle_stop24_cv.json").read_text())
+    earlier = {n: model(json.loads((ROOT / "bench/results" / f).read_text()), "ensemble") for n, f in EARLIER.items()}
     shipped = model(reports["shipped"], "ensemble")
     r = reports
     comparisons = {
-        "shipped_minus_previous_bundle": paired(shipped, model(previous, "ensemble")),
-        "shipped_minus_second_bundle": paired(shipped, model(second, "ensemble")),
-        "shipped_minus_third_bundle": paired(shipped, model(third, "ensemble")),
-        "shipped_minus_fourth_bundle": paired(shipped, model(fourth, "ensemble")),
+        **{f"shipped_minus_{n}_bundle": paired(shipped, e) for n, e in earlier.items()},
         **{f"shipped_minus_{n}": compare((r["shipped"], "ensemble"), (r[n], "ensemble"))
            for n in ("one_stage", "centre_only", "tta", "n4")},
         "unet2d_minus_unet2d_noteacher": compare((r["teacher"], "unet2d"), (r["teacher"], "unet2d_noteacher")),
@@ -186,10 +183,7 @@ def main() -> int:
                 **{k: round(v, 4) if isinstance(v, float) else v
                    for k, v in reports["shipped"]["zones"][z]["ensemble_minus_best_member_dsc"].items()
                    if k in ("mean", "ci_low", "ci_high", "wilcoxon_p", "n")}} for z in ZONES}
-    peer = {c: {"ours_cv": round(shipped["WG"][c], 4), "previous_cv": round(previous["per_case_dsc"]["WG"]["ensemble"][c], 4),
-                "second_cv": round(second["per_case_dsc"]["WG"]["ensemble"][c], 4),
-                "third_cv": round(third["per_case_dsc"]["WG"]["ensemble"][c], 4),
-                "fourth_cv": round(fourth["per_case_dsc"]["WG"]["ensemble"][c], 4),
+    peer = {c: {"ours_cv": round(shipped["WG"][c], 4), **{f"{n}_cv": round(e["WG"][c], 4) for n, e in earlier.items()},
                 "taps": t, "ours_beats_taps": shipped["WG"][c] > t} for c, t in TAPS.items() if c in shipped["WG"]}
     out = {"command": "python bench/bundle_ablations.py", "cases": "5 expert-labelled patients (prostate158 001, 002, "
            "021; i2cvb Patient_52209036, Patient_68619), 3 patient-level folds, each case scored by its fold's members",
@@ -206,8 +200,8 @@ def main() -> int:
     for z, b in best.items():
         print(f"ensemble - best member ({b['best_member']}) {z}: {b['mean']:+.3f} ({b['ci_low']:+.3f} to {b['ci_high']:+.3f})")
     for c, p in peer.items():
-        print(f"prostate158/{c}: WG ours (CV) {p['ours_cv']:.3f}, first bundle {p['previous_cv']:.3f}, "
-              f"second {p['second_cv']:.3f}, third {p['third_cv']:.3f}, fourth {p['fourth_cv']:.3f}, TAPS {p['taps']:.3f}")
+        print(f"prostate158/{c}: WG ours (CV) {p['ours_cv']:.3f}, "
+              + ", ".join(f"{n} bundle {p[f'{n}_cv']:.3f}" for n in earlier) + f", TAPS {p['taps']:.3f}")
     print("PROMISE12 Case00 WG DSC:", ", ".join(f"{n} {v}" for n, v in case00s.items()))
     print("wrote bench/results/bundle_ablations.json")
     return 0

@@ -27,13 +27,14 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Retrain the bundled default ensemble from scratch (about 6 h on 2 quiet cores; needs TAPS for the
+# Retrain the bundled default ensemble from scratch (about 9 h on 2 quiet cores; needs TAPS for the
 # teacher labels: bash bench/setup_peers.sh). Stage one, the locator, is trained on silver and teacher
 # labels only (no expert case, so it serves every fold); then 3 patient-level folds x (2D U-Net, 2.5D
 # U-Net, 2D DynUNet, each on its long schedule) on a fixed schedule (the held-out fold decides nothing),
-# and the ablation members (each family on its short schedule, the 2D U-Net without the teacher, and
-# the short DynUNet with one change each: per-zone intensity shift, N4 in its preprocessing, and
-# self-training on the long members' confident zones, `make bundle-pseudo`).
+# and the ablation members (each family on its short schedule, the 2D U-Net without the teacher, the 3D
+# DynUNet of configs/bundle/member3d_ablation.yaml, and the short DynUNet with one change each: per-zone
+# intensity shift, N4 in its preprocessing, and self-training on the long members' confident zones,
+# `make bundle-pseudo`).
 # `make bundle-pack` then scores the held-out folds (cross-validated), packs ensemble/models/default
 # with its model card, exports ONNX and runs the benches: TAPS side by side (plain and with N4) and
 # bench/bundle_ablations.py (one stage vs two, margin, flips, teacher, schedule, N4, the DynUNet variants).
@@ -54,7 +55,7 @@ bundle: bundle-train bundle-pack
 bundle-train: venv
 	$(BIN)/python bench/peer_taps.py --teacher runs/teacher --data $(DATA)
 	$(BIN)/segment train --config configs/bundle/locator.yaml --fold all --force
-	for c in unet2d_long unet25d_long dynunet2d_long unet2d unet25d dynunet2d unet2d_noteacher; do for f in 0 1 2; do \
+	for c in unet2d_long unet25d_long dynunet2d_long dynunet3d unet2d unet25d dynunet2d unet2d_noteacher; do for f in 0 1 2; do \
 	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force || exit 1; done; done
 	$(MAKE) bundle-pseudo
 	for f in 0 1 2; do for v in "$(DYN_ZONE)" "$(DYN_N4)" "$(DYN_PSEUDO)"; do \

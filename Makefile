@@ -27,7 +27,7 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Retrain the bundled default ensemble from scratch (about 9 h on 2 quiet cores; needs TAPS for the
+# Retrain the bundled default ensemble from scratch (about 10 h on 2 quiet cores; needs TAPS for the
 # teacher labels: bash bench/setup_peers.sh). Stage one, the locator, is trained on silver and teacher
 # labels only (no expert case, so it serves every fold); then 3 patient-level folds x (2D U-Net, 2.5D
 # U-Net, 2D DynUNet, each on its long schedule) on a fixed schedule (the held-out fold decides nothing),

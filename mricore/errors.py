@@ -66,6 +66,16 @@ def _raise_for(signum: int):
     raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
+def _quiet_unraisable(previous):
+    """sys.unraisablehook that drops run_cli's own signal exceptions (recorded in _received and raised
+    again by check_signals) instead of printing them as "Exception ignored in ... Traceback"; anything
+    else goes to `previous`."""
+    def hook(unraisable):
+        if not isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            previous(unraisable)
+    return hook
+
+
 def check_signals() -> None:
     """Raise KeyboardInterrupt or Terminated if run_cli's handlers saw SIGINT or SIGTERM (even one
     whose exception Python swallowed). Called before outputs are committed."""
@@ -86,8 +96,10 @@ def run_cli(main: Callable[[], int | None]) -> int:
 
     main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread
     previous = {}
+    unraisable = sys.unraisablehook
     if main_thread:
         _received.clear()
+        sys.unraisablehook = _quiet_unraisable(unraisable)  # a signal inside a __del__: no traceback
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_signal)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
             previous[signal.SIGINT] = signal.signal(signal.SIGINT, _on_signal)
@@ -111,3 +123,4 @@ def run_cli(main: Callable[[], int | None]) -> int:
             signal.signal(signum, handler)
         if main_thread:
             _received.clear()
+            sys.unraisablehook = unraisable

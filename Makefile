@@ -32,7 +32,7 @@ test: venv
 # labels only (no expert case, so it serves every fold); then 3 patient-level folds x (2D U-Net, 2.5D
 # U-Net, 2D DynUNet, each on its long schedule) on a fixed schedule (the held-out fold decides nothing),
 # and the ablation members (each family on its short schedule, the 2D U-Net without the teacher, the 3D
-# DynUNet of configs/bundle/member3d_ablation.yaml, and the short DynUNet with one change each: per-zone
+# DynUNet scored by bench/candidate_cv.py, and the short DynUNet with one change each: per-zone
 # intensity shift, N4 in its preprocessing, and self-training on the long members' confident zones,
 # `make bundle-pseudo`).
 # `make bundle-pack` then scores the held-out folds (cross-validated), packs ensemble/models/default

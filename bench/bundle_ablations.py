@@ -102,9 +102,13 @@ def evaluate(name: str, data: Path, reuse: bool) -> dict | None:
     if missing := untrained(config, sets):
         print(f"{name}: skipped, not trained: {', '.join(missing[:3])} (make bundle-train)")
         return None
-    out = ROOT / "runs" / "bundle" / "ablations" / name
+    return cv_report(ROOT / config, sets, data, ROOT / "runs" / "bundle" / "ablations" / name, reuse)
+
+
+def cv_report(config: Path, sets: list[str], data: Path, out: Path, reuse: bool) -> dict:
+    """`ensemble evaluate --cv` of `config` (with `sets`) into `out`; with `reuse`, an existing report."""
     if not (reuse and (out / "evaluate.json").exists()):
-        cmd = [str(ENSEMBLE), "evaluate", "--config", str(ROOT / config), "--cv", "--ref", str(data), "-o", str(out),
+        cmd = [str(ENSEMBLE), "evaluate", "--config", str(config), "--cv", "--ref", str(data), "-o", str(out),
                "--force", *[a for s in sets for a in ("--set", s)]]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "evaluate.json").read_text())
@@ -147,6 +151,23 @@ def model(report: dict, name: str) -> dict:
     return {z: report["per_case_dsc"][z][name] for z in ZONES}
 
 
+def minus_best_member(report: dict) -> dict:
+    """Per zone: the report's best member and its ensemble-minus-best-member summary."""
+    return {z: {"best_member": report["zones"][z]["best_member"],
+                **{k: round(v, 4) if isinstance(v, float) else v
+                   for k, v in report["zones"][z]["ensemble_minus_best_member_dsc"].items()
+                   if k in ("mean", "ci_low", "ci_high", "wilcoxon_p", "n")}} for z in ZONES}
+
+
+def print_comparisons(comparisons: dict) -> None:
+    for name, comp in comparisons.items():
+        if "skipped" in comp:
+            print(name, comp["skipped"])
+            continue
+        print(name, " ".join(f"{z} {c['a_mean']:.3f}-{c['b_mean']:.3f}={c['mean_diff']:+.3f} ({c['improved']}/{c['n']})"
+                             for z, c in comp.items()))
+
+
 def compare(a: tuple[dict | None, str], b: tuple[dict | None, str]) -> dict:
     """Member or ensemble row a minus row b, each (report, row name); skipped if a report is missing."""
     if a[0] is None or b[0] is None:
@@ -179,10 +200,7 @@ def main() -> int:
     summaries = {n: {z: {m: {k: round(v, 4) if isinstance(v, float) else v for k, v in r["zones"][z]["dsc"][m].items()
                              if k in ("mean", "median", "ci_low", "ci_high", "n")}
                          for m in r["zones"][z]["dsc"]} for z in ZONES} for n, r in reports.items() if r}
-    best = {z: {"best_member": reports["shipped"]["zones"][z]["best_member"],
-                **{k: round(v, 4) if isinstance(v, float) else v
-                   for k, v in reports["shipped"]["zones"][z]["ensemble_minus_best_member_dsc"].items()
-                   if k in ("mean", "ci_low", "ci_high", "wilcoxon_p", "n")}} for z in ZONES}
+    best = minus_best_member(reports["shipped"])
     peer = {c: {"ours_cv": round(shipped["WG"][c], 4), **{f"{n}_cv": round(e["WG"][c], 4) for n, e in earlier.items()},
                 "taps": t, "ours_beats_taps": shipped["WG"][c] > t} for c, t in TAPS.items() if c in shipped["WG"]}
     out = {"command": "python bench/bundle_ablations.py", "cases": "5 expert-labelled patients (prostate158 001, 002, "
@@ -191,12 +209,7 @@ def main() -> int:
            "summaries": summaries, "ensemble_minus_best_member": best, "comparisons": comparisons,
            "taps_cases_wg": peer, "promise12_case00_wg": case00s}
     write_json(repo_relative(out, ROOT), ROOT / "bench/results/bundle_ablations.json")
-    for name, comp in comparisons.items():
-        if "skipped" in comp:
-            print(name, comp["skipped"])
-            continue
-        print(name, " ".join(f"{z} {c['a_mean']:.3f}-{c['b_mean']:.3f}={c['mean_diff']:+.3f} ({c['improved']}/{c['n']})"
-                             for z, c in comp.items()))
+    print_comparisons(comparisons)
     for z, b in best.items():
         print(f"ensemble - best member ({b['best_member']}) {z}: {b['mean']:+.3f} ({b['ci_low']:+.3f} to {b['ci_high']:+.3f})")
     for c, p in peer.items():

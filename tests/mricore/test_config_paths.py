@@ -11,7 +11,6 @@ from mricore.config import load_config
 from segment.config import SegmentConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-BUNDLED = ROOT / "ensemble" / "models" / "default"
 
 
 def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path, monkeypatch):
@@ -46,10 +45,8 @@ def test_repository_configs_point_at_the_shared_data_and_the_runs_folder(path, m
 
     from localize.config import LocalizeConfig
 
-    if "members" in yaml.safe_load(path.read_text()):  # an ensemble config: members trained into the
-        # repository's runs/bundle, or packed into the bundled ensemble
-        for m in load_ensemble_config(path).members:
-            assert Path(m).parent.parent == ROOT / "runs" / "bundle" or Path(m).parent == BUNDLED, m
+    if "members" in yaml.safe_load(path.read_text()):  # an ensemble config: members in the repository runs/bundle
+        assert all(Path(m).parent.parent == ROOT / "runs" / "bundle" for m in load_ensemble_config(path).members)
         return
 
     monkeypatch.chdir(tmp_path)

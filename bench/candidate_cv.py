@@ -1,9 +1,9 @@
-"""Would more members make the bundled ensemble better? Both under the same honest cross-validation.
+"""Would other members make the bundled ensemble better? Both under the same honest cross-validation.
 
 Runs `ensemble evaluate --cv` on the 5 expert-labelled patients for the bundled default ensemble
 (ensemble/models/default, as packed) and for the same ensemble with the --add member folders beside
-its own (e.g. the three folds of a new member family), each case scored only by the members of the fold
-that held it out. Prints and writes, per zone (WG, TZ, PZ), paired per-case DSC differences (mean,
+its own (e.g. the three folds of a new member family), or with --replace in place of its own (the
+same locator and settings), each case scored only by the members of the fold that held it out. Prints and writes, per zone (WG, TZ, PZ), paired per-case DSC differences (mean,
 bootstrap 95 % CI, Wilcoxon p, cases improved; mricore.stats) of the candidate ensemble and of each of
 its member families against the bundle, the candidate's ensemble minus its best member, and the rule
 fixed before the scores are seen: the candidate ships only if no zone's CV mean is lower than the
@@ -11,6 +11,8 @@ bundle's and at least one is higher.
 
     .venv/bin/python bench/candidate_cv.py --name member3d --add runs/bundle/dynunet3d/fold_{0,1,2} \
         --out bench/results/member3d_cv.json [--reuse]
+    .venv/bin/python bench/candidate_cv.py --name selftrained_dynunet --replace \
+        --add runs/bundle/dynunet2d_long_pseudo/fold_{0,1,2} --out bench/results/selftrained_dynunet_cv.json
 
 Reports go to runs/candidates/bundle and runs/candidates/NAME; --reuse reads them if there. A few
 minutes on 2 cores.
@@ -40,9 +42,11 @@ def main() -> int:
     ap.add_argument("--add", nargs="+", type=Path, required=True, help="member folders to add to the bundle's")
     ap.add_argument("--out", type=Path, required=True, help="JSON to write (bench/results/...)")
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--replace", action="store_true", help="the --add members replace the bundle's")
     ap.add_argument("--reuse", action="store_true", help="read existing runs/candidates reports")
     args = ap.parse_args()
-    members = load_ensemble_config(BUNDLE).members + [str(m.resolve()) for m in args.add]
+    own = [] if args.replace else load_ensemble_config(BUNDLE).members
+    members = own + [str(m.resolve()) for m in args.add]
     folder = ROOT / "runs" / "candidates"
     bundle = cv_report(BUNDLE, [], args.data, folder / "bundle", args.reuse)
     cand = cv_report(BUNDLE, [f"members=[{','.join(members)}]"], args.data, folder / args.name, args.reuse)
@@ -56,10 +60,12 @@ def main() -> int:
     per_case = {z: {c: {"bundle": round(base[z][c], 4), **{m: round(v[c], 4) for m, v in cand["per_case_dsc"][z].items()}}
                     for c in sorted(base[z])} for z in ZONES}
     added = " ".join(repo_relative(str(m.resolve()), ROOT) for m in args.add)
-    out = {"command": f"python bench/candidate_cv.py --name {args.name} --add {added} "
+    replace = " --replace" if args.replace else ""
+    out = {"command": f"python bench/candidate_cv.py --name {args.name}{replace} --add {added} "
                       f"--out {repo_relative(str(args.out.resolve()), ROOT)}",
            "cases": f"{bundle['n_cases']} expert-labelled patients, 3 patient-level folds, each case scored by its "
                     "fold's members", "bundle": "ensemble/models/default (as packed)",
+           "candidate": "the --add members alone" if args.replace else "the bundle's members and the --add members",
            "candidate_members": cand["members"], "comparisons": comparisons, "rule": rule,
            "candidate_minus_best_member": best, "per_case_dsc": per_case}
     args.out.parent.mkdir(parents=True, exist_ok=True)

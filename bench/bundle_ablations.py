@@ -151,12 +151,16 @@ def model(report: dict, name: str) -> dict:
     return {z: report["per_case_dsc"][z][name] for z in ZONES}
 
 
+def rounded(summary: dict, keys: tuple[str, ...]) -> dict:
+    """The `keys` of a mricore.stats summary, floats to 4 decimals."""
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k in keys}
+
+
 def minus_best_member(report: dict) -> dict:
     """Per zone: the report's best member and its ensemble-minus-best-member summary."""
     return {z: {"best_member": report["zones"][z]["best_member"],
-                **{k: round(v, 4) if isinstance(v, float) else v
-                   for k, v in report["zones"][z]["ensemble_minus_best_member_dsc"].items()
-                   if k in ("mean", "ci_low", "ci_high", "wilcoxon_p", "n")}} for z in ZONES}
+                **rounded(report["zones"][z]["ensemble_minus_best_member_dsc"],
+                          ("mean", "ci_low", "ci_high", "wilcoxon_p", "n"))} for z in ZONES}
 
 
 def print_comparisons(comparisons: dict) -> None:
@@ -197,9 +201,9 @@ def main() -> int:
         **{f"{m}_long_pseudo_minus_{m}_long": compare((r["selftrain"], f"{m}_long_pseudo"), (r["selftrain"], f"{m}_long"))
            for m in ("unet25d", "dynunet2d")},
     }
-    summaries = {n: {z: {m: {k: round(v, 4) if isinstance(v, float) else v for k, v in r["zones"][z]["dsc"][m].items()
-                             if k in ("mean", "median", "ci_low", "ci_high", "n")}
-                         for m in r["zones"][z]["dsc"]} for z in ZONES} for n, r in reports.items() if r}
+    summaries = {n: {z: {m: rounded(stats, ("mean", "median", "ci_low", "ci_high", "n"))
+                         for m, stats in r["zones"][z]["dsc"].items()} for z in ZONES}
+                 for n, r in reports.items() if r}
     best = minus_best_member(reports["shipped"])
     peer = {c: {"ours_cv": round(shipped["WG"][c], 4), **{f"{n}_cv": round(e["WG"][c], 4) for n, e in earlier.items()},
                 "taps": t, "ours_beats_taps": shipped["WG"][c] > t} for c, t in TAPS.items() if c in shipped["WG"]}

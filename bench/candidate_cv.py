@@ -3,9 +3,10 @@
 Runs `ensemble evaluate --cv` on the 5 expert-labelled patients for the bundled default ensemble
 (ensemble/models/default, as packed) and for the same ensemble with the --add member folders beside
 its own (e.g. the three folds of a new member family), or with --replace in place of its own (the
-same locator and settings), each case scored only by the members of the fold that held it out. Prints and writes, per zone (WG, TZ, PZ), paired per-case DSC differences (mean,
-bootstrap 95 % CI, Wilcoxon p, cases improved; mricore.stats) of the candidate ensemble and of each of
-its member families against the bundle, the candidate's ensemble minus its best member, and the rule
+same locator and settings), each case scored only by the members of the fold that held it out.
+Prints and writes, per zone (WG, TZ, PZ), paired per-case DSC differences (mean, bootstrap 95 % CI,
+Wilcoxon p, cases improved; mricore.stats) of the candidate ensemble and of each of its member
+families against the bundle, the candidate's ensemble minus its best member, and the rule
 fixed before the scores are seen: the candidate ships only if no zone's CV mean is lower than the
 bundle's and at least one is higher.
 

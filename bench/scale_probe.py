@@ -1,0 +1,85 @@
+"""Is a case missed because of its gland's size? The bundle's held-out members on rescaled voxels.
+
+Each expert-labelled case is predicted by the members of an ensemble that held it out
+(ensemble.evaluate.cv_groups, as `ensemble evaluate --cv` does), with its in-plane voxel size
+multiplied by each --factors value: the image, and so its gland, then measures that factor of its true
+size, while voxels and reference stay as they are. DSC per zone against the expert reference, voxel by
+voxel. A case whose DSC rises as it is shrunk has a gland larger than its members learned to see: a
+scale gap, which scale augmentation in training addresses (configs/bundle/dynunet2d_scale.yaml).
+A diagnostic, never a selection: no factor is applied in prediction.
+
+    .venv/bin/python bench/scale_probe.py --cases 001 --out bench/results/scale_probe.json
+
+About 10 s per case and factor on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ensemble.evaluate import cv_groups  # noqa: E402
+from ensemble.members import read_members  # noqa: E402
+from ensemble.predict import infer_case, read_case, resolve_config, source_from_case  # noqa: E402
+from mricore.datasets import load_dataset, read_ref  # noqa: E402
+from mricore.io import repo_relative, write_json  # noqa: E402
+from mricore.metrics import zone_metrics  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+BUNDLE = ROOT / "ensemble" / "models" / "default" / "ensemble.yaml"
+
+
+def scaled(image, factor: float):
+    """`image` with its in-plane voxel size times `factor`, about the volume centre."""
+    a = image.affine.copy()
+    centre = a @ np.r_[(np.array(image.shape) - 1) / 2.0, 1]
+    a[:3, :2] *= factor
+    a[:3, 3] += centre[:3] - (a @ np.r_[(np.array(image.shape) - 1) / 2.0, 1])[:3]
+    return replace(image, affine=a)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=BUNDLE, help="ensemble config (default: the bundle)")
+    ap.add_argument("--cases", nargs="*", help="case ids (default: every expert-labelled case held out)")
+    ap.add_argument("--factors", nargs="+", type=float, default=[0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, required=True, help="JSON to write (bench/results/...)")
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        print(f"skipped: no data folder at {args.data}")
+        return 0
+    cfg = resolve_config(args.config)
+    members = read_members(cfg.members)
+    cases = [c for c in load_dataset(args.data) if "zones" in c.labels]
+    groups = cv_groups(members, [c.case_id for c in cases])
+    cases = [c for c in cases if c.case_id in groups and (not args.cases or c.case_id in args.cases)]
+    results = {}
+    for case in cases:
+        used = [members[i] for i in groups[case.case_id]]
+        read = read_case(source_from_case(case), used, cfg, notify=False, accept=True)
+        ref = read_ref(case.labels["zones"], "zones", case.case_id).array[0]
+        results[case.case_id] = {"members": [m.name for m in used], "dsc": {}}
+        for f in args.factors:
+            _, result, _ = infer_case(replace(read, image=scaled(read.image, f)), cfg)
+            m = zone_metrics(result.label, ref, read.image.spacing)
+            results[case.case_id]["dsc"][str(f)] = {z: round(float(v["dsc"]), 4) for z, v in m.items()}
+            print(case.case_id, f, results[case.case_id]["dsc"][str(f)], flush=True)
+    report = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+              "config": str(args.config), "factors": args.factors,
+              "meaning": "in-plane voxel size times factor: the gland measures factor x its size; DSC vs the "
+                         "expert zones by the members that held the case out", "cases": results}
+    write_json(repo_relative(report, ROOT), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

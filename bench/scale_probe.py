@@ -39,9 +39,8 @@ BUNDLE = ROOT / "ensemble" / "models" / "default" / "ensemble.yaml"
 def scaled(image, factor: float):
     """`image` with its in-plane voxel size times `factor`, about the volume centre."""
     a = image.affine.copy()
-    centre = a @ np.r_[(np.array(image.shape) - 1) / 2.0, 1]
     a[:3, :2] *= factor
-    a[:3, 3] += centre[:3] - (a @ np.r_[(np.array(image.shape) - 1) / 2.0, 1])[:3]
+    a[:3, 3] += (image.affine - a)[:3, :3] @ ((np.array(image.shape) - 1) / 2.0)  # centre voxel stays put
     return replace(image, affine=a)
 
 

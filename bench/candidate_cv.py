@@ -14,6 +14,8 @@ bundle's and at least one is higher.
         --out bench/results/member3d_cv.json [--reuse]
     .venv/bin/python bench/candidate_cv.py --name selftrained_dynunet --replace \
         --add runs/bundle/dynunet2d_long_pseudo/fold_{0,1,2} --out bench/results/selftrained_dynunet_cv.json
+    .venv/bin/python bench/candidate_cv.py --name scale_tta --set "tta_scales=[0.8,1.0,1.25]" \
+        --out bench/results/scale_tta_cv.json
 
 Reports go to runs/candidates/bundle and runs/candidates/NAME; --reuse reads them if there. A few
 minutes on 2 cores.
@@ -40,7 +42,9 @@ BUNDLE = ROOT / "ensemble" / "models" / "default" / "ensemble.yaml"
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True, help="the candidate's name (its report folder)")
-    ap.add_argument("--add", nargs="+", type=Path, required=True, help="member folders to add to the bundle's")
+    ap.add_argument("--add", nargs="+", type=Path, default=[], help="member folders to add to the bundle's")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="ensemble settings of the candidate, e.g. tta_scales=[0.8,1.0,1.25]")
     ap.add_argument("--out", type=Path, required=True, help="JSON to write (bench/results/...)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--replace", action="store_true", help="the --add members replace the bundle's")
@@ -48,9 +52,11 @@ def main() -> int:
     args = ap.parse_args()
     own = [] if args.replace else load_ensemble_config(BUNDLE).members
     members = own + [str(m.resolve()) for m in args.add]
+    if not args.add and not args.set:
+        ap.error("give --add member folders, --set settings, or both")
     folder = ROOT / "runs" / "candidates"
     bundle = cv_report(BUNDLE, [], args.data, folder / "bundle", args.reuse)
-    cand = cv_report(BUNDLE, [f"members=[{','.join(members)}]"], args.data, folder / args.name, args.reuse)
+    cand = cv_report(BUNDLE, [f"members=[{','.join(members)}]", *args.set], args.data, folder / args.name, args.reuse)
     base = model(bundle, "ensemble")
     comparisons = {f"{m}_minus_bundle": paired(model(cand, m), base) for m in cand["per_case_dsc"]["WG"]}
     ens = comparisons["ensemble_minus_bundle"]
@@ -61,12 +67,14 @@ def main() -> int:
     per_case = {z: {c: {"bundle": round(base[z][c], 4), **{m: round(v[c], 4) for m, v in cand["per_case_dsc"][z].items()}}
                     for c in sorted(base[z])} for z in ZONES}
     added = " ".join(repo_relative(str(m.resolve()), ROOT) for m in args.add)
-    replace = " --replace" if args.replace else ""
-    out = {"command": f"python bench/candidate_cv.py --name {args.name}{replace} --add {added} "
+    flags = (" --replace" if args.replace else "") + (f" --add {added}" if added else "") + \
+        (" --set " + " ".join(args.set) if args.set else "")
+    out = {"command": f"python bench/candidate_cv.py --name {args.name}{flags} "
                       f"--out {repo_relative(str(args.out.resolve()), ROOT)}",
            "cases": f"{bundle['n_cases']} expert-labelled patients, 3 patient-level folds, each case scored by its "
                     "fold's members", "bundle": "ensemble/models/default (as packed)",
-           "candidate": "the --add members alone" if args.replace else "the bundle's members and the --add members",
+           "candidate": ("the --add members alone" if args.replace else "the bundle's members and the --add members")
+                        + (", with " + ", ".join(args.set) if args.set else ""),
            "candidate_members": cand["members"], "comparisons": comparisons, "rule": rule,
            "candidate_minus_best_member": best, "per_case_dsc": per_case}
     args.out.parent.mkdir(parents=True, exist_ok=True)

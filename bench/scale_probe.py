@@ -6,7 +6,8 @@ multiplied by each --factors value: the image, and so its gland, then measures t
 size, while voxels and reference stay as they are. DSC per zone against the expert reference, voxel by
 voxel. A case whose DSC rises as it is shrunk has a gland larger than its members learned to see: a
 scale gap, which scale augmentation in training addresses (configs/bundle/dynunet2d_scale.yaml).
-A diagnostic, never a selection: no factor is applied in prediction.
+A diagnostic, never a selection: it chose no factor of the ensemble's multi-scale test-time
+augmentation (`tta_scales`, scored by bench/candidate_cv.py --set).
 
     .venv/bin/python bench/scale_probe.py --cases 001 --out bench/results/scale_probe.json
 
@@ -20,8 +21,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -34,14 +33,6 @@ from mricore.metrics import zone_metrics  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 BUNDLE = ROOT / "ensemble" / "models" / "default" / "ensemble.yaml"
-
-
-def scaled(image, factor: float):
-    """`image` with its in-plane voxel size times `factor`, about the volume centre."""
-    a = image.affine.copy()
-    a[:3, :2] *= factor
-    a[:3, 3] += (image.affine - a)[:3, :3] @ ((np.array(image.shape) - 1) / 2.0)  # centre voxel stays put
-    return replace(image, affine=a)
 
 
 def main() -> int:
@@ -67,7 +58,7 @@ def main() -> int:
         ref = read_ref(case.labels["zones"], "zones", case.case_id).array[0]
         results[case.case_id] = {"members": [m.name for m in used], "dsc": {}}
         for f in args.factors:
-            _, result, _ = infer_case(replace(read, image=scaled(read.image, f)), cfg)
+            _, result, _ = infer_case(replace(read, image=read.image.inplane_scaled(f)), cfg)
             m = zone_metrics(result.label, ref, read.image.spacing)
             results[case.case_id]["dsc"][str(f)] = {z: round(float(v["dsc"]), 4) for z, v in m.items()}
             print(case.case_id, f, results[case.case_id]["dsc"][str(f)], flush=True)

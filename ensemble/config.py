@@ -53,6 +53,9 @@ class EnsembleConfig:
         (mricore.qa.ReviewConfig; calibrated by bench/qa_bench.py).
     probabilities: also write probabilities.nii.gz (float32: NIfTI-1 has no half-float type).
     tta: left-right flip test-time augmentation in every member (doubles network time).
+    tta_scales: multi-scale test-time augmentation: each member also predicts the image with its
+        in-plane voxel size times each factor (the gland looks that much smaller or larger), averaged
+        on the input's voxels; must hold 1.0 (the member label maps); each factor costs one more pass.
     register: rigid registration of ADC/DWI onto T2W before preprocessing (else resampling by affine).
     n4: N4 bias-field correction of the T2W channel (mricore.bias) before the locator and the members;
         the quality checks still judge the input as given.
@@ -70,6 +73,7 @@ class EnsembleConfig:
     review: ReviewConfig = field(default_factory=ReviewConfig)
     probabilities: bool = False
     tta: bool = False
+    tta_scales: list[float] = field(default_factory=lambda: [1.0])
     register: bool = False
     n4: bool = False
     locator: str | None = None
@@ -82,6 +86,10 @@ class EnsembleConfig:
         if self.method not in METHODS:
             raise ConfigError(f"{where}: method", "unknown combination method", repr(self.method),
                               f"use one of {list(METHODS)}")
+        if 1.0 not in self.tta_scales or not all(isinstance(s, (int, float)) and 0.25 <= s <= 4
+                                                  for s in self.tta_scales):
+            raise ConfigError(f"{where}: tta_scales", "needs 1.0 and factors in [0.25, 4]", self.tta_scales,
+                              "e.g. tta_scales: [0.8, 1.0, 1.25], or [1.0] for none")
         if self.locator_margin_mm is not None and not self.locator_margin_mm >= 0:
             raise ConfigError(f"{where}: locator_margin_mm", "must be >= 0 (mm) or null", self.locator_margin_mm, "e.g. 15")
         if self.weights is not None:

@@ -15,6 +15,10 @@ first; members whose spec crops around the gland (crop_centre "gland") are centr
 box, and everything farther than `locator_margin_mm` from that box is background. With `n4`, the T2W
 channel is bias-corrected (mricore.bias) before both stages; members whose spec says `n4` (trained on
 corrected images) share one correction per case either way.
+Multi-scale test-time augmentation (`tta_scales`, off by default): every member also sees the image
+with its in-plane voxel size times each factor (mricore.volume.Volume.inplane_scaled: same voxels, so
+its gland looks that much smaller or larger) and the probabilities are averaged over the factors on
+the input's own voxels; member label maps come from factor 1.
 Member label maps (for vote, STAPLE and disagreement) are each member's argmax on its working grid,
 carried to the input grid with nearest neighbour (masks are never interpolated).
 """
@@ -128,26 +132,30 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
 
     acc = combine.WeightedSum()
     member_labels = np.zeros((len(used),) + image.shape, np.uint8)
-    for idxs in groups.values():
+    for idxs, scale in ((idxs, s) for idxs in groups.values() for s in cfg.tta_scales):
         t = time.perf_counter()
         spec = used[idxs[0]].spec
         if spec.n4:  # trained on corrected T2W: every such group shares the one correction
             corrected = corrected if corrected is not None else bias_corrected(image, "T2W")
-            prep = preprocess(corrected, replace(spec, n4=False), centre)
+            source, spec = corrected, replace(spec, n4=False)
         else:
-            prep = preprocess(image, spec, centre)
+            source = image
+        if scale != 1.0:  # same voxels, anatomy `scale` x its size: results stay on the input's voxels
+            source = source.inplane_scaled(scale)
+        prep = preprocess(source, spec, None if centre is None else world_on(centre, image, source))
         timings["preprocess"] += time.perf_counter() - t
         work = combine.WeightedSum()
         t = time.perf_counter()
-        to_input = nearest_index_map(prep)
+        to_input = nearest_index_map(prep) if scale == 1.0 else None
         timings["restore"] += time.perf_counter() - t
         for i in idxs:
             t = time.perf_counter()
             prob = used[i].segmenter.probabilities(prep.array, tta_flip=cfg.tta)
-            timings["network"][used[i].name] = time.perf_counter() - t
+            timings["network"][used[i].name] = timings["network"].get(used[i].name, 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             work.add(prob, weights[i])
-            member_labels[i] = carry_labels(zones.labels_from_probabilities(prob), to_input)
+            if to_input is not None:  # member label maps: each member at the input's own scale
+                member_labels[i] = carry_labels(zones.labels_from_probabilities(prob), to_input)
             timings["restore"] += time.perf_counter() - t
             del prob
         t = time.perf_counter()
@@ -207,6 +215,13 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     if staple_perf is not None:
         info["staple_performance"] = {m.name: p for m, p in zip(used, staple_perf)}
     return EnsembleResult(label, prob, ent, dis, member_labels, info)
+
+
+def world_on(point_mm: np.ndarray, grid: Volume, other: Volume) -> np.ndarray:
+    """The world point of `other` at the voxel where `point_mm` lies on `grid` (same voxel array, other
+    affine: an in-plane rescaled copy)."""
+    voxel = np.linalg.solve(grid.affine, np.append(point_mm, 1.0))
+    return (other.affine @ voxel)[:3]
 
 
 def _rounded(t: dict) -> dict:

@@ -100,6 +100,15 @@ class Volume:
     def same_grid(self, other: "Volume") -> bool:
         return same_grid(self.shape, self.affine, other.shape, other.affine)
 
+    def inplane_scaled(self, factor: float) -> "Volume":
+        """Same voxels, in-plane voxel size (axes i, j) times `factor` about the centre voxel: anatomy
+        then measures `factor` x its size. Slice axis and orientation are unchanged, so labels or
+        probabilities computed on the result belong voxel for voxel to this volume too."""
+        a = self.affine.copy()
+        a[:3, :2] *= factor
+        a[:3, 3] += (self.affine - a)[:3, :3] @ ((np.array(self.shape) - 1) / 2.0)  # centre voxel stays put
+        return replace(self, affine=a)
+
 
 def same_grid(shape_a, affine_a, shape_b, affine_b, atol: float = GRID_ATOL_MM) -> bool:
     """True when two grids have equal shapes and affines within `atol` mm."""

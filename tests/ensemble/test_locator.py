@@ -3,6 +3,7 @@ output; without a locator, or when it finds nothing, the ensemble runs in one st
 
 import json
 import shutil
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -97,3 +98,35 @@ def test_without_a_margin_the_locator_only_centres(monkeypatch, off_centre, glan
     res, centres = _run(monkeypatch, image, gland_member, gland.astype(np.uint8), margin=None)
     np.testing.assert_allclose(centres[0], gland_centre(gland, image.affine))
     assert res.info["locator"]["used"] and res.info["locator"]["margin_mm"] is None
+
+
+def test_multiscale_tta_averages_passes_on_the_input_voxels(monkeypatch, off_centre, gland_member):
+    """tta_scales: one pass per factor, each crop centred on the located gland's voxel (not its world
+    point: the rescaled copy moves it), averaged; a repeated factor changes nothing."""
+    image, gland = off_centre
+    res1, _ = _run(monkeypatch, image, gland_member, gland.astype(np.uint8))
+    centres, real = [], engine.preprocess
+
+    def recorded(img, spec, centre=None):
+        if spec is not STUB_SPEC:
+            centres.append(np.linalg.solve(img.affine, np.append(centre, 1.0))[:3])  # as a voxel of img
+        return real(img, spec, centre)
+    monkeypatch.setattr(engine, "preprocess", recorded)
+    monkeypatch.setattr(engine, "read_locator", lambda path: _stub(gland.astype(np.uint8)))
+    base = EnsembleConfig(members=[str(gland_member[0].path)], locator="stub", locator_margin_mm=10.0)
+    twice = engine.run_ensemble(image, gland_member, replace(base, tta_scales=[1.0, 1.0]))
+    np.testing.assert_allclose(twice.prob, res1.prob, atol=1e-6)
+    centres.clear()
+    multi = engine.run_ensemble(image, gland_member, replace(base, tta_scales=[0.8, 1.0]))
+    np.testing.assert_allclose(centres[0], centres[1], atol=1e-6)
+    np.testing.assert_array_equal(multi.member_labels, res1.member_labels)  # member maps: factor 1
+    assert multi.prob.shape == res1.prob.shape and not np.allclose(multi.prob, res1.prob, atol=1e-3)
+    np.testing.assert_allclose(multi.prob.sum(0), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("scales", [[0.8], [1.0, 0.1], [1.0, "x"]])
+def test_tta_scales_need_one_and_sane_factors(scales):
+    from mricore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tta_scales"):
+        EnsembleConfig(members=["m"], tta_scales=scales).validate()

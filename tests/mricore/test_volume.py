@@ -54,3 +54,14 @@ def test_stack_refuses_same_shape_but_shifted_affine():
     shifted[0, 3] = 0.5  # half a voxel: same shape, different grid
     with pytest.raises(GeometryError):
         stack([a, Volume(np.zeros((1, 3, 3, 3), np.float32), shifted, ("ADC",))])
+
+
+def test_inplane_scaled_keeps_the_centre_voxel_and_the_slice_axis(data_dir):
+    vol = read_nifti(data_dir / "prostate158/001/t2.nii.gz", "T2W")  # oblique affine
+    half = vol.inplane_scaled(0.8)
+    centre = np.append((np.array(vol.shape) - 1) / 2.0, 1.0)
+    np.testing.assert_allclose(half.affine @ centre, vol.affine @ centre, atol=1e-6)
+    np.testing.assert_allclose(half.affine[:3, :2], 0.8 * vol.affine[:3, :2])
+    np.testing.assert_array_equal(half.affine[:3, 2], vol.affine[:3, 2])
+    np.testing.assert_allclose(half.spacing, [0.8 * vol.spacing[0], 0.8 * vol.spacing[1], vol.spacing[2]])
+    assert half.array is vol.array  # same voxels

@@ -25,6 +25,7 @@ carried to the input grid with nearest neighbour (masks are never interpolated).
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field, replace
 
@@ -132,7 +133,7 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
 
     acc = combine.WeightedSum()
     member_labels = np.zeros((len(used),) + image.shape, np.uint8)
-    for idxs, scale in ((idxs, s) for idxs in groups.values() for s in cfg.tta_scales):
+    for idxs, scale in itertools.product(groups.values(), cfg.tta_scales):
         t = time.perf_counter()
         spec = used[idxs[0]].spec
         if spec.n4:  # trained on corrected T2W: every such group shares the one correction
@@ -140,9 +141,11 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
             source, spec = corrected, replace(spec, n4=False)
         else:
             source = image
+        here = centre
         if scale != 1.0:  # same voxels, anatomy `scale` x its size: results stay on the input's voxels
-            source = source.inplane_scaled(scale)
-        prep = preprocess(source, spec, None if centre is None else world_on(centre, image, source))
+            unscaled, source = source, source.inplane_scaled(scale)
+            here = None if centre is None else world_on(centre, unscaled, source)
+        prep = preprocess(source, spec, here)
         timings["preprocess"] += time.perf_counter() - t
         work = combine.WeightedSum()
         t = time.perf_counter()

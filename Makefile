@@ -34,7 +34,7 @@ test: venv
 # and the ablation members (each family on its short schedule, the 2D U-Net without the teacher, the 3D
 # DynUNet scored by bench/candidate_cv.py, and the short DynUNet with one change each: per-zone
 # intensity shift, N4 in its preprocessing, and self-training on the long members' confident zones,
-# `make bundle-pseudo`).
+# `make bundle-pseudo`; and the three families with wide scale augmentation, SCALE_AUG below).
 # `make bundle-pack` then scores the held-out folds (cross-validated), packs ensemble/models/default
 # with its model card, exports ONNX and runs the benches: TAPS side by side (plain and with N4) and
 # bench/bundle_ablations.py (one stage vs two, margin, flips, teacher, schedule, N4, the DynUNet variants).
@@ -49,6 +49,12 @@ DYN_N4 := --set name=dynunet2d_n4 --set preprocess.n4=true
 # ablation, and the long families as <family>_long_pseudo (configs/bundle/selftrain_ablation.yaml).
 PSEUDO_LABELS := --set data.teacher=runs/pseudo/fold_{fold}/labels/datalist.json
 DYN_PSEUDO := --set name=dynunet2d_pseudo $(PSEUDO_LABELS)
+# Scale augmentation (candidates, not shipped: bench/results/scale_dynunet_cv.json, scale_all_cv.json): zoom
+# in [0.7, 1.3] on half the patches instead of [0.9, 1.1] on 30 %, nothing else changed. The DynUNet trains
+# from scratch; the two U-Nets fine-tune 50 epochs at lr 0.001 from the same fold's long member (which never
+# saw that fold's held-out patients).
+SCALE_AUG := --set augment.scale_p=0.5 --set augment.scale_range=0.3
+SCALE_FINETUNE := $(SCALE_AUG) --set train.epochs=50 --set train.lr=0.001
 BUNDLE_MEMBERS := $(foreach c,unet2d_long unet25d_long dynunet2d_long,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
 bundle: bundle-train bundle-pack
 
@@ -62,6 +68,10 @@ bundle-train: venv
 	  $(BIN)/segment train --config configs/bundle/dynunet2d.yaml --fold $$f --force $$v || exit 1; done; done
 	for c in dynunet2d_long unet25d_long; do for f in 0 1 2; do \
 	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force --set name=$${c}_pseudo $(PSEUDO_LABELS) || exit 1; done; done
+	for f in 0 1 2; do \
+	  $(BIN)/segment train --config configs/bundle/dynunet2d_long.yaml --fold $$f --force --set name=dynunet2d_scale $(SCALE_AUG) || exit 1; \
+	  for c in unet2d unet25d; do $(BIN)/segment train --config configs/bundle/$${c}_long.yaml --fold $$f --force \
+	    --init-from $(BUNDLE_RUNS)/$${c}_long/fold_$$f --set name=$${c}_scale $(SCALE_FINETUNE) || exit 1; done; done
 
 # Self-training labels, fold by fold: fold K's shipped members (the three long families) predict the
 # teacher studies, and `segment pseudo-label` keeps their zones inside TAPS's glands where confident

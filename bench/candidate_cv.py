@@ -50,10 +50,10 @@ def main() -> int:
     ap.add_argument("--replace", action="store_true", help="the --add members replace the bundle's")
     ap.add_argument("--reuse", action="store_true", help="read existing runs/candidates reports")
     args = ap.parse_args()
-    own = [] if args.replace else load_ensemble_config(BUNDLE).members
-    members = own + [str(m.resolve()) for m in args.add]
     if not args.add and not args.set:
         ap.error("give --add member folders, --set settings, or both")
+    own = [] if args.replace else load_ensemble_config(BUNDLE).members
+    members = own + [str(m.resolve()) for m in args.add]
     folder = ROOT / "runs" / "candidates"
     bundle = cv_report(BUNDLE, [], args.data, folder / "bundle", args.reuse)
     cand = cv_report(BUNDLE, [f"members=[{','.join(members)}]", *args.set], args.data, folder / args.name, args.reuse)

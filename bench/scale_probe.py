@@ -5,7 +5,7 @@ Each expert-labelled case is predicted by the members of an ensemble that held i
 multiplied by each --factors value: the image, and so its gland, then measures that factor of its true
 size, while voxels and reference stay as they are. DSC per zone against the expert reference, voxel by
 voxel. A case whose DSC rises as it is shrunk has a gland larger than its members learned to see: a
-scale gap, which scale augmentation in training addresses (configs/bundle/dynunet2d_scale.yaml).
+scale gap, which scale augmentation in training addresses (SCALE_AUG in the Makefile).
 A diagnostic, never a selection: it chose no factor of the ensemble's multi-scale test-time
 augmentation (`tta_scales`, scored by bench/candidate_cv.py --set).
 

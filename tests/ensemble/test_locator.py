@@ -3,7 +3,6 @@ output; without a locator, or when it finds nothing, the ensemble runs in one st
 
 import json
 import shutil
-from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -54,8 +53,9 @@ def _stub(label: np.ndarray):
     return SimpleNamespace(name="stub", channels=["T2W"], spec=STUB_SPEC, segmenter=seg)
 
 
-def _run(monkeypatch, image, used, locator_label, margin=10.0):
-    """run_ensemble with the stub locator; the crop centres the members' preprocessing was given."""
+def _run(monkeypatch, image, used, locator_label, margin=10.0, **settings):
+    """run_ensemble with the stub locator (and any other EnsembleConfig `settings`); the crop centres
+    the members' preprocessing was given."""
     centres = []
     real = engine.preprocess
 
@@ -65,7 +65,7 @@ def _run(monkeypatch, image, used, locator_label, margin=10.0):
         return real(img, spec, centre)
     monkeypatch.setattr(engine, "preprocess", recorded)
     monkeypatch.setattr(engine, "read_locator", lambda path: _stub(locator_label))
-    cfg = EnsembleConfig(members=[str(m.path) for m in used], locator="stub", locator_margin_mm=margin)
+    cfg = EnsembleConfig(members=[str(m.path) for m in used], locator="stub", locator_margin_mm=margin, **settings)
     return engine.run_ensemble(image, used, cfg), centres
 
 
@@ -104,21 +104,14 @@ def test_multiscale_tta_averages_passes_on_the_input_voxels(monkeypatch, off_cen
     """tta_scales: one pass per factor, each crop centred on the located gland's voxel (not its world
     point: the rescaled copy moves it), averaged; a repeated factor changes nothing."""
     image, gland = off_centre
-    res1, _ = _run(monkeypatch, image, gland_member, gland.astype(np.uint8))
-    centres, real = [], engine.preprocess
-
-    def recorded(img, spec, centre=None):
-        if spec is not STUB_SPEC:
-            centres.append(np.linalg.solve(img.affine, np.append(centre, 1.0))[:3])  # as a voxel of img
-        return real(img, spec, centre)
-    monkeypatch.setattr(engine, "preprocess", recorded)
-    monkeypatch.setattr(engine, "read_locator", lambda path: _stub(gland.astype(np.uint8)))
-    base = EnsembleConfig(members=[str(gland_member[0].path)], locator="stub", locator_margin_mm=10.0)
-    twice = engine.run_ensemble(image, gland_member, replace(base, tta_scales=[1.0, 1.0]))
+    located = gland.astype(np.uint8)
+    res1, _ = _run(monkeypatch, image, gland_member, located)
+    twice, _ = _run(monkeypatch, image, gland_member, located, tta_scales=[1.0, 1.0])
     np.testing.assert_allclose(twice.prob, res1.prob, atol=1e-6)
-    centres.clear()
-    multi = engine.run_ensemble(image, gland_member, replace(base, tta_scales=[0.8, 1.0]))
-    np.testing.assert_allclose(centres[0], centres[1], atol=1e-6)
+    multi, centres = _run(monkeypatch, image, gland_member, located, tta_scales=[0.8, 1.0])
+    voxels = [np.linalg.solve(grid.affine, np.append(c, 1.0))[:3]  # each centre as a voxel of its pass's grid
+              for grid, c in zip([image.inplane_scaled(0.8), image], centres)]
+    np.testing.assert_allclose(voxels[0], voxels[1], atol=1e-6)
     np.testing.assert_array_equal(multi.member_labels, res1.member_labels)  # member maps: factor 1
     assert multi.prob.shape == res1.prob.shape and not np.allclose(multi.prob, res1.prob, atol=1e-3)
     np.testing.assert_allclose(multi.prob.sum(0), 1.0, atol=1e-4)

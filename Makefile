@@ -56,8 +56,8 @@ DYN_PSEUDO := --set name=dynunet2d_pseudo $(PSEUDO_LABELS)
 # saw that fold's held-out patients).
 SCALE_AUG := --set augment.scale_p=0.5 --set augment.scale_range=0.3
 SCALE_FINETUNE := $(SCALE_AUG) --set train.epochs=50 --set train.lr=0.001
-# Candidate (eleventh session): a 2.5D DynUNet (one neighbouring slice each side as channels) with the wide
-# zoom, from scratch, in place of the 2.5D U-Net family (bench/results/dynunet25d_cv.json).
+# The 2.5D DynUNet candidate (one neighbouring slice each side as channels) with the wide zoom, from scratch,
+# in place of the 2.5D U-Net family: passes its CV rule, held back (bench/results/dynunet25d_cv.json, the card).
 DYN25_SCALE := --set name=dynunet25d_scale --set model.context=1 $(SCALE_AUG)
 BUNDLE_MEMBERS := $(foreach c,unet2d_long unet25d_long dynunet2d_long,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
 bundle: bundle-train bundle-pack
@@ -75,8 +75,7 @@ bundle-train: venv
 	for f in 0 1 2; do \
 	  $(BIN)/segment train --config configs/bundle/dynunet2d_long.yaml --fold $$f --force --set name=dynunet2d_scale $(SCALE_AUG) || exit 1; \
 	  for c in unet2d unet25d; do $(BIN)/segment train --config configs/bundle/$${c}_long.yaml --fold $$f --force \
-	    --init-from $(BUNDLE_RUNS)/$${c}_long/fold_$$f --set name=$${c}_scale $(SCALE_FINETUNE) || exit 1; done; done
-	for f in 0 1 2; do \
+	    --init-from $(BUNDLE_RUNS)/$${c}_long/fold_$$f --set name=$${c}_scale $(SCALE_FINETUNE) || exit 1; done; \
 	  $(BIN)/segment train --config configs/bundle/dynunet2d_long.yaml --fold $$f --force $(DYN25_SCALE) || exit 1; done
 
 # Self-training labels, fold by fold: fold K's shipped members (the three long families) predict the

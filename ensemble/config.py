@@ -53,6 +53,10 @@ class EnsembleConfig:
         (mricore.qa.ReviewConfig; calibrated by bench/qa_bench.py).
     probabilities: also write probabilities.nii.gz (float32: NIfTI-1 has no half-float type).
     tta: left-right flip test-time augmentation in every member (doubles network time).
+    whole_slice: null: each member's own `predict.whole_slice` (automatic: whole slices unless it uses
+        instance norm); true: every 2D/2.5D member predicts each slice in one pass instead of
+        overlapping training-patch windows (an instance-norm member then normalises over the slice:
+        about the patch's field of view when the crop is close to the patch, as in the bundle).
     tta_scales: multi-scale test-time augmentation: each member also predicts the image with its
         in-plane voxel size times each factor (the gland looks that much smaller or larger), averaged
         on the input's voxels; must hold 1.0 (the member label maps); each factor costs one more pass.
@@ -73,6 +77,7 @@ class EnsembleConfig:
     review: ReviewConfig = field(default_factory=ReviewConfig)
     probabilities: bool = False
     tta: bool = False
+    whole_slice: bool | None = None
     tta_scales: list[float] = field(default_factory=lambda: [1.0])
     register: bool = False
     n4: bool = False

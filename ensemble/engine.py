@@ -153,7 +153,7 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
         timings["restore"] += time.perf_counter() - t
         for i in idxs:
             t = time.perf_counter()
-            prob = used[i].segmenter.probabilities(prep.array, tta_flip=cfg.tta)
+            prob = used[i].segmenter.probabilities(prep.array, tta_flip=cfg.tta, whole_slice=cfg.whole_slice)
             timings["network"][used[i].name] = timings["network"].get(used[i].name, 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             work.add(prob, weights[i])

@@ -25,7 +25,8 @@ from mricore.zones import LABEL_NAMES
 from .config import ModelConfig, PredictConfig, segmenter_configs
 from .networks import build_network, class_probabilities
 from .prediction import VolumePredictor
-from .windows import network_input, runs_whole_slices, size_divisor, uses_whole_slices, whole_slices, working_layout
+from .windows import (network_input, runs_whole_slices, size_divisor, uses_whole_slices, whole_slices,
+                      with_whole_slice, working_layout)
 
 OUTPUTS = "class probabilities (background, TZ, PZ); WG = TZ + PZ"
 
@@ -70,12 +71,13 @@ class Segmenter(VolumePredictor):
     def whole_slice(self) -> bool:
         return uses_whole_slices(self.model_cfg, self.predict_cfg)
 
-    def tiled(self, x: torch.Tensor, fn) -> torch.Tensor:
+    def tiled(self, x: torch.Tensor, fn, p: PredictConfig | None = None) -> torch.Tensor:
         """`fn` (network input batch -> output batch) applied the way inference applies the network:
         2D slices (K, C, H, W) whole, edge-padded to the size divisor, `sw_batch_size` per call; else
         windows of the training patch blended as MONAI's sliding window blends them. Grad-CAM runs
-        through here too, so it explains the inference that wrote the map."""
-        p = self.predict_cfg
+        through here too, so it explains the inference that wrote the map. p: predict settings
+        (default: the model's own)."""
+        p = p or self.predict_cfg
         if runs_whole_slices(self.model_cfg, p, x.shape[2:]):
             b = max(1, p.sw_batch_size)
 
@@ -89,20 +91,23 @@ class Segmenter(VolumePredictor):
         return sliding_window_inference(x, self.patch, p.sw_batch_size, FixedBatch(fn, p.sw_batch_size),
                                         overlap=p.overlap, mode=p.mode, padding_mode="replicate")
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, p: PredictConfig | None = None) -> torch.Tensor:
         """Network input (slices or one volume, see segment.windows.network_input) -> logits."""
-        return self.tiled(x, self.net)
+        return self.tiled(x, self.net, p)
 
     @torch.inference_mode()
-    def probabilities(self, array: np.ndarray, tta_flip: bool | None = None) -> np.ndarray:
+    def probabilities(self, array: np.ndarray, tta_flip: bool | None = None,
+                      whole_slice: bool | None = None) -> np.ndarray:
         """(C, I, J, K) normalised array on the working grid -> (3, I, J, K) float32 probabilities.
         tta_flip: average with the left-right flipped input (default: predict.tta_flip).
+        whole_slice: 2D slices in one pass (True) or in windows (False); default: predict.whole_slice.
         Always in eval mode: dropout off, BatchNorm on its running statistics (never updated here)."""
         self.net.eval()
+        p = with_whole_slice(self.predict_cfg, whole_slice)
         x = torch.from_numpy(network_input(array, self.model_cfg))
-        prob = class_probabilities(self.logits(x), self.model_cfg.label_scheme)
-        if self.predict_cfg.tta_flip if tta_flip is None else tta_flip:  # left-right flip: voxel axis i
-            prob = 0.5 * (prob + class_probabilities(self.logits(x.flip(2)), self.model_cfg.label_scheme).flip(2))
+        prob = class_probabilities(self.logits(x, p), self.model_cfg.label_scheme)
+        if p.tta_flip if tta_flip is None else tta_flip:  # left-right flip: voxel axis i
+            prob = 0.5 * (prob + class_probabilities(self.logits(x.flip(2), p), self.model_cfg.label_scheme).flip(2))
         return working_layout(prob.numpy(), self.model_cfg)
 
 

@@ -19,10 +19,10 @@ import numpy as np
 from mricore.errors import InputError
 from mricore.modelfolder import ModelMeta
 
-from .config import segmenter_configs
+from .config import PredictConfig, segmenter_configs
 from .prediction import VolumePredictor
 from .windows import (centre_pad, crop, network_input, runs_whole_slices, size_divisor, whole_slices, window_starts,
-                      working_layout)
+                      with_whole_slice, working_layout)
 
 
 def class_probabilities(logits: np.ndarray, scheme: str) -> np.ndarray:
@@ -89,16 +89,19 @@ class OnnxSegmenter(VolumePredictor):
                 out[(n, slice(None)) + box] += w * t
         return crop(out / norm, pads, size)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray, p: PredictConfig) -> np.ndarray:
         logits = (whole_slices(x, self._net, size_divisor(self.model_cfg))
-                  if runs_whole_slices(self.model_cfg, self.predict_cfg, x.shape[2:]) else self._windows(x))
+                  if runs_whole_slices(self.model_cfg, p, x.shape[2:]) else self._windows(x))
         return class_probabilities(logits, self.model_cfg.label_scheme)
 
-    def probabilities(self, array: np.ndarray, tta_flip: bool | None = None) -> np.ndarray:
+    def probabilities(self, array: np.ndarray, tta_flip: bool | None = None,
+                      whole_slice: bool | None = None) -> np.ndarray:
         """(C, I, J, K) normalised array on the working grid -> (3, I, J, K) float32 probabilities.
-        tta_flip: average with the left-right flipped input (default: predict.tta_flip)."""
+        tta_flip: average with the left-right flipped input (default: predict.tta_flip).
+        whole_slice: 2D slices in one pass (True) or in windows (False); default: predict.whole_slice."""
+        p = with_whole_slice(self.predict_cfg, whole_slice)
         x = network_input(array, self.model_cfg)
-        prob = self._run(x)
-        if self.predict_cfg.tta_flip if tta_flip is None else tta_flip:  # left-right flip: voxel axis i
-            prob = 0.5 * (prob + self._run(x[:, :, ::-1].copy())[:, :, ::-1])
+        prob = self._run(x, p)
+        if p.tta_flip if tta_flip is None else tta_flip:  # left-right flip: voxel axis i
+            prob = 0.5 * (prob + self._run(x[:, :, ::-1].copy(), p)[:, :, ::-1])
         return working_layout(prob, self.model_cfg)

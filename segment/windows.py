@@ -4,6 +4,7 @@ Shared by the PyTorch path (segment.inference) and the ONNX Runtime path (segmen
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -44,6 +45,11 @@ def uses_whole_slices(model_cfg: ModelConfig, predict_cfg: PredictConfig) -> boo
     batch norm in eval mode uses fixed running statistics, so they agree up to the borders)."""
     ws = predict_cfg.whole_slice
     return model_cfg.norm != "instance" if ws is None else ws
+
+
+def with_whole_slice(predict_cfg: PredictConfig, whole_slice: bool | None) -> PredictConfig:
+    """`predict_cfg` with whole_slice set (an ensemble's `whole_slice`), or as it is for None."""
+    return predict_cfg if whole_slice is None else dataclasses.replace(predict_cfg, whole_slice=whole_slice)
 
 
 def window_starts(image: int, patch: int, overlap: float) -> list[int]:

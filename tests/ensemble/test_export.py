@@ -68,10 +68,12 @@ def test_onnx_runtime_matches_eager_on_a_real_case(data_dir, tmp_path, kind):
     export_member(m, tmp_path / "onnx")
     onnx = OnnxSegmenter(tmp_path / "onnx", read_model(tmp_path / "onnx", "segmenter"))
     prep = preprocess(read_nifti(data_dir / P158 / "t2.nii.gz", "T2W"), m.segmenter.spec)
-    eager, ort = m.segmenter.probabilities(prep.array), onnx.probabilities(prep.array)
-    assert eager.shape == ort.shape == (3,) + prep.array.shape[1:]
-    assert float(np.abs(eager - ort).max()) <= 1e-4
-    assert (eager.argmax(0) == ort.argmax(0)).mean() >= 0.9999
+    for whole_slice in (None, True):  # as the member says; whole slices (an ensemble's `whole_slice`)
+        eager = m.segmenter.probabilities(prep.array, whole_slice=whole_slice)
+        ort = onnx.probabilities(prep.array, whole_slice=whole_slice)
+        assert eager.shape == ort.shape == (3,) + prep.array.shape[1:]
+        assert float(np.abs(eager - ort).max()) <= 1e-4
+        assert (eager.argmax(0) == ort.argmax(0)).mean() >= 0.9999
 
 
 def test_export_predict_end_to_end_without_torch(data_dir, members, tmp_path):

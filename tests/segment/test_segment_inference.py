@@ -96,3 +96,15 @@ def test_whole_slice_equals_one_window_of_the_padded_size(norm):
     torch.testing.assert_close(whole, window, atol=1e-5, rtol=1e-5)
     prob = seg.probabilities(np.random.default_rng(0).normal(size=(1, 45, 38, 5)).astype(np.float32))
     assert prob.shape == (3, 45, 38, 5) and np.allclose(prob.sum(axis=0), 1, atol=1e-5)
+
+
+def test_whole_slice_argument_overrides_the_model_setting():
+    """probabilities(whole_slice=...) (an ensemble's `whole_slice`) runs as if predict.whole_slice were
+    set: an instance-norm model on windows by default gives other maps than on whole slices."""
+    vol = np.random.default_rng(2).normal(size=(1, 45, 38, 3)).astype(np.float32)
+    tiles = _tiny_2d("instance", sw_batch_size=2)
+    whole = _tiny_2d("instance", whole_slice=True, sw_batch_size=2)
+    default, forced = tiles.probabilities(vol), tiles.probabilities(vol, whole_slice=True)
+    np.testing.assert_allclose(forced, whole.probabilities(vol), atol=1e-6)
+    assert np.abs(forced - default).max() > 1e-3  # 45 x 38 is more than one 32-px window
+    np.testing.assert_allclose(whole.probabilities(vol, whole_slice=False), default, atol=1e-6)

@@ -30,12 +30,11 @@ test: venv
 # Retrain the bundled default ensemble from scratch (about 10 h on 2 quiet cores; needs TAPS for the
 # teacher labels: bash bench/setup_peers.sh). Stage one, the locator, is trained on silver and teacher
 # labels only (no expert case, so it serves every fold); then 3 patient-level folds x (2D U-Net, 2.5D
-# U-Net, 2D DynUNet, each on its long schedule) on a fixed schedule (the held-out fold decides nothing),
-# and the ablation members (each family on its short schedule, the 2D U-Net without the teacher, the 3D
-# DynUNet scored by bench/candidate_cv.py, and the short DynUNet with one change each: per-zone
+# U-Net, 2D DynUNet, each on its long schedule; the shipped 2.5D DynUNet, DYN25_SCALE below) on a fixed
+# schedule (the held-out fold decides nothing), and the ablation members (each family on its short
+# schedule, the 2D U-Net without the teacher, the 3D DynUNet scored by bench/candidate_cv.py, and the short DynUNet with one change each: per-zone
 # intensity shift, N4 in its preprocessing, and self-training on the long members' confident zones,
-# `make bundle-pseudo`; the three families with wide scale augmentation, SCALE_AUG below; and a 2.5D DynUNet
-# with it, DYN25_SCALE).
+# `make bundle-pseudo`; the three families with wide scale augmentation, SCALE_AUG below).
 # `make bundle-pack` then scores the held-out folds (cross-validated), packs ensemble/models/default
 # with its model card, exports ONNX and runs the benches: TAPS side by side (plain and with N4) and
 # bench/bundle_ablations.py (one stage vs two, margin, flips, teacher, schedule, N4, the DynUNet variants).
@@ -56,10 +55,10 @@ DYN_PSEUDO := --set name=dynunet2d_pseudo $(PSEUDO_LABELS)
 # saw that fold's held-out patients).
 SCALE_AUG := --set augment.scale_p=0.5 --set augment.scale_range=0.3
 SCALE_FINETUNE := $(SCALE_AUG) --set train.epochs=50 --set train.lr=0.001
-# The 2.5D DynUNet candidate (one neighbouring slice each side as channels) with the wide zoom, from scratch,
-# in place of the 2.5D U-Net family: passes its CV rule, held back (bench/results/dynunet25d_cv.json, the card).
+# The shipped 2.5D DynUNet (one neighbouring slice each side as channels) with the wide zoom, from scratch, in
+# place of the 2.5D U-Net family (bench/results/dynunet25d_cv.json, dynunet25d_ws_cv.json, the card).
 DYN25_SCALE := --set name=dynunet25d_scale --set model.context=1 $(SCALE_AUG)
-BUNDLE_MEMBERS := $(foreach c,unet2d_long unet25d_long dynunet2d_long,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
+BUNDLE_MEMBERS := $(foreach c,unet2d_long dynunet25d_scale dynunet2d_long,$(foreach f,0 1 2,$(BUNDLE_RUNS)/$(c)/fold_$(f)))
 bundle: bundle-train bundle-pack
 
 bundle-train: venv
@@ -91,7 +90,7 @@ bundle-pseudo: venv
 bundle-pack: venv
 	$(BIN)/ensemble evaluate --config configs/ensemble/default.yaml --cv --ref $(DATA) -o $(BUNDLE_RUNS)/cv_report --force
 	$(BIN)/ensemble pack $(BUNDLE_MEMBERS) --locator $(BUNDLE_RUNS)/locator/fold_all -o ensemble/models/default \
-	  --cv-report $(BUNDLE_RUNS)/cv_report --notes configs/bundle/MODEL_CARD_NOTES.md --force
+	  --set whole_slice=true --cv-report $(BUNDLE_RUNS)/cv_report --notes configs/bundle/MODEL_CARD_NOTES.md --force
 	$(BIN)/ensemble export --config ensemble/models/default/ensemble.yaml -o ensemble/models/default/onnx --force
 	$(BIN)/python bench/peer_taps.py --data $(DATA) --rerun-ours
 	$(BIN)/python bench/peer_taps.py --data $(DATA) --set n4=true --out bench/results/peer_taps_n4.json \

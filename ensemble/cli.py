@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--cv-report", metavar="DIR", help="report folder of `ensemble evaluate --cv`, for the model card")
     pk.add_argument("--notes", metavar="FILE", help="Markdown appended to the model card")
     pk.add_argument("--locator", metavar="MODEL_DIR", help="stage one: a coarse gland segmenter (model folder)")
+    pk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="an ensemble setting written to ensemble.yaml, e.g. --set whole_slice=true (repeatable)")
     pk.add_argument("--force", action="store_true", help="replace an existing ensemble folder")
     return p
 
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--method", "unknown combination method", repr(args.method),
                                   f"use one of {list(METHODS)}")
             out = pack(args.members, args.output, args.method, half=not args.fp32, cv_report=args.cv_report,
-                       force=args.force, notes=args.notes, locator=args.locator)
+                       force=args.force, notes=args.notes, locator=args.locator, settings=args.overrides)
             print(f"ensemble folder: {out}")
             return 0
         from .config import load_ensemble_config

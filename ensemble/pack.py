@@ -49,17 +49,29 @@ def _copy_model(src: Path, dest: Path, meta: ModelMeta, half: bool) -> None:
 
 def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", half: bool = True,
          cv_report: str | Path | None = None, force: bool = False, notes: str | Path | None = None,
-         locator: str | Path | None = None) -> Path:
+         locator: str | Path | None = None, settings: list[str] | None = None) -> Path:
     """Copy member folders (weights optionally as fp16) and write ensemble.yaml (+ model card).
 
     notes: a Markdown file appended to the model card (measurements made outside `ensemble evaluate`,
     e.g. ablations, with their commands).
-    locator: a model folder copied to OUT/locator as the ensemble's stage one (EnsembleConfig.locator)."""
+    locator: a model folder copied to OUT/locator as the ensemble's stage one (EnsembleConfig.locator).
+    settings: KEY=VALUE ensemble settings written to ensemble.yaml (e.g. whole_slice=true); members
+        and locator come from the folders given."""
+    from mricore.config import from_dict, parse_overrides, to_dict
+    from mricore.errors import ConfigError
+
+    from .config import EnsembleConfig
     from .members import read_members
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputExistsError(out, "ensemble folder exists", None, "pass --force to replace it")
+    extra = parse_overrides(settings)
+    for key in ("members", "locator"):
+        if key in extra:
+            raise ConfigError(f"--set {key}", "pack takes members and locator from the folders given", key,
+                              "list member folders and pass --locator instead")
+    from_dict(EnsembleConfig, {"members": ["m"], "method": method, **extra}, "ensemble pack --set")  # checked first
     read_members(list(members) + ([locator] if locator else []))  # complete, loadable, platform zones: checked first
     cv = None
     if cv_report is not None:
@@ -87,11 +99,8 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
         loc_meta = read_model(locator, "segmenter") if locator else None
         if locator:
             _copy_model(Path(locator), tmp / "locator", loc_meta, half)
-        from mricore.config import to_dict
-
-        from .config import EnsembleConfig
-
-        cfg = to_dict(EnsembleConfig(members=names, method=method, locator="locator" if locator else None))
+        base = {"members": names, "method": method, "locator": "locator" if locator else None}
+        cfg = to_dict(from_dict(EnsembleConfig, {**base, **extra}, "ensemble pack --set"))
         header = ("# Bundled ensemble written by `ensemble pack`; member paths are relative to this folder.\n"
                   "# review: limits of the quality checks (mricore.qa), calibrated by bench/qa_bench.py.\n")
         (tmp / "ensemble.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))

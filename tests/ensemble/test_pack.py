@@ -68,6 +68,21 @@ def test_pack_unknown_method(members, tmp_path, capsys):
     assert "mean" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
+def test_pack_writes_settings_and_rejects_bad_ones(members, tmp_path, capsys):
+    from ensemble.config import load_ensemble_config
+
+    out = tmp_path / "b"
+    assert main(["pack", str(members["t2_a"]), "-o", str(out), "--set", "whole_slice=true", "--set", "tta=true"]) == 0
+    cfg = load_ensemble_config(out / "ensemble.yaml")
+    assert cfg.whole_slice is True and cfg.tta is True and cfg.members[0].endswith("t2_a_foldall")
+    capsys.readouterr()
+    for bad, says in [("whole_slise=true", "whole_slice"), ("tta_scales=[2.0]", "1.0"), ("members=[x]", "--locator")]:
+        assert main(["pack", str(members["t2_a"]), "-o", str(tmp_path / "c"), "--set", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+        assert not (tmp_path / "c").exists()
+
+
 def test_cv_groups_score_each_case_with_the_members_that_held_it_out(members, tmp_path):
     # case4 chose f0's epoch (inner split of fold 0's training patients): f0 saw it, so it cannot score it.
     f0 = _as_fold(members["t2_a"], tmp_path / "a0", "arch_a", 0, ["case1", "case2"], inner_cases=["case4"])

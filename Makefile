@@ -32,9 +32,10 @@ test: venv
 # labels only (no expert case, so it serves every fold); then 3 patient-level folds x (2D U-Net, 2.5D
 # U-Net, 2D DynUNet, each on its long schedule; the shipped 2.5D DynUNet, DYN25_SCALE below) on a fixed
 # schedule (the held-out fold decides nothing), and the ablation members (each family on its short
-# schedule, the 2D U-Net without the teacher, the 3D DynUNet scored by bench/candidate_cv.py, and the short DynUNet with one change each: per-zone
-# intensity shift, N4 in its preprocessing, and self-training on the long members' confident zones,
-# `make bundle-pseudo`; the three families with wide scale augmentation, SCALE_AUG below).
+# schedule, the 2D U-Net without the teacher, the 3D DynUNet scored by bench/candidate_cv.py, and the
+# short DynUNet with one change each: per-zone intensity shift, N4 in its preprocessing, and self-training
+# on the long members' confident zones, `make bundle-pseudo`; the three families with wide scale
+# augmentation, SCALE_AUG below).
 # `make bundle-pack` then scores the held-out folds (cross-validated), packs ensemble/models/default
 # with its model card, exports ONNX and runs the benches: TAPS side by side (plain and with N4) and
 # bench/bundle_ablations.py (one stage vs two, margin, flips, teacher, schedule, N4, the DynUNet variants).

@@ -1,9 +1,9 @@
 """Each bundled member on a real study's working grid: which runtime is fastest, and how close to the
 machine's fp32 peak it runs.
 
-For one member of each kind (2D U-Net, 2.5D U-Net, 2D DynUNet) on prostate158/001 as the ensemble
-feeds it (whole slices for the batch-norm U-Nets, 160-px tiles with 0.25 overlap for the instance-norm
-DynUNet; 8 slices or tiles per forward), the network part of `probabilities` is timed (best of 5) in:
+For one member of each family of the bundle on prostate158/001 as the ensemble feeds it (whole slices,
+or 160-px tiles with 0.25 overlap where the bundle's `whole_slice` is null and the member uses instance
+norm; 8 slices or tiles per forward), the network part of `probabilities` is timed (best of 5) in:
 - eager PyTorch (oneDNN), `segment.inference.Segmenter`;
 - TorchScript frozen with `torch.jit.freeze` + `optimize_for_inference` (the network swapped in);
 - ONNX Runtime on the member's `ensemble export` (`segment.onnx_runtime.OnnxSegmenter`).
@@ -35,8 +35,11 @@ from ensemble.config import load_ensemble_config  # noqa: E402
 from segment_bench import _best, matmul_peak_gflops  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-# The first fold of each member family, read from the bundle (`ensemble pack` lists them family by family).
-KINDS = tuple(Path(m).name for m in load_ensemble_config().members[::3])
+# The first fold of each member family, read from the bundle (`ensemble pack` lists them family by family),
+# and the bundle's whole_slice setting (None: each member's own).
+BUNDLE = load_ensemble_config()
+KINDS = tuple(Path(m).name for m in BUNDLE.members[::3])
+WHOLE = BUNDLE.whole_slice
 
 
 def flops_of(seg, array) -> float:
@@ -44,8 +47,12 @@ def flops_of(seg, array) -> float:
 
     fc = FlopCounterMode(display=False)
     with fc:
-        seg.probabilities(array)
+        seg.probabilities(array, whole_slice=WHOLE)
     return fc.get_total_flops()
+
+
+def whole(seg) -> bool:
+    return seg.whole_slice if WHOLE is None else WHOLE
 
 
 def frozen(seg, array):
@@ -54,7 +61,10 @@ def frozen(seg, array):
 
     s = copy.copy(seg)
     c = len(seg.spec.channels) * (2 * seg.model_cfg.context + 1)
-    x = torch.zeros(min(8, array.shape[-1]), c, *([array.shape[1], array.shape[2]] if seg.whole_slice else seg.patch))
+    from segment.windows import size_divisor
+
+    d = size_divisor(seg.model_cfg)  # whole slices are padded to a multiple of the network's divisor
+    x = torch.zeros(min(8, array.shape[-1]), c, *([n + (-n) % d for n in array.shape[1:3]] if whole(seg) else seg.patch))
     with torch.inference_mode():
         s.net = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(seg.net.eval(), x).eval()))
     return s
@@ -93,14 +103,14 @@ def main() -> int:
         ort = OnnxSegmenter(onnx_dir, read_model(onnx_dir, "segmenter"))
         gflop = flops_of(seg, arr) / 1e9
         runs = {"eager": seg, "jit_freeze": frozen(seg, arr), "onnxruntime": ort}
-        ref = seg.probabilities(arr)
-        row = {"working_grid": list(arr.shape[1:]), "mode": "whole slices" if seg.whole_slice else "tiles",
+        ref = seg.probabilities(arr, whole_slice=WHOLE)
+        row = {"working_grid": list(arr.shape[1:]), "mode": "whole slices" if whole(seg) else "tiles",
                "gflop_per_study": round(gflop, 2)}
         for rt, s in runs.items():
-            sec = _best(lambda: s.probabilities(arr))
+            sec = _best(lambda: s.probabilities(arr, whole_slice=WHOLE))
             row[rt] = {"seconds": round(sec, 4), "gflops": round(gflop / sec, 1),
                        "percent_of_peak": round(100 * gflop / sec / peak, 1),
-                       "max_abs_diff_vs_eager": float(np.abs(s.probabilities(arr) - ref).max())}
+                       "max_abs_diff_vs_eager": float(np.abs(s.probabilities(arr, whole_slice=WHOLE) - ref).max())}
         row["fastest"] = min(runs, key=lambda r: row[r]["seconds"])
         out["members"][name] = row
         print(name, json.dumps(row), flush=True)

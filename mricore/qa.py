@@ -80,9 +80,9 @@ class ReviewConfig:
     min_border_mm: float = 3.0          # gland to the in-plane edge of the field of view
     min_pz_midgland: float = 0.5        # share of mid-gland slices holding PZ
     min_pz_posterior_mm: float = 0.0    # PZ centroid posterior of the TZ centroid by at least this
-    min_pz_tz_intensity: float = 0.9055  # median T2W in PZ / in TZ (PZ is the bright zone on T2W)
-    max_disagreement: float = 0.1305      # mean share of members disagreeing, in the gland region
-    max_entropy: float = 0.357            # mean normalised entropy in the gland region
+    min_pz_tz_intensity: float = 0.9091  # median T2W in PZ / in TZ (PZ is the bright zone on T2W)
+    max_disagreement: float = 0.1541      # mean share of members disagreeing, in the gland region
+    max_entropy: float = 0.4102           # mean normalised entropy in the gland region
 
     def validate(self, where: str = "review"):
         for name in ("max_inplane_mm", "max_slice_mm", "min_fov_mm", "slab_mm", "volume_margin",

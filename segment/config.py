@@ -132,8 +132,9 @@ class TrainConfig:
 class PredictConfig:
     whole_slice: bool | None = None       # 2D/2.5D: each slice in one pass, padded to the network's divisor (no
                                           # overlapping tiles; up to max_slice_px per side). None = auto: on unless
-                                          # model.norm is instance (its statistics follow the field of view: the
-                                          # bundle's DynUNet loses WG DSC 0.786 -> 0.751 on whole slices)
+                                          # model.norm is instance (its statistics follow the field of view: a
+                                          # DynUNet on 200-px slices, 160-px patches, lost WG DSC 0.786 -> 0.751;
+                                          # on the bundle's 167-px crops it does not, so the bundle sets it)
     max_slice_px: int = 512
     overlap: float = 0.25
     sw_batch_size: int = 8                # windows per forward; short batches are padded to it (never batch 1:

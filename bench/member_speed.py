@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ensemble.config import load_ensemble_config  # noqa: E402
+from segment.windows import padded_slice, size_divisor, uses_whole_slices, with_whole_slice  # noqa: E402
 from segment_bench import _best, matmul_peak_gflops  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -52,7 +53,8 @@ def flops_of(seg, array) -> float:
 
 
 def whole(seg) -> bool:
-    return seg.whole_slice if WHOLE is None else WHOLE
+    """Whether the bundle runs this member on whole slices (its own setting, unless the bundle sets one)."""
+    return uses_whole_slices(seg.model_cfg, with_whole_slice(seg.predict_cfg, WHOLE))
 
 
 def frozen(seg, array):
@@ -61,10 +63,8 @@ def frozen(seg, array):
 
     s = copy.copy(seg)
     c = len(seg.spec.channels) * (2 * seg.model_cfg.context + 1)
-    from segment.windows import size_divisor
-
-    d = size_divisor(seg.model_cfg)  # whole slices are padded to a multiple of the network's divisor
-    x = torch.zeros(min(8, array.shape[-1]), c, *([n + (-n) % d for n in array.shape[1:3]] if whole(seg) else seg.patch))
+    shape = padded_slice(array.shape[1:3], size_divisor(seg.model_cfg)) if whole(seg) else seg.patch
+    x = torch.zeros(min(8, array.shape[-1]), c, *shape)
     with torch.inference_mode():
         s.net = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(seg.net.eval(), x).eval()))
     return s

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from mricore.errors import InputError, OutputExistsError
-from mricore.modelfolder import ModelMeta, load_weights, read_model, write_model
+from mricore.modelfolder import ModelMeta, load_weights, write_model
 
 from .card import locator_section, model_card, training_record
 
@@ -71,8 +71,17 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
         if key in extra:
             raise ConfigError(f"--set {key}", "pack takes members and locator from the folders given", key,
                               "list member folders and pass --locator instead")
-    from_dict(EnsembleConfig, {"members": ["m"], "method": method, **extra}, "ensemble pack --set")  # checked first
-    read_members(list(members) + ([locator] if locator else []))  # complete, loadable, platform zones: checked first
+    loaded = read_members(list(members) + ([locator] if locator else []))  # complete, loadable, platform zones
+    metas = [m.meta for m in loaded[:len(members)]]
+    names = []
+    for src, meta in zip(map(Path, members), metas):
+        name = member_folder_name(meta, src)
+        if name in names or name == "locator":
+            raise InputError(src, "two members would get the same folder name", name,
+                             "give the training configs different names")
+        names.append(name)
+    base = {"members": names, "method": method, "locator": "locator" if locator else None}
+    cfg = to_dict(from_dict(EnsembleConfig, {**base, **extra}, "ensemble pack --set"))  # checked before any copy
     cv = None
     if cv_report is not None:
         p = Path(cv_report) / "evaluate.json"
@@ -85,22 +94,13 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
     from mricore.io import replaced_dir
 
     with replaced_dir(out) as tmp:
-        names, metas, records = [], [], []
-        for src in map(Path, members):
-            meta = read_model(src, "segmenter")
-            name = member_folder_name(meta, src)
-            if name in names or name == "locator":
-                raise InputError(src, "two members would get the same folder name", name,
-                                 "give the training configs different names")
+        records = []
+        for src, name, meta in zip(map(Path, members), names, metas):
             _copy_model(src, tmp / name, meta, half)
-            names.append(name)
-            metas.append(meta)
             records.append(training_record(tmp / name))
-        loc_meta = read_model(locator, "segmenter") if locator else None
+        loc_meta = loaded[-1].meta if locator else None
         if locator:
             _copy_model(Path(locator), tmp / "locator", loc_meta, half)
-        base = {"members": names, "method": method, "locator": "locator" if locator else None}
-        cfg = to_dict(from_dict(EnsembleConfig, {**base, **extra}, "ensemble pack --set"))
         header = ("# Bundled ensemble written by `ensemble pack`; member paths are relative to this folder.\n"
                   "# review: limits of the quality checks (mricore.qa), calibrated by bench/qa_bench.py.\n")
         (tmp / "ensemble.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))

@@ -77,9 +77,14 @@ def runs_whole_slices(model_cfg: ModelConfig, predict_cfg: PredictConfig, slice_
             and max(slice_shape) <= predict_cfg.max_slice_px)
 
 
+def padded_slice(size, divisor: int) -> list[int]:
+    """A slice's size padded up to a multiple of the network's `divisor`: what `whole_slices` feeds it."""
+    return [s + (-s) % divisor for s in size]
+
+
 def whole_slices(x: np.ndarray, run, divisor: int) -> np.ndarray:
     """(K, C, H, W) slices -> (K, outputs, H, W): each slice edge-padded (centred) to a multiple of
     `divisor`, `run` (a network over a batch of padded slices) applied, cropped back."""
     size = x.shape[2:]
-    xp, pads = centre_pad(x, [s + (-s) % divisor for s in size])
+    xp, pads = centre_pad(x, padded_slice(size, divisor))
     return crop(run(xp), pads, size)

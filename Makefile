@@ -37,11 +37,12 @@ test: venv
 # on the long members' confident zones, `make bundle-pseudo`; the three families with wide scale
 # augmentation, SCALE_AUG below).
 # `make bundle-pack` then scores the held-out folds (cross-validated), packs ensemble/models/default
-# with its model card, exports ONNX and runs the benches: TAPS side by side (plain and with N4) and
-# bench/bundle_ablations.py (one stage vs two, margin, flips, teacher, schedule, N4, the DynUNet variants).
-# After a retrain, bench/qa_bench.py re-fits the review limits: copy its shipped_limits into
-# mricore/qa.py (ReviewConfig; a test checks they agree) and run `make bundle-pack` again.
+# with its model card, writes the review limits into it and exports ONNX (`make review-limits`), and runs
+# the benches: TAPS side by side (plain and with N4) and bench/bundle_ablations.py (one stage vs two,
+# margin, flips, teacher, schedule, N4, the DynUNet variants).
+# After a retrain, `make review-bench` measures the new bundle on the failure set and re-fits its limits.
 BUNDLE_RUNS := runs/bundle
+BUNDLE_YAML := ensemble/models/default/ensemble.yaml
 # The DynUNet ablations (configs/bundle/dynunet_ablation.yaml): configs/bundle/dynunet2d.yaml with one
 # change each, so nothing else can differ.
 DYN_ZONE := --set name=dynunet2d_zone --set augment.zone_p=0.3
@@ -63,7 +64,7 @@ BUNDLE_MEMBERS := $(foreach c,unet2d_long dynunet25d_scale dynunet2d_long,$(fore
 bundle: bundle-train bundle-pack
 
 bundle-train: venv
-	$(BIN)/python bench/peer_taps.py --teacher runs/teacher --data $(DATA)
+	$(BIN)/python -m bench.peer_accuracy --teacher runs/teacher --data $(DATA)
 	$(BIN)/segment train --config configs/bundle/locator.yaml --fold all --force
 	for c in unet2d_long unet25d_long dynunet2d_long dynunet3d unet2d unet25d dynunet2d unet2d_noteacher; do for f in 0 1 2; do \
 	  $(BIN)/segment train --config configs/bundle/$$c.yaml --fold $$f --force || exit 1; done; done
@@ -92,11 +93,29 @@ bundle-pack: venv
 	$(BIN)/ensemble evaluate --config configs/ensemble/default.yaml --cv --ref $(DATA) -o $(BUNDLE_RUNS)/cv_report --force
 	$(BIN)/ensemble pack $(BUNDLE_MEMBERS) --locator $(BUNDLE_RUNS)/locator/fold_all -o ensemble/models/default \
 	  --set whole_slice=true --cv-report $(BUNDLE_RUNS)/cv_report --notes configs/bundle/MODEL_CARD_NOTES.md --force
-	$(BIN)/ensemble export --config ensemble/models/default/ensemble.yaml -o ensemble/models/default/onnx --force
-	$(BIN)/python bench/peer_taps.py --data $(DATA) --rerun-ours
-	$(BIN)/python bench/peer_taps.py --data $(DATA) --set n4=true --out bench/results/peer_taps_n4.json \
+	$(MAKE) review-limits
+	$(BIN)/python -m bench.peer_accuracy --data $(DATA) --rerun-ours
+	$(BIN)/python -m bench.peer_accuracy --data $(DATA) --set n4=true --out bench/results/peer_taps_n4.json \
 	  --cases promise12/Case00 philips/Philips-01 philips/Philips-02 philips/Philips-03 philips/Philips-04 \
 	  prostate158/001 prostate158/002 prostate158/021
-	$(BIN)/python bench/bundle_ablations.py --data $(DATA)
+	$(BIN)/python -m bench.bundle_ablations --data $(DATA)
 
-.PHONY: venv demo test bundle bundle-train bundle-pack bundle-pseudo
+# What the package ships is made here, by package functions, and stored once:
+# - the gland reference of the review's volume and TZ-share checks (mricore/gland_reference.json);
+# - the fitted review limits, in the review section of the bundle's ensemble.yaml only (code and the
+#   training-side configs/ensemble/default.yaml carry none; a config without them takes the bundle's):
+#   `review-limits` fits them on the rows bench/qa_bench.py measured (bench/results/qa_bench.json) and
+#   exports ONNX again so that its ensemble.yaml says the same; `review-bench` measures those rows
+#   again with the current bundle first (22 min on 2 cores).
+gland-reference: venv
+	$(BIN)/python -m mricore.gland_reference --data $(DATA) --force
+
+review-limits: venv
+	$(BIN)/python -m mricore.review_limits bench/results/qa_bench.json --config $(BUNDLE_YAML) --force
+	$(BIN)/ensemble export --config $(BUNDLE_YAML) -o ensemble/models/default/onnx --force
+
+review-bench: venv
+	$(BIN)/python -m bench.qa_bench --data $(DATA)
+	$(MAKE) review-limits
+
+.PHONY: venv demo test bundle bundle-train bundle-pack bundle-pseudo gland-reference review-limits review-bench

@@ -1,6 +1,6 @@
 """Cost of one paired elastic deformation: elasticdeform (crop to the patch) vs MONAI.
 
-Run: .venv/bin/python bench/augment_bench.py [--repeats 20]
+Run: python -m bench.augment_bench [--repeats 20]
 Writes bench/results/augment_bench.json and prints seconds per sample (mean over repeats) for
 - 2D: a 160x160 patch (1 channel + mask) from a 192x192 region (segment.data MARGIN 16):
   segment.augment.apply_spatial (elasticdeform, crop) vs monai Rand2DElasticd;
@@ -12,15 +12,14 @@ Both apply order 3 (bilinear for MONAI) to images and nearest to the mask.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-OUT = Path(__file__).resolve().parent / "results" / "augment_bench.json"
+from bench.common import RESULTS, parser, write_result
+
+OUT = RESULTS / "augment_bench.json"
 
 
 def _time(fn, repeats):
@@ -32,7 +31,7 @@ def _time(fn, repeats):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__)
     ap.add_argument("--repeats", type=int, default=20)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)  # augmentation runs in the data path, one core
@@ -68,8 +67,7 @@ def main(argv=None):
     mfull = rng.integers(0, 3, (320, 320, 24)).astype(np.uint8)
     res["full_volume_elasticdeform_no_crop_s"] = _time(
         lambda: apply_spatial(full, mfull, draw(rng, cfg), (slice(0, 320), slice(0, 320))), max(1, a.repeats // 10))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(res, indent=2))
+    write_result(res, OUT)
     for k, v in res.items():
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     print(f"wrote {OUT}")

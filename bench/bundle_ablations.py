@@ -25,9 +25,9 @@ variant, unet2d vs unet2d_noteacher, each member family on its long vs its short
 variant vs the plain DynUNet, each self-trained long family vs its fourth-bundle run, and the ensemble
 vs its best member. PROMISE12 Case00 (endorectal coil, never trained on) is predicted by the shipped
 and n4 ensembles and by each short DynUNet family alone (3 folds each), WG DSC. TAPS's WG DSC on the
-Prostate158 cases (the brief's figures, measured again by bench/peer_taps.py) sits beside ours.
+Prostate158 cases (the brief's figures, measured again by bench/peer_accuracy.py) sits beside ours.
 
-    .venv/bin/python bench/bundle_ablations.py [--reuse]   # --reuse: read runs/bundle/ablations/* if there
+    python -m bench.bundle_ablations [--reuse]   # --reuse: read runs/bundle/ablations/* if there
 
 Prints and writes bench/results/bundle_ablations.json (about 15 min on 2 quiet cores). A variant whose
 members are not trained is skipped and says so.
@@ -35,22 +35,18 @@ members are not trained is skipped and says so.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import ENSEMBLE, RESULTS, ROOT, TAPS_WG_DSC, add_data, command, parser, write_result
+from ensemble.config import load_ensemble_config
+from mricore.io import read_label
+from mricore.metrics import dice
+from mricore.outputs import repo_relative
+from mricore.stats import paired_difference
 
-from mricore.io import read_label, repo_relative, write_json  # noqa: E402
-from mricore.metrics import dice  # noqa: E402
-from ensemble.config import load_ensemble_config  # noqa: E402
-from mricore.stats import paired_difference  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
-ENSEMBLE = ROOT / ".venv" / "bin" / "ensemble"
 DEFAULT = "configs/ensemble/default.yaml"
 VARIANTS = {
     "shipped": (DEFAULT, []),
@@ -87,7 +83,6 @@ ZONES = ("WG", "TZ", "PZ")
 # Earlier bundles' `ensemble evaluate --cv` reports (the first is named "previous" in the JSON).
 EARLIER = {"previous": "bundle_previous_cv.json", "second": "bundle_stop21_cv.json",
            "third": "bundle_stop22_cv.json", "fourth": "bundle_stop24_cv.json"}
-TAPS = {"001": 0.871, "002": 0.903, "021": 0.874}  # TAPS 1.1.2 WG DSC on prostate158 (the brief)
 
 
 def untrained(config: str, sets: list[str]) -> list[str]:
@@ -179,14 +174,14 @@ def compare(a: tuple[dict | None, str], b: tuple[dict | None, str]) -> dict:
     return paired(model(*a), model(*b))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DATA)
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
+    add_data(ap)
     ap.add_argument("--reuse", action="store_true", help="read existing runs/bundle/ablations/* reports")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     reports = {n: evaluate(n, args.data, args.reuse) for n in VARIANTS}
     case00s = {n: case00(n, args.data, args.reuse) for n in CASE00}
-    earlier = {n: model(json.loads((ROOT / "bench/results" / f).read_text()), "ensemble") for n, f in EARLIER.items()}
+    earlier = {n: model(json.loads((RESULTS / f).read_text()), "ensemble") for n, f in EARLIER.items()}
     shipped = model(reports["shipped"], "ensemble")
     r = reports
     comparisons = {
@@ -206,13 +201,13 @@ def main() -> int:
                  for n, r in reports.items() if r}
     best = minus_best_member(reports["shipped"])
     peer = {c: {"ours_cv": round(shipped["WG"][c], 4), **{f"{n}_cv": round(e["WG"][c], 4) for n, e in earlier.items()},
-                "taps": t, "ours_beats_taps": shipped["WG"][c] > t} for c, t in TAPS.items() if c in shipped["WG"]}
-    out = {"command": "python bench/bundle_ablations.py", "cases": "5 expert-labelled patients (prostate158 001, 002, "
+                "taps": t, "ours_beats_taps": shipped["WG"][c] > t} for c, t in TAPS_WG_DSC.items() if c in shipped["WG"]}
+    out = {"command": command("bundle_ablations"), "cases": "5 expert-labelled patients (prostate158 001, 002, "
            "021; i2cvb Patient_52209036, Patient_68619), 3 patient-level folds, each case scored by its fold's members",
            "variants": {n: {"config": c, "set": s} for n, (c, s) in VARIANTS.items()},
            "summaries": summaries, "ensemble_minus_best_member": best, "comparisons": comparisons,
            "taps_cases_wg": peer, "promise12_case00_wg": case00s}
-    write_json(repo_relative(out, ROOT), ROOT / "bench/results/bundle_ablations.json")
+    write_result(out, RESULTS / "bundle_ablations.json")
     print_comparisons(comparisons)
     for z, b in best.items():
         print(f"ensemble - best member ({b['best_member']}) {z}: {b['mean']:+.3f} ({b['ci_low']:+.3f} to {b['ci_high']:+.3f})")

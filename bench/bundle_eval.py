@@ -10,15 +10,12 @@
 
 Prints and writes bench/results/bundle_eval.json (or --out).
 
-    .venv/bin/python bench/bundle_eval.py [--bundle ensemble/models/default] [--repeats 3]
+    python -m bench.bundle_eval [--bundle ensemble/models/default] [--repeats 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -28,14 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from mricore.io import read_label, write_json  # noqa: E402
-from mricore.metrics import dice  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
-PEER_CASES = {"001": 0.871, "002": 0.903, "021": 0.874}  # TAPS 1.1.2 WG DSC (the brief's figures)
+from bench.common import BUNDLE, DATA, ENSEMBLE, RESULTS, TAPS_WG_DSC, add_out, parser, write_result
+from mricore.io import read_label
+from mricore.metrics import dice
 
 
 def held_out_case(config: Path) -> dict:
@@ -52,7 +44,7 @@ def held_out_case(config: Path) -> dict:
 
 
 def cost(config: Path, repeats: int) -> dict:
-    cmd = [str(ROOT / ".venv/bin/ensemble"), "predict", str(DATA / "prostate158/001/t2.nii.gz"),
+    cmd = [str(ENSEMBLE), "predict", str(DATA / "prostate158/001/t2.nii.gz"),
            "--config", str(config), "-o", "OUT", "--force"]
     walls, rss = [], []
     for _ in range(repeats):
@@ -69,24 +61,23 @@ def cost(config: Path, repeats: int) -> dict:
             "wall_s": [round(w, 2) for w in walls], "peak_rss_gb": round(max(rss), 3)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", default=str(ROOT / "ensemble/models/default"))
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--bundle", type=Path, default=BUNDLE)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(ROOT / "bench/results/bundle_eval.json"))
-    args = ap.parse_args()
+    add_out(ap, RESULTS / "bundle_eval.json")
+    args = ap.parse_args(argv)
     bundle = Path(args.bundle)
     config = bundle / "ensemble.yaml"
     cv = json.loads((bundle / "cv_evaluate.json").read_text())
     wg = cv.get("per_case_dsc", {}).get("WG", {}).get("ensemble", {})
     out = {
-        "bundle": os.path.relpath(bundle, ROOT),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "bundle": str(bundle.resolve()),
         "held_out": held_out_case(config),
-        "peer_cases_cross_validated_wg_dsc": {c: {"bundle_cv": wg.get(c), "taps": v} for c, v in PEER_CASES.items()},
+        "peer_cases_cross_validated_wg_dsc": {c: {"bundle_cv": wg.get(c), "taps": v} for c, v in TAPS_WG_DSC.items()},
         "cost": cost(config, args.repeats),
     }
-    write_json(out, args.out)
+    write_result(out, args.out)
     print(json.dumps(out, indent=1))
     return 0
 

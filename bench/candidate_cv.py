@@ -10,11 +10,11 @@ families against the bundle, the candidate's ensemble minus its best member, and
 fixed before the scores are seen: the candidate ships only if no zone's CV mean is lower than the
 bundle's and at least one is higher.
 
-    .venv/bin/python bench/candidate_cv.py --name member3d --add runs/bundle/dynunet3d/fold_{0,1,2} \
+    python -m bench.candidate_cv --name member3d --add runs/bundle/dynunet3d/fold_{0,1,2} \
         --out bench/results/member3d_cv.json [--reuse]
-    .venv/bin/python bench/candidate_cv.py --name selftrained_dynunet --replace \
+    python -m bench.candidate_cv --name selftrained_dynunet --replace \
         --add runs/bundle/dynunet2d_long_pseudo/fold_{0,1,2} --out bench/results/selftrained_dynunet_cv.json
-    .venv/bin/python bench/candidate_cv.py --name scale_tta --set "tta_scales=[0.8,1.0,1.25]" \
+    python -m bench.candidate_cv --name scale_tta --set "tta_scales=[0.8,1.0,1.25]" \
         --out bench/results/scale_tta_cv.json
 
 Reports go to runs/candidates/bundle and runs/candidates/NAME; --reuse reads them if there. A few
@@ -23,40 +23,34 @@ minutes on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.bundle_ablations import ZONES, cv_report, minus_best_member, model, paired, print_comparisons
+from bench.common import BUNDLE, ROOT, add_data, add_out, command, parser, write_result
+from ensemble.config import load_ensemble_config
 
-from bundle_ablations import ZONES, cv_report, minus_best_member, model, paired, print_comparisons  # noqa: E402
-from ensemble.config import load_ensemble_config  # noqa: E402
-from mricore.io import repo_relative, write_json  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
-BUNDLE = ROOT / "ensemble" / "models" / "default" / "ensemble.yaml"
+CONFIG = BUNDLE / "ensemble.yaml"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
     ap.add_argument("--name", required=True, help="the candidate's name (its report folder)")
     ap.add_argument("--add", nargs="+", type=Path, default=[], help="member folders to add to the bundle's")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="ensemble settings of the candidate, e.g. tta_scales=[0.8,1.0,1.25]")
-    ap.add_argument("--out", type=Path, required=True, help="JSON to write (bench/results/...)")
-    ap.add_argument("--data", type=Path, default=DATA)
+    add_out(ap)
+    add_data(ap)
     ap.add_argument("--replace", action="store_true", help="the --add members replace the bundle's")
     ap.add_argument("--reuse", action="store_true", help="read existing runs/candidates reports")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not args.add and not args.set:
         ap.error("give --add member folders, --set settings, or both")
-    own = [] if args.replace else load_ensemble_config(BUNDLE).members
+    own = [] if args.replace else load_ensemble_config(CONFIG).members
     members = own + [str(m.resolve()) for m in args.add]
     folder = ROOT / "runs" / "candidates"
-    bundle = cv_report(BUNDLE, [], args.data, folder / "bundle", args.reuse)
-    cand = cv_report(BUNDLE, [f"members=[{','.join(members)}]", *args.set], args.data, folder / args.name, args.reuse)
+    bundle = cv_report(CONFIG, [], args.data, folder / "bundle", args.reuse)
+    cand = cv_report(CONFIG, [f"members=[{','.join(members)}]", *args.set], args.data, folder / args.name, args.reuse)
     base = model(bundle, "ensemble")
     comparisons = {f"{m}_minus_bundle": paired(model(cand, m), base) for m in cand["per_case_dsc"]["WG"]}
     ens = comparisons["ensemble_minus_bundle"]
@@ -66,19 +60,16 @@ def main() -> int:
     best = minus_best_member(cand)
     per_case = {z: {c: {"bundle": round(base[z][c], 4), **{m: round(v[c], 4) for m, v in cand["per_case_dsc"][z].items()}}
                     for c in sorted(base[z])} for z in ZONES}
-    added = " ".join(repo_relative(str(m.resolve()), ROOT) for m in args.add)
-    flags = (" --replace" if args.replace else "") + (f" --add {added}" if added else "") + \
-        (" --set " + " ".join(args.set) if args.set else "")
-    out = {"command": f"python bench/candidate_cv.py --name {args.name}{flags} "
-                      f"--out {repo_relative(str(args.out.resolve()), ROOT)}",
+    flags = ["--replace"] * args.replace + (["--add", *(str(m.resolve()) for m in args.add)] if args.add else []) \
+        + (["--set", *args.set] if args.set else [])
+    out = {"command": command("candidate_cv", ["--name", args.name, *flags, "--out", str(args.out.resolve())]),
            "cases": f"{bundle['n_cases']} expert-labelled patients, 3 patient-level folds, each case scored by its "
                     "fold's members", "bundle": "ensemble/models/default (as packed)",
            "candidate": ("the --add members alone" if args.replace else "the bundle's members and the --add members")
                         + (", with " + ", ".join(args.set) if args.set else ""),
            "candidate_members": cand["members"], "comparisons": comparisons, "rule": rule,
            "candidate_minus_best_member": best, "per_case_dsc": per_case}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(repo_relative(out, ROOT), args.out)
+    write_result(out, args.out)
     print_comparisons(comparisons)
     for z, b in best.items():
         print(f"candidate - best member ({b['best_member']}) {z}: {b['mean']:+.3f} ({b['ci_low']:+.3f} to {b['ci_high']:+.3f})")

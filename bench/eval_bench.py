@@ -6,29 +6,24 @@ mricore.metrics.zone_metrics (confusion counts, HD95, ASSD) and the summaries of
 (CSV, JSON, box/strip plots, HTML) separately. Data generation is not timed. Target: metrics +
 summaries <= 30 s on 2 cores. Prints the result and writes bench/results/eval_bench.json.
 
-    .venv/bin/python bench/eval_bench.py [--cases 100]
+    python -m bench.eval_bench [--cases 100]
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
-import platform
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from mricore.io import write_json  # noqa: E402
-from mricore.metrics import zone_metrics  # noqa: E402
-from mricore.report import write_report  # noqa: E402
-from mricore.stats import N_BOOT, summarize  # noqa: E402
+from bench.common import RESULTS, parser, write_result
+from mricore.metrics import zone_metrics
+from mricore.report import write_report
+from mricore.stats import N_BOOT, summarize
 
 SHAPE, SPACING = (256, 256, 24), (0.5, 0.5, 3.0)
 
@@ -54,11 +49,11 @@ def synthetic_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return pred, ref
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
     ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     data = [synthetic_case(rng) for _ in range(args.cases)]
@@ -93,12 +88,9 @@ def main() -> int:
         "mean_wg_dsc": round(summaries[("WG", "dsc")]["mean"], 4),
         "mean_wg_hd95_mm": round(summaries[("WG", "hd95")]["mean"], 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "cpu_count": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(), "numpy": np.__version__,
+        "load_avg_1min": round(os.getloadavg()[0], 2),
     }
-    out = write_json(result, ROOT / "bench" / "results" / "eval_bench.json", force=True)
-    import json
-
+    out = write_result(result, RESULTS / "eval_bench.json")
     print(json.dumps(result, indent=2))
     print(f"written {out}")
     return 0

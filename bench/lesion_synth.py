@@ -16,12 +16,11 @@ areas against random orders). At the default contrast also: a classifier on the 
 segmenter's encoder, transferred (freeze then unfreeze) versus from scratch, at several numbers of
 training patients. Prints and writes bench/results/lesion_synth.json.
 
-    .venv/bin/python bench/lesion_synth.py [--out runs/lesion_synth] [--contrasts 0 0.1 0.2 0.4]
+    python -m bench.lesion_synth [--out runs/lesion_synth] [--contrasts 0 0.1 0.2 0.4]
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -30,17 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ensemble.config import load_ensemble_config  # noqa: E402
-from localize.config import LocalizeConfig  # noqa: E402
-from localize.synth import crop_around, draw_lesions, insert  # noqa: E402
-from mricore.config import load_config  # noqa: E402
-from mricore.io import read_label, read_nifti, repo_relative, write_json, write_nifti  # noqa: E402
+from bench.common import BUNDLE, RESULTS, ROOT, add_data, parser, write_result
+from ensemble.config import load_ensemble_config
+from localize.config import LocalizeConfig
+from localize.synth import crop_around, draw_lesions, insert
+from mricore.config import load_config
+from mricore.io import read_label, read_nifti, write_nifti
+from mricore.outputs import write_json
 
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
-BUNDLE = ROOT / "ensemble/models/default"
 # The bundle's first DynUNet member: its encoder is the transfer-learning source.
 SEGMENTER = next(Path(m) for m in load_ensemble_config(BUNDLE / "ensemble.yaml").members
                  if Path(m).name.startswith("dynunet"))
@@ -212,9 +209,9 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int, contrast
     return rows
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data"))
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
+    add_data(ap)
     ap.add_argument("--out", default=str(ROOT / "runs/lesion_synth"))
     ap.add_argument("--contrasts", type=float, nargs="+", default=[0.0, 0.3, DEFAULT_CONTRAST, 0.9])
     ap.add_argument("--variants", type=int, default=6, help="synthetic copies of each base study")
@@ -225,16 +222,16 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--parts", nargs="+", default=["sweep", "transfer"], choices=["sweep", "transfer"],
                     help="run these parts; the others keep their figures from the last bench/results JSON")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out, t0 = Path(args.out), time.perf_counter()
-    bases = base_studies(Path(args.data), out / "zones")
+    bases = base_studies(args.data, out / "zones")
     result = {"what": "synthetic lesions in real anatomy; localisation trained and evaluated on patient-level "
                       "folds (weights chosen on inner splits of the training patients)",
               "config": str(CONFIG.relative_to(ROOT)),
               "base_studies": [b["patient"] for b in bases], "variants_per_study": args.variants, "seed": args.seed,
               "lesions_per_case": dict(zip(map(str, LESION_COUNTS), LESION_ODDS)), "default_contrast": DEFAULT_CONTRAST,
               "contrast": "fractional darkening of T2W (and ADC) inside the lesion: 0.6 = 60 % darker", "by_contrast": []}
-    path = ROOT / "bench/results/lesion_synth.json"
+    path = RESULTS / "lesion_synth.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     for part, key in (("sweep", "by_contrast"), ("transfer", "transfer")):
         if part not in args.parts and key in old:
@@ -261,11 +258,11 @@ def main() -> int:
                               "rows": sorted(kept + rows, key=lambda r: (r["contrast"], r["max_train_patients"]))}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     # The command without --data / --out (this machine's folders); the run's own folders are under --out.
-    result["command"] = ("python bench/lesion_synth.py --parts " + " ".join(args.parts)
+    result["command"] = ("python -m bench.lesion_synth --parts " + " ".join(args.parts)
                          + (f" --contrasts {' '.join(map(str, args.contrasts))}" if "sweep" in args.parts else "")
                          + (f" --transfer-contrasts {' '.join(map(str, args.transfer_contrasts))}"
                             if "transfer" in args.parts else ""))
-    write_json(repo_relative(result, ROOT), path)
+    write_result(result, path)
     print(f"wrote bench/results/lesion_synth.json ({result['seconds']} s)")
     return 0
 

@@ -17,12 +17,11 @@ Models (`--models`, default all):
 Prints and writes bench/results/localize_cv.json: per model the patient AUC with a patient-level
 bootstrap 95 % CI, sensitivity/specificity at the Youden point, per-case scores, and the folds.
 
-    .venv/bin/python bench/localize_cv.py [--models lr lr_clinical cnn cnn_clinical] [--runs runs/localize_cv]
+    python -m bench.localize_cv [--models lr lr_clinical cnn cnn_clinical] [--runs runs/localize_cv]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,12 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from localize.config import LocalizeConfig  # noqa: E402
-from mricore.config import load_config  # noqa: E402
-from mricore.io import repo_relative, write_json  # noqa: E402
+from bench.common import RESULTS, ROOT, add_data, parser, write_result
+from localize.config import LocalizeConfig
+from mricore.config import load_config
 
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
 LR_CONFIG = ROOT / "configs/localize/lesion_zone_lr.yaml"
@@ -125,24 +121,24 @@ def full_path(config: Path, cfg_sets: list[str], cases: list[dict], folds: list[
             **auc_with_ci([scores[c] for c in ids], [int(by_id[c]["positive"]) for c in ids])}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
     ap.add_argument("--runs", default=str(ROOT / "runs/localize_cv"))
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data"))
+    add_data(ap)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from localize.model import read_clinical
 
     sets = [f"data.root={args.data}", *args.overrides]
     cfg = load_config(LocalizeConfig, CONFIG, sets)
-    clinical_path = str(Path(args.data) / "prostatex/clinical.csv")
+    clinical_path = str(args.data / "prostatex/clinical.csv")
     clinical = read_clinical(clinical_path)
     cases = real_cases(cfg)
     folds = folds_of(cfg, cases)
     out = {"what": "lesion detection per patient on the real expert lesion masks: patient-level cross-validation, "
                    "the same folds for every model (held-out patients decide nothing)",
-           "command": "python bench/localize_cv.py (every model; each model's entry names its own run)",
+           "command": "python -m bench.localize_cv (every model; each model's entry names its own run)",
            "config": str(CONFIG.relative_to(ROOT)),
            "n_cases": len(cases), "n_positive": sum(c["positive"] for c in cases),
            "folds": [{"fold": k, "held_out": h} for k, h in enumerate(folds)],
@@ -153,7 +149,7 @@ def main() -> int:
                             "so the pooled AUC can be won by telling the sites apart; auc_within_dataset "
                             "(ProstateX: 3 with, 3 without) cannot",
            "models": {}}
-    previous = ROOT / "bench/results/localize_cv.json"
+    previous = RESULTS / "localize_cv.json"
     if previous.exists():  # models not rerun keep their last figures (same folds are checked)
         old = json.loads(previous.read_text())
         if old.get("folds") == out["folds"]:
@@ -163,11 +159,11 @@ def main() -> int:
         config = LR_CONFIG if m.startswith("lr") else CONFIG
         r = full_path(config, sets, cases, folds, Path(args.runs), m, clinical_path if m.endswith("_clinical") else None)
         r = with_site_check(r, cases)
-        out["models"][m] = {**r, "command": f"python bench/localize_cv.py --models {m}",
+        out["models"][m] = {**r, "command": f"python -m bench.localize_cv --models {m}",
                             "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps({"model": m, "auc": r["auc"], "auc_ci95": r["auc_ci95"], "n_pos": r["n_pos"],
                           "n_neg": r["n_neg"], "within": r["auc_within_dataset"]}))
-    write_json(repo_relative(out, ROOT), previous)
+    write_result(out, previous)
     return 0
 
 

@@ -12,7 +12,7 @@ that over the time, against the fp32 matmul peak (2048^2 torch.mm, best of 5). A
 fresh `ensemble predict` process up to the first network (imports and model loading), per runtime.
 Prints and writes bench/results/member_speed.json.
 
-    .venv/bin/python bench/member_speed.py
+    python -m bench.member_speed
 """
 
 from __future__ import annotations
@@ -27,15 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.common import DATA, ENSEMBLE, RESULTS, best_seconds, command, matmul_peak_gflops, parser, write_result
+from ensemble.config import load_ensemble_config
+from segment.windows import padded_slice, size_divisor, uses_whole_slices, with_whole_slice
 
-from ensemble.config import load_ensemble_config  # noqa: E402
-from segment.windows import padded_slice, size_divisor, uses_whole_slices, with_whole_slice  # noqa: E402
-from segment_bench import _best, matmul_peak_gflops  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
 # The first fold of each member family, read from the bundle (`ensemble pack` lists them family by family),
 # and the bundle's whole_slice setting (None: each member's own).
 BUNDLE = load_ensemble_config()
@@ -75,7 +70,7 @@ def startup(config: Path) -> float:
     members loaded, input read and preprocessed): total wall minus the stages zones.json times."""
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        subprocess.run([str(ROOT / ".venv/bin/ensemble"), "predict", str(DATA / "prostate158/001/t2.nii.gz"),
+        subprocess.run([str(ENSEMBLE), "predict", str(DATA / "prostate158/001/t2.nii.gz"),
                         "--config", str(config), "-o", tmp + "/o"], check=True, capture_output=True)
         wall = time.perf_counter() - t
         tim = json.loads(Path(tmp, "o", "zones.json").read_text())["timings_s"]
@@ -83,10 +78,11 @@ def startup(config: Path) -> float:
     return {"wall_s": round(wall, 3), "timed_stages_s": round(stages, 3), "startup_and_rest_s": round(wall - stages, 3)}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser(__doc__).parse_args(argv)  # no options: --help only
     from ensemble.config import BUNDLED, BUNDLED_ONNX
     from ensemble.members import read_members
-    from mricore.io import read_nifti, write_json
+    from mricore.io import read_nifti
     from mricore.modelfolder import read_model
     from mricore.preprocess import preprocess
     from segment.onnx_runtime import OnnxSegmenter
@@ -94,7 +90,7 @@ def main() -> int:
     peak = max(matmul_peak_gflops(), matmul_peak_gflops())
     t2 = read_nifti(DATA / "prostate158/001/t2.nii.gz", "T2W")
     members = {m.name: m for m in read_members([str(BUNDLED.parent / k) for k in KINDS])}
-    out = {"command": "python bench/member_speed.py", "case": "prostate158/001", "fp32_matmul_peak_gflops": round(peak, 1),
+    out = {"command": command("member_speed"), "case": "prostate158/001", "fp32_matmul_peak_gflops": round(peak, 1),
            "torch_threads": torch.get_num_threads(), "members": {}}
     for name, m in members.items():
         seg = m.segmenter
@@ -107,7 +103,7 @@ def main() -> int:
         row = {"working_grid": list(arr.shape[1:]), "mode": "whole slices" if whole(seg) else "tiles",
                "gflop_per_study": round(gflop, 2)}
         for rt, s in runs.items():
-            sec = _best(lambda: s.probabilities(arr, whole_slice=WHOLE))
+            sec = best_seconds(lambda: s.probabilities(arr, whole_slice=WHOLE))
             row[rt] = {"seconds": round(sec, 4), "gflops": round(gflop / sec, 1),
                        "percent_of_peak": round(100 * gflop / sec / peak, 1),
                        "max_abs_diff_vs_eager": float(np.abs(s.probabilities(arr, whole_slice=WHOLE) - ref).max())}
@@ -116,7 +112,7 @@ def main() -> int:
         print(name, json.dumps(row), flush=True)
     out["startup"] = {"pytorch_members": startup(BUNDLED), "onnx_members": startup(BUNDLED_ONNX)}
     print("start-up:", out["startup"])
-    write_json(out, ROOT / "bench/results/member_speed.json")
+    write_result(out, RESULTS / "member_speed.json")
     return 0
 
 

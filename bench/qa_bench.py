@@ -21,15 +21,16 @@ non-uniformity) and the output limits (member disagreement, entropy, PZ/TZ inten
 extreme value among its uncorrupted non-failure studies, with a 10 % margin; half B then gives the
 false-alarm rate on its uncorrupted studies, the detection rate of its failures, the flag rate per
 corruption kind and the ROC AUC of the combined score (largest check excess) for failure vs not. The
-same is repeated with the halves swapped. The limits from half A are the shipped ReviewConfig defaults
-(a test checks they agree with this file's output).
+same is repeated with the halves swapped. The fit is the package's (mricore.review_limits.fit_limits);
+the limits from half A are the shipped ones: `make review-limits` writes them, from this file's rows,
+into the bundle's ensemble.yaml, the one place they are stored.
 
-    .venv/bin/python bench/qa_bench.py [--data ../shared/data] [--limit N]   # ~20 min on 2 cores
+    python -m bench.qa_bench [--data ../shared/data] [--limit N]   # ~20 min on 2 cores (make review-bench)
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 import time
 from dataclasses import asdict, replace
@@ -37,25 +38,19 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ensemble.config import load_ensemble_config  # noqa: E402
-from ensemble.members import read_members  # noqa: E402
-from ensemble.predict import Source, run_case  # noqa: E402
-from mricore import qa  # noqa: E402
-from mricore.align import resample_to  # noqa: E402
-from mricore.io import read_label, read_nifti, write_json  # noqa: E402
-from mricore.metrics import dice  # noqa: E402
-from mricore.volume import Volume  # noqa: E402
+from bench.common import RESULTS, add_data, add_out, command, parser, write_result
+from ensemble.config import load_ensemble_config
+from ensemble.members import read_members
+from ensemble.predict import Source, run_case
+from mricore import qa
+from mricore.align import resample_to
+from mricore.gland_reference import load_reference
+from mricore.io import read_label, read_nifti
+from mricore.metrics import dice
+from mricore.review_limits import MARGIN, calibration_set, fit_limits, has_outcome
+from mricore.volume import Volume
 
 FAIL_DSC = 0.70
-MARGIN = 1.1
-# Limits fitted on the calibration half: field -> (feature, "max" | "min").
-CALIBRATED = {"min_dark_fraction": ("dark_fraction", "min"), "min_sharpness": ("sharpness", "min"),
-              "max_noise": ("noise", "max"), "max_nonuniformity": ("nonuniformity", "max"),
-              "max_disagreement": ("disagreement", "max"), "max_entropy": ("entropy", "max"),
-              "min_pz_tz_intensity": ("pz_tz_intensity", "min")}
 KINDS = ("normal", "reformat", "bias_field", "noise", "thick_slices", "off_centre_crop", "flipped_header",
          "adc_as_t2", "dwi_as_t2", "dicom_sag_cor")
 
@@ -218,18 +213,11 @@ def halves(studies: list[dict], seed: int = 0) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- calibrate and score
 
-def in_rates(r: dict) -> bool:
-    """Rows with a known outcome (the uncorrupted Philips studies have none)."""
-    return r["failure"] is not None and not (r["kind"] == "normal" and r["case"].startswith("philips/"))
-
-
 def calibrate(rows: list[dict], half: str) -> dict:
-    normal = [r for r in rows if r["half"] == half and r["kind"] == "normal" and in_rates(r) and not r["failure"]]
-    limits = {}
-    for field, (feat, kind) in CALIBRATED.items():
-        vals = [r["features"][feat] for r in normal if r["features"].get(feat) is not None]
-        limits[field] = round(max(vals) * MARGIN if kind == "max" else min(vals) / MARGIN, 4)
-    return {"limits": limits, "n_normal_studies": len(normal), "studies": sorted(r["case"] for r in normal)}
+    """The package's fit on `half` (mricore.review_limits) and the studies it used."""
+    normal = calibration_set(rows, half)
+    return {"limits": fit_limits(rows, half), "n_normal_studies": len(normal),
+            "studies": sorted(r["case"] for r in normal)}
 
 
 def review_of(r: dict, cfg: qa.ReviewConfig, reference: dict) -> dict:
@@ -246,7 +234,7 @@ def score(rows: list[dict], half: str, cfg: qa.ReviewConfig, reference: dict) ->
         v = review_of(r, cfg, reference)
         r["_verdict"], r["_score"], r["_reasons"] = v["verdict"], v["score"], v["reasons"]
         r["_all"] = max(c["excess"] for c in v["checks"])  # the first score: every check, input review too
-    known = [r for r in test if in_rates(r)]
+    known = [r for r in test if has_outcome(r)]
     fails = [r for r in known if r["failure"]]
     normal = [r for r in known if r["kind"] == "normal" and not r["failure"]]
     flagged = lambda rs: sum(r["_verdict"] != "ok" for r in rs)  # noqa: E731
@@ -273,23 +261,21 @@ def score(rows: list[dict], half: str, cfg: qa.ReviewConfig, reference: dict) ->
             "per_kind": per_kind}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data"))
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
+    add_data(ap)
     ap.add_argument("--limit", type=int, default=None, help="only the first N base studies (a quick look)")
-    ap.add_argument("--out", default=str(ROOT / "bench/results/qa_bench.json"))
+    add_out(ap, RESULTS / "qa_bench.json")
     ap.add_argument("--rows", help="a JSON this script wrote: re-score its measured rows (features, DSC) "
                                    "without running the ensemble again (after a change of limits or score)")
-    args = ap.parse_args()
-    data = Path(args.data)
+    args = ap.parse_args(argv)
+    data = args.data
     if not data.exists():
         sys.exit(f"{data}: data folder not found; fix: pass --data ../shared/data")
     t0 = time.perf_counter()
     cfg = load_ensemble_config(None)
-    reference = qa.load_reference()
+    reference = load_reference()
     if args.rows:
-        import json
-
         prior = json.loads(Path(args.rows).read_text())
         rows, half_of, n_studies = prior["rows"], prior["halves"], prior["n_studies"]
         return report(rows, half_of, n_studies, cfg, reference, args.out, prior["seconds"])
@@ -329,7 +315,7 @@ def report(rows, half_of, n_studies, cfg, reference, out_path, seconds) -> int:
     shipped = calibrate(rows, "A")["limits"]
     p12 = [r for r in rows if r["case"].startswith("promise12/") and r["kind"] == "normal"]
     rcfg = replace(cfg.review, **shipped)
-    out = {"command": "python bench/qa_bench.py", "failure_rule": f"WG DSC < {FAIL_DSC} against the reference",
+    out = {"command": command("qa_bench"), "failure_rule": f"WG DSC < {FAIL_DSC} against the reference",
            "score_definition": "mricore.qa.failure_score", "margin": MARGIN, "n_studies": n_studies,
            "n_variants": len(rows),
            "halves": half_of, "shipped_limits": shipped, "review_config": asdict(rcfg), **results,
@@ -340,7 +326,7 @@ def report(rows, half_of, n_studies, cfg, reference, out_path, seconds) -> int:
                               for r in rows if r["case"].startswith("philips/") and r["kind"] == "normal"},
            "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
            "seconds": seconds}
-    write_json(out, out_path)
+    write_result(out, out_path)
     for name, res in results.items():
         h = res["held_out"]
         print(f"{name}: held-out detection {h['detection_rate']} of {h['n_failures']} failures, false alarms "

@@ -1,17 +1,16 @@
 """Outputs on real cases, before and after a refactor: run the commands with one checkout's `bin/`
 and compare every NIfTI voxel by voxel with another run's.
 
-    .venv/bin/python bench/refactor_check.py run  OUT_DIR [--bin ../other-checkout/.venv/bin]   # writes OUT_DIR/<job>/
-    .venv/bin/python bench/refactor_check.py compare BEFORE_DIR AFTER_DIR                 # exit 1 on any difference
+    python -m bench.refactor_check run  OUT_DIR [--bin ../other-checkout/.venv/bin]   # writes OUT_DIR/<job>/
+    python -m bench.refactor_check compare BEFORE_DIR AFTER_DIR                 # exit 1 on any difference
 
 Jobs: `segment predict --probabilities` with one bundled 2D, 2.5D and DynUNet member, and `ensemble predict
 --probabilities` with the bundled PyTorch members and the ONNX export, each on the Prostate158 T2W file and
-on the ProstateX DICOM series. Run from the repository root (the bundle is read from ./ensemble/models).
+on the ProstateX DICOM series. The bundle is this checkout's (ensemble/models/default).
 """
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +18,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bench.common import BUNDLE, DATA, parser
 from ensemble.config import load_ensemble_config
 
-DATA = Path("../shared/data")
 INPUTS = {"p158_001": DATA / "prostate158/001/t2.nii.gz", "dicom_px0000": DATA / "dicom/ProstateX-0000/4.000000-t2tsetra-00702"}
-BUNDLE = Path("ensemble/models/default")
 # Fold k of member family k (`ensemble pack` lists the bundle's members family by family, folds 0-2).
 MEMBERS = tuple(Path(m).name for m in load_ensemble_config(BUNDLE / "ensemble.yaml").members[0::4][:3])
 
@@ -63,8 +61,8 @@ def compare(before: Path, after: Path) -> int:
     return 1 if bad or not files else 0
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("out", type=Path)
@@ -72,5 +70,9 @@ if __name__ == "__main__":
     c = sub.add_parser("compare")
     c.add_argument("before", type=Path)
     c.add_argument("after", type=Path)
-    a = ap.parse_args()
-    sys.exit(run(a.out, a.bin) if a.cmd == "run" else compare(a.before, a.after))
+    a = ap.parse_args(argv)
+    return run(a.out, a.bin) if a.cmd == "run" else compare(a.before, a.after)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

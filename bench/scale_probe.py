@@ -9,40 +9,34 @@ scale gap, which scale augmentation in training addresses (SCALE_AUG in the Make
 A diagnostic, never a selection: it chose no factor of the ensemble's multi-scale test-time
 augmentation (`tta_scales`, scored by bench/candidate_cv.py --set).
 
-    .venv/bin/python bench/scale_probe.py --cases 001 --out bench/results/scale_probe.json
+    python -m bench.scale_probe --cases 001 --out bench/results/scale_probe.json
 
 About 10 s per case and factor on 2 cores.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ensemble.evaluate import cv_groups  # noqa: E402
-from ensemble.members import read_members  # noqa: E402
-from ensemble.predict import infer_case, read_case, resolve_config, source_from_case  # noqa: E402
-from mricore.datasets import load_dataset, read_ref  # noqa: E402
-from mricore.io import repo_relative, write_json  # noqa: E402
-from mricore.metrics import zone_metrics  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
-BUNDLE = ROOT / "ensemble" / "models" / "default" / "ensemble.yaml"
+from bench.common import BUNDLE, add_data, add_out, command, parser, write_result
+from ensemble.evaluate import cv_groups
+from ensemble.members import read_members
+from ensemble.predict import infer_case, read_case, resolve_config, source_from_case
+from mricore.datasets import load_dataset, read_ref
+from mricore.metrics import zone_metrics
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=BUNDLE, help="ensemble config (default: the bundle)")
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = parser(__doc__)
+    ap.add_argument("--config", type=Path, default=BUNDLE / "ensemble.yaml", help="ensemble config (default: bundle)")
     ap.add_argument("--cases", nargs="*", help="case ids (default: every expert-labelled case held out)")
     ap.add_argument("--factors", nargs="+", type=float, default=[0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2])
-    ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--out", type=Path, required=True, help="JSON to write (bench/results/...)")
-    args = ap.parse_args()
+    add_data(ap)
+    add_out(ap)
+    args = ap.parse_args(argv)
     if not args.data.is_dir():
         print(f"skipped: no data folder at {args.data}")
         return 0
@@ -62,11 +56,11 @@ def main() -> int:
             m = zone_metrics(result.label, ref, read.image.spacing)
             results[case.case_id]["dsc"][str(f)] = {z: round(float(v["dsc"]), 4) for z, v in m.items()}
             print(case.case_id, f, results[case.case_id]["dsc"][str(f)], flush=True)
-    report = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+    report = {"command": command("scale_probe", argv, drop=()),
               "config": str(args.config), "factors": args.factors,
               "meaning": "in-plane voxel size times factor: the gland measures factor x its size; DSC vs the "
                          "expert zones by the members that held the case out", "cases": results}
-    write_json(repo_relative(report, ROOT), args.out)
+    write_result(report, args.out)
     print(f"wrote {args.out}")
     return 0
 

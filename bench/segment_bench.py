@@ -1,6 +1,6 @@
 """Speed of `segment`: training throughput and data wait, prediction time, achieved GFLOP/s, peak RSS.
 
-Run: .venv/bin/python bench/segment_bench.py [--data ../shared/data] [--iters 15] [--compile]
+Run: python -m bench.segment_bench [--data ../shared/data] [--iters 15] [--compile]
 Writes bench/results/segment_bench.json and prints:
 - fp32 matmul peak (2048x2048 torch.mm, best of 5, the better of before and after): the yardstick;
 - training at the default config (configs/segment/zonal_t2w_2d.yaml, fold 'all', one epoch of
@@ -16,7 +16,6 @@ The machine is shared: the load average at start and end is saved beside the fig
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -26,30 +25,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "results" / "segment_bench.json"
+from bench.common import RESULTS, ROOT, add_data, best_seconds, matmul_peak_gflops, parser, write_result
+
+OUT = RESULTS / "segment_bench.json"
 CONFIGS = {"2d": ROOT / "configs/segment/zonal_t2w_2d.yaml", "3d": ROOT / "configs/segment/zonal_t2w_3d.yaml"}
-
-
-def matmul_peak_gflops(n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
-
-
-def _best(fn, repeats=5) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
 
 
 def network_gflops(net, shape) -> dict:
@@ -61,7 +40,7 @@ def network_gflops(net, shape) -> dict:
         with fc:
             net(x)
         flops = fc.get_total_flops()
-        s = _best(lambda: net(x))
+        s = best_seconds(lambda: net(x))
     return {"batch_shape": list(shape), "gflop_per_batch": flops / 1e9, "seconds_per_batch": s,
             "gflops": flops / 1e9 / s}
 
@@ -77,7 +56,7 @@ def compiled_gflops(net, shape, eager: dict) -> dict:
         y = cnet(x)
         compile_s = time.perf_counter() - t
         diff = float((y - net(x)).abs().max())
-        s = _best(lambda: cnet(x))
+        s = best_seconds(lambda: cnet(x))
     gain = eager["seconds_per_batch"] - s
     return {"compile_plus_first_call_s": compile_s, "seconds_per_batch": s,
             "gflops": eager["gflop_per_batch"] / s, "max_abs_diff_vs_eager": diff,
@@ -85,8 +64,8 @@ def compiled_gflops(net, shape, eager: dict) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap = parser(__doc__)
+    add_data(ap)
     ap.add_argument("--iters", type=int, default=15)
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes on 2 cores)")
     a = ap.parse_args(argv)
@@ -97,9 +76,9 @@ def main(argv=None) -> dict:
     from segment.predict import predict
     from segment.train import train
 
-    res: dict = {"load_avg_start": os.getloadavg(), "threads": torch.get_num_threads(), "cores": os.cpu_count()}
+    res: dict = {"load_avg_start": os.getloadavg(), "threads": torch.get_num_threads()}
     res["matmul_fp32_peak_gflops"] = matmul_peak_gflops()
-    case = Path(a.data) / "prostate158" / "001" / "t2.nii.gz"
+    case = a.data / "prostate158" / "001" / "t2.nii.gz"
     tmp = Path(tempfile.mkdtemp(prefix="segment_bench_"))
     common = [f"data.root={a.data}", f"output_dir={tmp}", "train.epochs=1", "train.tensorboard=false"]
 
@@ -153,8 +132,7 @@ def main(argv=None) -> dict:
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     res["peak_rss_mb"] = {"self": self_kb / 1024, "children": child_kb / 1024}
     res["load_avg_end"] = os.getloadavg()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(res, indent=2))
+    write_result(res, OUT)
     print(json.dumps(res, indent=2))
     print(f"wrote {OUT}")
     return res

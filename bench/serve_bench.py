@@ -9,12 +9,11 @@ Measured on the same 4 real studies (prostate158/001, 002, 021, prostatex/Prosta
   with the networks), cases per hour.
 Prints and writes bench/results/serve_bench.json.
 
-    .venv/bin/python bench/serve_bench.py [--data ../shared/data]
+    python -m bench.serve_bench [--data ../shared/data]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -23,29 +22,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "ensemble"))
-
-from ensemble.config import load_ensemble_config  # noqa: E402
-from mricore.io import write_json  # noqa: E402
+from bench.common import ENSEMBLE, RESULTS, add_data, command, parser, write_result
+from ensemble.config import load_ensemble_config
 
 CASES = ["prostate158/001", "prostate158/002", "prostate158/021", "prostatex/ProstateX-0002"]
 
 
-def main() -> int:
-    from serve_client import Running, post  # the tests' loopback server and stdlib client
-
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
+    add_data(ap)
+    args = ap.parse_args(argv)
+    data = args.data
     from ensemble.batch import predict_batch
     from ensemble.serve import create_app
+    from tests.ensemble.serve_client import Running, post  # the tests' loopback server and stdlib client
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data"))
-    args = ap.parse_args()
-    data = Path(args.data)
     files = [(data / c / "t2.nii.gz").read_bytes() for c in CASES]
     cfg = load_ensemble_config(None)
-    out: dict = {"command": "python bench/serve_bench.py", "cases": CASES, "members": len(cfg.members)}
+    out: dict = {"command": command("serve_bench"), "cases": CASES, "members": len(cfg.members)}
     tmp = Path(tempfile.mkdtemp(prefix="serve_bench_"))
 
     def request(url, i):
@@ -74,7 +68,7 @@ def main() -> int:
     cli = []
     for i, c in enumerate(CASES):
         t = time.perf_counter()
-        subprocess.run([str(ROOT / ".venv/bin/ensemble"), "predict", str(data / c / "t2.nii.gz"), "-o",
+        subprocess.run([str(ENSEMBLE), "predict", str(data / c / "t2.nii.gz"), "-o",
                         str(tmp / f"cli_{i}")], check=True, capture_output=True)
         cli.append(time.perf_counter() - t)
     out["cli_process_per_case"] = {"median_s": round(statistics.median(cli), 2), "per_case_s": [round(x, 2) for x in cli],
@@ -91,7 +85,7 @@ def main() -> int:
         s = time.perf_counter() - t
         out[f"cohort_workers_{workers}"] = {"seconds": round(s, 2), "cases_per_hour": round(len(CASES) / s * 3600, 1)}
         print(f"cohort --workers {workers}: {out[f'cohort_workers_{workers}']}", flush=True)
-    write_json(out, ROOT / "bench/results/serve_bench.json")
+    write_result(out, RESULTS / "serve_bench.json")
     print("wrote bench/results/serve_bench.json")
     return 0
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The peers of bench/peers.py, each in its own venv beside .venv (git-ignored), CPU only:
+# The peers of bench/peer_speed.py and bench/peer_accuracy.py, each in its own venv beside .venv (git-ignored), CPU only:
 # - .venv-taps: TAPS (PyPI lavlab-taps 1.1.2, MIT) with --no-deps (its declared onnxruntime-gpu pulls
 #   CUDA), then onnxruntime, the CPU torch wheel, monai, nibabel, SimpleITK;
 # - .venv-nnunet: nnU-Net v2 with torch pinned to the CPU wheel (a plain install pulls a CUDA build).

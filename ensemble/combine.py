@@ -68,28 +68,6 @@ class WeightedSum:
         return p
 
 
-def mean(probs: np.ndarray) -> np.ndarray:
-    """(M, 3, ...) -> (3, ...) float32 mean of member probabilities.
-
-    >>> mean(np.array([[[1.0], [0.0], [0.0]], [[0.0], [1.0], [0.0]]], np.float32))[:, 0].tolist()
-    [0.5, 0.5, 0.0]
-    """
-    acc = WeightedSum()
-    for p in probs:
-        acc.add(p)
-    return acc.result()
-
-
-def weighted_mean(probs: np.ndarray, weights) -> np.ndarray:
-    """(M, 3, ...) and weights (M,) or (M, 3) -> (3, ...) float32 weighted mean, renormalised over classes."""
-    w = np.asarray(weights, np.float64)
-    w = np.broadcast_to(w[:, None] if w.ndim == 1 else w, (len(probs), N_CLASSES))
-    acc = WeightedSum()
-    for p, wm in zip(probs, w):
-        acc.add(p, wm)
-    return acc.result()
-
-
 def weights_from_selection(selections: list[dict | None], names: list[str]) -> np.ndarray:
     """(M, 3) per-class weights from each member's model.json "selection" (inner-validation DSC on
     training patients; see SELECTION_KEYS).

@@ -13,12 +13,12 @@ Example (configs/ensemble/default.yaml):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from mricore.config import load_config
+from mricore.config import from_dict, load_config
 from mricore.errors import ConfigError
-from mricore.qa import ReviewConfig
+from mricore.review_limits import FITTED, ReviewConfig
 
 METHODS = ("mean", "weighted", "vote", "staple")
 BUNDLED = Path(__file__).resolve().parent / "models" / "default" / "ensemble.yaml"
@@ -50,7 +50,9 @@ class EnsembleConfig:
         (model.json selection WG_mean/TZ_mean/PZ_mean for background/TZ/PZ; training patients only).
     largest_component: keep the largest 3D gland component of the combined zones.
     review: limits of the input and output quality checks behind the ok / review / reject verdict
-        (mricore.qa.ReviewConfig; calibrated by bench/qa_bench.py).
+        (mricore.review_limits.ReviewConfig). The fitted ones are stored once, in the bundle's
+        ensemble.yaml (`make review-limits`); a config that leaves one out (or null) takes the bundle's,
+        and with no bundle, or a bundle not yet fitted, that check reports n/a (not calibrated).
     probabilities: also write probabilities.nii.gz (float32: NIfTI-1 has no half-float type).
     tta: left-right flip test-time augmentation in every member (doubles network time).
     whole_slice: null: each member's own `predict.whole_slice` (automatic: whole slices unless it uses
@@ -121,4 +123,19 @@ def load_ensemble_config(path: str | Path | None = None, overrides: list[str] | 
             raise ConfigError("bundled ensemble", "not installed (no ensemble/models/default/ensemble.yaml)",
                               None, HOW_TO_TRAIN)
         path = bundled_config()
-    return load_config(EnsembleConfig, path, overrides)  # member paths relative to the file: mricore.config
+    cfg = load_config(EnsembleConfig, path, overrides)  # member paths relative to the file: mricore.config
+    return with_bundle_limits(cfg)
+
+
+def with_bundle_limits(cfg: EnsembleConfig) -> EnsembleConfig:
+    """`cfg` with each fitted review limit it leaves out (None) taken from the bundle's ensemble.yaml,
+    the one place they are stored (mricore.review_limits); unchanged where the bundle has none."""
+    missing = [name for name in FITTED if getattr(cfg.review, name) is None]
+    if not missing or not BUNDLED.exists():
+        return cfg
+    import yaml
+
+    bundle = from_dict(ReviewConfig, (yaml.safe_load(BUNDLED.read_text()) or {}).get("review"), str(BUNDLED),
+                       prefix="review.")
+    fill = {name: getattr(bundle, name) for name in missing if getattr(bundle, name) is not None}
+    return replace(cfg, review=replace(cfg.review, **fill)) if fill else cfg

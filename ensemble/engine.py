@@ -26,7 +26,6 @@ carried to the input grid with nearest neighbour (masks are never interpolated).
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -34,7 +33,9 @@ import numpy as np
 from mricore import qa, zones
 from mricore.align import fill_outside_box
 from mricore.bias import bias_corrected
-from mricore.preprocess import preprocess, restore
+from mricore.preprocess import PreprocessSpec, preprocess, restore
+from mricore.results import zone_volumes_ml
+from mricore.timing import Timer
 from mricore.volume import Volume
 from segment.prediction import BACKGROUND
 
@@ -114,76 +115,131 @@ def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, list[
                           "margin_mm": cfg.locator_margin_mm}
 
 
+# Stages of `info["timings_s"]`, in this order; "network" holds seconds per member name.
+TIMED_STAGES = ("n4", "locator", "preprocess", "network", "restore", "combine", "postprocess")
+UNCERTAINTY_DEFINITION = ("score: mean normalised entropy (0..1); disagreement: mean share of members disagreeing "
+                          "with the combined label; both over the voxels any member or the ensemble labels gland")
+
+
 def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> EnsembleResult:
-    """Members `used` (all of whose channels `image` has) on `image`; combination by `cfg.method`."""
+    """Members `used` (all of whose channels `image` has) on `image`; combination by `cfg.method`.
+
+    Steps: N4 (optional), locate, then per spec group crop and run the members and restore their sum,
+    combine, review; each stage is timed into `info["timings_s"]` (TIMED_STAGES)."""
+    timer = Timer(*TIMED_STAGES)
     weights = member_weights(cfg, used)
-    timings = {"n4": 0.0, "locator": 0.0, "preprocess": 0.0, "network": {}, "restore": 0.0, "combine": 0.0,
-               "postprocess": 0.0}
-    t = time.perf_counter()
-    corrected = None  # the input with its T2W divided by its N4 field: computed once per case at most
+    sources = Sources(image)
     if cfg.n4 and "T2W" in image.channels:
-        image = corrected = bias_corrected(image, "T2W")
-        timings["n4"] = time.perf_counter() - t
-    t = time.perf_counter()
-    centre, keep, located = locate(image, cfg)
-    timings["locator"] = time.perf_counter() - t
+        with timer("n4"):
+            image = sources.image = sources.corrected = bias_corrected(image, "T2W")
+    with timer("locator"):
+        centre, keep, located = locate(image, cfg)
+    groups = spec_groups(used)
+    total, member_labels = run_members(sources, used, weights, groups, centre, cfg, timer)
+    with timer("combine"):
+        label, prob, staple_perf = combine_members(total, member_labels, keep, cfg.method)
+    del total
+    with timer("postprocess"):
+        label, ent, dis, reviewed = review(label, prob, member_labels, image, cfg)
+    info = {
+        "method": cfg.method,
+        "members_used": [{"member": m.name, "path": str(m.path), "channels": m.channels} for m in used],
+        "weights": {m.name: dict(zip(zones.CLASS_NAMES, map(float, w))) for m, w in zip(used, weights)},
+        "preprocessing_passes": len(groups),
+        "locator": located,
+        "volume_ml": zone_volumes_ml(label, image.voxel_volume_ml),
+        **reviewed,
+        "timings_s": timer.rounded(4),
+    }
+    if staple_perf is not None:
+        info["staple_performance"] = {m.name: p for m, p in zip(used, staple_perf)}
+    return EnsembleResult(label, prob, ent, dis, member_labels, info)
+
+
+@dataclass
+class Sources:
+    """The input a spec group is cropped from: `image` (N4-corrected already when the ensemble
+    corrects every case) and its T2W-corrected copy, computed once per case at most."""
+
+    image: Volume
+    corrected: Volume | None = None
+
+    def for_spec(self, spec: PreprocessSpec) -> tuple[Volume, PreprocessSpec]:
+        """(volume, spec) to preprocess: a spec trained on corrected T2W (`spec.n4`) gets the shared
+        corrected copy and a spec that no longer corrects."""
+        if not spec.n4:
+            return self.image, spec
+        if self.corrected is None:
+            self.corrected = bias_corrected(self.image, "T2W")
+        return self.corrected, replace(spec, n4=False)
+
+
+def spec_groups(used: list[Member]) -> dict[str, list[int]]:
+    """Indices of `used` per distinct PreprocessSpec (`spec.key()`): one preprocessing pass each."""
     groups: dict[str, list[int]] = {}
     for i, m in enumerate(used):
         groups.setdefault(m.spec.key(), []).append(i)
+    return groups
 
+
+def crop(sources: Sources, spec: PreprocessSpec, centre: np.ndarray | None, scale: float):
+    """Step "crop": the working-grid array of one spec group, centred on the located gland (if any),
+    the input's in-plane voxel size times `scale` (multi-scale TTA; same voxels, so the anatomy is
+    `scale` x its size and the results stay on the input's voxels)."""
+    source, spec = sources.for_spec(spec)
+    if scale != 1.0:
+        unscaled, source = source, source.inplane_scaled(scale)
+        centre = None if centre is None else world_on(centre, unscaled, source)
+    return preprocess(source, spec, centre)
+
+
+def run_members(sources: Sources, used: list[Member], weights: np.ndarray, groups: dict[str, list[int]],
+                centre: np.ndarray | None, cfg: EnsembleConfig, timer: Timer) -> tuple[combine.WeightedSum, np.ndarray]:
+    """Step "members": every spec group (times every TTA scale) cropped, its members run one after
+    another into one weighted sum, restored onto the input grid -> (the running sum on the input grid,
+    (M, I, J, K) uint8 member label maps from scale 1)."""
     acc = combine.WeightedSum()
-    member_labels = np.zeros((len(used),) + image.shape, np.uint8)
+    member_labels = np.zeros((len(used),) + sources.image.shape, np.uint8)
     for idxs, scale in itertools.product(groups.values(), cfg.tta_scales):
-        t = time.perf_counter()
-        spec = used[idxs[0]].spec
-        if spec.n4:  # trained on corrected T2W: every such group shares the one correction
-            corrected = corrected if corrected is not None else bias_corrected(image, "T2W")
-            source, spec = corrected, replace(spec, n4=False)
-        else:
-            source = image
-        here = centre
-        if scale != 1.0:  # same voxels, anatomy `scale` x its size: results stay on the input's voxels
-            unscaled, source = source, source.inplane_scaled(scale)
-            here = None if centre is None else world_on(centre, unscaled, source)
-        prep = preprocess(source, spec, here)
-        timings["preprocess"] += time.perf_counter() - t
+        with timer("preprocess"):
+            prep = crop(sources, used[idxs[0]].spec, centre, scale)
+        with timer("restore"):
+            to_input = nearest_index_map(prep) if scale == 1.0 else None
         work = combine.WeightedSum()
-        t = time.perf_counter()
-        to_input = nearest_index_map(prep) if scale == 1.0 else None
-        timings["restore"] += time.perf_counter() - t
         for i in idxs:
-            t = time.perf_counter()
-            prob = used[i].segmenter.probabilities(prep.array, tta_flip=cfg.tta, whole_slice=cfg.whole_slice)
-            timings["network"][used[i].name] = timings["network"].get(used[i].name, 0.0) + time.perf_counter() - t
-            t = time.perf_counter()
-            work.add(prob, weights[i])
-            if to_input is not None:  # member label maps: each member at the input's own scale
-                member_labels[i] = carry_labels(zones.labels_from_probabilities(prob), to_input)
-            timings["restore"] += time.perf_counter() - t
+            with timer("network", used[i].name):
+                prob = used[i].segmenter.probabilities(prep.array, tta_flip=cfg.tta, whole_slice=cfg.whole_slice)
+            with timer("restore"):
+                work.add(prob, weights[i])
+                if to_input is not None:  # member label maps: each member at the input's own scale
+                    member_labels[i] = carry_labels(zones.labels_from_probabilities(prob), to_input)
             del prob
-        t = time.perf_counter()
-        # Outside the working grid every member says background with probability 1 (BACKGROUND).
-        acc.add_sum(restore(work.total, prep, fill=[float(work.weight[0]) * v for v in BACKGROUND]), work.weight)
-        timings["restore"] += time.perf_counter() - t
+        with timer("restore"):
+            # Outside the working grid every member says background with probability 1 (BACKGROUND).
+            acc.add_sum(restore(work.total, prep, fill=[float(work.weight[0]) * v for v in BACKGROUND]), work.weight)
+    return acc, member_labels
 
-    t = time.perf_counter()
-    prob = acc.result()
-    del acc, to_input  # full input-grid arrays no longer needed (big grids: 704x704x30 is 15 M voxels)
+
+def combine_members(total: combine.WeightedSum, member_labels: np.ndarray, keep: list[np.ndarray] | None,
+                    method: str) -> tuple[np.ndarray, np.ndarray, list | None]:
+    """Step "combine": (label, probabilities, STAPLE's per-member performance or None) by `method`;
+    everything farther than the locator's margin (`keep`) becomes background, in `member_labels` too."""
+    prob = total.result()
     if keep is not None:  # farther than the margin from the located gland: background
         fill_outside_box(prob, keep, BACKGROUND)
         fill_outside_box(member_labels, keep, [0] * len(member_labels))
-    staple_perf = None
-    if cfg.method == "vote":
-        label = combine.majority_vote(member_labels, tie_break=prob)
-        prob = combine.vote_fractions(member_labels)
-    elif cfg.method == "staple":
-        label, staple_perf = combine.staple(member_labels, undecided=combine.majority_vote(member_labels, prob))
-        prob = combine.vote_fractions(member_labels)
-    else:
-        label = zones.labels_from_probabilities(prob)
-    timings["combine"] = time.perf_counter() - t
+    if method == "vote":
+        return combine.majority_vote(member_labels, tie_break=prob), combine.vote_fractions(member_labels), None
+    if method == "staple":
+        label, perf = combine.staple(member_labels, undecided=combine.majority_vote(member_labels, prob))
+        return label, combine.vote_fractions(member_labels), perf
+    return zones.labels_from_probabilities(prob), prob, None
 
-    t = time.perf_counter()
+
+def review(label: np.ndarray, prob: np.ndarray, member_labels: np.ndarray, image: Volume,
+           cfg: EnsembleConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Step "review": the largest-component rule, the uncertainty maps and the output checks ->
+    (label, entropy, disagreement, info entries "uncertainty", "gland_components", "review")."""
     kept, parts = zones.largest_component(label)
     if cfg.largest_component:
         label = kept
@@ -195,29 +251,9 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     features = qa.output_features(label, image.affine, entropy=score, disagreement=mean_dis,
                                   removed_fraction=parts["removed_fraction"], slab_mm=cfg.review.slab_mm,
                                   t2w=image.channel("T2W") if "T2W" in image.channels else None)
-    review = qa.verdict(qa.output_checks(features, cfg.review), features)
-    timings["postprocess"] = time.perf_counter() - t
-
-    vml = image.voxel_volume_ml
-    masks = zones.masks(label)
-    info = {
-        "method": cfg.method,
-        "members_used": [{"member": m.name, "path": str(m.path), "channels": m.channels} for m in used],
-        "weights": {m.name: dict(zip(zones.CLASS_NAMES, map(float, w))) for m, w in zip(used, weights)},
-        "preprocessing_passes": len(groups),
-        "locator": located,
-        "volume_ml": {z: round(float(mk.sum()) * vml, 3) for z, mk in masks.items()},
-        "uncertainty": {"score": round(score, 4), "disagreement": round(mean_dis, 4),
-                        "definition": "score: mean normalised entropy (0..1); disagreement: mean share of "
-                                      "members disagreeing with the combined label; both over the voxels any "
-                                      "member or the ensemble labels gland"},
-        "gland_components": parts,
-        "review": review,
-        "timings_s": _rounded(timings),
-    }
-    if staple_perf is not None:
-        info["staple_performance"] = {m.name: p for m, p in zip(used, staple_perf)}
-    return EnsembleResult(label, prob, ent, dis, member_labels, info)
+    verdict = qa.verdict(qa.output_checks(features, cfg.review), features)
+    uncertainty = {"score": round(score, 4), "disagreement": round(mean_dis, 4), "definition": UNCERTAINTY_DEFINITION}
+    return label, ent, dis, {"uncertainty": uncertainty, "gland_components": parts, "review": verdict}
 
 
 def world_on(point_mm: np.ndarray, grid: Volume, other: Volume) -> np.ndarray:
@@ -225,7 +261,3 @@ def world_on(point_mm: np.ndarray, grid: Volume, other: Volume) -> np.ndarray:
     affine: an in-plane rescaled copy)."""
     voxel = np.linalg.solve(grid.affine, np.append(point_mm, 1.0))
     return (other.affine @ voxel)[:3]
-
-
-def _rounded(t: dict) -> dict:
-    return {k: (_rounded(v) if isinstance(v, dict) else round(v, 4)) for k, v in t.items()}

@@ -92,22 +92,14 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
     are then named by their training config name (e.g. unet2d), pooled over folds, so the paired
     comparison is ensemble-of-fold-k vs each architecture of fold k on the same held-out cases.
     """
-    from tqdm import tqdm
-
-    from mricore.datasets import load_dataset, read_ref
-    from mricore.io import write_json
+    from mricore.outputs import check_absent, check_output_dir, write_csv, write_json
 
     from .members import read_members
-    from .predict import plan_members, resolve_config, run_case, source_from_case
+    from .predict import resolve_config
 
     cfg = resolve_config(config)
     members = read_members(cfg.members)
-    cases = [c for c in load_dataset(ref) if label in c.labels]
-    if not cases:
-        raise InputError(ref, f"no case has the reference label '{label}'", 0,
-                         "point --ref to labelled cases, or choose --label (zones, zones_ai)")
-    from mricore.io import check_absent, check_output_dir
-
+    cases = labelled_cases(ref, label)
     out = check_output_dir(out_dir)
     check_absent([out / name for name in ("evaluate.json", "metrics.csv", "metrics.json", "report.html",
                                           "review.csv")], force)
@@ -118,29 +110,8 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
         if not cases:
             raise InputError(ref, "no reference case is a validation case of any member", 0,
                              "evaluate cross-validated members on the dataset they were trained from")
-    sources = [(c, source_from_case(c)) for c in cases]
-    for c, s in sources:
-        plan_members(s, [members[i] for i in groups[c.case_id]], cfg, notify=False)
-    rows, skipped, reviews = [], {}, {}
-    for case, s in tqdm(sources, desc="ensemble evaluate", disable=not progress, file=sys.stderr):
-        case_members = [members[i] for i in groups[case.case_id]]
-        image, result, sk = run_case(s, case_members, cfg, notify=False, accept=True)
-        reference = read_ref(case.labels[label], label, case.case_id)
-        if not reference.same_grid(image):
-            raise GeometryError(case.labels[label].path, "reference label grid must equal the image grid",
-                                f"shape {reference.shape} vs {image.shape}",
-                                "resample the label onto the T2W with nearest neighbour")
-        names = [m["member"] for m in result.info["members_used"]]
-        if cross_validated:  # one name per architecture/config, pooled over folds
-            by_name = {m.name: m.meta.name or m.name for m in case_members}
-            names = [by_name[n] for n in names]
-        rev = result.info["review"]
-        for r in score_case(result, reference.array[0], image.spacing, names, cfg.largest_component):
-            if r["model"] == "ensemble":  # the verdict beside the metrics it should predict
-                r.update(review_score=rev["score"], flagged=float(rev["verdict"] != "ok"))
-            rows.append({"case_id": case.case_id, **r})
-        skipped[case.case_id] = sk
-        reviews[case.case_id] = {k: rev[k] for k in ("verdict", "reasons", "score")}
+    rows, skipped, reviews = score_cases(cases, [[members[i] for i in groups[c.case_id]] for c in cases], cfg,
+                                         label, cross_validated, progress)
     summary = {"reference": str(ref), "label": label, "method": cfg.method, "n_cases": len(cases),
                "cross_validated": cross_validated,
                "folds": {c: sorted({str(members[i].meta.fold) for i in g}) for c, g in groups.items()}
@@ -148,12 +119,56 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
                "members": [m.name for m in members], "skipped": skipped, "zones": paired_summary(rows),
                "per_case_dsc": _per_case_dsc(rows), "review": reviews}
     _write_report(out, rows, summary, force)
-    from mricore.io import write_csv
-
     write_csv([{"case_id": c, "verdict": r["verdict"], "score": r["score"], "reasons": "; ".join(r["reasons"])}
                for c, r in reviews.items()], out / "review.csv", force=True)
     write_json(summary, out / "evaluate.json", force=True)
     return summary
+
+
+def labelled_cases(ref, label: str) -> list:
+    """The cases of dataset `ref` that have the reference label `label` (at least one, else InputError)."""
+    from mricore.datasets import load_dataset
+
+    cases = [c for c in load_dataset(ref) if label in c.labels]
+    if not cases:
+        raise InputError(ref, f"no case has the reference label '{label}'", 0,
+                         "point --ref to labelled cases, or choose --label (zones, zones_ai)")
+    return cases
+
+
+def score_cases(cases: list, case_members: list[list], cfg, label: str, cross_validated: bool,
+                progress: bool) -> tuple[list[dict], dict, dict]:
+    """Predict every case with its members (all planned before the first network runs) and score it ->
+    (metric rows, {case_id: skipped members}, {case_id: verdict, reasons, score})."""
+    from tqdm import tqdm
+
+    from mricore.datasets import read_ref
+
+    from .predict import plan_members, run_case, source_from_case
+
+    sources = [source_from_case(c) for c in cases]
+    for s, used in zip(sources, case_members):
+        plan_members(s, used, cfg, notify=False)
+    rows, skipped, reviews = [], {}, {}
+    for case, s, used in tqdm(list(zip(cases, sources, case_members)), desc="ensemble evaluate",
+                              disable=not progress, file=sys.stderr):
+        image, result, skipped[case.case_id] = run_case(s, used, cfg, notify=False, accept=True)
+        reference = read_ref(case.labels[label], label, case.case_id)
+        if not reference.same_grid(image):
+            raise GeometryError(case.labels[label].path, "reference label grid must equal the image grid",
+                                f"shape {reference.shape} vs {image.shape}",
+                                "resample the label onto the T2W with nearest neighbour")
+        names = [m["member"] for m in result.info["members_used"]]
+        if cross_validated:  # one name per architecture/config, pooled over folds
+            by_name = {m.name: m.meta.name or m.name for m in used}
+            names = [by_name[n] for n in names]
+        rev = result.info["review"]
+        for r in score_case(result, reference.array[0], image.spacing, names, cfg.largest_component):
+            if r["model"] == "ensemble":  # the verdict beside the metrics it should predict
+                r.update(review_score=rev["score"], flagged=float(rev["verdict"] != "ok"))
+            rows.append({"case_id": case.case_id, **r})
+        reviews[case.case_id] = {k: rev[k] for k in ("verdict", "reasons", "score")}
+    return rows, skipped, reviews
 
 
 def _per_case_dsc(rows: list[dict]) -> dict:

@@ -72,7 +72,7 @@ def export(config, out_dir, force: bool = False) -> Path:
 
             raise ConfigError(f"member {m.path}", "is an ONNX export already", None,
                               "export the PyTorch model folders (written by `segment train` or `ensemble pack`)")
-    from mricore.io import replaced_dir
+    from mricore.outputs import replaced_dir
 
     with replaced_dir(out) as tmp:
         for m in members:

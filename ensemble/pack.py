@@ -36,7 +36,7 @@ def member_folder_name(meta: ModelMeta, src: Path) -> str:
 def _copy_model(src: Path, dest: Path, meta: ModelMeta, half: bool) -> None:
     """A member into the bundle; its training config names paths relative to the repository (a
     committed bundle names no machine's paths)."""
-    from mricore.io import repo_relative
+    from mricore.outputs import repo_relative
 
     write_model(dest, meta, load_weights(src), half=half)
     for f in COPY:
@@ -45,6 +45,30 @@ def _copy_model(src: Path, dest: Path, meta: ModelMeta, half: bool) -> None:
     if (src / "config.yaml").exists():
         cfg = repo_relative(yaml.safe_load((src / "config.yaml").read_text()), REPO)
         (dest / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def member_folder_names(members: list[str | Path], metas: list[ModelMeta]) -> list[str]:
+    """Each member's folder name in the bundle (`member_folder_name`); two alike, or one named
+    "locator" (the stage-one folder), is an InputError naming the member."""
+    names: list[str] = []
+    for src, meta in zip(map(Path, members), metas):
+        name = member_folder_name(meta, src)
+        if name in names or name == "locator":
+            raise InputError(src, "two members would get the same folder name", name,
+                             "give the training configs different names")
+        names.append(name)
+    return names
+
+
+def read_cv_report(cv_report: str | Path | None) -> dict | None:
+    """The summary (evaluate.json) of an `ensemble evaluate --cv` report folder; None without one."""
+    if cv_report is None:
+        return None
+    p = Path(cv_report) / "evaluate.json"
+    if not p.exists():
+        raise InputError(p, "cross-validation report not found", None,
+                         "run `ensemble evaluate --cv ... -o DIR` first and pass DIR")
+    return json.loads(p.read_text())
 
 
 def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", half: bool = True,
@@ -73,25 +97,13 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
                               "list member folders and pass --locator instead")
     loaded = read_members(list(members) + ([locator] if locator else []))  # complete, loadable, platform zones
     metas = [m.meta for m in loaded[:len(members)]]
-    names = []
-    for src, meta in zip(map(Path, members), metas):
-        name = member_folder_name(meta, src)
-        if name in names or name == "locator":
-            raise InputError(src, "two members would get the same folder name", name,
-                             "give the training configs different names")
-        names.append(name)
+    names = member_folder_names(members, metas)
     base = {"members": names, "method": method, "locator": "locator" if locator else None}
     cfg = to_dict(from_dict(EnsembleConfig, {**base, **extra}, "ensemble pack --set"))  # checked before any copy
-    cv = None
-    if cv_report is not None:
-        p = Path(cv_report) / "evaluate.json"
-        if not p.exists():
-            raise InputError(p, "cross-validation report not found", None,
-                             "run `ensemble evaluate --cv ... -o DIR` first and pass DIR")
-        cv = json.loads(p.read_text())
+    cv = read_cv_report(cv_report)
     if notes is not None and not Path(notes).is_file():
         raise InputError(notes, "model card notes file not found", None, "pass a Markdown file or leave out --notes")
-    from mricore.io import replaced_dir
+    from mricore.outputs import replaced_dir
 
     with replaced_dir(out) as tmp:
         records = []
@@ -102,7 +114,7 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
         if locator:
             _copy_model(Path(locator), tmp / "locator", loc_meta, half)
         header = ("# Bundled ensemble written by `ensemble pack`; member paths are relative to this folder.\n"
-                  "# review: limits of the quality checks (mricore.qa), calibrated by bench/qa_bench.py.\n")
+                  "# review: limits of the quality checks (mricore.qa); fitted ones: `make review-limits`.\n")
         (tmp / "ensemble.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))
         if cv is not None:
             (tmp / "cv_evaluate.json").write_text(json.dumps(cv, indent=2))

@@ -147,10 +147,6 @@ DEFAULT_CAM_LAYER = {
     "efficientnet-b0": "encoder._conv_head",
 }
 
-# Modules holding the image encoder (everything but the head): frozen first in transfer learning.
-ENCODER_PREFIX = "encoder."
-
-
 def check_name(name: str) -> str:
     """The registry key for `name`, or a ConfigError listing the valid names."""
     key = str(name).lower()

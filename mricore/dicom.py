@@ -15,6 +15,7 @@ from .volume import Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
+
 def sitk_module():
     """SimpleITK with its own WARNING lines off (they would print before, or instead of, our error)."""
     import SimpleITK as sitk
@@ -75,11 +76,28 @@ def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str =
     sitk = sitk_module()
 
     folder = Path(folder)
+    reader = sitk.ImageSeriesReader()
+    files = _series_files(reader, folder)
+    step = _slice_step(sitk, folder, files, rel_tol)
+    reader.SetFileNames(files)
+    try:
+        img = reader.Execute()
+    except RuntimeError:
+        raise InputError(folder, "DICOM pixel data could not be read (a file is truncated or corrupt)",
+                         f"{len(files)} files", "re-export the series") from None
+    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0).astype(np.float32)
+    aff = sitk_to_affine(img)
+    # SimpleITK derives z spacing from the first two slices; use the measured median step instead.
+    aff[:3, 2] *= step / np.linalg.norm(aff[:3, 2])
+    return Volume(arr[None], aff, (channel,), case_id or folder.name)
+
+
+def _series_files(reader, folder: Path) -> list[str]:
+    """The files of the one series in `folder` (GDCM's order), at least 2; else an error naming it."""
     if not folder.exists():
         raise InputError(folder, "DICOM folder does not exist", None, "check the path")
     if not folder.is_dir():
         raise InputError(folder, "expected a folder of DICOM files", "a file", "pass the series folder")
-    reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise InputError(folder, "no DICOM series found", "0 series", "point to a folder of .dcm files")
@@ -89,7 +107,11 @@ def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str =
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
     if len(files) < 2:
         raise InputError(folder, "a series needs at least 2 slices", f"{len(files)} file(s)", "")
-    # Slice positions along the normal, from each file's header, to detect gaps.
+    return files
+
+
+def _slice_positions(sitk, files) -> list[float]:
+    """Each file's position along the slice normal (from its header), naming a file that cannot be read."""
     positions = []
     normal = None
     for f in files:
@@ -106,8 +128,13 @@ def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str =
                              str(e).strip().splitlines()[-1][:80] if str(e).strip() else type(e).__name__,
                              "re-export the series") from None
         positions.append(float(ipp @ normal))
-    pos = np.sort(np.array(positions))
-    steps = np.diff(pos)
+    return positions
+
+
+def _slice_step(sitk, folder: Path, files, rel_tol: float) -> float:
+    """The median slice step (mm) of the series; duplicate positions or a gap (a missing or truncated
+    slice) is an error."""
+    steps = np.diff(np.sort(np.array(_slice_positions(sitk, files))))
     if np.any(steps < 1e-3):
         raise InputError(folder, "slices must have distinct positions", "duplicate slice positions",
                          "the folder mixes series (e.g. several b-values); split it first")
@@ -119,14 +146,4 @@ def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str =
         raise InputError(folder, "slice positions must be evenly spaced (a slice is missing)",
                          f"gap of {steps[i]:.2f} mm after slice {i} where the step is {step:.2f} mm",
                          "re-export the complete series")
-    reader.SetFileNames(files)
-    try:
-        img = reader.Execute()
-    except RuntimeError:
-        raise InputError(folder, "DICOM pixel data could not be read (a file is truncated or corrupt)",
-                         f"{len(files)} files", "re-export the series") from None
-    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0).astype(np.float32)
-    aff = sitk_to_affine(img)
-    # SimpleITK derives z spacing from the first two slices; use the measured median step instead.
-    aff[:3, 2] *= step / np.linalg.norm(aff[:3, 2])
-    return Volume(arr[None], aff, (channel,), case_id or folder.name)
+    return step

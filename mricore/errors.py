@@ -51,7 +51,7 @@ class Terminated(BaseException):
 # Signals run_cli's handlers received. Python runs a handler between bytecodes, and when that happens
 # inside a __del__ or a weakref callback (nibabel has them) the exception it raises is printed as
 # "ignored" and lost; the run would then carry on and commit its outputs. `check_signals` raises it
-# again at the points that commit outputs (mricore.io), and run_cli once more at the end.
+# again at the points that commit outputs (mricore.outputs), and run_cli once more at the end.
 _received: list[int] = []
 
 

@@ -47,12 +47,8 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     return _ratio(2 * tp, 2 * tp + fp + fn)
 
 
-def overlap_metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
-    """DSC, sensitivity, specificity, precision, IoU and relative volume difference from one confusion count."""
-    return _from_counts(*confusion(pred, ref))
-
-
 def _from_counts(tp: int, fp: int, fn: int, tn: int) -> dict:
+    """DSC, sensitivity, specificity, precision, IoU and relative volume difference from one confusion count."""
     return {"dsc": _ratio(2 * tp, 2 * tp + fp + fn), "sensitivity": _ratio(tp, tp + fn),
             "specificity": _ratio(tn, tn + fp), "precision": _ratio(tp, tp + fp),
             "iou": _ratio(tp, tp + fp + fn), "rvd": _ratio((tp + fp) - (tp + fn), tp + fn),
@@ -180,11 +176,6 @@ def average_precision(scores, labels, n_positives: int | None = None) -> float:
     tps = np.cumsum(y)[last]
     precision, recall = tps / (last + 1), tps / n_pos
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def voxel_scores(prob: np.ndarray, ref: np.ndarray) -> dict:
-    """Voxel-level ROC AUC and average precision of a foreground probability map against a boolean mask."""
-    return {"auc": roc_auc(prob, ref), "ap": average_precision(prob, ref)}
 
 
 def patient_level(scores, labels, threshold: float = 0.5) -> dict:

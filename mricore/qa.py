@@ -20,26 +20,24 @@ Input checks (`input_checks`, on the T2W channel, before any network runs):
   `noise`, median |lag-1 difference| / body IQR; `nonuniformity`, the larger ratio of mean body
   intensity between left and right halves (a bias field; anatomy is left-right symmetric).
 Output checks (`output_checks`, on the combined map on the input grid, in mm from the affine): gland
-volume and TZ share against a reference distribution of expert maps (mricore/gland_reference.json,
-written by bench/qa_reference.py), gland removed by the largest-component rule, empty slices inside
-the gland, holes, distance from the gland to the in-plane border, PZ on mid-gland slices, PZ
-posterior to TZ, PZ brighter than TZ on the T2W (an image read upside down, or not a T2W, breaks it),
-member disagreement and normalised entropy in the gland region.
+volume and TZ share against a reference distribution of expert maps (mricore.gland_reference), gland
+removed by the largest-component rule, empty slices inside the gland, holes, distance from the gland
+to the in-plane border, PZ on mid-gland slices, PZ posterior to TZ, PZ brighter than TZ on the T2W
+(an image read upside down, or not a T2W, breaks it), member disagreement and normalised entropy in
+the gland region.
+Limits: `ReviewConfig` (mricore.review_limits); a check whose fitted limit is not given reports n/a.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from .gland_reference import gland_statistics, load_reference
+from .review_limits import NOT_CALIBRATED, ReviewConfig
 
 VERDICTS = ("ok", "review", "reject")
-REFERENCE = Path(__file__).resolve().parent / "gland_reference.json"
 
 
 @dataclass(frozen=True)
@@ -56,48 +54,12 @@ class Check:
         return f"{self.name} {v} (expected {self.expected})"
 
 
-@dataclass(frozen=True)
-class ReviewConfig:
-    """Limits of the checks. Geometry limits are acquisition facts; the content limits (dark fraction,
-    sharpness, noise, non-uniformity) and the output limits (disagreement, entropy, PZ/TZ intensity) are
-    the ones bench/qa_bench.py fitted on its calibration half (the most extreme uncorrupted study that
-    did not fail, with a 10 % margin; tests/mricore/test_qa.py keeps them equal to its JSON)."""
-
-    max_tilt_deg: float = 45.0          # slice normal vs superior axis; beyond: not an axial series (reject)
-    max_inplane_mm: float = 1.25        # coarser: a diffusion/ADC grid, not a T2W (reject)
-    max_slice_mm: float = 6.0           # thicker slices: review
-    min_fov_mm: float = 80.0            # in-plane field of view: review below
-    slab_mm: float = 20.0               # through-plane coverage below this: a slab, volume checks n/a
-    min_dark_fraction: float = 0.1827
-    min_sharpness: float = 0.5882
-    max_noise: float = 0.1579
-    max_nonuniformity: float = 1.2088
-    volume_margin: float = 1.5          # gland volume within [min / m, max * m] of the reference maps
-    tz_share_margin: float = 0.1        # TZ share of the gland within [min - m, max + m] of the reference
-    max_removed_fraction: float = 0.1   # share of gland voxels outside the largest component
-    max_slice_gaps: int = 0
-    max_hole_fraction: float = 0.05
-    min_border_mm: float = 3.0          # gland to the in-plane edge of the field of view
-    min_pz_midgland: float = 0.5        # share of mid-gland slices holding PZ
-    min_pz_posterior_mm: float = 0.0    # PZ centroid posterior of the TZ centroid by at least this
-    min_pz_tz_intensity: float = 0.9091  # median T2W in PZ / in TZ (PZ is the bright zone on T2W)
-    max_disagreement: float = 0.1541      # mean share of members disagreeing, in the gland region
-    max_entropy: float = 0.4102           # mean normalised entropy in the gland region
-
-    def validate(self, where: str = "review"):
-        for name in ("max_inplane_mm", "max_slice_mm", "min_fov_mm", "slab_mm", "volume_margin",
-                     "max_noise", "max_nonuniformity", "min_pz_tz_intensity"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{where}: review.{name}", "must be positive", getattr(self, name), "")
-        for name in ("min_dark_fraction", "min_sharpness", "max_removed_fraction", "max_hole_fraction",
-                     "min_pz_midgland", "max_disagreement", "max_entropy"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{where}: review.{name}", "must be in [0, 1]", getattr(self, name), "")
-
-
 def _check(name, value, limit, kind: str, fail: str = "review", unit: str = "") -> Check:
-    """kind: 'max' (value <= limit), 'min' (value >= limit)."""
+    """kind: 'max' (value <= limit), 'min' (value >= limit). A fitted limit that is None (not
+    calibrated, mricore.review_limits) gives n/a: the value is shown and decides nothing."""
     value = float(value)
+    if limit is None:
+        return Check(name, round(value, 4), NOT_CALIBRATED, "n/a", 0.0)
     if kind == "max":
         excess = value / limit if limit > 0 else (np.inf if value > 0 else 0.0)
         ok, expected = value <= limit, f"<= {limit:g}{unit}"
@@ -198,7 +160,7 @@ def _input_checks(f: dict, cfg: ReviewConfig) -> list[Check]:
                     "skips the gland-volume checks", "ok", 0.0)]
     dark = _check("dark_fraction", f["dark_fraction"], cfg.min_dark_fraction, "min")
     sharp = _check("sharpness", f["sharpness"], cfg.min_sharpness, "min")
-    if dark.verdict != "ok" and sharp.verdict != "ok":  # both: the contrast and texture of ADC/DWI
+    if dark.verdict == sharp.verdict == "review":  # both: the contrast and texture of ADC/DWI
         dark = Check(dark.name, dark.value, dark.expected + " on T2W", "reject", dark.excess)
         sharp = Check(sharp.name, sharp.value, sharp.expected + " on T2W", "reject", sharp.excess)
     return checks + [dark, sharp, _check("noise", f["noise"], cfg.max_noise, "max"),
@@ -206,27 +168,6 @@ def _input_checks(f: dict, cfg: ReviewConfig) -> list[Check]:
 
 
 # ----------------------------------------------------------------------------- output
-
-@functools.lru_cache(maxsize=4)
-def load_reference(path: str | Path = REFERENCE) -> dict:
-    """The gland reference distribution: {"maps": [{"case", "WG_ml", "TZ_share"}...], "sources": ...};
-    read once per process, shared: treat it as read-only."""
-    return json.loads(Path(path).read_text())
-
-
-def gland_statistics(label: np.ndarray, affine: np.ndarray) -> dict:
-    """Volume (mL) and TZ share of a zone map: the numbers the reference distribution holds."""
-    vml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
-    wg, tz = int((label > 0).sum()), int((label == 1).sum())
-    return {"WG_ml": wg * vml, "TZ_share": tz / wg if wg else 0.0}
-
-
-def component_stats(label: np.ndarray) -> dict:
-    """Gland components of a map before the largest-component rule: count and share outside the largest."""
-    from .zones import largest_component
-
-    return largest_component(label)[1]
-
 
 def _world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     idx = np.argwhere(mask).mean(axis=0)

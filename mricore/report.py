@@ -7,19 +7,19 @@ writes into `out_dir`:
 - `metrics.json`: summary per model / zone / metric (mean, median, IQR, bootstrap 95 % CI, n,
   n_excluded), paired comparisons between models on shared cases, settings, software version and
   case counts. NaN is written as null (JSON has no NaN).
-- `report.html`: self-contained (PNG figures inline as base64, inline CSS, no scripts, no links to
-  fetch), with the summary table, box/strip plots per metric and zone, ROC/FROC curves when given,
-  the model-comparison table when there are several models, and best/median/worst overlays.
+- `report.html` (rendered by mricore.report_html): self-contained (PNG figures inline as base64,
+  inline CSS, no scripts, no links to fetch), with the summary table, box/strip plots per metric
+  and zone, ROC/FROC curves when given, the model-comparison table when there are several models,
+  and best/median/worst overlays.
 
 Nothing is written when any of these files exists and `force` is False, or when the rows are invalid.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
+import json
 import math
 from pathlib import Path
 
@@ -27,7 +27,8 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, OutputExistsError
-from .io import write_json, write_text
+from .outputs import write_json, write_text
+from .report_html import render_html
 from .stats import compare_models, summarize
 
 KEYS = ("case_id", "model", "zone")
@@ -153,60 +154,6 @@ def _overlay_png(entry: dict, caption: str) -> bytes:
     return overlay(image.array[0], ref.array[0], pred.array[0], image.affine, caption)
 
 
-def _fmt(v, digits=3) -> str:
-    return "–" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
-
-
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-
-CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:right}th{background:#eee}
-td:first-child,td:nth-child(2),td:nth-child(3){text-align:left}img{max-width:100%;margin:4px}
-pre{background:#f6f6f6;padding:.6em;font-size:12px}.note{color:#555;font-size:13px}"""
-
-
-def _html(title, summary, comparisons, settings, counts, figures, overlay_imgs) -> str:
-    e = html.escape
-    h = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{CSS}</style>"
-         f"</head><body><h1>{e(title)}</h1>",
-         f"<p class='note'>mricore {e(__version__)} · {counts['cases']} cases · models: "
-         f"{e(', '.join(counts['models']))}. Mean and median over cases; 95 % CI = case-level percentile "
-         f"bootstrap of the mean; excluded = cases where the metric is undefined (empty masks).</p>",
-         "<h2>Summary</h2><table id='summary'><tr><th>model</th><th>zone</th><th>metric</th><th>mean</th>"
-         "<th>95 % CI</th><th>median</th><th>IQR</th><th>n</th><th>excluded</th></tr>"]
-    for model, zones in summary.items():
-        for zone, ms in zones.items():
-            for m, s in ms.items():
-                h.append(f"<tr><td>{e(model)}</td><td>{e(zone)}</td><td>{e(m)}</td><td>{_fmt(s['mean'])}</td>"
-                         f"<td>{_fmt(s['ci_low'])} – {_fmt(s['ci_high'])}</td><td>{_fmt(s['median'])}</td>"
-                         f"<td>{_fmt(s['q1'])} – {_fmt(s['q3'])}</td><td>{s['n']}</td><td>{s['n_excluded']}</td></tr>")
-    h.append("</table>")
-    if comparisons:
-        h.append("<h2>Model comparison</h2><p class='note'>Paired on shared cases: mean of per-case differences "
-                 "(a − b), bootstrap 95 % CI, Wilcoxon signed-rank p.</p><table id='comparison'><tr><th>zone</th>"
-                 "<th>metric</th><th>a − b</th><th>mean difference</th><th>95 % CI</th><th>Wilcoxon p</th>"
-                 "<th>n pairs</th><th>excluded</th></tr>")
-        for c in comparisons:
-            h.append(f"<tr><td>{e(c['zone'])}</td><td>{e(c['metric'])}</td><td>{e(c['a'])} − {e(c['b'])}</td>"
-                     f"<td>{_fmt(c['mean'])}</td><td>{_fmt(c['ci_low'])} – {_fmt(c['ci_high'])}</td>"
-                     f"<td>{_fmt(c['wilcoxon_p'], 4)}</td><td>{c['n']}</td><td>{c['n_excluded']}</td></tr>")
-        h.append("</table>")
-    if figures:
-        h.append("<h2>Figures</h2>" + "".join(_img(png, alt) for alt, png in figures))
-    if overlay_imgs:
-        h.append("<h2>Best, median and worst cases</h2>" + "".join(_img(png, alt) for alt, png in overlay_imgs))
-    h.append(f"<h2>Settings</h2><pre>{e(_settings_text(settings))}</pre></body></html>")
-    return "\n".join(h)
-
-
-def _settings_text(settings) -> str:
-    import json
-
-    return json.dumps(_clean(settings or {}), indent=2, default=str)
-
-
 def write_report(out_dir, rows, *, title, settings=None, overlays=None, curves=None, force=False) -> Path:
     """Summarise per-case metric rows into a report folder; returns the path of report.html.
 
@@ -224,27 +171,53 @@ def write_report(out_dir, rows, *, title, settings=None, overlays=None, curves=N
     Raises:
         InputError: empty/invalid rows. OutputExistsError: a report file exists and force is False.
     """
-    from tqdm import tqdm
-
-    from . import plots
-
     metrics = _validate(rows)
-    out = Path(out_dir)
+    out = _check_target(Path(out_dir), force)
+    table = _table(rows)
+    models, zones, cases = (_ordered(str(r[k]) for r in rows) for k in ("model", "zone", "case_id"))
+    summarised = [m for m in metrics if m not in COUNT_COLUMNS]
+    summary = _summaries(table, models, zones, summarised)
+    comparisons = _comparisons(table, models, zones, summarised)
+    counts = {"cases": len(cases), "models": models, "zones": zones, "rows": len(rows),
+              "cases_per_model_zone": {mo: {z: len(next(iter(table[mo][z].values()), {})) for z in table[mo]}
+                                       for mo in models}}
+    figures = _figures(table, models, zones, summarised, curves)
+    overlay_imgs = _overlays(overlays, table, models, zones, metrics)
+    doc = {"title": title, "software": {"mricore": __version__}, "settings": settings or {}, "counts": counts,
+           "summary": summary, "comparisons": comparisons,
+           "curves_summary": {k: {mo: (float(c[2]) if k == "roc" and len(c) > 2 else None) for mo, c in v.items()}
+                              for k, v in (curves or {}).items()}}
+    write_text(_csv(rows, metrics), out / "metrics.csv", force=True)
+    write_json(_clean(doc), out / "metrics.json", force=True)
+    settings_text = json.dumps(_clean(settings or {}), indent=2, default=str)
+    return write_text(render_html(title, summary, comparisons, settings_text, counts, figures, overlay_imgs),
+                      out / "report.html", force=True)
+
+
+def _check_target(out: Path, force: bool) -> Path:
+    """`out` can take the report: not a file, and no report file in it unless `force`."""
     if out.exists() and not out.is_dir():
         raise InputError(out, "report output must be a folder", "a file", "choose a folder path")
     existing = [out / f for f in OUTPUTS if (out / f).exists()]
     if existing and not force:
         raise OutputExistsError(existing[0], "report exists", None, "pass --force to overwrite, or choose another folder")
-    table = _table(rows)
-    models = _ordered(str(r["model"]) for r in rows)
-    zones = _ordered(str(r["zone"]) for r in rows)
-    cases = _ordered(str(r["case_id"]) for r in rows)
-    summarised = [m for m in metrics if m not in COUNT_COLUMNS]
+    return out
+
+
+def _summaries(table, models, zones, summarised) -> dict:
+    """{model: {zone: {metric: mricore.stats.summarize(...)}}}."""
+    from tqdm import tqdm
+
     summary: dict = {}
     jobs = [(mo, z, m) for mo in models for z in zones if z in table[mo] for m in summarised]
     for mo, z, m in tqdm(jobs, desc="summaries", disable=len(jobs) < 50, leave=False):
         vals = table[mo][z].get(m, {})
         summary.setdefault(mo, {}).setdefault(z, {})[m] = summarize(list(vals.values()))
+    return summary
+
+
+def _comparisons(table, models, zones, summarised) -> list[dict]:
+    """Paired comparisons between models on shared cases, per zone and metric (none for one model)."""
     comparisons = []
     if len(models) > 1:
         for z in zones:
@@ -252,9 +225,15 @@ def write_report(out_dir, rows, *, title, settings=None, overlays=None, curves=N
                 per_model = {mo: table[mo].get(z, {}).get(m, {}) for mo in models}
                 for c in compare_models(per_model):
                     comparisons.append({"zone": z, "metric": m, **c})
-    counts = {"cases": len(cases), "models": models, "zones": zones, "rows": len(rows),
-              "cases_per_model_zone": {mo: {z: len(next(iter(table[mo][z].values()), {})) for z in table[mo]}
-                                       for mo in models}}
+    return comparisons
+
+
+def _figures(table, models, zones, summarised, curves) -> list[tuple[str, bytes]]:
+    """(alt text, PNG): a box/strip plot per metric with any finite value, then the given curves."""
+    from tqdm import tqdm
+
+    from . import plots
+
     figures = []
     plot_jobs = [m for m in summarised if any(math.isfinite(v) for mo in models for z in table[mo]
                                                for v in table[mo][z].get(m, {}).values())]
@@ -263,16 +242,15 @@ def write_report(out_dir, rows, *, title, settings=None, overlays=None, curves=N
         figures.append((f"{m} per zone", plots.box_strip(vals, m, zones)))
     for kind, per_model in (curves or {}).items():
         figures.append((f"{kind} curves", plots.curves(kind, per_model)))
-    overlay_imgs = []
-    if overlays:
-        for caption, entry in tqdm(_pick_overlays(overlays, table, models, zones, metrics), desc="overlays",
-                                   leave=False):
-            overlay_imgs.append((f"overlay {caption}", _overlay_png(entry, caption)))
-    doc = {"title": title, "software": {"mricore": __version__}, "settings": settings or {}, "counts": counts,
-           "summary": summary, "comparisons": comparisons,
-           "curves_summary": {k: {mo: (float(c[2]) if k == "roc" and len(c) > 2 else None) for mo, c in v.items()}
-                              for k, v in (curves or {}).items()}}
-    write_text(_csv(rows, metrics), out / "metrics.csv", force=True)
-    write_json(_clean(doc), out / "metrics.json", force=True)
-    return write_text(_html(title, summary, comparisons, settings, counts, figures, overlay_imgs),
-                      out / "report.html", force=True)
+    return figures
+
+
+def _overlays(overlays, table, models, zones, metrics) -> list[tuple[str, bytes]]:
+    """(alt text, PNG) of the best, median and worst of the `overlays` cases (none without overlays)."""
+    from tqdm import tqdm
+
+    if not overlays:
+        return []
+    picks = _pick_overlays(overlays, table, models, zones, metrics)
+    return [(f"overlay {caption}", _overlay_png(entry, caption))
+            for caption, entry in tqdm(picks, desc="overlays", leave=False)]

@@ -10,7 +10,6 @@ use a sliding window blended with a Gaussian. Optional left-right flip test-time
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -131,9 +130,3 @@ class FixedBatch(torch.nn.Module):
             return self.net(x)
         pad = x.new_zeros((self.size - n,) + tuple(x.shape[1:]))
         return self.net(torch.cat([x, pad]))[:n]
-
-
-def timed(fn, *a, **k):
-    t = time.perf_counter()
-    out = fn(*a, **k)
-    return out, time.perf_counter() - t

@@ -15,10 +15,18 @@ def onehot(labels, n=3):
     return np.stack([(labels == c) for c in range(n)], axis=1).astype(np.float32)
 
 
+def weighted(probs, weights):
+    """The engine's weighted combination: one running combine.WeightedSum over (M, 3, V) maps."""
+    acc = combine.WeightedSum()
+    for p, w in zip(probs, weights):
+        acc.add(p, w)
+    return acc.result()
+
+
 def test_mean_known_answer():
     p = np.array([[[0.6, 0.2], [0.3, 0.1], [0.1, 0.7]],
                   [[0.2, 0.2], [0.7, 0.1], [0.1, 0.7]]], np.float32)  # (M=2, 3, V=2)
-    out = combine.mean(p)
+    out = weighted(p, [1.0] * len(p))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out[:, 0], [0.4, 0.5, 0.1], atol=1e-6)
     np.testing.assert_allclose(out[:, 1], [0.2, 0.1, 0.7], atol=1e-6)
@@ -27,7 +35,7 @@ def test_mean_known_answer():
 
 def test_weighted_scalar_weights():
     p = onehot([[1], [2]])  # member 0 says TZ, member 1 says PZ
-    out = combine.weighted_mean(p, [3.0, 1.0])
+    out = weighted(p, [3.0, 1.0])
     np.testing.assert_allclose(out[:, 0], [0.0, 0.75, 0.25], atol=1e-6)
 
 
@@ -35,7 +43,7 @@ def test_weighted_per_class_weights_renormalised():
     # Per-class weights: TZ trusted from member 0 only, PZ from member 1 only, background equal.
     p = np.array([[[0.2], [0.8], [0.0]], [[0.2], [0.0], [0.8]]], np.float32)
     w = [[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
-    out = combine.weighted_mean(p, w)
+    out = weighted(p, w)
     raw = np.array([0.2, 0.8, 0.8])  # per-class weighted means before renormalisation
     np.testing.assert_allclose(out[:, 0], raw / raw.sum(), atol=1e-6)
     np.testing.assert_allclose(out.sum(axis=0), 1.0, atol=1e-6)
@@ -114,14 +122,14 @@ def test_zone_consistency_after_combination_and_largest_component():
 
     rng = np.random.default_rng(2)
     probs = rng.dirichlet([1, 1, 1], size=(3, 12, 12, 4)).transpose(0, 4, 1, 2, 3).astype(np.float32)
-    for label in (zones.labels_from_probabilities(combine.mean(probs)),
+    for label in (zones.labels_from_probabilities(weighted(probs, [1.0] * len(probs))),
                   combine.majority_vote(np.argmax(probs, axis=1).astype(np.uint8))):
         for lab in (label, keep_largest_component(label)):
             z = zones.masks(lab)
             assert np.array_equal(z["WG"], z["TZ"] | z["PZ"])
             assert not (z["TZ"] & z["PZ"]).any()
             assert np.array_equal(z["WG"], lab > 0)
-    np.testing.assert_allclose(combine.mean(probs).sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(weighted(probs, [1.0] * len(probs)).sum(axis=0), 1.0, atol=1e-5)
 
 
 def test_entropy_and_disagreement():

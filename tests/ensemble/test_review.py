@@ -115,3 +115,21 @@ def test_evaluate_tables_carry_the_verdict(data_dir, members, tmp_path):
     with open(out / "metrics.csv", newline="") as f:
         ens = [r for r in csv.DictReader(f) if r["model"] == "ensemble"]
     assert len(ens) == 3 and all(float(r["flagged"]) == float(verdict != "ok") for r in ens)
+
+
+def test_a_config_without_fitted_limits_takes_the_bundles(tmp_path, monkeypatch):
+    """The fitted review limits are stored once, in the bundle's ensemble.yaml: a config that leaves
+    them out (configs/ensemble/default.yaml, or any user's) takes those; its own values win; with no
+    bundle the fitted checks are not calibrated (n/a)."""
+    from ensemble import config as ec
+    from mricore.review_limits import FITTED
+
+    bundle = yaml.safe_load(ec.BUNDLED.read_text())["review"]
+    cfg = tmp_path / "ens.yaml"
+    cfg.write_text(yaml.safe_dump({"members": ["m"], "review": {"max_noise": 0.5}}))
+    review = ec.load_ensemble_config(cfg).review
+    assert review.max_noise == 0.5
+    assert all(getattr(review, k) == bundle[k] for k in FITTED if k != "max_noise")
+    monkeypatch.setattr(ec, "BUNDLED", tmp_path / "no_bundle" / "ensemble.yaml")
+    review = ec.load_ensemble_config(cfg).review
+    assert review.max_noise == 0.5 and all(getattr(review, k) is None for k in FITTED if k != "max_noise")

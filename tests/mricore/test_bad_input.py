@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mricore.errors import InputError, UserError, run_cli
-from mricore.io import read_label, read_nifti, staged_dir
+from mricore.io import read_label, read_nifti
+from mricore.outputs import staged_dir
 from mricore.preprocess import PreprocessSpec
 from mricore_helpers import crop, save
 

@@ -7,7 +7,7 @@ import pytest
 
 from mricore.errors import GeometryError, InputError, OutputExistsError
 from mricore.dicom import read_dicom_series
-from mricore.io import read_label, read_nifti, write_json, write_nifti
+from mricore.io import read_label, read_nifti, write_nifti
 
 ROUND_TRIP = [
     ("prostate158/001/t2.nii.gz", False),          # oblique (17.7 deg), float32 image
@@ -67,11 +67,6 @@ def test_write_rejects_array_off_the_reference_grid(data_dir, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_write_json_is_atomic_and_serialises_numpy(tmp_path):
-    path = write_json({"a": np.float32(1.5), "b": np.arange(3), "p": tmp_path}, tmp_path / "x.json")
-    assert '"a": 1.5' in path.read_text() and "[\n    0," in path.read_text()
-
-
 # --------------------------------------------------------------------------------------- DICOM
 
 DICOM_VS_NIFTI = [
@@ -118,41 +113,3 @@ def test_dicom_path_that_is_a_file(data_dir):
 def test_dicom_missing_folder(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         read_dicom_series(tmp_path / "nope")
-
-
-def test_json_is_always_valid_json(tmp_path):
-    # NaN / Inf (e.g. a DSC with both masks empty) are written as null, never as a bare NaN token.
-    import json
-
-    from mricore.io import write_json
-
-    p = write_json({"dsc": float("nan"), "hd95": np.float32("inf"), "rows": [1.0, float("-inf")],
-                    "arr": np.array([0.5, np.nan])}, tmp_path / "x.json")
-    text = p.read_text()
-    assert "NaN" not in text and "Infinity" not in text
-    assert json.loads(text) == {"dsc": None, "hd95": None, "rows": [1.0, None], "arr": [0.5, None]}
-
-
-def test_staged_dir_moves_all_files_or_none(tmp_path):
-    import os
-
-    from mricore.io import staged_dir
-
-    out = tmp_path / "a" / "case"
-    with staged_dir(out) as stage:
-        (stage / "x.txt").write_text("1")
-        (stage / "y.txt").write_text("2")
-        assert not out.exists()
-    assert sorted(p.name for p in out.iterdir()) == ["x.txt", "y.txt"]
-    mask = os.umask(0)
-    os.umask(mask)
-    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~mask)
-    with pytest.raises(KeyError):
-        with staged_dir(out, stale=("y.txt",)) as stage:
-            (stage / "x.txt").write_text("new")
-            raise KeyError("fails half-way")
-    assert (out / "x.txt").read_text() == "1" and (out / "y.txt").exists()
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["case"]  # no staging folder left
-    with staged_dir(out, stale=("y.txt",)) as stage:  # a rerun replaces, and drops the stale output
-        (stage / "x.txt").write_text("new")
-    assert (out / "x.txt").read_text() == "new" and not (out / "y.txt").exists()

@@ -5,18 +5,22 @@ expert zone map of prostate158/001 (a real map) and copies of it broken one way 
 test isolates one check without a network.
 """
 
-import json
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from mricore import qa
+from mricore.config import from_dict
 from mricore.io import read_label, read_nifti
+from mricore.review_limits import FITTED
 
 ROOT = Path(__file__).resolve().parents[2]
-CFG = qa.ReviewConfig()
+BUNDLE = ROOT / "ensemble/models/default/ensemble.yaml"
+# The shipped limits: the fitted ones live only in the bundle's ensemble.yaml (mricore.review_limits).
+CFG = from_dict(qa.ReviewConfig, yaml.safe_load(BUNDLE.read_text())["review"], str(BUNDLE))
 CASE = "prostate158/001"
 
 
@@ -176,7 +180,9 @@ def test_disagreement_entropy_and_removed_components_need_review(t2, zones):
     assert got["disagreement"] == got["entropy"] == got["removed_fraction"] == "review"
     z = zones.array[0].copy()
     z[:20, :20, :5] = 1  # a second blob far from the gland
-    stats = qa.component_stats(z)
+    from mricore.zones import largest_component
+
+    stats = largest_component(z)[1]
     assert stats["components"] == 2 and 0 < stats["removed_fraction"] < 0.5
 
 
@@ -220,16 +226,22 @@ def test_config_rejects_out_of_range_limits():
         from_dict(qa.ReviewConfig, {"max_entropy": 1.5}, "x.yaml")
 
 
-def test_shipped_limits_are_the_calibrated_ones():
-    """The ReviewConfig defaults are the limits bench/qa_bench.py fitted on its calibration half."""
-    bench = json.loads((ROOT / "bench/results/qa_bench.json").read_text())
-    defaults = asdict(qa.ReviewConfig())
-    for name, value in bench["shipped_limits"].items():
-        assert defaults[name] == pytest.approx(value), name
-    assert set(bench["shipped_limits"]) <= {f.name for f in fields(qa.ReviewConfig)}
+def test_fitted_limits_are_stored_once_in_the_bundle():
+    """No code default and no training-side copy: the bundle's ensemble.yaml holds every fitted limit."""
+    assert set(FITTED) <= {f.name for f in fields(qa.ReviewConfig)}
+    assert all(getattr(qa.ReviewConfig(), name) is None for name in FITTED)
+    assert all(getattr(CFG, name) is not None for name in FITTED)
+    for path in sorted((ROOT / "configs/ensemble").glob("*.yaml")):
+        review = (yaml.safe_load(path.read_text()) or {}).get("review") or {}
+        assert not set(review) & set(FITTED), path
 
 
-def test_reference_distribution_is_the_committed_command_output():
-    ref = qa.load_reference()
-    assert ref["n"] == len(ref["maps"]) >= 30
-    assert ref["WG_ml"]["min"] == min(m["WG_ml"] for m in ref["maps"])
+def test_uncalibrated_limits_report_na_and_decide_nothing(data_dir, t2):
+    """Without fitted limits the content checks are n/a: even a DWI given as T2W is not rejected by
+    them (its geometry is a T2's), and the value is still shown."""
+    v = read_nifti(data_dir / CASE / "dwi.nii.gz", "T2W")
+    checks = {c.name: c for c in qa.input_checks(qa.input_features(v.array[0], v.affine), qa.ReviewConfig())}
+    for name in ("dark_fraction", "sharpness", "noise", "nonuniformity"):
+        assert checks[name].verdict == "n/a" and checks[name].expected == "not calibrated"
+        assert checks[name].value is not None and checks[name].excess == 0.0
+    assert qa.verdict(list(checks.values()))["verdict"] == "ok"

@@ -11,17 +11,15 @@ under /usr/bin/time: wall seconds, CPU seconds (user + system) and peak RSS, med
   and plans made here from 3 Prostate158 studies; untrained weights: they cost the same time).
 A peer that is not installed is reported as skipped with the reason. WG DSC against the expert gland
 is given for our bundle and TAPS (nnU-Net's weights are untrained). Prints and writes
-bench/results/peers.json.
+bench/results/peers.json. (Accuracy against TAPS on every study: bench/peer_accuracy.py.)
 
-    bash bench/setup_peers.sh && .venv/bin/python bench/peers.py [--repeats 3]
+    bash bench/setup_peers.sh && python -m bench.peer_speed [--repeats 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -31,23 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data"
+from bench.common import DATA, ENSEMBLE, RESULTS, ROOT, TAPS, command, parse_time, parser, write_result
+
 CASE = "prostate158/001"
-TAPS = ROOT / ".venv-taps" / "bin" / "taps"
 NNUNET = ROOT / ".venv-nnunet" / "bin"
 N_FOLDS = 9
-
-
-def parse_time(report: str) -> dict:
-    """Wall, CPU and system seconds and peak RSS (GB) from GNU `/usr/bin/time -v`'s report (stderr)."""
-    def field(name):
-        return re.search(rf"{name}: (.+)", report).group(1).strip()
-    h, m, s = ([0] + [float(x) for x in field(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\)").split(":")])[-3:]
-    user, system = float(field("User time \\(seconds\\)")), float(field("System time \\(seconds\\)"))
-    return {"wall_s": h * 3600 + m * 60 + s, "cpu_s": user + system, "system_s": system,
-            "peak_rss_gb": int(field("Maximum resident set size \\(kbytes\\)")) / 1024 ** 2}
 
 
 def timed(cmd: list[str], env: dict | None = None) -> dict:
@@ -71,7 +57,7 @@ def wg_dsc(pred_path: Path) -> float:
 
 
 def ours(tmp: Path, repeats: int, config: Path | None) -> dict:
-    cmd = [str(ROOT / ".venv/bin/ensemble"), "predict", str(DATA / CASE / "t2.nii.gz"), "-o", str(tmp / "ours"), "--force"]
+    cmd = [str(ENSEMBLE), "predict", str(DATA / CASE / "t2.nii.gz"), "-o", str(tmp / "ours"), "--force"]
     cmd += ["--config", str(config)] if config else []
     runs = [timed(cmd) for _ in range(repeats)]
     return median_of(runs) | {"wg_dsc": wg_dsc(tmp / "ours" / "zones.nii.gz")}
@@ -142,14 +128,14 @@ def nnunet(tmp: Path, repeats: int) -> dict:
     return median_of(runs) | {"plan": json.loads(info), "folds": N_FOLDS, "weights": "untrained (timing only)"}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from ensemble.config import BUNDLED, bundled_config
 
     tmp = Path(tempfile.mkdtemp(prefix="peers_"))
-    out = {"command": "python bench/peers.py", "case": CASE, "machine": f"{os.cpu_count()} CPUs",
+    out = {"command": command("peer_speed", argv), "case": CASE,
            "ours_default": {"config": str(bundled_config().relative_to(ROOT))} | ours(tmp, args.repeats, None)}
     print("ours (default):", out["ours_default"], flush=True)
     out["ours_pytorch"] = ours(tmp, args.repeats, BUNDLED)
@@ -162,9 +148,7 @@ def main() -> int:
     out["ratios_wall"] = {k: round(v["wall_s"] / ref["wall_s"], 2) for k, v in out.items()
                           if isinstance(v, dict) and "wall_s" in v and k != "ours_default"}
     print("wall time relative to ours:", out["ratios_wall"])
-    from mricore.io import write_json
-
-    write_json(out, ROOT / "bench/results/peers.json")
+    write_result(out, RESULTS / "peers.json")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -23,15 +23,15 @@ labels (unlabelled/, philips/) and writes DIR/datalist.json with their whole gla
 labels (mricore.datasets.load_datalist), the teacher data of the bundle (`make bundle`).
 
     bash bench/setup_peers.sh      # makes .venv-taps/bin/taps (CPU only)
-    .venv/bin/python bench/peer_taps.py [--cases prostate158/001 ...] [--config ensemble/models/default/onnx/ensemble.yaml]
+    python -m bench.peer_accuracy [--cases prostate158/001 ...] [--config ensemble/models/default/onnx/ensemble.yaml]
         [--set n4=true] [--teacher runs/teacher] [--rerun] [--rerun-ours] [--out JSON]
 
-Prints a table and writes bench/results/peer_taps.json (or --out).
+Prints a table and writes bench/results/peer_taps.json (or --out). (Speed and memory of several tools
+on one study: bench/peer_speed.py.)
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -41,12 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from peers import parse_time  # noqa: E402  (bench/, beside this script)
-DATA = ROOT.parent / "shared" / "data"
-TAPS = ROOT / ".venv-taps" / "bin" / "taps"
-ENSEMBLE = ROOT / ".venv" / "bin" / "ensemble"
+from bench.common import (BUNDLE, ENSEMBLE, RESULTS, ROOT, TAPS, add_data, add_out, command, parse_time, parser,
+                          write_result)
+
 TAPS_CACHE = ROOT / "runs" / "taps"  # the layout of the shell loop that filled it first
 OURS_CACHE = ROOT / "runs" / "peer_taps" / "ours"
 TEACHER_DATASETS = ("unlabelled", "philips")  # studies with neither expert nor silver labels
@@ -173,7 +170,7 @@ def cross_validated(config: Path | None, rows: dict) -> dict:
     """Ours as cross-validated (each expert case scored only by the members of the fold that held it
     out: the bundle's cv_evaluate.json, from `ensemble evaluate --cv`) next to TAPS on the same case.
     The whole bundle has seen most expert cases in training, so its own row above is not a result."""
-    folder = config.parent if config else ROOT / "ensemble" / "models" / "default"
+    folder = config.parent if config else BUNDLE
     path = next((p for p in (folder / "cv_evaluate.json", folder.parent / "cv_evaluate.json") if p.exists()), None)
     if path is None:
         return {"skipped": "no cv_evaluate.json beside the ensemble config"}
@@ -189,8 +186,8 @@ def cross_validated(config: Path | None, rows: dict) -> dict:
 
 def plausible_volumes() -> dict:
     """WG volume range (mL) of the expert glands the review checks use (mricore/gland_reference.json:
-    the MSD maps and the Prostate158 maps; bench/qa_reference.py)."""
-    from mricore.qa import load_reference
+    the MSD maps and the Prostate158 maps; mricore.gland_reference)."""
+    from mricore.gland_reference import load_reference
 
     ref = load_reference()
     return {"min_ml": ref["WG_ml"]["min"], "max_ml": ref["WG_ml"]["max"], "n": ref["n"], "source": "mricore/gland_reference.json"}
@@ -238,7 +235,7 @@ def table(rows: dict) -> str:
 
 
 def write_teacher(folder: Path, cases: list[str], data: Path) -> int:
-    from mricore.io import write_json
+    from mricore.outputs import write_json
 
     folder, rows = folder.resolve(), []
     for case in cases:
@@ -251,20 +248,10 @@ def write_teacher(folder: Path, cases: list[str], data: Path) -> int:
     return len(rows)
 
 
-def command_line(argv: list[str]) -> str:
-    """`python bench/peer_taps.py` and the arguments, less --data and --out (machine paths)."""
-    keep, skip = [], False
-    for a in argv:
-        if not skip and a not in ("--data", "--out") and not a.startswith(("--data=", "--out=")):
-            keep.append(a)
-        skip = a in ("--data", "--out")
-    return " ".join(["python bench/peer_taps.py", *keep])
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    ap.add_argument("--data", type=Path, default=DATA)
+    ap = parser(__doc__, allow_abbrev=False)
+    add_data(ap)
     ap.add_argument("--cases", nargs="+", help="dataset/case, e.g. prostate158/001 (default: the list in the docstring)")
     ap.add_argument("--config", type=Path, help="ensemble config for `ensemble predict` (default: the bundled one)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -272,24 +259,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerun", action="store_true", help="rerun TAPS on cached cases")
     ap.add_argument("--rerun-ours", action="store_true", help="rerun ours on cached cases")
     ap.add_argument("--teacher", type=Path, help="only write TEACHER/datalist.json of TAPS maps (unlabelled/, philips/)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/peer_taps.json")
+    add_out(ap, RESULTS / "peer_taps.json")
     args = ap.parse_args(argv)
     cases = args.cases or default_cases(args.data)
     bad = [c for c in cases if c.count("/") != 1 or not (args.data / c / "t2.nii.gz").exists()]
     if bad or not ENSEMBLE.exists() or (args.config and not args.config.exists()):
         why = (f"no t2.nii.gz for {bad} under {args.data}: give dataset/case names" if bad else
                f"{ENSEMBLE} not found: make the project venv" if not ENSEMBLE.exists() else f"--config {args.config} not found")
-        print(f"peer_taps: {why}", file=sys.stderr)
+        print(f"peer_accuracy: {why}", file=sys.stderr)
         return 2
     args.config = args.config.resolve() if args.config else None
-    from mricore.io import repo_relative, write_json
-
     run_taps = TAPS.exists()
     if args.teacher:
         teach = [c for c in cases if c.split("/")[0] in TEACHER_DATASETS]
         missing = [c for c in teach if taps_output(TAPS_CACHE / c) is None]
         if missing and not run_taps:
-            print(f"peer_taps: {TAPS} not found and no cached TAPS map for {missing[:2]}: run bash bench/setup_peers.sh",
+            print(f"peer_accuracy: {TAPS} not found and no cached TAPS map for {missing[:2]}: run bash bench/setup_peers.sh",
                   file=sys.stderr)
             return 2
         for c in teach:
@@ -303,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         rows[case] = measure(case, args, run_taps, reported)
         print(f"{case}: done", flush=True)
-    out = {"command": command_line(argv), "machine": f"{os.cpu_count()} CPUs",
+    out = {"command": command("peer_accuracy", argv, drop=("--data", "--out")),
            "ours": {"tool": "ensemble predict", "config": str(args.config) if args.config else "bundled default",
                     "set": args.set},
            "taps": {"tool": "lavlab-taps 1.1.2", "command": "taps segment t2.nii.gz out.nii.gz --device cpu"} if run_taps
@@ -314,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
            "cross_validated_vs_taps": cross_validated(args.config, rows),
            "expert_wg_volume_range": plausible_volumes()}
     print(table(rows))
-    write_json(repo_relative(out, ROOT), args.out)
+    write_result(out, args.out)
     print(f"wrote {args.out}")
     return 0
 

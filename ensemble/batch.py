@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -44,93 +44,126 @@ def _gather(rows: list[dict], world: int) -> list[dict]:
     return sorted((r for part in parts for r in part), key=lambda r: r["index"])
 
 
+@dataclass
+class Batch:
+    """A batch checked and planned: the config, the loaded members, its cases and where they go."""
+
+    cfg: object             # EnsembleConfig as loaded (probabilities as configured)
+    run_cfg: object         # as written to each case's ensemble.yaml (probabilities as run)
+    probabilities: bool
+    report: bool
+    force: bool
+    out: Path
+    members: list
+    sources: list
+
+
 def predict_batch(dataset, out_dir, config=None, force: bool = False, probabilities: bool | None = None,
                   report: bool = False, progress: bool = True, workers: int = 1) -> list[dict]:
     """Every case of a dataset folder / MSD folder / datalist into `out_dir/<case_id>/` (module
     docstring). Returns the rows of every case (all ranks), each with status "ok" or "failed"."""
-    from tqdm import tqdm
-
-    from mricore.datasets import load_dataset
-    from mricore.errors import InputError, UserError
-    from mricore.io import check_absent, check_output_dir, write_csv, write_json
-
-    from .members import read_members
-    from .predict import check_outputs, plan_members, resolve_config, infer_case, read_case, source_from_case, write_outputs
+    from mricore.errors import InputError
+    from mricore.results import write_summary
 
     if workers < 1:
         raise InputError("--workers", "must be at least 1", workers, "e.g. --workers 2")
     rank, world = rank_and_world()
+    batch = plan_batch(dataset, out_dir, config, force, probabilities, report)
+    mine = list(range(rank, len(batch.sources), world))
+    rows = run_cases(batch, mine, workers, progress=progress,
+                     desc=f"ensemble predict (rank {rank} of {world})" if world > 1 else "ensemble predict")
+    every = _gather([{"index": i, **rows[i]} for i in mine], world)
+    for r in every:
+        r.pop("index")
+    if rank == 0:
+        write_summary(batch.out, {"dataset": str(dataset), "method": batch.cfg.method, "world_size": world,
+                                  "workers": workers, "cases": every},
+                      [_flat_row(r) for r in every])
+    return every
+
+
+def plan_batch(dataset, out_dir, config, force: bool, probabilities: bool | None, report: bool) -> Batch:
+    """Load the config and members and check every case (members runnable, outputs absent) before the
+    first is run."""
+    from mricore.datasets import load_dataset
+    from mricore.outputs import check_output_dir
+    from mricore.results import case_dir, check_case, check_summary
+
+    from .members import read_members
+    from .predict import plan_members, resolve_config, source_from_case
+
     cfg = resolve_config(config)
     out = check_output_dir(out_dir)
-    check_absent([out / "summary.json", out / "summary.csv"], force)
+    check_summary(out, force)
     members = read_members(cfg.members)
     sources = [source_from_case(c) for c in load_dataset(dataset)]
     for s in sources:
         plan_members(s, members, cfg, notify=False)
-        check_outputs(out / s.case_id, force)
+        check_case(case_dir(out, s.case_id, batch=True), force)
     probs = cfg.probabilities if probabilities is None else probabilities
-    run_cfg = replace(cfg, probabilities=probs)
-    mine = list(range(rank, len(sources), world))
+    return Batch(cfg, replace(cfg, probabilities=probs), probs, report, force, out, members, sources)
+
+
+def run_cases(batch: Batch, mine: list[int], workers: int, progress: bool, desc: str) -> dict[int, dict]:
+    """Cases `mine` (indices into batch.sources): `workers` threads read ahead and write behind while
+    the networks run here. Returns index -> row; a UserError fails only its own case."""
+    from tqdm import tqdm
+
+    from mricore.errors import UserError
+
+    from .predict import infer_case, read_case
 
     def read(i):
-        return read_case(sources[i], members, cfg, notify=False, accept=force)
-
-    def write(i, image, result, skipped):
-        side = write_outputs(out / sources[i].case_id, image, result, skipped, sources[i], run_cfg, probs, report)
-        return {"case_id": sources[i].case_id, "status": "ok", "volume_ml": side["volume_ml"],
-                "uncertainty": side["uncertainty"], "review": {k: side["review"][k] for k in ("verdict", "reasons", "score")},
-                "members_used": [m["member"] for m in side["members_used"]],
-                "members_skipped": [m["member"] for m in side["members_skipped"]]}
+        return read_case(batch.sources[i], batch.members, batch.cfg, notify=False, accept=batch.force)
 
     rows: dict[int, dict] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         ahead = {i: pool.submit(read, i) for i in mine[:workers]}
         writes = {}
-        for n, i in enumerate(tqdm(mine, desc=f"ensemble predict (rank {rank} of {world})" if world > 1 else
-                                   "ensemble predict", disable=not progress, file=sys.stderr)):
+        for n, i in enumerate(tqdm(mine, desc=desc, disable=not progress, file=sys.stderr)):
             if n + workers < len(mine):
                 j = mine[n + workers]
                 ahead[j] = pool.submit(read, j)
             try:
                 case = ahead.pop(i).result()
-                image, result, skipped = infer_case(case, cfg)
+                image, result, skipped = infer_case(case, batch.cfg)
             except UserError as e:
-                rows[i] = {"case_id": sources[i].case_id, "status": "failed", "error": str(e)}
+                rows[i] = _failed(batch.sources[i], e)
                 continue
-            writes[i] = pool.submit(write, i, image, result, skipped)
+            writes[i] = pool.submit(_write, batch, batch.sources[i], image, result, skipped)
             del case, image, result
         for i, fut in writes.items():
             try:
                 rows[i] = fut.result()
             except UserError as e:
-                rows[i] = {"case_id": sources[i].case_id, "status": "failed", "error": str(e)}
-    local = [{"index": i, **rows[i]} for i in mine]
-    every = _gather(local, world)
-    for r in every:
-        r.pop("index")
-    if rank == 0:
-        write_json({"dataset": str(dataset), "method": cfg.method, "world_size": world, "workers": workers,
-                    "cases": every}, out / "summary.json")
-        write_csv([_flat_row(r) for r in every], out / "summary.csv")
-    return every
+                rows[i] = _failed(batch.sources[i], e)
+    return rows
+
+
+def _write(batch: Batch, source, image, result, skipped) -> dict:
+    """Write one case's folder; its summary row."""
+    from mricore.results import case_dir
+
+    from .predict import write_outputs
+
+    record = write_outputs(case_dir(batch.out, source.case_id, batch=True), image, result, skipped, source,
+                           batch.run_cfg, batch.probabilities, batch.report)
+    return {"case_id": record.case_id, "status": "ok", **record.headline(),
+            "members_used": [m["member"] for m in record.members_used],
+            "members_skipped": [m["member"] for m in record.members_skipped]}
+
+
+def _failed(source, error) -> dict:
+    return {"case_id": source.case_id, "status": "failed", "error": str(error)}
 
 
 def _flat_row(r: dict) -> dict:
+    """A summary.csv row of a summary.json row."""
+    from mricore.results import volume_columns
+
     if r["status"] != "ok":
         return {"case_id": r["case_id"], "status": r["status"], "error": r["error"]}
-    return {"case_id": r["case_id"], "status": "ok", **{f"{z}_ml": v for z, v in r["volume_ml"].items()},
+    return {"case_id": r["case_id"], "status": "ok", **volume_columns(r["volume_ml"]),
             "uncertainty": r["uncertainty"]["score"], "disagreement": r["uncertainty"]["disagreement"],
             "verdict": r["review"]["verdict"], "reasons": "; ".join(r["review"]["reasons"]),
             "members_used": len(r["members_used"]), "error": ""}
-
-
-def is_batch_input(inputs: list[str]) -> bool:
-    """One datalist, or one folder holding case folders (no NIfTI, no DICOM files of its own)."""
-    from mricore.datasets import is_dicom_folder
-
-    if len(inputs) != 1:
-        return False
-    p = Path(inputs[0])
-    if p.is_file():
-        return p.suffix in (".csv", ".json")
-    return p.is_dir() and not any(p.glob("*.nii*")) and not is_dicom_folder(p)

@@ -71,81 +71,96 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"pack": _pack, "export": _export, "serve": _serve, "predict": _predict, "evaluate": _evaluate}
+    return run_cli(lambda: commands[args.cmd](args))
 
-    def run():
-        if args.cmd == "pack":
-            from .config import METHODS
-            from .pack import pack
 
-            if args.method not in METHODS:
-                from mricore.errors import ConfigError
+def _pack(args) -> int:
+    from .config import METHODS
+    from .pack import pack
 
-                raise ConfigError("--method", "unknown combination method", repr(args.method),
-                                  f"use one of {list(METHODS)}")
-            out = pack(args.members, args.output, args.method, half=not args.fp32, cv_report=args.cv_report,
-                       force=args.force, notes=args.notes, locator=args.locator, settings=args.overrides)
-            print(f"ensemble folder: {out}")
-            return 0
-        from .config import load_ensemble_config
+    if args.method not in METHODS:
+        from mricore.errors import ConfigError
 
-        if args.cmd == "export":
-            from .config import BUNDLED
-            from .export import export
+        raise ConfigError("--method", "unknown combination method", repr(args.method), f"use one of {list(METHODS)}")
+    out = pack(args.members, args.output, args.method, half=not args.fp32, cv_report=args.cv_report,
+               force=args.force, notes=args.notes, locator=args.locator, settings=args.overrides)
+    print(f"ensemble folder: {out}")
+    return 0
 
-            cfg = load_ensemble_config(args.config or BUNDLED)  # the PyTorch members, never an export
-            print(f"export folder: {export(cfg, args.output, args.force)}")
-            return 0
-        if args.cmd == "serve":
-            try:
-                from .serve import serve
-            except ImportError as e:
-                from mricore.errors import UserError
 
-                raise UserError("ensemble serve", "needs the serve extra (FastAPI, uvicorn, python-multipart)",
-                                f"missing {e.name}", "pip install -e '.[serve]'") from None
+def _export(args) -> int:
+    from .config import BUNDLED, load_ensemble_config
+    from .export import export
 
-            serve(load_ensemble_config(args.config), args.host, args.port, args.results, args.workers,
-                  args.queue, args.max_upload_mb)
-            return 0
-        cfg = load_ensemble_config(args.config, args.overrides)
-        if args.cmd == "predict":
-            from .batch import is_batch_input, predict_batch, rank_and_world
-            from .predict import predict
+    cfg = load_ensemble_config(args.config or BUNDLED)  # the PyTorch members, never an export
+    print(f"export folder: {export(cfg, args.output, args.force)}")
+    return 0
 
-            probs = True if args.probabilities else None
-            if is_batch_input(args.inputs):
-                rows = predict_batch(args.inputs[0], args.output, cfg, args.force, probs, args.report,
-                                     workers=args.workers)
-                for r in rows if rank_and_world()[0] == 0 else []:
-                    if r["status"] == "ok":
-                        _print_case(r["case_id"], r["volume_ml"], r["uncertainty"], r["review"])
-                failed = [r for r in rows if r["status"] != "ok"]
-                if failed:
-                    from mricore.errors import UserError
 
-                    raise UserError(args.output, f"{len(failed)} of {len(rows)} cases failed (nothing kept of "
-                                    "them; the others are complete)", failed[0]["error"],
-                                    f"see {args.output}/summary.csv")
-            else:
-                side = predict(args.inputs, args.output, cfg, args.force, probs, args.report)
-                _print_case(side["case_id"], side["volume_ml"], side["uncertainty"], side["review"])
-        elif args.cmd == "evaluate":
-            from mricore.stats import fmt
+def _serve(args) -> int:
+    from .config import load_ensemble_config
 
-            from .evaluate import evaluate
+    try:
+        from .serve import serve
+    except ImportError as e:
+        from mricore.errors import UserError
 
-            summary = evaluate(cfg, args.ref, args.output, label=args.label, force=args.force,
-                               cross_validated=args.cv)
-            for zone, z in summary["zones"].items():
-                if "ensemble_minus_best_member_dsc" in z:
-                    print(f"{zone}: DSC ensemble − best member ({z['best_member']}): "
-                          f"{fmt(z['ensemble_minus_best_member_dsc'])}")
+        raise UserError("ensemble serve", "needs the serve extra (FastAPI, uvicorn, python-multipart)",
+                        f"missing {e.name}", "pip install -e '.[serve]'") from None
+    serve(load_ensemble_config(args.config), args.host, args.port, args.results, args.workers,
+          args.queue, args.max_upload_mb)
+    return 0
+
+
+def _predict(args) -> int:
+    """One case into OUT, or a batch into OUT/<case>/ (mricore.results.is_batch_input decides)."""
+    from mricore.results import is_batch_input
+
+    from .config import load_ensemble_config
+
+    cfg = load_ensemble_config(args.config, args.overrides)
+    probs = True if args.probabilities else None
+    if not is_batch_input(args.inputs):
+        from .predict import predict
+
+        record = predict(args.inputs, args.output, cfg, args.force, probs, args.report)
+        _print_case(record.case_id, record.headline())
         return 0
+    from .batch import predict_batch, rank_and_world
 
-    return run_cli(run)
+    rows = predict_batch(args.inputs[0], args.output, cfg, args.force, probs, args.report, workers=args.workers)
+    for r in rows if rank_and_world()[0] == 0 else []:
+        if r["status"] == "ok":
+            _print_case(r["case_id"], r)
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        from mricore.errors import UserError
+        from mricore.results import SUMMARY_CSV
+
+        raise UserError(args.output, f"{len(failed)} of {len(rows)} cases failed (nothing kept of "
+                        "them; the others are complete)", failed[0]["error"], f"see {args.output}/{SUMMARY_CSV}")
+    return 0
 
 
-def _print_case(case_id: str, vol: dict, unc: dict, review: dict) -> None:
+def _evaluate(args) -> int:
+    from mricore.stats import fmt
+
+    from .config import load_ensemble_config
+    from .evaluate import evaluate
+
+    cfg = load_ensemble_config(args.config, args.overrides)
+    summary = evaluate(cfg, args.ref, args.output, label=args.label, force=args.force, cross_validated=args.cv)
+    for zone, z in summary["zones"].items():
+        if "ensemble_minus_best_member_dsc" in z:
+            print(f"{zone}: DSC ensemble − best member ({z['best_member']}): "
+                  f"{fmt(z['ensemble_minus_best_member_dsc'])}")
+    return 0
+
+
+def _print_case(case_id: str, headline: dict) -> None:
+    """One line per case from its headline fields (mricore.results.ZonesRecord.headline)."""
+    vol, unc, review = headline["volume_ml"], headline["uncertainty"], headline["review"]
     why = f" ({'; '.join(review['reasons'])})" if review["reasons"] else ""
     print(f"{case_id}: WG {vol['WG']:.1f} mL (TZ {vol['TZ']:.1f}, PZ {vol['PZ']:.1f}), "
           f"entropy {unc['score']:.3f}, disagreement {unc['disagreement']:.3f}: {review['verdict']}{why}")

@@ -17,12 +17,14 @@ Outputs per case in OUT (batch: OUT/<case_id>/), all on the input's exact grid, 
   overlay of the zones and of the member disagreement;
 - seg.dcm (DICOM series input): DICOM-SEG with TZ and PZ segments (SNOMED CT) referencing the source
   series, frames on the source slices (ensemble.dicomseg).
+mricore.results holds the file names, the zones.json record (`ZonesRecord`) and the folder layout.
 Nothing is written until every check has passed (config, members loaded, inputs, output location);
 existing outputs need force=True. An input that is not an axial T2W study (mricore.qa input checks,
-judged on the voxels and the affine before any network runs) is refused unless force=True. A case's files appear all together or not at all: they are written
-into a hidden staging folder that is renamed into place at the end and removed on any error, SIGINT
-or SIGTERM (mricore.io.staged_dir). A batch goes on past a failing case, lists it in summary.csv and
-summary.json, and ends with exit code 2; the cases that completed stay complete.
+judged on the voxels and the affine before any network runs) is refused unless force=True. A case's
+files appear all together or not at all (mricore.results.write_case): they are written into a hidden
+staging folder that is renamed into place at the end and removed on any error, SIGINT or SIGTERM.
+A batch goes on past a failing case, lists it in summary.csv and summary.json, and ends with exit
+code 2; the cases that completed stay complete.
 """
 
 from __future__ import annotations
@@ -42,8 +44,6 @@ from .members import Member, channel_order, read_members, split_available
 
 # NIfTI files with an unknown stem (and DICOM folders) take these names in the order given.
 POSITIONAL_CHANNELS = ["T2W", "ADC", "DWI"]
-OUTPUTS = ("zones.nii.gz", "uncertainty.nii.gz", "probabilities.nii.gz", "zones.json", "ensemble.yaml",
-           "report.html", "overlay.png", "seg.dcm")
 
 
 @dataclass
@@ -96,12 +96,6 @@ def resolve_config(config) -> EnsembleConfig:
 
         read_locator(str(cfg.locator))
     return cfg
-
-
-def check_outputs(out: Path, force: bool) -> None:
-    from mricore.io import check_absent
-
-    check_absent([out / name for name in OUTPUTS], force)
 
 
 def plan_members(source: Source, members: list[Member], cfg: EnsembleConfig, notify: bool):
@@ -177,87 +171,67 @@ def run_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify:
 def infer_case(case: ReadCase, cfg: EnsembleConfig):
     """The networks and the combination for a case from `read_case`: (image, EnsembleResult, skipped)."""
     from mricore import qa
+    from mricore.results import alignment_record
+
     from .engine import run_ensemble
 
-    image, alignment, read_s, skipped = case.image, case.alignment, case.read_s, case.skipped
+    image, read_s = case.image, case.read_s
     result = run_ensemble(image, case.used, cfg)
     result.info["review"] = qa.merge(case.input_review, result.info["review"])
     result.info["timings_s"] = {"read_align": round(read_s, 4), **result.info["timings_s"]}
-    nmi = [a["nmi"] for a in alignment.values() if "nmi" in a]
-    result.info["alignment"] = {"reference": image.channels[0], "channels": alignment,
-                                "score": min(nmi) if nmi else None,
-                                "score_definition": "lowest normalised mutual information of a resampled "
-                                                    "channel with the reference (0 independent, 1 identical); "
-                                                    "null when every channel shares the reference grid"}
-    return image, result, skipped
+    result.info["alignment"] = alignment_record(image.channels[0], case.alignment)
+    return image, result, case.skipped
 
 
 def write_outputs(final: Path, image, result, skipped: list[dict], source: Source, cfg: EnsembleConfig,
-                  probabilities: bool, report: bool) -> dict:
-    """Write every output of one case into `final`, all together or none (see module docstring);
-    returns the zones.json content."""
-    from mricore.io import staged_dir
+                  probabilities: bool, report: bool):
+    """Write every output of one case into `final`, all together or none (mricore.results.write_case;
+    see module docstring); returns the zones.json record."""
+    from mricore.results import ZonesRecord, grid_record, write_case
 
     if not (np.all(np.isfinite(result.prob)) and np.all(np.isfinite(result.entropy))):
-        from mricore.errors import InputError
-
         raise InputError(source.case_id, "the combined probabilities must be finite", "NaN/Inf values",
                          "check the member weights and the input image")
-    with staged_dir(final, stale=OUTPUTS) as out:
-        return _write_case(out, image, result, skipped, source, cfg, probabilities, report)
+    # Every key of the engine's info is a ZonesRecord field: a new one gets its field there.
+    record = ZonesRecord(case_id=source.case_id, inputs=source.inputs, grid=grid_record(image),
+                         members_skipped=skipped, **result.info)
+
+    def extra(out: Path, record: ZonesRecord) -> None:
+        _write_files(out, image, result, source, cfg, probabilities, report, record)
+    return write_case(final, image, result.label, record, extra)
 
 
-def _write_case(out: Path, image, result, skipped, source, cfg, probabilities, report) -> dict:
-    from mricore import __version__
+def _write_files(out: Path, image, result, source: Source, cfg: EnsembleConfig, probabilities: bool,
+                 report: bool, record) -> None:
+    """The case's files besides zones.nii.gz and zones.json, into the staging folder `out`."""
+    from mricore import results
     from mricore.config import save_config
-    from mricore.io import write_json, write_nifti
+    from mricore.io import write_nifti
 
-    force = True  # a fresh staging folder
-    t = time.perf_counter()
-    write_nifti(result.label, image, out / "zones.nii.gz", dtype=np.uint8, force=force)
     unc = np.stack([result.entropy, result.disagreement], axis=-1)
-    write_nifti(unc, image, out / "uncertainty.nii.gz", dtype=np.float32, force=force)
+    write_nifti(unc, image, out / results.UNCERTAINTY_NII, dtype=np.float32, force=True)
     if probabilities:
         # float32, not float16: NIfTI-1 has no half-float type (nibabel refuses to write one).
-        write_nifti(result.prob.transpose(1, 2, 3, 0), image, out / "probabilities.nii.gz",
-                    dtype=np.float32, force=force)
-    save_config(cfg, out / "ensemble.yaml")
-    info = result.info
-    sidecar = {
-        "case_id": source.case_id,
-        "inputs": source.inputs,
-        "grid": {"shape": list(image.shape), "spacing_mm": [round(s, 5) for s in image.spacing],
-                 "affine": image.affine.round(6).tolist()},
-        "members_used": info["members_used"],
-        "members_skipped": skipped,
-        **{k: v for k, v in info.items() if k != "members_used"},
-        "outputs": {"zones.nii.gz": "uint8 0 background, 1 TZ, 2 PZ; WG = TZ ∪ PZ",
-                    "uncertainty.nii.gz": "float32 4D: [...,0] normalised entropy, [...,1] member disagreement",
-                    **({"probabilities.nii.gz": "float32 4D: background, TZ, PZ"} if probabilities else {}),
-                    "ensemble.yaml": "resolved config"},
-        "software_version": __version__,
-    }
+        write_nifti(result.prob.transpose(1, 2, 3, 0), image, out / results.PROBABILITIES_NII,
+                    dtype=np.float32, force=True)
+    save_config(cfg, out / results.CONFIG_YAML)
     if source.dicom is not None:
         from .dicomseg import write_dicom_seg
 
-        write_dicom_seg(result.label, image.affine, source.dicom, out / "seg.dcm")
-        sidecar["outputs"]["seg.dcm"] = "DICOM-SEG: TZ and PZ segments referencing the source series"
+        write_dicom_seg(result.label, image.affine, source.dicom, out / results.SEG_DCM)
     if report:
         from .report import overlay_png, write_predict_report
 
         png = overlay_png(image.array[0], result.label, image.affine)
-        write_predict_report(out / "report.html", image, result.label, sidecar, result.disagreement, png, force=force)
-        (out / "overlay.png").write_bytes(png)
-        sidecar["outputs"]["report.html"] = "prediction report"
-        sidecar["outputs"]["overlay.png"] = "zones over the reference channel, three planes"
-    sidecar["timings_s"]["write"] = round(time.perf_counter() - t, 4)
-    write_json(sidecar, out / "zones.json")
-    return sidecar
+        write_predict_report(out / results.REPORT_HTML, image, result.label, record, result.disagreement, png,
+                             force=True)
+        (out / results.OVERLAY_PNG).write_bytes(png)
 
 
 def predict(inputs, out_dir, config=None, force: bool = False, probabilities: bool | None = None,
-            report: bool = False, notify: bool = True, members: list[Member] | None = None) -> dict:
-    """Run the ensemble on one case and write its outputs to `out_dir`; returns the zones.json content.
+            report: bool = False, notify: bool = True, members: list[Member] | None = None):
+    """Run the ensemble on one case and write its outputs to `out_dir`; returns the zones.json record
+    (mricore.results.ZonesRecord).
 
     inputs: a path or list of paths (volume, channel files, case folder, DICOM series folder(s)).
     config: an EnsembleConfig, a YAML path, or None for the bundled ensemble.
@@ -265,11 +239,12 @@ def predict(inputs, out_dir, config=None, force: bool = False, probabilities: bo
     members: the config's members already loaded (`read_members`), as a server keeps them.
     Raises UserError subclasses (nothing written) for bad config, members, inputs or existing outputs.
     """
-    from mricore.io import check_output_dir
+    from mricore.outputs import check_output_dir
+    from mricore.results import check_case
 
     cfg = resolve_config(config)
     out = check_output_dir(out_dir)
-    check_outputs(out, force)
+    check_case(out, force)
     members = read_members(cfg.members) if members is None else members
     source = source_from_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     image, result, skipped = run_case(source, members, cfg, notify, accept=force)  # plans before reading

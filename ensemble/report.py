@@ -13,7 +13,6 @@ import numpy as np
 from mricore.zones import COLOURS
 
 
-
 def overlay_png(image: np.ndarray, label: np.ndarray, affine: np.ndarray, heat: np.ndarray | None = None,
                 title: str = "ensemble zones: yellow TZ, cyan PZ") -> bytes:
     """Axial, coronal and sagittal planes through the gland centre (volume centre if empty), zones
@@ -59,30 +58,31 @@ def overlay_png(image: np.ndarray, label: np.ndarray, affine: np.ndarray, heat: 
     return buf.getvalue()
 
 
-def write_predict_report(path: Path, image, label: np.ndarray, sidecar: dict, disagreement: np.ndarray,
+def write_predict_report(path: Path, image, label: np.ndarray, record, disagreement: np.ndarray,
                          zones_png: bytes, force: bool = False) -> Path:
-    """report.html: per-zone volumes, the review verdict with its reasons and every check, uncertainty,
-    members used/skipped, the zones and the member disagreement over the reference channel (T2W when
-    present). `zones_png` is `overlay_png` of the zones, drawn once by the caller (it is also overlay.png)."""
-    from mricore.io import write_text
+    """report.html of a case's zones.json record (mricore.results.ZonesRecord): per-zone volumes, the
+    review verdict with its reasons and every check, uncertainty, members used/skipped, the zones and
+    the member disagreement over the reference channel (T2W when present). `zones_png` is `overlay_png`
+    of the zones, drawn once by the caller (it is also overlay.png)."""
+    from mricore.outputs import write_text
 
     e = html.escape
     png = base64.b64encode(zones_png).decode()
     dis_png = base64.b64encode(overlay_png(image.array[0], label, image.affine, heat=disagreement,
                                            title="member disagreement (red, 0-1); gland outline green")).decode()
-    vols = "".join(f"<tr><td>{z}</td><td>{v:.2f}</td></tr>" for z, v in sidecar["volume_ml"].items())
-    unc = sidecar["uncertainty"]
-    used = "".join(f"<li>{e(m['member'])} ({e(', '.join(m['channels']))})</li>" for m in sidecar["members_used"])
-    skipped = "".join(f"<li>{e(m['member'])}: {e(m['reason'])}</li>" for m in sidecar["members_skipped"]) or "<li>none</li>"
-    rev = sidecar["review"]
+    vols = "".join(f"<tr><td>{z}</td><td>{v:.2f}</td></tr>" for z, v in record.volume_ml.items())
+    unc = record.uncertainty
+    used = "".join(f"<li>{e(m['member'])} ({e(', '.join(m['channels']))})</li>" for m in record.members_used)
+    skipped = "".join(f"<li>{e(m['member'])}: {e(m['reason'])}</li>" for m in record.members_skipped) or "<li>none</li>"
+    rev = record.review
     colour = {"ok": "#070", "review": "#b60", "reject": "#b00"}[rev["verdict"]]
     reasons = "".join(f"<li>{e(r)}</li>" for r in rev["reasons"]) or "<li>every check passed</li>"
     checks = "".join(f"<tr><td>{e(c['name'])}</td><td>{'n/a' if c['value'] is None else c['value']}</td>"
                      f"<td>{e(c['expected'])}</td><td>{e(c['verdict'])}</td></tr>" for c in rev["checks"])
-    text = f"""<!doctype html><html><head><meta charset="utf-8"><title>Zones: {e(sidecar['case_id'])}</title>
+    text = f"""<!doctype html><html><head><meta charset="utf-8"><title>Zones: {e(record.case_id)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:1em auto}}td,th{{padding:2px 10px}}</style></head><body>
-<h1>Prostate zones: {e(sidecar['case_id'])}</h1>
-<p>Method <b>{e(sidecar['method'])}</b>, software {e(sidecar['software_version'])}.</p>
+<h1>Prostate zones: {e(record.case_id)}</h1>
+<p>Method <b>{e(record.method)}</b>, software {e(record.software_version)}.</p>
 <h2>Volumes (mL)</h2><table><tr><th>zone</th><th>mL</th></tr>{vols}</table>
 <h2>Review: <b style='color:{colour}'>{e(rev['verdict'])}</b></h2><ul>{reasons}</ul>
 <details><summary>all checks</summary><table><tr><th>check</th><th>value</th><th>expected</th><th>verdict</th></tr>

@@ -3,9 +3,10 @@
 Endpoints:
 - `GET /`: a page to choose a T2W file (NIfTI, or a zip of one DICOM series) and optionally an ADC file,
   upload them, and see the volumes, the review verdict, the overlay and download links.
-- `POST /predict` (multipart: `t2` required, `adc` optional) -> JSON `{id, case_id, volumes_ml, review,
-  uncertainty, files}`; the outputs of `ensemble predict` land in `RESULTS/<id>/` (written atomically:
-  staged, then renamed).
+- `POST /predict` (multipart: `t2` required, `adc` optional) -> JSON `{id, case_id, volume_ml,
+  uncertainty, review, files}`, the fields named as in zones.json (mricore.results.ZonesRecord.headline;
+  review holds verdict, reasons and score); the outputs of `ensemble predict` land in `RESULTS/<id>/`
+  (written atomically: staged, then renamed).
 - `GET /results/{id}/{file}`: zones.nii.gz, uncertainty.nii.gz, zones.json, report.html, overlay.png,
   seg.dcm (DICOM input only). The id is 32 hex digits and the file one of these names, so no request
   reaches outside the results folder.
@@ -23,6 +24,7 @@ happens; nothing of a rejected request stays on disk. The server binds to 127.0.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import threading
@@ -36,14 +38,14 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
 from mricore.errors import InputError, UserError
+from mricore.results import (MEDIA_TYPES, OVERLAY_PNG, REPORT_HTML, SEG_DCM, UNCERTAINTY_NII, ZONES_JSON,
+                             ZONES_NII)
 
-RESULT_FILES = ("zones.nii.gz", "uncertainty.nii.gz", "zones.json", "report.html", "overlay.png", "seg.dcm")
+# The case files a client may download (not ensemble.yaml: it names the server's member paths).
+RESULT_FILES = (ZONES_NII, UNCERTAINTY_NII, ZONES_JSON, REPORT_HTML, OVERLAY_PNG, SEG_DCM)
 ID = re.compile(r"[0-9a-f]{32}")
 MAX_ZIP_FILES = 2000
 MAX_ZIP_RATIO = 50.0      # uncompressed / compressed, per archive: DICOM compresses about 2-4x
-MEDIA = {"zones.nii.gz": "application/gzip", "uncertainty.nii.gz": "application/gzip",
-         "zones.json": "application/json", "report.html": "text/html", "overlay.png": "image/png",
-         "seg.dcm": "application/dicom"}
 
 
 class TooLarge(Exception):
@@ -124,7 +126,7 @@ class Server:
         self.lock = threading.Lock()
         self.running = self.waiting = 0
 
-    def predict(self, inputs: list[Path], result_id: str) -> dict:
+    def predict(self, inputs: list[Path], result_id: str):
         from .predict import predict
 
         with self.lock:
@@ -164,15 +166,13 @@ async def _save(upload, folder: Path, field: str, budget: list[int]) -> list[Pat
 
 def create_app(cfg, results: str | Path, workers: int = 1, queue: int = 4, max_upload_mb: float = 512):
     """The FastAPI application (module docstring); `cfg` is a loaded EnsembleConfig."""
-    import asyncio
-
     server = Server(cfg, Path(results), workers, queue, max_upload_mb)
     app = FastAPI(title="prostate-zones ensemble", docs_url=None, redoc_url=None)
     app.state.server = server
 
     @app.get("/", response_class=HTMLResponse)
     def page():
-        return PAGE.replace("{MAX_MB}", f"{max_upload_mb:g}")
+        return PAGE.replace("{MAX_MB}", f"{max_upload_mb:g}").replace("{OVERLAY}", OVERLAY_PNG)
 
     @app.get("/health")
     def health():
@@ -186,54 +186,69 @@ def create_app(cfg, results: str | Path, workers: int = 1, queue: int = 4, max_u
         path = server.results / result_id / name
         if not path.is_file():
             return _error(404, f"{result_id}/{name}: no such result file")
-        return FileResponse(path, media_type=MEDIA[name], filename=name)
+        return FileResponse(path, media_type=MEDIA_TYPES[name], filename=name)
 
     @app.post("/predict")
     async def predict(request: Request):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > server.max_bytes:
-            return _error(413, f"upload: at most {max_upload_mb:g} MB; got {int(length)} bytes")
-        if not server.slots.acquire(blocking=False):
-            return _error(503, f"server busy: {server.workers} running and {server.queue} waiting; retry later")
-        result_id = uuid.uuid4().hex
-        staging = server.results / f".upload-{result_id}"
-        case_dir = staging / result_id  # NIfTI uploads are named t2/adc inside it: the case id is the result id
-        form = None
-        try:
-            try:
-                form = await request.form(max_files=2, max_fields=2)
-            except Exception as e:  # malformed multipart (starlette raises its own error types)
-                return _error(400, f"upload: not a readable multipart form ({type(e).__name__}); send fields t2 [and adc]")
-            t2 = form.get("t2")
-            if not isinstance(t2, UploadFile):
-                return _error(400, "t2: a file field named t2 is required; fix: upload the T2W volume as t2")
-            case_dir.mkdir(parents=True)
-            budget = [server.max_bytes]
-            inputs = await _save(t2, case_dir, "t2", budget)
-            adc = form.get("adc")
-            if isinstance(adc, UploadFile) and adc.filename:
-                inputs += await _save(adc, case_dir, "adc", budget)
-            with server.lock:
-                server.waiting += 1
-            loop = asyncio.get_running_loop()
-            side = await loop.run_in_executor(server.pool, server.predict, inputs, result_id)
-            files = [n for n in RESULT_FILES if (server.results / result_id / n).is_file()]
-            return {"id": result_id, "case_id": side["case_id"], "volumes_ml": side["volume_ml"],
-                    "review": {k: side["review"][k] for k in ("verdict", "reasons", "score")},
-                    "uncertainty": side["uncertainty"], "files": {n: f"/results/{result_id}/{n}" for n in files}}
-        except TooLarge:
-            return _error(413, f"upload: at most {max_upload_mb:g} MB")
-        except Unsupported as e:
-            return _error(415, str(e))
-        except UserError as e:
-            return _error(400, str(e))
-        finally:
-            if form is not None:
-                await form.close()
-            shutil.rmtree(staging, ignore_errors=True)
-            server.slots.release()
+        return await _predict(server, request, max_upload_mb)
 
     return app
+
+
+async def _predict(server: Server, request: Request, max_upload_mb: float):
+    """POST /predict: admit (size, free slot), save the upload, predict in the pool, answer; the
+    upload folder is removed and the slot freed whatever happens."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > server.max_bytes:
+        return _error(413, f"upload: at most {max_upload_mb:g} MB; got {int(length)} bytes")
+    if not server.slots.acquire(blocking=False):
+        return _error(503, f"server busy: {server.workers} running and {server.queue} waiting; retry later")
+    result_id = uuid.uuid4().hex
+    staging = server.results / f".upload-{result_id}"
+    form = None
+    try:
+        try:
+            form = await request.form(max_files=2, max_fields=2)
+        except Exception as e:  # malformed multipart (starlette raises its own error types)
+            return _error(400, f"upload: not a readable multipart form ({type(e).__name__}); send fields t2 [and adc]")
+        t2 = form.get("t2")
+        if not isinstance(t2, UploadFile):
+            return _error(400, "t2: a file field named t2 is required; fix: upload the T2W volume as t2")
+        # NIfTI uploads are named t2/adc inside it: the case id is the result id
+        inputs = await _save_form(form, staging / result_id, server.max_bytes)
+        with server.lock:
+            server.waiting += 1
+        record = await asyncio.get_running_loop().run_in_executor(server.pool, server.predict, inputs, result_id)
+        return _answer(server.results / result_id, result_id, record)
+    except TooLarge:
+        return _error(413, f"upload: at most {max_upload_mb:g} MB")
+    except Unsupported as e:
+        return _error(415, str(e))
+    except UserError as e:
+        return _error(400, str(e))
+    finally:
+        if form is not None:
+            await form.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        server.slots.release()
+
+
+async def _save_form(form, case_dir: Path, max_bytes: int) -> list[Path]:
+    """The t2 file (and adc, when sent) saved under `case_dir`, within one byte budget."""
+    case_dir.mkdir(parents=True)
+    budget = [max_bytes]
+    inputs = await _save(form.get("t2"), case_dir, "t2", budget)
+    adc = form.get("adc")
+    if isinstance(adc, UploadFile) and adc.filename:
+        inputs += await _save(adc, case_dir, "adc", budget)
+    return inputs
+
+
+def _answer(folder: Path, result_id: str, record) -> dict:
+    """The JSON answer of a prediction: the record's headline fields, under their zones.json names."""
+    files = [n for n in RESULT_FILES if (folder / n).is_file()]
+    return {"id": result_id, "case_id": record.case_id, **record.headline(),
+            "files": {n: f"/results/{result_id}/{n}" for n in files}}
 
 
 def serve(config=None, host: str = "127.0.0.1", port: int = 8000, results: str | Path = "serve_results",
@@ -268,11 +283,11 @@ f.addEventListener('submit', async (e) => {
   if (!r.ok) { st.textContent = ''; out.innerHTML = '<p class="reject" id="error"></p>';
                document.getElementById('error').textContent = j.error; return; }
   st.textContent = 'done';
-  const v = j.volumes_ml, rv = j.review;
+  const v = j.volume_ml, rv = j.review;
   let h = '<h2 id="case"></h2><table id="volumes"><tr><th>zone</th><th>mL</th></tr>';
   for (const z of ['WG', 'TZ', 'PZ']) h += '<tr><td>' + z + '</td><td class="ml">' + v[z].toFixed(1) + '</td></tr>';
   h += '</table><p>Review: <b id="verdict" class="' + rv.verdict + '">' + rv.verdict + '</b></p><ul id="reasons"></ul>';
-  h += '<img id="overlay" alt="zones overlay" src="' + j.files['overlay.png'] + '"><p>Downloads: ';
+  h += '<img id="overlay" alt="zones overlay" src="' + j.files['{OVERLAY}'] + '"><p>Downloads: ';
   for (const [n, u] of Object.entries(j.files)) h += '<a href="' + u + '" download>' + n + '</a> ';
   out.innerHTML = h + '</p>';
   document.getElementById('case').textContent = j.case_id;

@@ -25,16 +25,17 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="apply a model folder to volumes, case folders or a datalist")
     pr.add_argument("--model", required=True, help="model folder written by `segment train`")
     pr.add_argument("inputs", nargs="+", help="NIfTI file(s) of one case, a case folder, a dataset folder or datalist")
-    pr.add_argument("-o", "--output", required=True, help="output folder")
+    pr.add_argument("-o", "--output", required=True, help="output case folder (a dataset or datalist: one "
+                    "sub-folder per case), laid out as `ensemble predict` writes it")
     pr.add_argument("--probabilities", action="store_true",
-                    help="also write <case>_prob.nii.gz (float32, background/TZ/PZ on the 4th axis)")
+                    help="also write probabilities.nii.gz (float32, background/TZ/PZ on the 4th axis)")
     pr.add_argument("--force", action="store_true")
     pr.add_argument("--explain", metavar="ZONE", default=None,
                     help="also write a Grad-CAM heat map of ZONE (TZ or PZ): NIfTI, PNG and faithfulness JSON")
 
     ev = sub.add_parser("evaluate", help="score predictions against reference zone maps")
-    ev.add_argument("--pred", required=True, help="folder of <case>.nii.gz predictions (segment predict, nnU-Net), "
-                    "of <case>/zones.nii.gz (ensemble predict DATASET), or one ensemble predict output folder")
+    ev.add_argument("--pred", required=True, help="the -o folder of `segment predict` or `ensemble predict` (one "
+                    "case or a batch of <case>/zones.nii.gz), or a flat folder of <case>.nii.gz (nnU-Net)")
     ev.add_argument("--ref", required=True, help="dataset folder or datalist holding the references, or a flat "
                     "folder of <case>.nii.gz reference maps")
     ev.add_argument("--label", default="zones", help="reference label key (zones, zones_ai, wg)")
@@ -89,13 +90,13 @@ def main(argv: list[str] | None = None) -> int:
                 from .explain import prepare_explain
 
                 explain = prepare_explain(args.model, args.inputs, args.explain, args.output, args.force)
-            rows = predict(args.model, args.inputs, args.output, args.probabilities, args.force)
+            records = predict(args.model, args.inputs, args.output, args.probabilities, args.force)
             for info in explain() if explain else []:
                 f = info["faithfulness"]
                 print(f"{info['case_id']}: Grad-CAM {info['zone']} top-10% drop {f['drop_top_k']:.3g} "
                       f"vs random {f['drop_random_mean']:.3g}")
-            for r in rows:
-                print(f"{r['case_id']}: WG {r['volume_ml']['WG']:.1f} mL in {r['seconds']:.2f} s")
+            for r in records:
+                print(f"{r.case_id}: WG {r.volume_ml['WG']:.1f} mL in {sum(r.timings_s.values()):.2f} s")
         elif args.cmd == "evaluate":
             from .evaluate import evaluate
 

@@ -1,7 +1,11 @@
 """`segment predict`: one model folder applied to volumes, case folders or a datalist.
 
-Outputs per case, on the input's exact grid and affine: `<case>.nii.gz` (uint8 zones) and, with
-`--probabilities`, `<case>_prob.nii.gz` (float32; NIfTI has no float16, background/TZ/PZ along the 4th axis).
+Outputs take `ensemble predict`'s case-folder layout (mricore.results): one case into OUT, a batch (a
+dataset folder or a datalist) into OUT/<case_id>/, each folder holding zones.nii.gz (uint8 zones on
+the input's exact grid and affine), zones.json (the record: the model as the one member used, volumes,
+alignment, timings) and, with `--probabilities`, probabilities.nii.gz (float32; NIfTI has no float16,
+background/TZ/PZ along the 4th axis). A batch also gets summary.json and summary.csv (one row per
+case). Every case and output is checked before the first is written.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mricore.datasets import Case, image_from_inputs, is_dicom_folder, load_case, load_dataset, require_study
+from mricore.datasets import Case, image_from_inputs, load_case, load_dataset, require_study
 from mricore.errors import InputError
-from mricore.io import write_json, write_nifti
+from mricore.results import is_batch_input
 
 from .inference import Segmenter
 
@@ -25,43 +29,73 @@ def cases_from_inputs(inputs: list[str], channels: list[str]) -> list[Case]:
     for p in paths:
         if not p.exists():
             raise InputError(p, "input does not exist", None, "check the path")
-    if len(paths) == 1 and (paths[0].suffix in (".csv", ".json") or
-                            (paths[0].is_dir() and not any(paths[0].glob("*.nii*")) and not is_dicom_folder(paths[0]))):
+    if is_batch_input(paths):
         return load_dataset(paths[0])
     return [image_from_inputs(paths, channels)]
 
 
 def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool = False,
-            force: bool = False, progress: bool = True) -> list[dict]:
+            force: bool = False, progress: bool = True) -> list:
+    """Predict every case of `inputs` and write its case folder; returns the zones.json records
+    (mricore.results.ZonesRecord), one per case.
+
+    Raises InputError (a missing input or channel), OutputExistsError (an output exists and not force),
+    both before anything is written.
+    """
     from tqdm import tqdm
 
-    from mricore.io import check_absent, check_output_dir, staged_dir
+    from mricore.outputs import check_output_dir
+    from mricore.results import case_dir, check_case, check_summary
 
     out = check_output_dir(out_dir)
     seg = Segmenter.load(model_dir)
     cases = cases_from_inputs(inputs, seg.channels)
-    check_absent([out / "predict.json"] + [out / f"{c.case_id}.nii.gz" for c in cases], force)
+    batch = is_batch_input([Path(p) for p in inputs])
+    if batch:
+        check_summary(out, force)
     for c in cases:  # check everything before writing anything
+        check_case(case_dir(out, c.case_id, batch), force)
         missing = [ch for ch in seg.channels if ch not in c.images]
         if missing:
             raise InputError(c.case_id, f"model expects {', '.join(seg.channels)}", ", ".join(sorted(c.images)),
                              f"provide {', '.join(missing)} (e.g. adc.nii.gz beside t2.nii.gz)")
-    rows = []
-    for c in tqdm(cases, desc="predict", disable=not progress or len(cases) < 2):
-        t = time.perf_counter()
-        image, _, info = load_case(c, seg.channels)
-        require_study(image)
-        pred = seg.predict(image)
-        label, prob = pred.label, pred.prob
-        with staged_dir(out) as stage:  # a case's files appear together or not at all
-            write_nifti(label, image, stage / f"{c.case_id}.nii.gz", dtype=np.uint8, force=True)
-            if probabilities:
-                write_nifti(prob.transpose(1, 2, 3, 0), image, stage / f"{c.case_id}_prob.nii.gz",
-                            dtype=np.float32, force=True)
-        vml = image.voxel_volume_ml
-        rows.append({"case_id": c.case_id, "seconds": round(time.perf_counter() - t, 3),
-                     "volume_ml": {"WG": float((label > 0).sum() * vml), "TZ": float((label == 1).sum() * vml),
-                                   "PZ": float((label == 2).sum() * vml)},
-                     "alignment": info["alignment"]})
-    write_json({"model": str(model_dir), "cases": rows}, out / "predict.json")
-    return rows
+    records = [predict_case(seg, model_dir, c, case_dir(out, c.case_id, batch), probabilities)
+               for c in tqdm(cases, desc="predict", disable=not progress or len(cases) < 2)]
+    if batch:
+        _write_summary(out, model_dir, records)
+    return records
+
+
+def predict_case(seg: Segmenter, model_dir, case: Case, folder: Path, probabilities: bool):
+    """Read, predict and write one case folder (mricore.results.write_case); its record."""
+    from mricore.io import write_nifti
+    from mricore.results import PROBABILITIES_NII, ZonesRecord, alignment_record, grid_record, write_case, \
+        zone_volumes_ml
+
+    t = time.perf_counter()
+    image, _, info = load_case(case, seg.channels)
+    require_study(image)
+    pred = seg.predict(image)
+    model = Path(model_dir).resolve()
+    record = ZonesRecord(
+        case_id=case.case_id, inputs=[str(case.images[ch].path) for ch in seg.channels], grid=grid_record(image),
+        members_used=[{"member": model.name, "path": str(model), "channels": seg.channels}],  # as an ensemble's
+        volume_ml=zone_volumes_ml(pred.label, image.voxel_volume_ml),
+        timings_s={"read_predict": round(time.perf_counter() - t, 4)},
+        alignment=alignment_record(image.channels[0], info["alignment"]))
+
+    def extra(stage: Path, record: ZonesRecord) -> None:
+        if probabilities:
+            write_nifti(pred.prob.transpose(1, 2, 3, 0), image, stage / PROBABILITIES_NII, dtype=np.float32,
+                        force=True)
+    return write_case(folder, image, pred.label, record, extra)
+
+
+def _write_summary(out: Path, model_dir, records: list) -> None:
+    """A batch's summary.json (the model, one row per case) and summary.csv."""
+    from mricore.results import volume_columns, write_summary
+
+    rows = [{"case_id": r.case_id, "seconds": round(sum(r.timings_s.values()), 3), "volume_ml": r.volume_ml}
+            for r in records]
+    write_summary(out, {"model": str(model_dir), "cases": rows},
+                  [{"case_id": r["case_id"], **volume_columns(r["volume_ml"]), "seconds": r["seconds"]} for r in rows])

@@ -30,7 +30,8 @@ import numpy as np
 
 from mricore.datasets import load_dataset
 from mricore.errors import InputError
-from mricore.io import check_absent, load_nifti_image, read_label, replaced_dir, write_json, write_nifti
+from mricore.io import load_nifti_image, read_label, write_nifti
+from mricore.outputs import check_absent, replaced_dir, write_json
 
 from .data import GLAND_UNKNOWN, TEACHER_LABEL, TEACHER_ZONES
 
@@ -54,6 +55,8 @@ def write_pseudo_labels(predictions: str | Path, teacher: str | Path, out: str |
                         force: bool = False) -> list[dict]:
     """One `zones_teacher` map per teacher study (from `predictions`/<case>/probabilities.nii.gz) and
     `out`/datalist.json listing them; returns per-study label shares. All or nothing."""
+    from mricore.results import PROBABILITIES_NII, case_dir
+
     if not 0.5 < min_conf <= 1.0:
         raise InputError("--min-conf", "must be in (0.5, 1]: a zone needs more than half of the gland's probability",
                          min_conf, "e.g. 0.9")
@@ -62,7 +65,7 @@ def write_pseudo_labels(predictions: str | Path, teacher: str | Path, out: str |
     if not cases:
         raise InputError(teacher, f"no study with a teacher's whole gland ('{TEACHER_LABEL}')", 0,
                          "pass the datalist of bench/peer_taps.py --teacher")
-    probs = {c.case_id: predictions / c.case_id / "probabilities.nii.gz" for c in cases}
+    probs = {c.case_id: case_dir(predictions, c.case_id, batch=True) / PROBABILITIES_NII for c in cases}
     missing = [cid for cid, p in probs.items() if not p.exists()]
     if missing:
         raise InputError(predictions, "needs <case>/probabilities.nii.gz of every teacher study",

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from ensemble.cli import main
+from mricore.results import read_case
 
 P158 = "prostate158/001"
 
@@ -128,8 +129,8 @@ def test_bundled_ensemble_used_without_config(data_dir, members, tmp_path, monke
     (bundle / "ensemble.yaml").write_text("members: [t2w_fold0]\n")
     monkeypatch.setattr(ensemble.config, "BUNDLED", bundle / "ensemble.yaml")
     assert main(["predict", str(data_dir / P158 / "t2.nii.gz"), "-o", str(tmp_path / "out")]) == 0
-    side = json.loads((tmp_path / "out" / "zones.json").read_text())
-    assert side["members_used"][0]["path"] == str(bundle / "t2w_fold0")
+    side = read_case(tmp_path / "out")
+    assert side.members_used[0]["path"] == str(bundle / "t2w_fold0")
 
 
 def test_bundle_falls_back_to_pytorch_members_without_onnxruntime(monkeypatch):

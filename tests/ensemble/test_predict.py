@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from ensemble.cli import main
+from mricore.results import read_case
 
 P158 = "prostate158/001"          # 232x232x23, T2W only (no ADC): the T2W+ADC member is skipped
 PX = "prostatex/ProstateX-0000"   # T2W + ADC on its own grid
@@ -52,19 +53,19 @@ def test_end_to_end_t2w_study_with_skipped_member(data_dir, members, tmp_path, c
     prob = np.asarray(nib.load(str(out / "probabilities.nii.gz")).dataobj)
     np.testing.assert_allclose(prob.sum(-1), 1.0, atol=1e-4)
 
-    side = json.loads((out / "zones.json").read_text())
-    assert [m["member"] for m in side["members_used"]] == ["t2_a/fold_all", "t2_b/fold_all"]
-    assert side["members_skipped"][0]["member"] == "t2_adc/fold_all"
-    assert "ADC" in side["members_skipped"][0]["reason"]
-    assert side["method"] == "mean" and side["preprocessing_passes"] == 2  # two distinct specs
+    side = read_case(out)
+    assert [m["member"] for m in side.members_used] == ["t2_a/fold_all", "t2_b/fold_all"]
+    assert side.members_skipped[0]["member"] == "t2_adc/fold_all"
+    assert "ADC" in side.members_skipped[0]["reason"]
+    assert side.method == "mean" and side.preprocessing_passes == 2  # two distinct specs
     vml = float(np.prod(zones.header.get_zooms()[:3])) / 1000
-    assert side["volume_ml"]["TZ"] == pytest.approx((z == 1).sum() * vml, abs=1e-3)
-    assert side["volume_ml"]["WG"] == pytest.approx((z > 0).sum() * vml, abs=1e-3)
-    assert 0 <= side["uncertainty"]["score"] <= 1 and 0 <= side["uncertainty"]["disagreement"] <= 1
-    assert side["review"]["verdict"] in ("ok", "review") and {c["name"] for c in side["review"]["checks"]} >= {
+    assert side.volume_ml["TZ"] == pytest.approx((z == 1).sum() * vml, abs=1e-3)
+    assert side.volume_ml["WG"] == pytest.approx((z > 0).sum() * vml, abs=1e-3)
+    assert 0 <= side.uncertainty["score"] <= 1 and 0 <= side.uncertainty["disagreement"] <= 1
+    assert side.review["verdict"] in ("ok", "review") and {c["name"] for c in side.review["checks"]} >= {
         "slice_tilt_deg", "dark_fraction", "gland_ml", "disagreement"}
-    assert set(side["timings_s"]) >= {"read_align", "preprocess", "network", "restore", "combine", "write"}
-    assert side["software_version"]
+    assert set(side.timings_s) >= {"read_align", "preprocess", "network", "restore", "combine", "write"}
+    assert side.software_version
     saved = yaml.safe_load((out / "ensemble.yaml").read_text())
     assert saved["method"] == "mean" and len(saved["members"]) == 3
     assert "data:image/png;base64," in (out / "report.html").read_text()
@@ -92,10 +93,10 @@ def test_preprocessing_once_per_distinct_spec(data_dir, members, tmp_path, monke
     cfg = write_cfg(tmp_path, [members["t2_a"], copy, members["t2_adc"]])
     assert main(["predict", str(data_dir / PX), "--config", str(cfg), "-o", str(tmp_path / "o")]) == 0
     assert calls == {"preprocess": 2, "load_case": 1}
-    side = json.loads((tmp_path / "o" / "zones.json").read_text())
-    assert len(side["members_used"]) == 3 and side["members_skipped"] == []
-    assert side["alignment"]["channels"]["ADC"]["same_grid"] is False
-    assert 0 < side["alignment"]["score"] <= 1  # ADC resampled onto T2W, NMI recorded
+    side = read_case(tmp_path / "o")
+    assert len(side.members_used) == 3 and side.members_skipped == []
+    assert side.alignment["channels"]["ADC"]["same_grid"] is False
+    assert 0 < side.alignment["score"] <= 1  # ADC resampled onto T2W, NMI recorded
     assert_same_geometry(tmp_path / "o" / "zones.nii.gz", data_dir / PX / "t2.nii.gz")
 
 
@@ -106,11 +107,11 @@ def test_label_fusion_methods(data_dir, members, tmp_path, method):
 
     cfg = load_ensemble_config(write_cfg(tmp_path, [members["t2_a"], members["t2_b"]], method=method))
     side = predict(data_dir / P158 / "t2.nii.gz", tmp_path / "o", cfg, notify=False)
-    assert side["method"] == method
+    assert side.method == method
     z = np.asarray(nib.load(str(tmp_path / "o" / "zones.nii.gz")).dataobj)
     assert set(np.unique(z)) <= {0, 1, 2}
     if method == "staple":
-        perf = side["staple_performance"]
+        perf = side.staple_performance
         assert set(perf) == {"t2_a/fold_all", "t2_b/fold_all"}
         assert all(0 <= v <= 1 for p in perf.values() for v in p["sensitivity"].values())
 
@@ -131,8 +132,8 @@ def test_weighted_from_inner_validation_dsc_never_the_held_out(data_dir, members
         folders.append(f)
     cfg = load_ensemble_config(write_cfg(tmp_path, folders, method="weighted"))
     side = predict(data_dir / P158 / "t2.nii.gz", tmp_path / "o", cfg, notify=False)
-    assert side["weights"]["a"] == {"background": 0.9, "TZ": 0.8, "PZ": 0.7}
-    assert side["weights"]["b"] == {"background": 0.6, "TZ": 0.5, "PZ": 0.4}
+    assert side.weights["a"] == {"background": 0.9, "TZ": 0.8, "PZ": 0.7}
+    assert side.weights["b"] == {"background": 0.6, "TZ": 0.5, "PZ": 0.4}
 
 
 def test_dicom_series_input(data_dir, members, tmp_path):
@@ -146,7 +147,7 @@ def test_dicom_series_input(data_dir, members, tmp_path):
     ref = read_dicom_series(series)
     out = nib.load(str(tmp_path / "o" / "zones.nii.gz"))
     assert out.shape == ref.shape and np.allclose(out.affine, ref.affine, atol=1e-4)
-    assert [m["member"] for m in side["members_skipped"]] == ["t2_adc/fold_all"]
+    assert [m["member"] for m in side.members_skipped] == ["t2_adc/fold_all"]
 
 
 def test_batch_over_dataset_folder(data_dir, members, tmp_path):

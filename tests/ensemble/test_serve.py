@@ -20,6 +20,7 @@ import yaml
 
 pytest.importorskip("fastapi", reason="needs the 'serve' extra (pip install -e '.[serve]')")
 
+from mricore.results import read_case  # noqa: E402
 from serve_client import Running, get, post  # noqa: E402
 
 P158 = "prostate158/001"
@@ -63,7 +64,7 @@ def test_predict_a_nifti_and_download_its_results(server, data_dir):
     t2 = (data_dir / P158 / "t2.nii.gz").read_bytes()
     status, j = post(server.url + "/predict", {"t2": ("whatever.bin", t2)})  # named by content, not name
     assert status == 200, j
-    assert set(j["volumes_ml"]) == {"WG", "TZ", "PZ"} and j["review"]["verdict"] in ("ok", "review")
+    assert set(j["volume_ml"]) == {"WG", "TZ", "PZ"} and j["review"]["verdict"] in ("ok", "review")
     assert j["id"] == j["case_id"] and len(j["id"]) == 32
     status, zones = get(server.url + j["files"]["zones.nii.gz"])
     img = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(zones))
@@ -72,6 +73,8 @@ def test_predict_a_nifti_and_download_its_results(server, data_dir):
     assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
     results = server.app.state.server.results
     assert leftovers(results) == [] and (results / j["id"] / "report.html").is_file()
+    record = read_case(results / j["id"])  # the answer names and values its fields as zones.json does
+    assert (j["volume_ml"], j["uncertainty"]) == (record.volume_ml, record.uncertainty)
 
 
 def test_a_zipped_dicom_series_gives_dicom_seg(server, data_dir):

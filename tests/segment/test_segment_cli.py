@@ -1,5 +1,6 @@
-"""`segment` CLI in-process: predict on a volume, a case folder and a datalist; --probabilities;
-no overwrite without --force; every bad input gives exit 2, one stderr line, nothing written."""
+"""`segment` CLI in-process: predict on a volume, a case folder and a datalist (one case folder, or a
+batch of them, as `ensemble predict` lays them out); --probabilities; no overwrite without --force;
+every bad input gives exit 2, one stderr line, nothing written."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from mricore.io import read_label
+from mricore.results import find_predictions, read_case, zone_volumes_ml
 from segment.cli import main
 from segment.networks import build_network
 from segment.inference import Segmenter
@@ -26,35 +29,39 @@ def test_predict_a_volume_with_probabilities(tiny_model, data_dir, tmp_path):
     t2 = data_dir / "prostate158" / "001" / "t2.nii.gz"
     out = tmp_path / "out"
     assert main(["predict", "--model", str(tiny_model), str(t2), "-o", str(out), "--probabilities"]) == 0
-    src, lab = nib.load(t2), nib.load(out / "001.nii.gz")
+    src, lab = nib.load(t2), nib.load(out / "zones.nii.gz")  # one case: OUT is its case folder
     assert lab.shape == src.shape and lab.get_data_dtype() == np.uint8
     np.testing.assert_allclose(lab.affine, src.affine, atol=1e-6)   # the input's exact grid
-    prob = nib.load(out / "001_prob.nii.gz")
+    prob = nib.load(out / "probabilities.nii.gz")
     assert prob.shape == src.shape + (3,)
-    assert json.loads((out / "predict.json").read_text())["cases"][0]["case_id"] == "001"
+    record = read_case(out)
+    assert record.case_id == "001" and record.members_used[0]["path"] == str(tiny_model.resolve())
+    assert set(record.outputs) == {"zones.nii.gz", "probabilities.nii.gz"}
+    zones = read_label(out / "zones.nii.gz")
+    assert record.volume_ml == zone_volumes_ml(zones.array[0], zones.voxel_volume_ml)
 
 
 def test_predict_refuses_to_overwrite_without_force(tiny_model, data_dir, tmp_path, capsys):
     case = data_dir / "i2cvb" / "Patient_68619"
     out = tmp_path / "out"
     assert main(["predict", "--model", str(tiny_model), str(case), "-o", str(out)]) == 0
-    before = (out / "Patient_68619.nii.gz").stat().st_mtime_ns
+    before = (out / "zones.nii.gz").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["predict", "--model", str(tiny_model), str(case), "-o", str(out)]) == 2
     assert "--force" in _one_error_line(capsys)
-    assert (out / "Patient_68619.nii.gz").stat().st_mtime_ns == before
+    assert (out / "zones.nii.gz").stat().st_mtime_ns == before
     assert main(["predict", "--model", str(tiny_model), str(case), "-o", str(out), "--force"]) == 0
 
 
-def test_predict_json_of_an_earlier_run_is_not_overwritten_without_force(tiny_model, data_dir, tmp_path, capsys):
+def test_a_case_folder_of_an_earlier_run_is_not_overwritten_without_force(tiny_model, data_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["predict", "--model", str(tiny_model), str(data_dir / "i2cvb" / "Patient_68619"), "-o", str(out)]) == 0
-    record = (out / "predict.json").read_bytes()
+    record = (out / "zones.json").read_bytes()
     capsys.readouterr()
-    other = data_dir / "i2cvb" / "Patient_52209036"  # another case: its own map does not exist yet
+    other = data_dir / "i2cvb" / "Patient_52209036"  # another case into the same folder
     assert main(["predict", "--model", str(tiny_model), str(other), "-o", str(out)]) == 2
-    assert "predict.json" in _one_error_line(capsys)
-    assert (out / "predict.json").read_bytes() == record and not (out / "Patient_52209036.nii.gz").exists()
+    assert "zones.nii.gz" in _one_error_line(capsys)
+    assert (out / "zones.json").read_bytes() == record and read_case(out).case_id == "Patient_68619"
 
 
 def test_predict_a_datalist(tiny_model, data_dir, tmp_path):
@@ -64,7 +71,9 @@ def test_predict_a_datalist(tiny_model, data_dir, tmp_path):
                   f"p2,{data_dir / 'i2cvb' / 'Patient_52209036' / 't2.nii.gz'}\n")
     out = tmp_path / "out"
     assert main(["predict", "--model", str(tiny_model), str(dl), "-o", str(out)]) == 0
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["p1.nii.gz", "p2.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["p1", "p2", "summary.csv", "summary.json"]  # a batch
+    assert sorted(find_predictions(out)) == ["p1", "p2"] and read_case(out / "p2").case_id == "p2"
+    assert [c["case_id"] for c in json.loads((out / "summary.json").read_text())["cases"]] == ["p1", "p2"]
 
 
 # ---- bad input: one test each -------------------------------------------------------------------
@@ -142,7 +151,7 @@ def test_predict_accepts_a_dicom_series_folder(tiny_model, data_dir, tmp_path):
     assert main(["predict", "--model", str(tiny_model), str(series), "-o", str(tmp_path / "dicom")]) == 0
     assert main(["predict", "--model", str(tiny_model), str(data_dir / "prostatex/ProstateX-0000/t2.nii.gz"),
                  "-o", str(tmp_path / "nifti")]) == 0
-    a = nib.load(str(tmp_path / "dicom" / f"{series.name}.nii.gz"))
-    b = nib.load(str(tmp_path / "nifti" / "ProstateX-0000.nii.gz"))
+    a = nib.load(str(tmp_path / "dicom" / "zones.nii.gz"))
+    b = nib.load(str(tmp_path / "nifti" / "zones.nii.gz"))
     assert a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-3)
     assert (np.asarray(a.dataobj) == np.asarray(b.dataobj)).mean() >= 0.9999

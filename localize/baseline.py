@@ -25,6 +25,10 @@ import numpy as np
 from mricore.volume import Volume
 from mricore.zones import CLASS_NAMES
 
+from .config import KIND, CandidateConfig, ModelConfig
+from .covariates import case_covariates, covariate_columns, read_clinical
+from .folds import labelled_cases, split_items
+
 NAME = "zone_stats_lr"
 ZONES = (1, 2)
 STATS = ("t2_mean", "t2_sd", "t2_p5", "t2_p25", "volume_ml", "adc_mean", "adc_p10", "adc_missing", "is_pz")
@@ -52,15 +56,11 @@ def zone_features(image: Volume, zones: Volume) -> dict[int, dict[str, float]]:
 
 
 def feature_names(covariates: list[str]) -> list[str]:
-    from .model import covariate_columns
-
     return [*STATS, *[c for c in covariate_columns(covariates) if c != "zone_pz"]]
 
 
 def zone_rows(image: Volume, zones: Volume, covariates: list[str], clinical: dict | None) -> dict[int, np.ndarray]:
     """zone code -> feature vector (feature_names order): the zone's STATS, then the case's covariates."""
-    from .model import case_covariates
-
     stats = zone_features(image, zones)
     gland_ml = float(np.count_nonzero(zones.array[0]) * zones.voxel_volume_ml)
     extra = list(case_covariates(covariates, gland_ml, clinical).values())  # is_pz stands for zone_pz
@@ -94,8 +94,6 @@ def train_baseline(cfg, fold, force: bool = False) -> Path:
     from mricore.metrics import roc_auc
     from mricore.modelfolder import ModelMeta, run_folder, start_run, write_model
 
-    from .model import KIND, fold_split, labelled_cases, read_clinical
-
     run_dir, _ = run_folder(cfg.output_dir, cfg.name, fold, False, force)
     clinical = read_clinical(cfg.data.clinical)
     items = []
@@ -110,7 +108,8 @@ def train_baseline(cfg, fold, force: bool = False) -> Path:
     if not items:
         raise InputError(cfg.data.root, f"no case has '{cfg.data.label}' and a zone map {cfg.data.zones}", 0,
                          "check data.root, data.datasets and data.zones")
-    splits, tr, held = fold_split(cfg.data, items, fold)
+    split = split_items(cfg.data, items, fold, inner=False)
+    splits, tr, held = split.splits, split.train, split.held_out
     x = np.array([i["rows"][k] for i in tr for k in ZONES])
     y = np.array([i["labels"][k] for i in tr for k in ZONES])
     if not 0 < y.sum() < len(y):
@@ -152,8 +151,6 @@ class ZoneStatsModel:
         from mricore.config import from_dict
         from mricore.errors import InputError
         from mricore.modelfolder import load_weights
-
-        from .config import CandidateConfig, ModelConfig
 
         folder = Path(folder)
         where = f"{folder}/model.json"

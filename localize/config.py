@@ -7,6 +7,9 @@ from typing import Literal
 
 from mricore.config import ConfigError
 from mricore.preprocess import PreprocessSpec
+from mricore.protocol import validate_protocol
+
+KIND = "lesion_classifier"  # model.json kind of every localize model folder (CNN or zone_stats_lr)
 
 # Covariates: name -> (centre, scale); the head sees (value - centre) * scale, near 1 in size.
 # Computed by the pipeline from the zone map:
@@ -38,15 +41,12 @@ class DataConfig:
     max_train_patients: int | None = None # learning curves: a seeded subset of each fold's training patients
     folds: int = 3                        # patient-level, stratified by lesion presence
     split_seed: int = 0
+    splits_file: str | None = None        # reuse saved splits (JSON) instead of making them
     inner_val: int = 1                    # train.selection inner: patients drawn from the fold's TRAINING
                                           # patients (a lesion patient first) to choose the epoch
 
     def validate(self, where):
-        if self.folds < 2:
-            raise ConfigError(where, "data.folds must be >= 2", self.folds, "")
-        if self.inner_val < 1:
-            raise ConfigError(where, "data.inner_val must be >= 1 (patients)", self.inner_val,
-                              "or set train.selection: fixed")
+        validate_protocol(self, where)
         if not self.zones:
             raise ConfigError(where, "data.zones needs at least one label key", self.zones, "e.g. [zones, zones_ai]")
 

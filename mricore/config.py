@@ -220,6 +220,6 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
 
 def save_config(obj, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically)."""
-    from .io import write_text
+    from .outputs import write_text
 
     return write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), path)

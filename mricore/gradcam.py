@@ -197,7 +197,7 @@ def save_overlay(image: np.ndarray, cam: np.ndarray, path: str | Path, *, title:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    from .io import output_target, replace_atomically
+    from .outputs import output_target, replace_atomically
 
     path = output_target(Path(path), force)
     k = int(np.argmax(cam.reshape(-1, cam.shape[2]).sum(0)))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .io import replace_atomically, write_json
+from .outputs import replace_atomically, write_json
 from .preprocess import PreprocessSpec
 
 REQUIRED = ("model.json", "weights.pt")
@@ -201,7 +201,7 @@ def start_run(run_dir: str | Path, cfg, splits: list | None) -> None:
     the first checkpoint, so a run that fails earlier leaves nothing to block a rerun; a no-op when the
     folder was started before (--resume)."""
     from .config import save_config
-    from .splits import save_splits
+    from .protocol import save_splits
 
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").exists():

@@ -7,6 +7,7 @@ from typing import Literal
 
 from mricore.config import ConfigError
 from mricore.preprocess import PreprocessSpec
+from mricore.protocol import validate_protocol
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -27,11 +28,7 @@ class DataConfig:
     register: bool = False                # rigid registration of other channels onto T2W
 
     def validate(self, where):
-        if self.folds < 2:
-            raise ConfigError(where, "data.folds must be >= 2", self.folds, "")
-        if self.inner_val < 1:
-            raise ConfigError(where, "data.inner_val must be >= 1 (patients)", self.inner_val,
-                              "or set train.selection: fixed to train without an inner split")
+        validate_protocol(self, where)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import numpy as np
 from mricore.config import to_dict
 from mricore.datasets import load_case, load_dataset
 from mricore.errors import OutputExistsError
-from mricore.io import write_csv, write_json, write_nifti
+from mricore.io import write_nifti
+from mricore.outputs import write_csv, write_json
 from mricore.metrics import zone_metrics
 from mricore.zones import ZONES
 from mricore.stats import fmt, summarize

@@ -28,7 +28,8 @@ import numpy as np
 from mricore.config import to_dict
 from mricore.datasets import DEFAULT_FILES, load_case, load_dataset
 from mricore.errors import InputError, OutputExistsError
-from mricore.io import write_csv, write_json, write_nifti
+from mricore.io import write_nifti
+from mricore.outputs import write_csv, write_json
 
 from .augment import apply_intensity, apply_spatial, draw
 from .config import SegmentConfig

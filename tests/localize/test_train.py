@@ -1,13 +1,22 @@
-"""localize.train helpers that need no data: transfer-learning initialisation and sampling."""
+"""localize.train: transfer-learning initialisation and sampling (no data needed); the folds under
+mricore.protocol on the real lesion cases (those of bench/results/localize_cv.json) and the
+`data.splits_file` checks."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from localize.config import CandidateConfig, LocalizeConfig, ModelConfig
-from localize.model import KIND, LesionModel
-from localize.train import _draw, _init_from
-from mricore.errors import ConfigError
+from localize.config import KIND, CandidateConfig, LocalizeConfig, ModelConfig
+from localize.folds import labelled_cases, split_items
+from localize.loop import _draw
+from localize.model import LesionModel
+from localize.train import _init_from, train
+from mricore.config import load_config
+from mricore.datasets import read_ref
+from mricore.errors import ConfigError, InputError
 from mricore.config import to_dict
 from mricore.modelfolder import ModelMeta, write_model
 from mricore.preprocess import PreprocessSpec
@@ -82,3 +91,40 @@ def test_balanced_sampling_draws_half_positives():
     idx = _draw(y, 32, True, np.random.default_rng(0))
     assert y[idx].sum() == 16
     assert y[_draw(y, 1000, False, np.random.default_rng(0))].mean() < 0.1
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _config(data_dir, tmp_path, config="lesion_zone_lr.yaml", *sets) -> LocalizeConfig:
+    return load_config(LocalizeConfig, ROOT / "configs" / "localize" / config,
+                       [f"data.root={data_dir}", f"output_dir={tmp_path / 'runs'}", *sets])
+
+
+def test_folds_are_those_of_the_published_localize_cv(data_dir, tmp_path):
+    # bench/results/localize_cv.json's case -> fold mapping (patient-level, stratified by lesion presence)
+    cfg = _config(data_dir, tmp_path, "lesion_t2w_2d.yaml")
+    items = [{"case": c, "positive": bool(read_ref(c.labels["lesion"], "lesion", c.case_id).array.any())}
+             for c, _ in labelled_cases(cfg.data, ["T2W"])]
+    published = json.loads((ROOT / "bench" / "results" / "localize_cv.json").read_text())["folds"]
+    for f in published:
+        split = split_items(cfg.data, items, f["fold"], inner=False)
+        assert [i["case"].case_id for i in split.held_out] == f["held_out"]
+
+
+@pytest.mark.parametrize("config", ["lesion_zone_lr.yaml", "lesion_t2w_2d.yaml"])   # baseline and CNN
+def test_a_splits_file_naming_unknown_cases_is_refused_before_training(data_dir, tmp_path, config):
+    (tmp_path / "s.json").write_text(json.dumps([{"fold": 0, "train": ["ProstateX-0000"], "val": ["nope"]}]))
+    cfg = _config(data_dir, tmp_path, config, f"data.splits_file={tmp_path / 's.json'}", "model.width=0.125")
+    with pytest.raises(InputError, match="not in the dataset"):
+        train(cfg, 0)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_splits_file_decides_the_held_out_cases(data_dir, tmp_path):
+    ids = [c.case_id for c, _ in labelled_cases(_config(data_dir, tmp_path).data, ["T2W"])]
+    user = [{"fold": 0, "train": ids[3:], "val": ids[:3]}, {"fold": 1, "train": ids[:3], "val": ids[3:]}]
+    (tmp_path / "s.json").write_text(json.dumps(user))
+    out = train(_config(data_dir, tmp_path, "lesion_zone_lr.yaml", f"data.splits_file={tmp_path / 's.json'}"), 0)
+    assert json.loads((out / "splits.json").read_text()) == user
+    assert json.loads((out / "model.json").read_text())["validation"]["cases"] == ids[:3]

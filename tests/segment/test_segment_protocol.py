@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from mricore.datasets import Case, load_dataset
+from mricore.config import load_config
+from mricore.datasets import load_dataset
 from mricore.errors import ConfigError, InputError
 from mricore.modelfolder import read_model
 from segment.config import SegmentConfig
@@ -19,8 +21,9 @@ from segment.data import load_items
 from mricore.zones import labels_from_probabilities
 from segment.inference import Segmenter
 from segment.networks import build_network, class_probabilities
-from segment.folds import fold_cases, resolve_split
-from segment.train import train, validate
+from segment.folds import resolve_split
+from segment.loop import validate
+from segment.train import train
 
 from segment_helpers import tiny_config
 
@@ -129,19 +132,22 @@ def test_inner_selection_needs_enough_training_patients(data_dir, tmp_path):
         resolve_split(cfg, load_dataset(data_dir), 0)
 
 
-def _case(cid: str, pid: str) -> Case:
-    return Case(cid, pid, {}, {"zones": None}, "d")
+BUNDLE = sorted((Path(__file__).resolve().parents[2] / "ensemble" / "models" / "default").glob("*/splits.json"))
 
 
-@pytest.mark.parametrize("split,match", [
-    ({"train": ["a1", "b"], "val": ["a2"]}, "patient in both train and val"),   # a1, a2: one patient
-    ({"train": ["b", "zzz"], "val": ["a1"]}, "not in the dataset"),            # unknown id, not dropped
-    ({"train": ["a1", "b"], "val": []}, "no held-out"),                         # empty held-out list
-])
-def test_user_splits_are_checked(split, match):
-    cases = [_case("a1", "A"), _case("a2", "A"), _case("b", "B")]
-    with pytest.raises(InputError, match=match):
-        fold_cases(SegmentConfig(), split, cases, 0)
+@pytest.mark.parametrize("splits_json", BUNDLE, ids=[p.parent.name for p in BUNDLE])
+def test_the_protocol_reproduces_the_shipped_bundles_splits(data_dir, splits_json):
+    # The bundle's members were trained before mricore.protocol existed: from the same data and config
+    # (data section of their config.yaml; the teacher's studies only ever train, so they are left out)
+    # the protocol gives the same folds, held-out cases and inner (selection) cases.
+    folder = splits_json.parent
+    cfg = load_config(SegmentConfig, folder / "config.yaml", [f"data.root={data_dir}", "data.teacher=null"])
+    meta = read_model(folder)
+    cases = [c for c in load_dataset(cfg.data.root, cfg.data.files) if c.dataset in cfg.data.datasets]
+    split = resolve_split(cfg, cases, meta.fold)
+    assert split.splits == json.loads(splits_json.read_text())
+    assert [c.case_id for c in split.held_out] == meta.validation["cases"]
+    assert [c.case_id for c in split.inner] == meta.selection["cases"]
 
 
 def test_splits_file_patient_overlap_is_an_error_through_train(data_dir, tmp_path):

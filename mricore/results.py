@@ -37,8 +37,16 @@ CONFIG_YAML = "ensemble.yaml"
 REPORT_HTML = "report.html"
 OVERLAY_PNG = "overlay.png"
 SEG_DCM = "seg.dcm"
-CASE_FILES = (ZONES_NII, UNCERTAINTY_NII, PROBABILITIES_NII, ZONES_JSON, CONFIG_YAML, REPORT_HTML, OVERLAY_PNG,
-              SEG_DCM)
+GRADCAM_ZONES = ("WG", "TZ", "PZ")  # what `segment predict --explain ZONE` may explain (segment.explain)
+
+
+def gradcam_files(zone: str) -> tuple[str, str]:
+    """`segment predict --explain ZONE`'s files in a case folder: NIfTI heat map and PNG overlay (the
+    target layer and the faithfulness check go into zones.json, `ZonesRecord.explanation`)."""
+    stem = f"gradcam_{zone.upper()}"
+    return f"{stem}.nii.gz", f"{stem}.png"
+
+
 # What each file holds, as zones.json's `outputs` lists it (in this order; zones.json itself is not listed).
 DESCRIPTIONS = {ZONES_NII: "uint8 0 background, 1 TZ, 2 PZ; WG = TZ ∪ PZ",
                 UNCERTAINTY_NII: "float32 4D: [...,0] normalised entropy, [...,1] member disagreement",
@@ -46,7 +54,10 @@ DESCRIPTIONS = {ZONES_NII: "uint8 0 background, 1 TZ, 2 PZ; WG = TZ ∪ PZ",
                 CONFIG_YAML: "resolved config",
                 SEG_DCM: "DICOM-SEG: TZ and PZ segments referencing the source series",
                 REPORT_HTML: "prediction report",
-                OVERLAY_PNG: "zones over the reference channel, three planes"}
+                OVERLAY_PNG: "zones over the reference channel, three planes",
+                **{name: f"Grad-CAM of {zone}: {what}" for zone in GRADCAM_ZONES for name, what in
+                   zip(gradcam_files(zone), ("float32 heat map in [0, 1]", "heat map over the first channel"))}}
+CASE_FILES = (*DESCRIPTIONS, ZONES_JSON)
 MEDIA_TYPES = {ZONES_NII: "application/gzip", UNCERTAINTY_NII: "application/gzip",
                PROBABILITIES_NII: "application/gzip", ZONES_JSON: "application/json",
                CONFIG_YAML: "application/yaml", REPORT_HTML: "text/html", OVERLAY_PNG: "image/png",
@@ -64,12 +75,6 @@ LESION_GRADCAM_FILES = ("lesion_gradcam.nii.gz", "lesion_gradcam.png")
 # maps `<case>_prob.nii.gz` and Grad-CAM maps `<case>_gradcam_<ZONE>.*` beside them, which are not cases.
 PROB_SUFFIX = "_prob"
 GRADCAM_INFIX = "_gradcam_"
-
-
-def gradcam_files(case_id: str, zone: str) -> tuple[str, str, str]:
-    """`segment predict --explain ZONE`'s files of one case: NIfTI heat map, PNG overlay, faithfulness JSON."""
-    stem = f"{case_id}{GRADCAM_INFIX}{zone.upper()}"
-    return f"{stem}.nii.gz", f"{stem}.png", f"{stem}.json"
 
 
 # zones.json schema. 1: also the files written before the field existed (software 0.1.0), read as is.
@@ -104,6 +109,7 @@ class ZonesRecord:
     timings_s: dict | None = None         # seconds per stage; `write_case` adds "write"
     staple_performance: dict | None = None
     alignment: dict | None = None         # reference channel, per-channel facts, score (`alignment_record`)
+    explanation: dict | None = None       # `segment predict --explain`: zone, layer, target, faithfulness
     outputs: dict = field(default_factory=dict)  # file name -> what it holds (`write_case` fills it)
     software_version: str = ""
 
@@ -195,7 +201,7 @@ def check_case(folder: str | Path, force: bool) -> None:
 
 
 def write_case(folder: str | Path, image, label: np.ndarray, record: ZonesRecord,
-               extra: Callable[[Path, ZonesRecord], None] | None = None) -> ZonesRecord:
+               extra: Callable[[Path, ZonesRecord], ZonesRecord | None] | None = None) -> ZonesRecord:
     """The one writer of a case folder, all files together or none (mricore.outputs.staged_dir): zones.nii.gz
     (`label` as uint8 on `image`'s grid), whatever `extra(stage, record)` writes into the staging
     folder, then zones.json: `record` with `outputs` listing the files written, `timings_s["write"]`
@@ -209,8 +215,8 @@ def write_case(folder: str | Path, image, label: np.ndarray, record: ZonesRecord
     record = dataclasses.replace(record, software_version=record.software_version or __version__)
     with staged_dir(folder, stale=CASE_FILES) as stage:
         write_nifti(label, image, stage / ZONES_NII, dtype=np.uint8, force=True)
-        if extra is not None:
-            extra(stage, record)
+        if extra is not None:  # it may return the record with what it learned (e.g. an explanation)
+            record = extra(stage, record) or record
         timings = record.timings_s
         if timings is not None:
             timings = {**timings, "write": round(time.perf_counter() - t, 4)}

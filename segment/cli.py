@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="also write probabilities.nii.gz (float32, background/TZ/PZ on the 4th axis)")
     pr.add_argument("--force", action="store_true")
     pr.add_argument("--explain", metavar="ZONE", default=None,
-                    help="also write a Grad-CAM heat map of ZONE (TZ or PZ): NIfTI, PNG and faithfulness JSON")
+                    help="also write a Grad-CAM heat map of ZONE (TZ or PZ) into each case folder: "
+                    "gradcam_<ZONE>.nii.gz and .png, its faithfulness check in zones.json")
 
     ev = sub.add_parser("evaluate", help="score predictions against reference zone maps")
     ev.add_argument("--pred", required=True, help="the -o folder of `segment predict` or `ensemble predict` (one "
@@ -85,17 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "predict":
             from .predict import predict
 
-            explain = None
-            if args.explain:  # validated before predict writes anything
-                from .explain import prepare_explain
-
-                explain = prepare_explain(args.model, args.inputs, args.explain, args.output, args.force)
-            records = predict(args.model, args.inputs, args.output, args.probabilities, args.force)
-            for info in explain() if explain else []:
-                f = info["faithfulness"]
-                print(f"{info['case_id']}: Grad-CAM {info['zone']} top-10% drop {f['drop_top_k']:.3g} "
-                      f"vs random {f['drop_random_mean']:.3g}")
+            records = predict(args.model, args.inputs, args.output, args.probabilities, args.force,
+                              explain=args.explain)
             for r in records:
+                if r.explanation:
+                    e, f = r.explanation, r.explanation["faithfulness"]
+                    print(f"{r.case_id}: Grad-CAM {e['zone']} top-10% drop {f['drop_top_k']:.3g} "
+                          f"vs random {f['drop_random_mean']:.3g}")
                 print(f"{r.case_id}: WG {r.volume_ml['WG']:.1f} mL in {sum(r.timings_s.values()):.2f} s")
         elif args.cmd == "evaluate":
             from .evaluate import evaluate

@@ -10,6 +10,7 @@ case). Every case and output is checked before the first is written.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -35,9 +36,10 @@ def cases_from_inputs(inputs: list[str], channels: list[str]) -> list[Case]:
 
 
 def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool = False,
-            force: bool = False, progress: bool = True) -> list:
+            force: bool = False, progress: bool = True, explain: str | None = None) -> list:
     """Predict every case of `inputs` and write its case folder; returns the zones.json records
-    (mricore.results.ZonesRecord), one per case.
+    (mricore.results.ZonesRecord), one per case. `explain`: a zone (WG, TZ or PZ) whose Grad-CAM goes
+    into each case folder with the map (segment.explain), its faithfulness check into the record.
 
     Raises InputError (a missing input or channel), OutputExistsError (an output exists and not force),
     both before anything is written.
@@ -49,6 +51,11 @@ def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool
 
     out = check_output_dir(out_dir)
     seg = Segmenter.load(model_dir)
+    explainer = None
+    if explain:  # checked before anything is written
+        from .explain import check_explain
+
+        explainer = check_explain(seg, explain)
     cases = cases_from_inputs(inputs, seg.channels)
     batch = is_batch_input([Path(p) for p in inputs])
     if batch:
@@ -59,15 +66,16 @@ def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool
         if missing:
             raise InputError(c.case_id, f"model expects {', '.join(seg.channels)}", ", ".join(sorted(c.images)),
                              f"provide {', '.join(missing)} (e.g. adc.nii.gz beside t2.nii.gz)")
-    records = [predict_case(seg, model_dir, c, case_dir(out, c.case_id, batch), probabilities)
+    records = [predict_case(seg, model_dir, c, case_dir(out, c.case_id, batch), probabilities, explainer)
                for c in tqdm(cases, desc="predict", disable=not progress or len(cases) < 2)]
     if batch:
         _write_summary(out, model_dir, records)
     return records
 
 
-def predict_case(seg: Segmenter, model_dir, case: Case, folder: Path, probabilities: bool):
-    """Read, predict and write one case folder (mricore.results.write_case); its record."""
+def predict_case(seg: Segmenter, model_dir, case: Case, folder: Path, probabilities: bool, explainer=None):
+    """Read, predict and write one case folder (mricore.results.write_case), with its Grad-CAM when
+    `explainer` (segment.explain.Explainer) is given; the record written."""
     from mricore.io import write_nifti
     from mricore.results import PROBABILITIES_NII, ZonesRecord, alignment_record, grid_record, write_case, \
         zone_volumes_ml
@@ -84,10 +92,15 @@ def predict_case(seg: Segmenter, model_dir, case: Case, folder: Path, probabilit
         timings_s={"read_predict": round(time.perf_counter() - t, 4)},
         alignment=alignment_record(image.channels[0], info["alignment"]))
 
-    def extra(stage: Path, record: ZonesRecord) -> None:
+    def extra(stage: Path, record: ZonesRecord) -> ZonesRecord:
         if probabilities:
             write_nifti(pred.prob.transpose(1, 2, 3, 0), image, stage / PROBABILITIES_NII, dtype=np.float32,
                         force=True)
+        if explainer is None:
+            return record
+        from .explain import explain_volume
+
+        return dataclasses.replace(record, explanation=explain_volume(explainer, image, stage))
     return write_case(folder, image, pred.label, record, extra)
 
 

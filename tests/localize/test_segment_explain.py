@@ -29,20 +29,21 @@ def tiny_segmenter(tmp_path_factory):
 
 
 def test_explain_zone_writes_heat_map_on_input_grid(tiny_segmenter, data_dir, tmp_path):
+    from mricore.results import gradcam_files, read_case
     from segment.cli import main
 
     t2 = data_dir / "prostatex" / "ProstateX-0000" / "t2.nii.gz"
     assert main(["predict", "--model", str(tiny_segmenter), str(t2), "-o", str(tmp_path), "--explain", "PZ"]) == 0
-    files = sorted(p.name for p in tmp_path.iterdir())
-    heat = [f for f in files if f.endswith("_gradcam_PZ.nii.gz")]
-    assert len(heat) == 1
-    img, ref = nib.load(str(tmp_path / heat[0])), nib.load(str(t2))
+    nii, png = gradcam_files("PZ")
+    assert nii == "gradcam_PZ.nii.gz" and (tmp_path / png).exists()  # in the case folder, beside zones.nii.gz
+    img, ref = nib.load(str(tmp_path / nii)), nib.load(str(t2))
     assert img.shape == ref.shape and np.allclose(img.affine, ref.affine, atol=1e-4)
     a = np.asarray(img.dataobj)
     assert a.min() >= 0 and a.max() <= 1
-    info = json.loads((tmp_path / heat[0].replace(".nii.gz", ".json")).read_text())
+    record = read_case(tmp_path)
+    info = record.explanation
     assert info["zone"] == "PZ" and "drop_top_k" in info["faithfulness"]
-    assert (tmp_path / heat[0].replace(".nii.gz", ".png")).exists()
+    assert nii in record.outputs and png in record.outputs
 
 
 def test_explain_unknown_zone_is_one_line_and_writes_nothing(tiny_segmenter, data_dir, tmp_path, capsys):

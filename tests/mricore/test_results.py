@@ -75,7 +75,7 @@ def test_find_predictions_in_a_batch(tmp_path):
 
 
 def test_find_predictions_in_a_flat_folder_leaves_out_probability_and_gradcam_maps(tmp_path):
-    for name in ("p1.nii.gz", "p2.nii", "p1_prob.nii.gz", results.gradcam_files("p1", "tz")[0]):
+    for name in ("p1.nii.gz", "p2.nii", "p1_prob.nii.gz", "p1_gradcam_TZ.nii.gz"):
         (tmp_path / name).write_bytes(b"")
     assert sorted(find_predictions(tmp_path)) == ["p1", "p2"]
 

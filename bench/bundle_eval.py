@@ -39,8 +39,7 @@ def held_out_case(config: Path) -> dict:
         pred = read_label(Path(tmp) / "o" / "zones.nii.gz").array[0] > 0
     ref = read_label(case / "wg.nii.gz").array[0] > 0
     return {"case": "promise12/Case00", "wg_dsc": round(float(dice(pred, ref)), 4),
-            "volume_ml": side["volume_ml"], "uncertainty": side["uncertainty"],
-            "review": {k: side["review"][k] for k in ("verdict", "reasons", "score")}}
+            **side.headline()}
 
 
 def cost(config: Path, repeats: int) -> dict:

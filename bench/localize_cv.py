@@ -41,7 +41,7 @@ MODELS = ("lr", "lr_clinical", "cnn", "cnn_clinical")
 
 def real_cases(cfg: LocalizeConfig) -> list[dict]:
     """The cases `localize train` would use, in its order, with lesion presence and zone map."""
-    from localize.model import labelled_cases
+    from localize.folds import labelled_cases
     from mricore.datasets import read_ref
 
     out = []
@@ -53,9 +53,9 @@ def real_cases(cfg: LocalizeConfig) -> list[dict]:
 
 def folds_of(cfg: LocalizeConfig, cases: list[dict]) -> list[list[str]]:
     """Held-out case ids per fold, exactly as localize train makes them."""
-    from localize.model import patient_splits
+    from mricore.protocol import fold_splits
 
-    return [list(s["val"]) for s in patient_splits(cfg.data, cases)]
+    return [list(s["val"]) for s in fold_splits(cfg.data, [c["case"] for c in cases], [c["positive"] for c in cases])]
 
 
 def with_site_check(result: dict, cases: list[dict]) -> dict:
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args(argv)
-    from localize.model import read_clinical
+    from localize.covariates import read_clinical
 
     sets = [f"data.root={args.data}", *args.overrides]
     cfg = load_config(LocalizeConfig, CONFIG, sets)

@@ -89,8 +89,11 @@ def source_from_inputs(inputs: list[str | Path]) -> Source:
 
 
 def resolve_config(config) -> EnsembleConfig:
-    """The config, its locator (if any) loaded and checked before any input is read."""
-    cfg = config if isinstance(config, EnsembleConfig) else load_ensemble_config(config)
+    """The config, its locator (if any) loaded and checked before any input is read. A config built in
+    Python takes the fitted review limits it leaves out from the bundle, as a YAML config does."""
+    from .config import with_bundle_limits
+
+    cfg = with_bundle_limits(config) if isinstance(config, EnsembleConfig) else load_ensemble_config(config)
     if cfg.locator:
         from .members import read_locator
 

@@ -3,7 +3,7 @@
 Run: python -m bench.augment_bench [--repeats 20]
 Writes bench/results/augment_bench.json and prints seconds per sample (mean over repeats) for
 - 2D: a 160x160 patch (1 channel + mask) from a 192x192 region (segment.data MARGIN 16):
-  segment.augment.apply_spatial (elasticdeform, crop) vs monai Rand2DElasticd;
+  segment.transforms.apply_spatial (elasticdeform, crop) vs monai Rand2DElasticd;
 - 3D: a 96x96x16 patch (2 channels + mask) from 128x128x16: elasticdeform (crop, in-plane) vs
   monai Rand3DElasticd (sigma/magnitude of the same order);
 - reference: elasticdeform on a whole 2-channel 320x320x24 volume without crop.
@@ -37,7 +37,7 @@ def main(argv=None):
     torch.set_num_threads(1)  # augmentation runs in the data path, one core
     from monai.transforms import Rand2DElasticd, Rand3DElasticd
 
-    from segment.augment import apply_spatial, draw
+    from segment.transforms import apply_spatial, draw
     from segment.config import AugmentConfig
 
     rng = np.random.default_rng(0)

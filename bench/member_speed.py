@@ -4,9 +4,9 @@ machine's fp32 peak it runs.
 For one member of each family of the bundle on prostate158/001 as the ensemble feeds it (whole slices,
 or 160-px tiles with 0.25 overlap where the bundle's `whole_slice` is null and the member uses instance
 norm; 8 slices or tiles per forward), the network part of `probabilities` is timed (best of 5) in:
-- eager PyTorch (oneDNN), `segment.inference.Segmenter`;
+- eager PyTorch (oneDNN), `segment.torch_segmenter.Segmenter`;
 - TorchScript frozen with `torch.jit.freeze` + `optimize_for_inference` (the network swapped in);
-- ONNX Runtime on the member's `ensemble export` (`segment.onnx_runtime.OnnxSegmenter`).
+- ONNX Runtime on the member's `ensemble export` (`segment.onnx_segmenter.OnnxSegmenter`).
 FLOPs of one pass over the study come from PyTorch's FlopCounterMode on the same inputs; GFLOP/s is
 that over the time, against the fp32 matmul peak (2048^2 torch.mm, best of 5). Also: start-up of a
 fresh `ensemble predict` process up to the first network (imports and model loading), per runtime.
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from mricore.io import read_nifti
     from mricore.modelfolder import read_model
     from mricore.preprocess import preprocess
-    from segment.onnx_runtime import OnnxSegmenter
+    from segment.onnx_segmenter import OnnxSegmenter
 
     peak = max(matmul_peak_gflops(), matmul_peak_gflops())
     t2 = read_nifti(DATA / "prostate158/001/t2.nii.gz", "T2W")

@@ -1,4 +1,4 @@
-"""Calibrate and measure the review verdict (mricore.qa) on a failure set made from the real cases.
+"""Calibrate and measure the review verdict (mricore.review) on a failure set made from the real cases.
 
 The set (built in memory, never written into ../shared/data): every T2W study with an image here
 (Prostate158, I2CVB, PROMISE12, ProstateX, the unlabelled Siemens studies and the Philips studies), each
@@ -42,7 +42,7 @@ from bench.common import RESULTS, add_data, add_out, command, parser, write_resu
 from ensemble.config import load_ensemble_config
 from ensemble.members import read_members
 from ensemble.predict import Source, run_case
-from mricore import qa
+from mricore import review
 from mricore.align import resample_to
 from mricore.gland_reference import load_reference
 from mricore.io import read_label, read_nifti
@@ -102,7 +102,7 @@ def reformat(vol: Volume, plane: str, inplane_mm: float = 0.8, slice_mm: float =
 def corruptions(study: Volume, ref: Volume, idx: int, rng: np.random.Generator):
     """(kind, image, reference) variants of one T2W study and its reference gland map (same grid)."""
     x = study.array[0].astype(np.float32)
-    k = qa._thickest(study.affine)
+    k = review._thickest(study.affine)
     out = []
     if idx % 2 == 0:  # every other study (a reformat has ~3x the slices to segment): sagittal, coronal, ...
         grid = reformat(study, "sagittal" if idx % 4 == 0 else "coronal")
@@ -220,13 +220,13 @@ def calibrate(rows: list[dict], half: str) -> dict:
             "studies": sorted(r["case"] for r in normal)}
 
 
-def review_of(r: dict, cfg: qa.ReviewConfig, reference: dict) -> dict:
+def review_of(r: dict, cfg: review.ReviewConfig, reference: dict) -> dict:
     f = r["features"]
-    checks = qa.input_checks(f, cfg) + qa.output_checks(f, cfg, reference)
-    return qa.verdict(checks)
+    checks = review.input_checks(f, cfg) + review.output_checks(f, cfg, reference)
+    return review.verdict(checks)
 
 
-def score(rows: list[dict], half: str, cfg: qa.ReviewConfig, reference: dict) -> dict:
+def score(rows: list[dict], half: str, cfg: review.ReviewConfig, reference: dict) -> dict:
     from mricore.metrics import roc_auc
 
     test = [r for r in rows if r["half"] == half]
@@ -316,7 +316,7 @@ def report(rows, half_of, n_studies, cfg, reference, out_path, seconds) -> int:
     p12 = [r for r in rows if r["case"].startswith("promise12/") and r["kind"] == "normal"]
     rcfg = replace(cfg.review, **shipped)
     out = {"command": command("qa_bench"), "failure_rule": f"WG DSC < {FAIL_DSC} against the reference",
-           "score_definition": "mricore.qa.failure_score", "margin": MARGIN, "n_studies": n_studies,
+           "score_definition": "mricore.review.failure_score", "margin": MARGIN, "n_studies": n_studies,
            "n_variants": len(rows),
            "halves": half_of, "shipped_limits": shipped, "review_config": asdict(rcfg), **results,
            "promise12": [{"dsc_wg": r["dsc_wg"], **{k: v for k, v in review_of(r, rcfg, reference).items()

@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
 
     from mricore.config import load_config
     from segment.config import SegmentConfig
-    from segment.inference import Segmenter
+    from segment.torch_segmenter import Segmenter
     from segment.predict import predict
     from segment.train import train
 

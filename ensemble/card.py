@@ -81,7 +81,7 @@ def model_card(names: list[str], metas: list[ModelMeta], records: list[dict], cv
     lines += ["", "## Training data", "", *training_data(names, metas, records), "", "## Known limits", "",
               *known_limits(metas, records),
               "- Every prediction gets a review verdict (ok / review / reject) from input and output quality "
-              "checks (mricore.qa); their limits and measured detection and false-alarm rates are in the README "
+              "checks (mricore.review); their limits and measured detection and false-alarm rates are in the README "
               "(bench/qa_bench.py). A verdict of ok is not a guarantee.", "",
               "## Retraining", "", "`make bundle` (see the Makefile) retrains every member from scratch with "
               "`segment train`, scores them with `ensemble evaluate --cv` and packs them with `ensemble pack`.", ""]

@@ -30,14 +30,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from mricore import qa, zones
+from mricore import zones
+from mricore.review import output_checks, output_features, verdict
 from mricore.align import fill_outside_box
 from mricore.bias import bias_corrected
 from mricore.preprocess import PreprocessSpec, preprocess, restore
 from mricore.results import zone_volumes_ml
 from mricore.timing import Timer
 from mricore.volume import Volume
-from segment.prediction import BACKGROUND
+from segment.segmenter import BACKGROUND
 
 from . import combine
 from .config import EnsembleConfig
@@ -248,12 +249,12 @@ def review(label: np.ndarray, prob: np.ndarray, member_labels: np.ndarray, image
     region = combine.gland_region(label, member_labels)
     score = float(ent[region].mean()) if region.any() else 0.0
     mean_dis = float(dis[region].mean()) if region.any() else 0.0
-    features = qa.output_features(label, image.affine, entropy=score, disagreement=mean_dis,
+    features = output_features(label, image.affine, entropy=score, disagreement=mean_dis,
                                   removed_fraction=parts["removed_fraction"], slab_mm=cfg.review.slab_mm,
                                   t2w=image.channel("T2W") if "T2W" in image.channels else None)
-    verdict = qa.verdict(qa.output_checks(features, cfg.review), features)
+    review = verdict(output_checks(features, cfg.review), features)
     uncertainty = {"score": round(score, 4), "disagreement": round(mean_dis, 4), "definition": UNCERTAINTY_DEFINITION}
-    return label, ent, dis, {"uncertainty": uncertainty, "gland_components": parts, "review": verdict}
+    return label, ent, dis, {"uncertainty": uncertainty, "gland_components": parts, "review": review}
 
 
 def world_on(point_mm: np.ndarray, grid: Volume, other: Volume) -> np.ndarray:

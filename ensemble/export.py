@@ -10,7 +10,7 @@ DIR/<member>/importance.npy  MONAI's Gaussian window weights for the training pa
 DIR/locator/               the same for the ensemble's locator (stage one), when it has one
 
 Another runtime needs nothing else: preprocess as `preprocess` says (mricore.preprocess), run the
-network slice- or window-wise as segment/onnx_runtime.py does, decode by `label_scheme`, combine by
+network slice- or window-wise as segment/onnx_segmenter.py does, decode by `label_scheme`, combine by
 `method`. The folder is staged and renamed into place (nothing half-written), and an existing DIR
 needs force=True.
 """

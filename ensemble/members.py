@@ -3,9 +3,9 @@ weights_only=True) before any input is read.
 
 Checks made before any input is read or output written:
 - the folder is a complete segmenter model folder (mricore.modelfolder.read_model),
-  its weights readable and matching its architecture (segment.inference.Segmenter.load), so a broken
+  its weights readable and matching its architecture (segment.torch_segmenter.Segmenter.load), so a broken
   or hostile member is a one-line error naming it, not a traceback after the input was read; a folder
-  written by `ensemble export` (model.onnx) runs on ONNX Runtime (segment.onnx_runtime.OnnxSegmenter);
+  written by `ensemble export` (model.onnx) runs on ONNX Runtime (segment.onnx_segmenter.OnnxSegmenter);
 - every member uses the platform's zone coding `LABEL_NAMES` (label values and names). A member with
   other label names or values is rejected with an error naming it. The output parameterisation
   (model.label_scheme multiclass or regions) may differ between members: segment.networks
@@ -31,7 +31,7 @@ class Member:
     path: Path
     name: str            # unique in the ensemble: folder name, or parent/folder when folder names repeat
     meta: ModelMeta      # its model.json
-    segmenter: object = field(compare=False, repr=False)  # segment.inference.Segmenter, loaded once
+    segmenter: object = field(compare=False, repr=False)  # segment.torch_segmenter.Segmenter, loaded once
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -66,11 +66,11 @@ def read_members(paths: list[str | Path]) -> list[Member]:
             name += "'"
         names.add(name)
         if (p / "model.onnx").exists():  # exported by `ensemble export`: ONNX Runtime, no PyTorch
-            from segment.onnx_runtime import OnnxSegmenter
+            from segment.onnx_segmenter import OnnxSegmenter
 
             members.append(Member(p, name, meta, OnnxSegmenter(p, meta)))
             continue
-        from segment.inference import Segmenter
+        from segment.torch_segmenter import Segmenter
 
         members.append(Member(p, name, meta, Segmenter.load(p, meta)))
     return members

@@ -114,7 +114,7 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
         if locator:
             _copy_model(Path(locator), tmp / "locator", loc_meta, half)
         header = ("# Bundled ensemble written by `ensemble pack`; member paths are relative to this folder.\n"
-                  "# review: limits of the quality checks (mricore.qa); fitted ones: `make review-limits`.\n")
+                  "# review: limits of the quality checks (mricore.review); fitted ones: `make review-limits`.\n")
         (tmp / "ensemble.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))
         if cv is not None:
             (tmp / "cv_evaluate.json").write_text(json.dumps(cv, indent=2))

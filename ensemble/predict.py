@@ -10,7 +10,7 @@ Outputs per case in OUT (batch: OUT/<case_id>/), all on the input's exact grid, 
   asked for, but NIfTI-1 has no half-float type: nibabel refuses to write one);
 - zones.json: members used and skipped (with reasons), method, weights, volumes in mL, uncertainty
   (entropy and member disagreement in the gland), the review verdict (ok / review / reject) with its
-  reasons and every input and output check (mricore.qa), alignment of the inputs, timings per stage,
+  reasons and every input and output check (mricore.review), alignment of the inputs, timings per stage,
   software version;
 - ensemble.yaml: the resolved config (member paths absolute);
 - report.html and overlay.png (optional): volumes, review verdict, uncertainty, members, three-plane
@@ -19,7 +19,7 @@ Outputs per case in OUT (batch: OUT/<case_id>/), all on the input's exact grid, 
   series, frames on the source slices (ensemble.dicomseg).
 mricore.results holds the file names, the zones.json record (`ZonesRecord`) and the folder layout.
 Nothing is written until every check has passed (config, members loaded, inputs, output location);
-existing outputs need force=True. An input that is not an axial T2W study (mricore.qa input checks,
+existing outputs need force=True. An input that is not an axial T2W study (mricore.review input checks,
 judged on the voxels and the affine before any network runs) is refused unless force=True. A case's
 files appear all together or not at all (mricore.results.write_case): they are written into a hidden
 staging folder that is renamed into place at the end and removed on any error, SIGINT or SIGTERM.
@@ -120,15 +120,15 @@ def plan_members(source: Source, members: list[Member], cfg: EnsembleConfig, not
 
 
 def check_input(image, case_id: str, cfg: EnsembleConfig, accept: bool = False) -> dict:
-    """The input review of a read case (mricore.qa.input_checks on its T2W channel). A `reject` (not an
+    """The input review of a read case (mricore.review.input_checks on its T2W channel). A `reject` (not an
     axial T2W study) raises InputError naming the failed checks unless `accept` (--force)."""
-    from mricore import qa
+    from mricore.review import input_checks, input_features, verdict
 
     if "T2W" not in image.channels:
-        return qa.verdict([])
-    features = qa.input_features(image.channel("T2W"), image.affine)
-    checks = qa.input_checks(features, cfg.review)
-    review = qa.verdict(checks, features)
+        return verdict([])
+    features = input_features(image.channel("T2W"), image.affine)
+    checks = input_checks(features, cfg.review)
+    review = verdict(checks, features)
     if review["verdict"] == "reject" and not accept:
         failed = "; ".join(c.reason() for c in checks if c.verdict == "reject")
         raise InputError(case_id, "the T2W input is not an axial T2W study", failed,
@@ -173,14 +173,14 @@ def run_case(source: Source, members: list[Member], cfg: EnsembleConfig, notify:
 
 def infer_case(case: ReadCase, cfg: EnsembleConfig):
     """The networks and the combination for a case from `read_case`: (image, EnsembleResult, skipped)."""
-    from mricore import qa
     from mricore.results import alignment_record
+    from mricore.review import merge
 
     from .engine import run_ensemble
 
     image, read_s = case.image, case.read_s
     result = run_ensemble(image, case.used, cfg)
-    result.info["review"] = qa.merge(case.input_review, result.info["review"])
+    result.info["review"] = merge(case.input_review, result.info["review"])
     result.info["timings_s"] = {"read_align": round(read_s, 4), **result.info["timings_s"]}
     result.info["alignment"] = alignment_record(image.channels[0], case.alignment)
     return image, result, case.skipped

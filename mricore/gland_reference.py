@@ -1,4 +1,4 @@
-"""The gland reference distribution behind the review's gland-volume and TZ-share checks (mricore.qa):
+"""The gland reference distribution behind the review's gland-volume and TZ-share checks (mricore.review):
 volume and TZ share of every expert zone map that covers a whole gland. It ships as
 mricore/gland_reference.json, which only `build_reference` writes (`make gland-reference`).
 

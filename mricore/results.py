@@ -105,7 +105,7 @@ class ZonesRecord:
     volume_ml: dict                       # WG, TZ, PZ in mL (`zone_volumes_ml`)
     uncertainty: dict | None = None       # score (entropy), disagreement, definition
     gland_components: dict | None = None  # components, removed_fraction (mricore.zones.largest_component)
-    review: dict | None = None            # verdict, reasons, score, checks (mricore.qa)
+    review: dict | None = None            # verdict, reasons, score, checks (mricore.review)
     timings_s: dict | None = None         # seconds per stage; `write_case` adds "write"
     staple_performance: dict | None = None
     alignment: dict | None = None         # reference channel, per-channel facts, score (`alignment_record`)

@@ -1,4 +1,4 @@
-"""The limits of the review checks (mricore.qa), how the fitted ones are fitted, and where they are stored.
+"""The limits of the review checks (mricore.review), how the fitted ones are fitted, and where they are stored.
 
 Two kinds of limit:
 - acquisition facts and margins (slice tilt, voxel size, field of view, gland-volume margin, ...): code

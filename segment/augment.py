@@ -1,147 +1,91 @@
-"""Paired augmentation: one random draw per sample, applied to every image channel and to the mask.
+"""`segment augment`: offline augmentation for small datasets.
 
-Spatial part (elasticdeform): one coarse displacement grid + in-plane rotation + zoom, applied with
-cubic splines to images and order 0 (nearest) to the mask, so no new label value can appear. The
-caller hands a region larger than the patch; only the patch is computed (`crop`), which is what
-makes elasticdeform affordable (about 1 s for a full volume vs a few ms for a patch). Deformation is
-in-plane only (axes i, j): slices are 3 mm apart. Intensity part (gamma, contrast, brightness, noise,
-bias field, in-plane blur) touches images only. Left-right flip is exact. The per-zone shift (off by
-default) reads the deformed mask: each label value's region, edges softened in-plane, gets its own
-additive shift in every image channel (a 2.5D model's neighbouring slices take the centre slice's
-mask), so zone contrast varies as it does across scanners; the mask itself is never changed.
+Writes `copies` augmented copies of every labelled training case as case folders that
+mricore.datasets reads back:
 
-Why elasticdeform and not MONAI's elastic transforms: bench/augment_bench.py measured per sample, one
-thread, on the shared 2-core machine: 2D 160x160 patch 0.014 s (elasticdeform, crop) vs 0.017 s
-(Rand2DElasticd); 3D 96x96x16 patch, 2 channels + mask, 0.049 s vs 0.34 s (Rand3DElasticd, which
-deforms through-plane too). Whole 2-channel 320x320x24 volume without crop: 0.77 s.
+    OUT/<dataset>_aug/<case>_aug<k>/t2.nii.gz, adc.nii.gz, ..., zones.nii.gz
+    OUT/datalist.csv     one row per copy with the ORIGINAL patient_id, so a cross-validation on the
+                         copies (data.root: OUT/datalist.csv) still splits by patient
+    OUT/augment.json     the resolved augment config, seed and the source of every copy
 
-Example:
-    >>> rng = np.random.default_rng(0)
-    >>> img, msk = np.zeros((1, 64, 64), np.float32), np.zeros((64, 64), np.uint8)
-    >>> p = draw(rng, AugmentConfig())
-    >>> a, b = apply_spatial(img, msk, p, crop=(slice(8, 56), slice(8, 56)))
-    >>> a.shape, b.shape
-    ((1, 48, 48), (48, 48))
+Each copy uses one random draw (segment.transforms) for all channels and the label: images with cubic
+splines, the label with order 0 (nearest), so no new label value appears. The deformation is
+in-plane and identical on every slice (slices are 3 mm apart). Copies keep the case's reference grid
+and affine (the first channel's), so they are valid inputs wherever the original was. Intensity
+changes are applied in units of each channel's foreground standard deviation and scaled back, so the
+written values stay in scanner units and training-time normalisation still applies.
+
+Nothing is written when the output folder exists without `force`; every file is written atomically.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+from pathlib import Path
 
-import elasticdeform
 import numpy as np
 
-from .config import AugmentConfig
+from mricore.config import to_dict
+from mricore.datasets import DEFAULT_FILES, load_case, load_dataset
+from mricore.errors import InputError, OutputExistsError
+from mricore.io import write_nifti
+from mricore.outputs import write_csv, write_json
+
+from .transforms import apply_intensity, apply_spatial, draw
+from .config import SegmentConfig
+from .data import label_key_for
 
 
-ZONE_VALUES = 8  # label values 1..8 get their own per-zone shift; larger values share the last one
-
-
-@dataclass(frozen=True)
-class Draw:
-    """All random numbers for one sample, drawn once."""
-
-    displacement: np.ndarray | None  # (2, points, points) in voxels, or None
-    rotate: float | None             # degrees, in-plane
-    zoom: float | None
-    flip: bool
-    gamma: float | None
-    contrast: float | None
-    brightness: float | None
-    noise_std: float | None
-    bias: np.ndarray | None          # coefficients of a 2nd-order in-plane polynomial field
-    blur: float | None               # in-plane Gaussian sigma, voxels
-    seed: int                        # for the noise field
-    zone: np.ndarray | None = None   # additive shift per label value 1..ZONE_VALUES (image std units)
-
-
-def draw(rng: np.random.Generator, cfg: AugmentConfig) -> Draw:
-    def maybe(p):
-        return rng.random() < p
-
-    return Draw(
-        displacement=rng.normal(0, cfg.elastic_sigma, (2, cfg.elastic_points, cfg.elastic_points))
-        if maybe(cfg.elastic_p) else None,
-        rotate=float(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg)) if maybe(cfg.rotate_p) else None,
-        zoom=float(rng.uniform(1 - cfg.scale_range, 1 + cfg.scale_range)) if maybe(cfg.scale_p) else None,
-        flip=bool(maybe(cfg.flip_p)),
-        gamma=float(np.exp(rng.uniform(-0.3, 0.3))) if maybe(cfg.gamma_p) else None,
-        contrast=float(rng.uniform(0.75, 1.25)) if maybe(cfg.contrast_p) else None,
-        brightness=float(rng.uniform(-0.2, 0.2)) if maybe(cfg.brightness_p) else None,
-        noise_std=float(rng.uniform(0, cfg.noise_std)) if maybe(cfg.noise_p) else None,
-        bias=rng.uniform(-cfg.bias_strength, cfg.bias_strength, 5) if maybe(cfg.bias_p) else None,
-        blur=float(rng.uniform(0.25, max(0.25, cfg.blur_sigma))) if maybe(cfg.blur_p) else None,
-        seed=int(rng.integers(2**31)),
-        # last, and drawn only when enabled: configs without it keep their random streams exactly
-        zone=rng.uniform(-cfg.zone_shift, cfg.zone_shift, ZONE_VALUES) if cfg.zone_p > 0 and maybe(cfg.zone_p) else None,
-    )
-
-
-def apply_spatial(image: np.ndarray, mask: np.ndarray | None, d: Draw, crop: tuple[slice, ...]):
-    """Deform (C, I, J[, K]) image and (I, J[, K]) mask with the same field; return the cropped patch.
-
-    `crop` holds slices for the in-plane axes (i, j) of the spatial dims; a 3D slice axis is kept.
-    """
-    nsp = image.ndim - 1
-    if d.displacement is None and d.rotate is None and d.zoom is None:
-        region = (slice(None),) + tuple(crop) + (slice(None),) * (nsp - 2)
-        img = image[region]
-        msk = None if mask is None else mask[region[1:]]
-    else:
-        xs = [c for c in image] + ([mask] if mask is not None else [])
-        orders = [3] * len(image) + ([0] if mask is not None else [])
-        disp = d.displacement if d.displacement is not None else np.zeros((2, 2, 2))
-        out = elasticdeform.deform_grid(xs, disp, order=orders, mode="nearest", crop=list(crop),
-                                        axis=[(0, 1)] * len(xs), rotate=d.rotate, zoom=d.zoom)
-        img = np.stack(out[: len(image)]).astype(np.float32)
-        msk = out[-1].astype(mask.dtype) if mask is not None else None
-    if d.flip:  # left-right is voxel axis i in LPS/RAS storage
-        img = img[:, ::-1]
-        msk = None if msk is None else msk[::-1]
-    return np.ascontiguousarray(img), (None if msk is None else np.ascontiguousarray(msk))
-
-
-def zone_field(mask: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """The per-zone additive field: shifts[v - 1] on label value v, 0 on background, edges softened
-    in-plane (Gaussian, sigma 1 voxel) so no sharp step marks the label's border."""
-    from scipy.ndimage import gaussian_filter
-
-    lut = np.concatenate([[0.0], shifts]).astype(np.float32)
-    field = lut[np.minimum(mask, len(shifts)).astype(np.intp)]
-    return gaussian_filter(field, [1.0, 1.0] + [0] * (mask.ndim - 2))
-
-
-def apply_intensity(image: np.ndarray, d: Draw, mask: np.ndarray | None = None) -> np.ndarray:
-    """Intensity changes on a normalised (C, ...) image; masks are never touched. `mask` (the patch's
-    label, same in-plane grid) is read only by the per-zone shift."""
-    from scipy.ndimage import gaussian_filter
-
-    x = image
-    if d.zone is not None and mask is not None:
-        x = x + zone_field(mask, d.zone)[None]
-    if d.blur is not None:
-        x = gaussian_filter(x, [0, d.blur, d.blur] + [0] * (x.ndim - 3))
-    if d.gamma is not None:
-        lo, hi = x.min(), x.max()
-        x = ((x - lo) / max(hi - lo, 1e-6)) ** d.gamma * (hi - lo) + lo
-    if d.contrast is not None:
-        m = x.mean(axis=tuple(range(1, x.ndim)), keepdims=True)
-        x = (x - m) * d.contrast + m
-    if d.brightness is not None:
-        x = x + d.brightness
-    if d.bias is not None:
-        i = np.linspace(-1, 1, x.shape[1])[:, None]
-        j = np.linspace(-1, 1, x.shape[2])[None, :]
-        c = d.bias
-        field = np.exp(c[0] * i + c[1] * j + c[2] * i * i + c[3] * j * j + c[4] * i * j)
-        x = x * field.reshape(field.shape + (1,) * (x.ndim - 3))
-    if d.noise_std:
-        x = x + np.random.default_rng(d.seed).normal(0, d.noise_std, x.shape)
-    return x.astype(np.float32, copy=False)
-
-
-def augment_patch(rng, cfg: AugmentConfig, image, mask, crop):
-    """One draw, applied to image and mask: the online augmentation of one training sample."""
+def augment_volume(rng: np.random.Generator, cfg, image: np.ndarray, label: np.ndarray):
+    """One paired draw on a whole (C, I, J, K) raw image and its (I, J, K) label, same grid out."""
     d = draw(rng, cfg)
-    img, msk = apply_spatial(image, mask, d, crop)
-    return apply_intensity(img, d, msk), msk
+    I, J = label.shape[:2]
+    img, lab = apply_spatial(image, label, d, (slice(0, I), slice(0, J)))
+    scale = np.array([max(float(c[c > 0].std()) if (c > 0).any() else 1.0, 1e-6) for c in image],
+                     dtype=np.float32).reshape((-1,) + (1,) * (image.ndim - 1))
+    img = apply_intensity(img / scale, d, lab) * scale
+    return img.astype(np.float32), lab
+
+
+def write_augmented(cfg: SegmentConfig, out_dir: str | Path, copies: int | None = None, force: bool = False,
+                    progress: bool = True) -> list[dict]:
+    """Write the copies; return the datalist rows. Raises InputError when no case qualifies and
+    OutputExistsError when `out_dir` is not empty and `force` is False."""
+    from tqdm import tqdm
+
+    n = cfg.augment.offline_copies if copies is None else copies
+    if n < 1:
+        raise InputError("--copies", "must be >= 1", n, "e.g. --copies 4")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise OutputExistsError(out, "output folder is not empty", None, "pass --force or choose another folder")
+    cases = load_dataset(cfg.data.root, cfg.data.files)
+    if cfg.data.datasets:
+        cases = [c for c in cases if c.dataset in cfg.data.datasets]
+    chans = list(cfg.preprocess.channels)
+    todo = [(c, label_key_for(c, cfg.data.label, cfg.data.silver_label)[0]) for c in cases]
+    todo = [(c, k) for c, k in todo if k is not None and all(ch in c.images for ch in chans)]
+    if not todo:
+        raise InputError(cfg.data.root, "no case has all channels and a label", f"channels {chans}",
+                         "check data.root, data.datasets, data.label and preprocess.channels")
+    if force and out.exists():
+        shutil.rmtree(out)
+    stems = {**DEFAULT_FILES, **cfg.data.files}
+    rng = np.random.default_rng(cfg.train.seed)
+    rows = []
+    for case, key in tqdm(todo, desc="augment", disable=not progress):
+        image, label, _ = load_case(case, chans, key, register=cfg.data.register)
+        ds = f"{case.dataset or 'cases'}_aug"
+        for k in range(n):
+            img, lab = augment_volume(rng, cfg.augment, image.array, label.array[0])
+            folder = out / ds / f"{case.case_id}_aug{k}"
+            row = {"case_id": folder.name, "patient_id": case.patient_id, "dataset": ds}
+            for c, arr in zip(chans, img):
+                row[c] = str(write_nifti(arr, image, folder / f"{stems[c]}.nii.gz", dtype=np.float32).relative_to(out))
+            row[key] = str(write_nifti(lab, image, folder / f"{stems[key]}.nii.gz", dtype=np.uint8).relative_to(out))
+            rows.append(row)
+    write_csv(rows, out / "datalist.csv")
+    write_json({"copies": n, "seed": cfg.train.seed, "augment": to_dict(cfg.augment), "channels": chans,
+                "sources": {r["case_id"]: r["patient_id"] for r in rows}}, out / "augment.json")
+    print(f"wrote {len(rows)} augmented cases to {out}")
+    return rows

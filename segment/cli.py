@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"zone unknown {r['unknown']:.0%} of the gland")
             print(f"datalist: {args.output}/datalist.json")
         elif args.cmd == "augment":
-            from .offline import write_augmented
+            from .augment import write_augmented
 
             cfg = load_config(SegmentConfig, args.config, args.overrides)
             write_augmented(cfg, args.output, args.copies, force=args.force)

@@ -29,7 +29,7 @@ from mricore.zones import ZONES
 from mricore.stats import fmt, summarize
 
 from .config import SegmentConfig
-from .inference import Segmenter
+from .torch_segmenter import Segmenter
 from .train import train
 
 METRICS = ("dsc", "sensitivity", "precision", "hd95", "assd")

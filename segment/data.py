@@ -17,7 +17,7 @@ from mricore.datasets import Case, load_case
 from mricore.errors import InputError
 from mricore.preprocess import PreprocessSpec, gland_centre, prepare_label, preprocess
 
-from .augment import augment_patch
+from .transforms import augment_patch
 from .config import AugmentConfig
 
 MARGIN = 16  # voxels around a 2D/3D patch handed to the elastic deformation (pulls from outside)

@@ -21,7 +21,7 @@ from mricore.errors import UserError
 from mricore.io import write_nifti
 from mricore.results import gradcam_files
 
-from .inference import Segmenter
+from .torch_segmenter import Segmenter
 
 # Logit channel explained per zone and label scheme (multiclass: bg, TZ, PZ; regions: WG, TZ|gland).
 ZONE_CHANNEL = {"multiclass": {"TZ": 1, "PZ": 2}, "regions": {"WG": 0, "TZ": 1}}

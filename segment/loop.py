@@ -21,7 +21,7 @@ from mricore.metrics import dice
 from mricore.zones import SELECTORS, ZONES, labels_from_probabilities
 
 from .data import EpochBatches, PatchSampler, Prefetch
-from .inference import Segmenter
+from .torch_segmenter import Segmenter
 from .networks import targets_for
 
 

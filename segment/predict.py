@@ -20,7 +20,7 @@ from mricore.datasets import Case, image_from_inputs, load_case, load_dataset, r
 from mricore.errors import InputError
 from mricore.results import is_batch_input
 
-from .inference import Segmenter
+from .torch_segmenter import Segmenter
 
 
 def cases_from_inputs(inputs: list[str], channels: list[str]) -> list[Case]:

@@ -26,7 +26,7 @@ from mricore.protocol import Fold, Selection
 from .config import SegmentConfig
 from .data import GLAND_UNKNOWN, PatchSampler, load_items
 from .folds import resolve_split, teacher_datalist
-from .inference import Segmenter
+from .torch_segmenter import Segmenter
 from .loop import (Optimisation, barrier, dist_rank, epoch_loader, from_rank0, rng_state, save_checkpoint, schedule,
                    seed_epoch, set_rng_state, train_one_epoch, validate, wrap)
 from .losses import PartialDiceCE

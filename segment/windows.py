@@ -1,6 +1,6 @@
 """Where a 2D/3D segmenter looks, without PyTorch: slices with context, the size divisor, the
 whole-slice rule, MONAI's window placement, and centred edge padding.
-Shared by the PyTorch path (segment.inference) and the ONNX Runtime path (segment.onnx_runtime)."""
+Shared by the PyTorch path (segment.torch_segmenter) and the ONNX Runtime path (segment.onnx_segmenter)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def assert_same_outputs(a: Path, b: Path) -> None:
 def member(cfg_kwargs: dict, patch, predict: dict, tmp: Path) -> Member:
     from mricore.preprocess import PreprocessSpec
     from segment.config import ModelConfig, PredictConfig
-    from segment.inference import Segmenter
+    from segment.torch_segmenter import Segmenter
     from segment.networks import build_network
 
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def test_onnx_runtime_matches_eager_on_a_real_case(data_dir, tmp_path, kind):
     from mricore.io import read_nifti
     from mricore.modelfolder import read_model
     from mricore.preprocess import preprocess
-    from segment.onnx_runtime import OnnxSegmenter
+    from segment.onnx_segmenter import OnnxSegmenter
 
     m = member(*KINDS[kind], tmp_path)
     export_member(m, tmp_path / "onnx")

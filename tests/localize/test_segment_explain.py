@@ -15,7 +15,7 @@ from mricore.config import from_dict
 def tiny_segmenter(tmp_path_factory):
     from segment.config import SegmentConfig
     from segment.networks import build_network
-    from segment.inference import Segmenter
+    from segment.torch_segmenter import Segmenter
 
     cfg = from_dict(SegmentConfig, {
         "preprocess": {"channels": ["T2W"], "target_spacing": [2.0, 2.0, None], "crop_mm": [48.0, 48.0]},

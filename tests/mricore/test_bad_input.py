@@ -82,7 +82,7 @@ def test_user_error_message_parts():
 def tiny_model(tmp_path_factory):
     """A self-describing segmenter folder with an untrained 2-level U-Net expecting T2W + ADC."""
     from segment.config import ModelConfig
-    from segment.inference import Segmenter
+    from segment.torch_segmenter import Segmenter
     from segment.networks import build_network
 
     mcfg = ModelConfig(channels=[4, 8], strides=[2], num_res_units=0)
@@ -123,7 +123,7 @@ def test_cli_predict_valid_input_succeeds(tiny_model, small_case, tmp_path, caps
     code, err = _cli(["predict", "--model", str(tiny_model), str(small_case / "t2.nii.gz"),
                       str(small_case / "adc.nii.gz"), "-o", str(out)], capsys)
     assert code == 0, err
-    pred = nib.load(str(out / "ProstateX-0000.nii.gz"))
+    pred = nib.load(str(out / "zones.nii.gz"))  # one case: the case folder layout (mricore.results)
     np.testing.assert_array_equal(pred.affine, nib.load(str(small_case / "t2.nii.gz")).affine)
 
 

@@ -15,7 +15,7 @@ from mricore.io import read_label
 from mricore.results import find_predictions, read_case, zone_volumes_ml
 from segment.cli import main
 from segment.networks import build_network
-from segment.inference import Segmenter
+from segment.torch_segmenter import Segmenter
 from segment_helpers import DEFAULT_CONFIG, tiny_config, tiny_overrides
 
 

@@ -19,7 +19,7 @@ from mricore.modelfolder import read_model
 from segment.config import SegmentConfig
 from segment.data import load_items
 from mricore.zones import labels_from_probabilities
-from segment.inference import Segmenter
+from segment.torch_segmenter import Segmenter
 from segment.networks import build_network, class_probabilities
 from segment.folds import resolve_split
 from segment.loop import validate

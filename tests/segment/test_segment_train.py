@@ -16,7 +16,7 @@ import yaml
 
 from mricore.modelfolder import read_model
 from mricore.io import read_nifti
-from segment.inference import Segmenter
+from segment.torch_segmenter import Segmenter
 from segment.networks import build_network, encoder_modules, encoder_parameters
 from segment.train import train
 

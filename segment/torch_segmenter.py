@@ -1,5 +1,5 @@
 """A segmenter applied to a volume: `Segmenter.predict(volume)` preprocesses, runs the network and
-restores zones and probabilities onto the input grid (segment.prediction); `Segmenter.probabilities(
+restores zones and probabilities onto the input grid (segment.segmenter); `Segmenter.probabilities(
 prepared.array)` is the lower-level call on an already preprocessed array -> (3, I, J, K) float32
 background/TZ/PZ probabilities on the working grid (the ensemble preprocesses once per spec and calls it). 2D models run slice-wise (2.5D stacks neighbours as channels): by default each
 whole slice in one pass, edge-padded to a multiple of the network's size divisor and cropped back
@@ -23,7 +23,7 @@ from mricore.zones import LABEL_NAMES
 
 from .config import ModelConfig, PredictConfig, segmenter_configs
 from .networks import build_network, class_probabilities
-from .prediction import VolumePredictor
+from .segmenter import VolumePredictor
 from .windows import (network_input, runs_whole_slices, size_divisor, uses_whole_slices, whole_slices,
                       with_whole_slice, working_layout)
 

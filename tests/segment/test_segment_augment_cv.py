@@ -11,7 +11,7 @@ import numpy as np
 from mricore.datasets import load_dataset, load_case
 from segment.cli import main
 from segment.data import load_items
-from segment.offline import augment_volume
+from segment.augment import augment_volume
 from segment.config import AugmentConfig
 from segment_helpers import DEFAULT_CONFIG, tiny_config, tiny_overrides
 

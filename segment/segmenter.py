@@ -1,4 +1,4 @@
-"""What every segmenter (PyTorch: segment.inference.Segmenter; ONNX Runtime: segment.onnx_runtime
+"""What every segmenter (PyTorch: segment.torch_segmenter.Segmenter; ONNX Runtime: segment.onnx_segmenter
 .OnnxSegmenter) does with a volume: preprocess -> `probabilities` on the working grid -> restore onto
 the input grid -> zones (argmax, optional largest gland component). Torch-free."""
 

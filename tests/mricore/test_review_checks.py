@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mricore import qa
+from mricore import review
 from mricore.config import from_dict
 from mricore.io import read_label, read_nifti
 from mricore.review_limits import FITTED
@@ -20,7 +20,7 @@ from mricore.review_limits import FITTED
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "ensemble/models/default/ensemble.yaml"
 # The shipped limits: the fitted ones live only in the bundle's ensemble.yaml (mricore.review_limits).
-CFG = from_dict(qa.ReviewConfig, yaml.safe_load(BUNDLE.read_text())["review"], str(BUNDLE))
+CFG = from_dict(review.ReviewConfig, yaml.safe_load(BUNDLE.read_text())["review"], str(BUNDLE))
 CASE = "prostate158/001"
 
 
@@ -39,12 +39,12 @@ def zones(data_dir):
 
 
 def input_verdicts(array, affine) -> dict:
-    return verdicts(qa.input_checks(qa.input_features(array, affine), CFG))
+    return verdicts(review.input_checks(review.input_features(array, affine), CFG))
 
 
 def out_verdicts(label, affine, t2w, **kw) -> dict:
     args = {"entropy": 0.3, "disagreement": 0.1, **kw}
-    return verdicts(qa.output_checks(qa.output_features(label, affine, t2w=t2w, **args), CFG))
+    return verdicts(review.output_checks(review.output_features(label, affine, t2w=t2w, **args), CFG))
 
 
 # ----------------------------------------------------------------------------- input
@@ -198,23 +198,23 @@ def test_slab_skips_the_whole_gland_checks(data_dir):
 # ----------------------------------------------------------------------------- verdict
 
 def test_verdict_is_the_worst_check_with_reasons_and_score():
-    checks = [qa._check("a", 1.0, 2.0, "max"), qa._check("b", 3.0, 2.0, "max"),
-              qa._check("c", 0.5, 1.0, "min", "reject"), qa._na("d", "n/a here")]
-    v = qa.verdict(checks)
+    checks = [review._check("a", 1.0, 2.0, "max"), review._check("b", 3.0, 2.0, "max"),
+              review._check("c", 0.5, 1.0, "min", "reject"), review._na("d", "n/a here")]
+    v = review.verdict(checks)
     assert v["verdict"] == "reject" and v["score"] == pytest.approx(2.0)
     assert v["reasons"] == ["b 3 (expected <= 2)", "c 0.5 (expected >= 1)"]
-    assert qa.verdict(checks[:1])["verdict"] == "ok" and qa.verdict(checks[:1])["score"] < 1
+    assert review.verdict(checks[:1])["verdict"] == "ok" and review.verdict(checks[:1])["score"] < 1
     # An input check that only asks for review sets the verdict, not the failure score; a reject counts.
-    noisy_input = qa.input_checks({"slice_tilt_deg": 0.0, "inplane_mm": 0.5, "slice_mm": 3.0, "fov_mm": 150.0,
+    noisy_input = review.input_checks({"slice_tilt_deg": 0.0, "inplane_mm": 0.5, "slice_mm": 3.0, "fov_mm": 150.0,
                                    "coverage_mm": 60.0, "dark_fraction": 0.3, "sharpness": 0.7, "noise": 0.9,
                                    "nonuniformity": 1.0}, CFG)
-    v = qa.verdict(noisy_input + checks[:1])
+    v = review.verdict(noisy_input + checks[:1])
     assert v["verdict"] == "review" and v["score"] < 1
-    v = qa.verdict(qa.input_checks({"slice_tilt_deg": 90.0, "inplane_mm": 0.5, "slice_mm": 3.0, "fov_mm": 150.0,
+    v = review.verdict(review.input_checks({"slice_tilt_deg": 90.0, "inplane_mm": 0.5, "slice_mm": 3.0, "fov_mm": 150.0,
                                     "coverage_mm": 60.0, "dark_fraction": 0.3, "sharpness": 0.7, "noise": 0.1,
                                     "nonuniformity": 1.0}, CFG))
     assert v["verdict"] == "reject" and v["score"] == pytest.approx(2.0)
-    merged = qa.merge(qa.verdict(checks[:1], {"x": 1.0}), qa.verdict(checks[1:2], {"y": 2.0}))
+    merged = review.merge(review.verdict(checks[:1], {"x": 1.0}), review.verdict(checks[1:2], {"y": 2.0}))
     assert merged["verdict"] == "review" and merged["features"] == {"x": 1.0, "y": 2.0}
 
 
@@ -223,25 +223,25 @@ def test_config_rejects_out_of_range_limits():
     from mricore.errors import ConfigError
 
     with pytest.raises(ConfigError, match="review.max_entropy"):
-        from_dict(qa.ReviewConfig, {"max_entropy": 1.5}, "x.yaml")
+        from_dict(review.ReviewConfig, {"max_entropy": 1.5}, "x.yaml")
 
 
 def test_fitted_limits_are_stored_once_in_the_bundle():
     """No code default and no training-side copy: the bundle's ensemble.yaml holds every fitted limit."""
-    assert set(FITTED) <= {f.name for f in fields(qa.ReviewConfig)}
-    assert all(getattr(qa.ReviewConfig(), name) is None for name in FITTED)
+    assert set(FITTED) <= {f.name for f in fields(review.ReviewConfig)}
+    assert all(getattr(review.ReviewConfig(), name) is None for name in FITTED)
     assert all(getattr(CFG, name) is not None for name in FITTED)
     for path in sorted((ROOT / "configs/ensemble").glob("*.yaml")):
-        review = (yaml.safe_load(path.read_text()) or {}).get("review") or {}
-        assert not set(review) & set(FITTED), path
+        section = (yaml.safe_load(path.read_text()) or {}).get("review") or {}
+        assert not set(section) & set(FITTED), path
 
 
 def test_uncalibrated_limits_report_na_and_decide_nothing(data_dir, t2):
     """Without fitted limits the content checks are n/a: even a DWI given as T2W is not rejected by
     them (its geometry is a T2's), and the value is still shown."""
     v = read_nifti(data_dir / CASE / "dwi.nii.gz", "T2W")
-    checks = {c.name: c for c in qa.input_checks(qa.input_features(v.array[0], v.affine), qa.ReviewConfig())}
+    checks = {c.name: c for c in review.input_checks(review.input_features(v.array[0], v.affine), review.ReviewConfig())}
     for name in ("dark_fraction", "sharpness", "noise", "nonuniformity"):
         assert checks[name].verdict == "n/a" and checks[name].expected == "not calibrated"
         assert checks[name].value is not None and checks[name].excess == 0.0
-    assert qa.verdict(list(checks.values()))["verdict"] == "ok"
+    assert review.verdict(list(checks.values()))["verdict"] == "ok"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mricore.io import read_label
-from segment.augment import ZONE_VALUES, apply_intensity, apply_spatial, augment_patch, draw
+from segment.transforms import ZONE_VALUES, apply_intensity, apply_spatial, augment_patch, draw
 from segment.config import AugmentConfig
 
 CROP = (slice(16, 112), slice(16, 112))

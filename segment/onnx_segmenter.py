@@ -1,5 +1,5 @@
 """A segmenter exported to ONNX (`ensemble export`), run by ONNX Runtime without importing PyTorch or
-MONAI: the same `probabilities(array)` as segment.inference.Segmenter, to the same numbers.
+MONAI: the same `probabilities(array)` as segment.torch_segmenter.Segmenter, to the same numbers.
 
 An exported model folder holds `model.onnx` and `model.json` (the segmenter's, plus an `onnx` block:
 opset, and `importance.npy`, the Gaussian window weights MONAI's sliding window uses, saved at export
@@ -20,7 +20,7 @@ from mricore.errors import InputError
 from mricore.modelfolder import ModelMeta
 
 from .config import PredictConfig, segmenter_configs
-from .prediction import VolumePredictor
+from .segmenter import VolumePredictor
 from .windows import (centre_pad, crop, network_input, runs_whole_slices, size_divisor, whole_slices, window_starts,
                       with_whole_slice, working_layout)
 

@@ -9,7 +9,7 @@ import torch
 from torch.profiler import profile
 
 from segment.config import ModelConfig, PredictConfig
-from segment.inference import FixedBatch, Segmenter
+from segment.torch_segmenter import FixedBatch, Segmenter
 from mricore.preprocess import PreprocessSpec
 
 SLOW = {"aten::slow_conv3d_forward", "aten::slow_conv3d"}

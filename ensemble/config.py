@@ -18,20 +18,21 @@ from pathlib import Path
 
 from mricore.config import from_dict, load_config
 from mricore.errors import ConfigError
+from mricore.results import CONFIG_YAML
 from mricore.review_limits import FITTED, ReviewConfig
 
 METHODS = ("mean", "weighted", "vote", "staple")
-BUNDLED = Path(__file__).resolve().parent / "models" / "default" / "ensemble.yaml"
+BUNDLED = Path(__file__).resolve().parent / "models" / "default" / CONFIG_YAML
 # The same members exported to ONNX (`ensemble export`): the default when ONNX Runtime is installed
 # (about 2x faster per study, no PyTorch import; tests/ensemble/test_export.py checks the parity).
-BUNDLED_ONNX = BUNDLED.parent / "onnx" / "ensemble.yaml"
+BUNDLED_ONNX = BUNDLED.parent / "onnx" / CONFIG_YAML
 
 
 def bundled_config() -> Path:
     """The bundled ensemble: its ONNX export when onnxruntime can be imported, else the PyTorch members."""
     import importlib.util
 
-    onnx = BUNDLED.parent / "onnx" / "ensemble.yaml"  # BUNDLED_ONNX, beside whatever BUNDLED is now
+    onnx = BUNDLED.parent / "onnx" / CONFIG_YAML  # BUNDLED_ONNX, beside whatever BUNDLED is now
     if onnx.exists() and importlib.util.find_spec("onnxruntime") is not None:
         return onnx
     return BUNDLED

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from mricore import zones
-from mricore.review import output_checks, output_features, verdict
 from mricore.align import fill_outside_box
 from mricore.bias import bias_corrected
 from mricore.preprocess import PreprocessSpec, preprocess, restore
-from mricore.results import zone_volumes_ml
+from mricore.results import mask_volume_ml, zone_volumes_ml
+from mricore.review import output_checks, output_features, verdict
 from mricore.timing import Timer
 from mricore.volume import Volume
 from segment.segmenter import BACKGROUND
@@ -112,7 +112,7 @@ def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, list[
         keep = [(np.arange(n) >= a - g) & (np.arange(n) <= b + g) for n, a, b, g in zip(image.shape, lo, hi, grow)]
     centre = (image.affine @ np.r_[(lo + hi) / 2.0, 1])[:3]
     return centre, keep, {"used": True, "model": loc.name, "centre_mm": [round(float(v), 2) for v in centre],
-                          "gland_ml": round(float(gland.sum()) * image.voxel_volume_ml, 3),
+                          "gland_ml": mask_volume_ml(gland, image.voxel_volume_ml),
                           "margin_mm": cfg.locator_margin_mm}
 
 

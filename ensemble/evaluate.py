@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mricore.errors import GeometryError, InputError
+from mricore.results import REPORT_HTML
 from mricore.zones import ZONES
 
 METRICS = ("dsc", "sensitivity", "specificity", "hd95")
@@ -101,7 +102,7 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
     members = read_members(cfg.members)
     cases = labelled_cases(ref, label)
     out = check_output_dir(out_dir)
-    check_absent([out / name for name in ("evaluate.json", "metrics.csv", "metrics.json", "report.html",
+    check_absent([out / name for name in ("evaluate.json", "metrics.csv", "metrics.json", REPORT_HTML,
                                           "review.csv")], force)
     groups = {c.case_id: list(range(len(members))) for c in cases}
     if cross_validated:

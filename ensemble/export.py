@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from mricore.modelfolder import write_model
+from mricore.results import CONFIG_YAML
 
 OPSET = 17
 
@@ -82,6 +83,6 @@ def export(config, out_dir, force: bool = False) -> Path:
         if cfg.locator:  # stage one travels with the members
             export_member(read_locator(str(cfg.locator)), tmp / "locator")
             d["locator"] = "locator"
-        (tmp / "ensemble.yaml").write_text("# Written by `ensemble export`: ONNX members, run by ONNX Runtime.\n"
+        (tmp / CONFIG_YAML).write_text("# Written by `ensemble export`: ONNX members, run by ONNX Runtime.\n"
                                            + yaml.safe_dump(d, sort_keys=False))
     return out

@@ -22,6 +22,7 @@ import yaml
 
 from mricore.errors import InputError, OutputExistsError
 from mricore.modelfolder import ModelMeta, load_weights, write_model
+from mricore.results import CONFIG_YAML
 
 from .card import locator_section, model_card, training_record
 
@@ -115,7 +116,7 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
             _copy_model(Path(locator), tmp / "locator", loc_meta, half)
         header = ("# Bundled ensemble written by `ensemble pack`; member paths are relative to this folder.\n"
                   "# review: limits of the quality checks (mricore.review); fitted ones: `make review-limits`.\n")
-        (tmp / "ensemble.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+        (tmp / CONFIG_YAML).write_text(header + yaml.safe_dump(cfg, sort_keys=False))
         if cv is not None:
             (tmp / "cv_evaluate.json").write_text(json.dumps(cv, indent=2))
         card = model_card(names, metas, records, cv, half)

@@ -29,10 +29,11 @@ from . import __version__
 from .errors import InputError, OutputExistsError
 from .outputs import write_json, write_text
 from .report_html import render_html
+from .results import REPORT_HTML
 from .stats import compare_models, summarize
 
 KEYS = ("case_id", "model", "zone")
-OUTPUTS = ("metrics.csv", "metrics.json", "report.html")
+OUTPUTS = ("metrics.csv", "metrics.json", REPORT_HTML)
 # Metrics where lower is better (used to rank overlays best -> worst).
 LOWER_IS_BETTER = {"hd95", "assd", "rvd_abs", "fp", "fn", "fp_per_case"}
 # Raw counts stay in metrics.csv but are not summarised or plotted.
@@ -191,7 +192,7 @@ def write_report(out_dir, rows, *, title, settings=None, overlays=None, curves=N
     write_json(_clean(doc), out / "metrics.json", force=True)
     settings_text = json.dumps(_clean(settings or {}), indent=2, default=str)
     return write_text(render_html(title, summary, comparisons, settings_text, counts, figures, overlay_imgs),
-                      out / "report.html", force=True)
+                      out / REPORT_HTML, force=True)
 
 
 def _check_target(out: Path, force: bool) -> Path:

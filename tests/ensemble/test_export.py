@@ -5,7 +5,6 @@ slices, 2D tiles with Gaussian blending, 3D windows), end to end through `ensemb
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

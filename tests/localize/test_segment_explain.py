@@ -1,7 +1,6 @@
 """`segment predict --explain ZONE` (segment/explain.py) on a tiny untrained segmenter folder and a real
 ProstateX T2: heat map on the input grid, PNG, faithfulness JSON; a bad zone is one line, exit 2, nothing written."""
 
-import json
 
 import nibabel as nib
 import numpy as np

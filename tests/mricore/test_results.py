@@ -109,9 +109,7 @@ def test_a_bad_case_folder_is_a_one_line_input_error(tmp_path, change, message):
 
 # Other folders' files that share a case file's name: the ensemble folder's config (written by
 # `ensemble pack`/`export`, read by ensemble.config) and the evaluation report page (mricore.report).
-OTHER_FOLDERS = {"ensemble/config.py": {results.CONFIG_YAML}, "ensemble/pack.py": {results.CONFIG_YAML},
-                 "ensemble/export.py": {results.CONFIG_YAML}, "mricore/report.py": {results.REPORT_HTML},
-                 "ensemble/evaluate.py": {results.REPORT_HTML}}
+OTHER_FOLDERS: dict = {}  # modules allowed a case file name of their own (none)
 
 
 def _literals(path: Path) -> set[str]:

@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
     t.add_argument("--force", action="store_true", help="overwrite an existing model folder")
 
-    pr = sub.add_parser("predict", help="lesion probability map, candidates and lesion.json for one study")
+    pr = sub.add_parser("predict", help="lesion probability map, candidates and their record for one study")
     pr.add_argument("--model", required=True, help="model folder written by `localize train`")
     pr.add_argument("--zones", required=True, help="zone map (0 bg, 1 TZ, 2 PZ) on the grid of the first input")
     pr.add_argument("inputs", nargs="+", help="NIfTI file(s) of one case (T2W first) or a case folder")
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="patient- and lesion-level scores against expert lesion masks")
     ev.add_argument("--pred", required=True, help="output folder of `localize predict`, or a folder of them")
-    ev.add_argument("--ref", required=True, help="dataset holding lesion.nii.gz and zones")
+    ev.add_argument("--ref", required=True, help="dataset holding lesion masks and zone maps")
     ev.add_argument("-o", "--output", required=True, help="report folder")
     ev.add_argument("--force", action="store_true")
     return p

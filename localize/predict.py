@@ -1,11 +1,10 @@
 """`localize predict`: one study + its zone map -> lesion probability map, candidates and lesion.json.
 
-Outputs in OUT, on the input's exact grid and affine:
-  lesion_probability.nii.gz  float32, per-voxel lesion probability inside the gland (0 outside)
-  lesion_candidates.nii.gz   uint16 labelled blobs, 1 = highest score (see localize.candidates)
-  lesion.json                candidates (score, zone, volume mL, centroid mm), patient score, model
-  with --explain: lesion_gradcam.nii.gz (float32 in [0, 1]) and lesion_gradcam.png (overlay), and the
-  Grad-CAM faithfulness check on the highest-scoring patch in lesion.json.
+Outputs: one `localize predict` folder, on the input's exact grid and affine (layout, writer and reader:
+mricore.lesion_results): the lesion probability (0 outside the gland), the candidates labelled 1 = highest
+score (localize.candidates), and lesion.json with the candidates (score, zone, volume mL, centroid mm),
+the patient score and the model. With --explain also the Grad-CAM heat map (float32 in [0, 1]) and its
+overlay, and the Grad-CAM faithfulness check on the highest-scoring patch in lesion.json.
 Every input is checked, and every output tested for existence, before anything is written.
 """
 
@@ -19,44 +18,73 @@ import torch
 
 from mricore.datasets import image_from_inputs, load_case
 from mricore.errors import ConfigError, GeometryError, InputError
-from mricore.io import read_label, write_json, write_nifti
+from mricore.io import read_label, write_nifti
+from mricore.lesion_results import check_lesion_case, write_lesion_case
 from mricore.preprocess import restore
+from mricore.results import LESION_GRADCAM_FILES
+from mricore.volume import Volume
 
 from .candidates import extract_candidates, patient_score
-from .model import LesionModel, covariate_columns, lesion_probability, load_lesion_model, read_clinical
+from .covariates import covariate_columns, read_clinical
+from .model import CaseTiles, LesionModel, lesion_probability, load_lesion_model
 from .patches import assemble
-
-OUTPUTS = ("lesion_probability.nii.gz", "lesion_candidates.nii.gz", "lesion.json")
-EXPLAIN_OUTPUTS = ("lesion_gradcam.nii.gz", "lesion_gradcam.png")
 
 
 def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, explain: bool = False,
             layer: str | None = None, force: bool = False, clinical: str | None = None) -> dict:
-    """Run the lesion model on one study; return the lesion.json content. `clinical`: a CSV with a
-    case_id column, read for the model's clinical covariates (a case not in it has them missing)."""
-    from mricore.io import check_absent, check_output_dir, staged_dir
+    """Run the lesion model on one study; write its folder (mricore.lesion_results.write_lesion_case)
+    and return the lesion.json content. `clinical`: a CSV with a case_id column, read for the model's
+    clinical covariates (a case not in it has them missing)."""
+    from mricore.outputs import check_output_dir
 
     t0 = time.perf_counter()
+    # Check: every input and output, before the network runs.
     out = check_output_dir(out_dir)
     model = load_lesion_model(model_dir)
-    cnn = isinstance(model, LesionModel)
+    case = _study(model, inputs)
+    check_lesion_case(out, explain, force)
+    row = read_clinical(clinical).get(case.case_id)
+    layer = _explain_layer(model, layer) if explain else None
+    image, _, info = load_case(case, model.spec.channels)
+    zones = _zone_map(zones_path, image, case.case_id)
+    # Run: the lesion map on the input's grid, then its candidates.
+    prob, extra, tiled = _lesion_map(model, image, zones, row)
+    labels, cands = _candidates(model, prob, zones.array[0], image.affine)
+    # Write: lesion.json's record and the maps, all together or none.
+    record = {"case_id": case.case_id, "inputs": [str(p) for p in inputs], "zones": str(zones_path),
+              "model": {"folder": str(model_dir), "name": model.meta.get("name"), "fold": model.meta.get("fold"),
+                        "classifier": model.model_cfg.name, "validation": model.meta.get("validation")},
+              **extra, "threshold": model.cand.threshold, "patient_score": patient_score(prob), "candidates": cands,
+              "alignment": info["alignment"],
+              "coordinates": "centroid_ras_mm: NIfTI world (RAS+); centroid_lps_mm: DICOM scanner (LPS)"}
+    gland = zones.array[0] > 0
+    heat_map = None if layer is None else (lambda stage: _explain(model, *tiled, layer, gland, image, stage, True))
+    return write_lesion_case(out, image, prob, labels, record, heat_map, started=t0)
+
+
+def _study(model, inputs: list[str]):
+    """The study's images (mricore.datasets.image_from_inputs), checked to hold every channel the model reads."""
     case = image_from_inputs([Path(p) for p in inputs], model.spec.channels)
     missing = [c for c in model.spec.channels if c not in case.images]
     if missing:
         raise InputError(case.case_id, f"model expects {', '.join(model.spec.channels)}", ", ".join(sorted(case.images)),
                          f"provide {', '.join(missing)}")
-    names = OUTPUTS + (EXPLAIN_OUTPUTS if explain else ())
-    check_absent([out / n for n in names], force)
-    row = read_clinical(clinical).get(case.case_id)
-    if explain and not cnn:
+    return case
+
+
+def _explain_layer(model, layer: str | None) -> str:
+    """The Grad-CAM layer for --explain: `layer`, else the model's; only a CNN classifier has one."""
+    from mricore.gradcam import check_layer
+
+    if not isinstance(model, LesionModel):
         raise ConfigError("--explain", "Grad-CAM needs a CNN lesion classifier", model.model_cfg.name,
                           "drop --explain: model.json training.coefficients explain zone_stats_lr")
-    if explain:
-        from mricore.gradcam import check_layer
+    return check_layer(model.net, layer or model.cam_layer)
 
-        layer = check_layer(model.net, layer or model.cam_layer)
-    image, _, info = load_case(case, model.spec.channels)
-    zones = read_label(zones_path, "zones", case.case_id)
+
+def _zone_map(zones_path: str, image: Volume, case_id: str) -> Volume:
+    """The zone map, checked to lie on the image's grid and to hold zone labels (0, 1 TZ, 2 PZ)."""
+    zones = read_label(zones_path, "zones", case_id)
     if not zones.same_grid(image):
         raise GeometryError(zones_path, "the zone map must lie on the grid of the first input image",
                             f"shape {zones.shape} vs image {image.shape}",
@@ -64,40 +92,38 @@ def predict(model_dir: str, inputs: list[str], zones_path: str, out_dir: str, ex
     if zones.array.max() > 2:
         raise InputError(zones_path, "zone labels must be 0 background, 1 TZ, 2 PZ", int(zones.array.max()),
                          "pass a zone map, not a lesion or whole-gland mask")
+    return zones
+
+
+def _lesion_map(model, image: Volume, zones: Volume, row: dict | None) -> tuple[np.ndarray, dict, tuple | None]:
+    """(lesion probability on the image's grid, 0 outside the gland; the model's own lesion.json fields;
+    (CaseTiles, patch scores) for Grad-CAM, None for the zone-statistics model)."""
     gland = zones.array[0] > 0
-    if cnn:
-        ct = model.tiles_for(image, zones, row)
+    if isinstance(model, LesionModel):
+        ct: CaseTiles = model.tiles_for(image, zones, row)
         scores = model.score(ct.patches, ct.covariates)
         work = assemble(scores, ct.tiles, ct.zones.shape, gland=ct.zones)
         prob = restore(work[None], ct.prepared)[0] * gland
         extra = {"covariates": dict(zip(covariate_columns(model.model_cfg.covariates),
                                         (ct.covariates[0].tolist() if len(ct.covariates) else []))),
                  "n_patches": int(len(scores))}
+        tiled = (ct, scores)
     else:
         prob, per_zone = model.zone_map(image, zones, row)
-        extra = {"zone_probability": per_zone}
+        extra, tiled = {"zone_probability": per_zone}, None
     if not np.all(np.isfinite(prob)):
-        raise InputError(case.case_id, "lesion probabilities must be finite", "NaN/Inf values",
+        raise InputError(image.case_id, "lesion probabilities must be finite", "NaN/Inf values",
                          "check the input image and the model folder")
-    if cnn:
-        labels, cands = extract_candidates(prob, zones.array[0], image.affine, model.cand.threshold,
-                                           model.cand.min_volume_ml, model.cand.relative, model.cand.max_candidates)
-    else:
-        labels, cands = model.candidates(prob, zones.array[0], image.affine)
-    result = {"case_id": case.case_id, "inputs": [str(p) for p in inputs], "zones": str(zones_path),
-              "model": {"folder": str(model_dir), "name": model.meta.get("name"), "fold": model.meta.get("fold"),
-                        "classifier": model.model_cfg.name, "validation": model.meta.get("validation")},
-              **extra, "threshold": model.cand.threshold, "patient_score": patient_score(prob), "candidates": cands,
-              "alignment": info["alignment"],
-              "coordinates": "centroid_ras_mm: NIfTI world (RAS+); centroid_lps_mm: DICOM scanner (LPS)"}
-    with staged_dir(out, stale=OUTPUTS + EXPLAIN_OUTPUTS) as stage:  # all outputs together or none
-        if explain:
-            result["explain"] = _explain(model, ct, scores, layer, gland, image, stage, True)
-        write_nifti(prob.astype(np.float32), image, stage / OUTPUTS[0], force=True)
-        write_nifti(labels, image, stage / OUTPUTS[1], dtype=np.uint16, force=True)
-        result["seconds"] = round(time.perf_counter() - t0, 3)
-        write_json(result, stage / OUTPUTS[2], force=True)
-    return result
+    return prob, extra, tiled
+
+
+def _candidates(model, prob: np.ndarray, zones: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    """(uint16 candidate labels, candidate dicts): peaks of the map for a CNN (localize.candidates), the
+    model's own rule otherwise (the zone-statistics model: one candidate per zone)."""
+    if not isinstance(model, LesionModel):
+        return model.candidates(prob, zones, affine)
+    c = model.cand
+    return extract_candidates(prob, zones, affine, c.threshold, c.min_volume_ml, c.relative, c.max_candidates)
 
 
 def top_patch_faithfulness(model: LesionModel, ct, scores: np.ndarray, layer: str, cams: np.ndarray | None = None) -> dict:
@@ -133,8 +159,8 @@ def _explain(model: LesionModel, ct, scores, layer, gland, image, out: Path, for
     work = assemble(scores, ct.tiles, ct.zones.shape, gland=ct.zones, maps=cams, reduce="max")
     heat = np.clip(restore(work[None], ct.prepared)[0], 0, 1) * gland
     check = top_patch_faithfulness(model, ct, scores, layer, cams) if len(scores) else None
-    write_nifti(heat.astype(np.float32), image, out / EXPLAIN_OUTPUTS[0], force=force)
-    save_overlay(image.array[0], heat, out / EXPLAIN_OUTPUTS[1], title=f"{image.case_id} lesion Grad-CAM",
+    write_nifti(heat.astype(np.float32), image, out / LESION_GRADCAM_FILES[0], force=force)
+    save_overlay(image.array[0], heat, out / LESION_GRADCAM_FILES[1], title=f"{image.case_id} lesion Grad-CAM",
                  contour=gland, force=force)
     return {"method": "Grad-CAM (monai.visualize.GradCAM) per candidate patch x patch probability, max-merged",
-            "layer": layer, "faithfulness": check, "files": list(EXPLAIN_OUTPUTS)}
+            "layer": layer, "faithfulness": check, "files": list(LESION_GRADCAM_FILES)}

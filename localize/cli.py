@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from pathlib import Path
 
 from mricore.errors import run_cli
@@ -48,41 +47,36 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-
-    def run():
-        if args.cmd == "train":
-            from mricore.config import load_config
-
-            from .config import LocalizeConfig
-            from .train import train
-
-            cfg = load_config(LocalizeConfig, args.config, args.overrides)
-            fold = args.fold if args.fold == "all" else _int(args.fold)
-            print(f"model folder: {train(cfg, fold, resume=args.resume, force=args.force)}")
-        elif args.cmd == "predict":
-            from .predict import predict
-
-            r = predict(args.model, args.inputs, args.zones, args.output, args.explain, args.layer, args.force,
-                        args.clinical)
-            print(f"{r['case_id']}: patient score {r['patient_score']:.3f}, {len(r['candidates'])} candidate(s)")
-        elif args.cmd == "evaluate":
-            from .evaluate import evaluate
-
-            s = evaluate(args.pred, args.ref, args.output, force=args.force)
-            wg = s["patient_level"]["WG"]
-            print(f"{s['n_cases']} cases: patient AUC {wg['auc']:.3f}; report {s['report']}")
-        return 0
-
-    return run_cli(run)
+    commands = {"train": _train, "predict": _predict, "evaluate": _evaluate}
+    return run_cli(lambda: commands[args.cmd](args))
 
 
-def _int(v: str) -> int:
-    from mricore.errors import UserError
+def _train(args) -> int:
+    from mricore.config import load_config
+    from mricore.protocol import parse_fold
 
-    try:
-        return int(v)
-    except ValueError:
-        raise UserError("--fold", "must be an integer or 'all'", repr(v), "e.g. --fold 0") from None
+    from .config import LocalizeConfig
+    from .train import train
+
+    cfg = load_config(LocalizeConfig, args.config, args.overrides)
+    print(f"model folder: {train(cfg, parse_fold(args.fold), resume=args.resume, force=args.force)}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .predict import predict
+
+    r = predict(args.model, args.inputs, args.zones, args.output, args.explain, args.layer, args.force, args.clinical)
+    print(f"{r['case_id']}: patient score {r['patient_score']:.3f}, {len(r['candidates'])} candidate(s)")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    s = evaluate(args.pred, args.ref, args.output, force=args.force)
+    print(f"{s['n_cases']} cases: patient AUC {s['patient_level']['WG']['auc']:.3f}; report {s['report']}")
+    return 0
 
 
 def entry() -> None:

@@ -237,3 +237,15 @@ def load_splits(path: str | Path) -> list[dict]:
                                  f"{c!r} in folds {validated[c]} and {i}", "regenerate the splits")
             validated[c] = i
     return splits
+
+
+def parse_fold(value: str) -> int | str:
+    """`--fold` as typed: a fold index, or 'all' (train on every labelled patient). Raises UserError."""
+    from .errors import UserError
+
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError("--fold", "must be an integer or 'all'", repr(value), "e.g. --fold 0") from None

@@ -65,64 +65,67 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"train": _train, "predict": _predict, "evaluate": _evaluate, "pseudo-label": _pseudo_label,
+                "augment": _augment}
+    return run_cli(lambda: commands[args.cmd](args))
 
-    def run():
-        from mricore.config import load_config
 
-        from .config import SegmentConfig
+def _train(args) -> int:
+    from mricore.config import load_config
+    from mricore.protocol import parse_fold
 
-        if args.cmd == "train":
-            from .train import train
+    from .config import SegmentConfig
+    from .train import train
 
-            cfg = load_config(SegmentConfig, args.config, args.overrides)
-            if args.cv:
-                from .crossval import cross_validate
+    cfg = load_config(SegmentConfig, args.config, args.overrides)
+    if args.cv:
+        from .crossval import cross_validate
 
-                cross_validate(cfg, force=args.force, init_from=args.init_from)
-                return 0
-            fold = args.fold if args.fold == "all" else _int(args.fold, "--fold")
-            out = train(cfg, fold, resume=args.resume, init_from=args.init_from, force=args.force)
-            print(f"model folder: {out}")
-        elif args.cmd == "predict":
-            from .predict import predict
-
-            records = predict(args.model, args.inputs, args.output, args.probabilities, args.force,
-                              explain=args.explain)
-            for r in records:
-                if r.explanation:
-                    e, f = r.explanation, r.explanation["faithfulness"]
-                    print(f"{r.case_id}: Grad-CAM {e['zone']} top-10% drop {f['drop_top_k']:.3g} "
-                          f"vs random {f['drop_random_mean']:.3g}")
-                print(f"{r.case_id}: WG {r.volume_ml['WG']:.1f} mL in {sum(r.timings_s.values()):.2f} s")
-        elif args.cmd == "evaluate":
-            from .evaluate import evaluate
-
-            print(f"report: {evaluate(args.pred, args.ref, args.output, label=args.label, force=args.force)}")
-        elif args.cmd == "pseudo-label":
-            from .pseudo import write_pseudo_labels
-
-            stats = write_pseudo_labels(args.predictions, args.teacher, args.output, args.min_conf, args.force)
-            for r in stats:
-                print(f"{r['case_id']}: TZ {r['TZ']:.0%}, PZ {r['PZ']:.0%}, "
-                      f"zone unknown {r['unknown']:.0%} of the gland")
-            print(f"datalist: {args.output}/datalist.json")
-        elif args.cmd == "augment":
-            from .augment import write_augmented
-
-            cfg = load_config(SegmentConfig, args.config, args.overrides)
-            write_augmented(cfg, args.output, args.copies, force=args.force)
+        cross_validate(cfg, force=args.force, init_from=args.init_from)
         return 0
+    out = train(cfg, parse_fold(args.fold), resume=args.resume, init_from=args.init_from, force=args.force)
+    print(f"model folder: {out}")
+    return 0
 
-    return run_cli(run)
+
+def _predict(args) -> int:
+    from .predict import predict
+
+    records = predict(args.model, args.inputs, args.output, args.probabilities, args.force, explain=args.explain)
+    for r in records:
+        if r.explanation:
+            e, f = r.explanation, r.explanation["faithfulness"]
+            print(f"{r.case_id}: Grad-CAM {e['zone']} top-10% drop {f['drop_top_k']:.3g} "
+                  f"vs random {f['drop_random_mean']:.3g}")
+        print(f"{r.case_id}: WG {r.volume_ml['WG']:.1f} mL in {sum(r.timings_s.values()):.2f} s")
+    return 0
 
 
-def _int(v: str, name: str) -> int:
-    from mricore.errors import UserError
+def _evaluate(args) -> int:
+    from .evaluate import evaluate
 
-    try:
-        return int(v)
-    except ValueError:
-        raise UserError(name, "must be an integer or 'all'", repr(v), "e.g. --fold 0") from None
+    print(f"report: {evaluate(args.pred, args.ref, args.output, label=args.label, force=args.force)}")
+    return 0
+
+
+def _pseudo_label(args) -> int:
+    from .pseudo import write_pseudo_labels
+
+    for r in write_pseudo_labels(args.predictions, args.teacher, args.output, args.min_conf, args.force):
+        print(f"{r['case_id']}: TZ {r['TZ']:.0%}, PZ {r['PZ']:.0%}, zone unknown {r['unknown']:.0%} of the gland")
+    print(f"datalist: {args.output}/datalist.json")
+    return 0
+
+
+def _augment(args) -> int:
+    from mricore.config import load_config
+
+    from .augment import write_augmented
+    from .config import SegmentConfig
+
+    write_augmented(load_config(SegmentConfig, args.config, args.overrides), args.output, args.copies,
+                    force=args.force)
+    return 0
 
 
 def entry() -> None:

@@ -23,7 +23,9 @@ def teacher_datalist(cfg: SegmentConfig, fold: int | str) -> str | None:
 
 def resolve_split(cfg: SegmentConfig, cases, fold: int | str) -> Fold:
     """Fold `fold` of the expert-labelled cases under mricore.protocol (unstratified outer folds; the
-    inner split under train.selection inner), with silver-only and teacher cases added to training.
+    inner split under train.selection inner), with silver-only and teacher cases added to training,
+    except any study of a patient the fold holds out or validates on (patient ids compared across
+    datasets: a second study of a held-out patient must not teach the fold what it is scored on).
     Raises InputError when no case has the expert or a silver label."""
     expert = [c for c in cases if cfg.data.label in c.labels]
     silver = [c for c in cases if cfg.data.label not in c.labels and (
@@ -32,4 +34,5 @@ def resolve_split(cfg: SegmentConfig, cases, fold: int | str) -> Fold:
     if not expert and not silver:
         raise InputError(cfg.data.root, f"no case has label '{cfg.data.label}'", 0, "check data.root and data.label")
     split = split_fold(cfg.data, expert, fold, inner=cfg.train.selection == "inner")
-    return replace(split, train=split.train + silver)
+    kept_out = {c.patient_id for c in split.held_out + split.inner}
+    return replace(split, train=split.train + [c for c in silver if c.patient_id not in kept_out])

@@ -150,6 +150,23 @@ def test_the_protocol_reproduces_the_shipped_bundles_splits(data_dir, splits_jso
     assert [c.case_id for c in split.inner] == meta.selection["cases"]
 
 
+def test_a_second_study_of_a_held_out_patient_never_trains_that_fold(data_dir):
+    # A made-up silver-labelled study of each expert patient, in another dataset: it may train the
+    # folds that train its patient, never the one that holds the patient out or validates on it.
+    from dataclasses import replace
+
+    cfg = load_config(SegmentConfig, Path("configs/segment/zonal_t2w_2d.yaml"),
+                      [f"data.root={data_dir}", "data.silver_label=zones_ai", "train.selection=inner"])
+    expert = [c for c in load_dataset(data_dir) if cfg.data.label in c.labels and c.dataset in EXPERT]
+    twins = [replace(c, case_id=c.case_id + "_second", dataset="elsewhere",
+                     labels={"zones_ai": c.labels[cfg.data.label]}) for c in expert]
+    for fold in range(cfg.data.folds):
+        split = resolve_split(cfg, expert + twins, fold)
+        kept_out = {c.patient_id for c in split.held_out + split.inner}
+        assert kept_out and not kept_out & {c.patient_id for c in split.train}
+        assert {c.case_id for c in split.train} >= {t.case_id for t in twins if t.patient_id not in kept_out}
+
+
 def test_splits_file_patient_overlap_is_an_error_through_train(data_dir, tmp_path):
     ids = [c.case_id for c in load_dataset(data_dir) if c.dataset in EXPERT and "zones" in c.labels]
     (tmp_path / "s.json").write_text(json.dumps([{"fold": 0, "train": ids[1:], "val": ids[:1] + ["nope"]}]))

@@ -118,4 +118,9 @@ review-bench: venv
 	$(BIN)/python -m bench.qa_bench --data $(DATA)
 	$(MAKE) review-limits
 
-.PHONY: venv demo test bundle bundle-train bundle-pack bundle-pseudo gland-reference review-limits review-bench
+# Every published figure (docs/RESULTS.md, docs/candidates.md, the figures of the model card and the
+# README's headline block) generated from bench/results/*.json; measures nothing, writes no weights.
+results: venv
+	$(BIN)/python -m bench.figures
+
+.PHONY: results venv demo test bundle bundle-train bundle-pack bundle-pseudo gland-reference review-limits review-bench

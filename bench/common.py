@@ -80,7 +80,9 @@ def _commit() -> str | None:
 
 def machine() -> dict:
     """The machine and software a result came from: CPU model and count, OS, Python, the versions
-    of VERSIONED that are installed, and the repository commit (`-dirty`: uncommitted changes)."""
+    of VERSIONED that are installed, the repository commit (`-dirty`: uncommitted changes) and the
+    date it was measured (ISO, local)."""
+    import datetime
     import os
     import platform
     from importlib import metadata
@@ -92,7 +94,8 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return {"cpu": _cpu_model(), "cpus": os.cpu_count(), "system": platform.platform(),
-            "python": platform.python_version(), "versions": versions, "commit": _commit()}
+            "python": platform.python_version(), "versions": versions, "commit": _commit(),
+            "date": datetime.date.today().isoformat()}
 
 
 def write_result(result: dict, path: str | Path) -> Path:

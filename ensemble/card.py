@@ -81,8 +81,8 @@ def model_card(names: list[str], metas: list[ModelMeta], records: list[dict], cv
     lines += ["", "## Training data", "", *training_data(names, metas, records), "", "## Known limits", "",
               *known_limits(metas, records),
               "- Every prediction gets a review verdict (ok / review / reject) from input and output quality "
-              "checks (mricore.review); their limits and measured detection and false-alarm rates are in the README "
-              "(bench/qa_bench.py). A verdict of ok is not a guarantee.", "",
+              "checks (mricore.review); their limits are in ensemble.yaml and their measured detection and "
+              "false-alarm rates in docs/RESULTS.md (bench/qa_bench.py). A verdict of ok is not a guarantee.", "",
               "## Retraining", "", "`make bundle` (see the Makefile) retrains every member from scratch with "
               "`segment train`, scores them with `ensemble evaluate --cv` and packs them with `ensemble pack`.", ""]
     return "\n".join(lines)
@@ -156,3 +156,37 @@ def locator_section(folder: Path, meta: ModelMeta) -> str:
         "It runs first on the whole field of view; the members segment a crop centred on the bounding box of its "
         "largest gland component, and nothing farther than the ensemble's `locator_margin_mm` from that box is "
         "labelled (ensemble/engine.py).", ""])
+
+
+def _stored_half(weights: Path) -> bool:
+    """Whether a packed member's weights are stored as fp16 (read only, weights_only=True)."""
+    import torch
+
+    sd = torch.load(weights, map_location="cpu", weights_only=True)
+    return any(v.dtype == torch.float16 for v in sd.values())
+
+
+def render_card(folder: str | Path, notes: str | None = None, figures: str | None = None) -> str:
+    """The model card of a packed ensemble folder, rendered again from what the folder holds (its
+    ensemble.yaml, each member's model.json, config.yaml and splits.json, cv_evaluate.json, the locator),
+    as `ensemble pack` wrote it; `figures` (Markdown made from measured results) goes before `notes`
+    (Markdown appended last, like `pack --notes`). Reads the folder only: weights are never written.
+
+    Raises InputError (mricore.modelfolder.read_model) for an incomplete member folder."""
+    from mricore.modelfolder import read_model
+
+    folder = Path(folder)
+    cfg = yaml.safe_load((folder / "ensemble.yaml").read_text())
+    names = list(cfg["members"])
+    metas = [read_model(folder / n, "segmenter") for n in names]
+    records = [training_record(folder / n) for n in names]
+    cv_path = folder / "cv_evaluate.json"
+    cv = json.loads(cv_path.read_text()) if cv_path.is_file() else None
+    card = model_card(names, metas, records, cv, _stored_half(folder / names[0] / "weights.pt"))
+    if cfg.get("locator"):
+        card += "\n" + locator_section(folder / cfg["locator"], read_model(folder / cfg["locator"]))
+    if figures:
+        card += "\n" + figures
+    if notes:
+        card += "\n" + notes
+    return card

@@ -76,8 +76,19 @@ def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str =
     sitk = sitk_module()
 
     folder = Path(folder)
+    return read_dicom_files(_series_files(sitk.ImageSeriesReader(), folder), folder, channel,
+                            case_id or folder.name, rel_tol)
+
+
+def read_dicom_files(files: list[str], folder: str | Path, channel: str = "image", case_id: str = "",
+                     rel_tol: float = 0.05) -> Volume:
+    """Read the slices `files` (one series, at least 2, sorted along the slice normal as GDCM sorts
+    them) into a `Volume`, as `read_dicom_series` does; `folder` names them in errors."""
+    sitk = sitk_module()
+
+    folder = Path(folder)
+    files = [str(f) for f in files]
     reader = sitk.ImageSeriesReader()
-    files = _series_files(reader, folder)
     step = _slice_step(sitk, folder, files, rel_tol)
     reader.SetFileNames(files)
     try:
@@ -92,10 +103,31 @@ def read_dicom_series(folder: str | Path, channel: str = "image", case_id: str =
     return Volume(arr[None], aff, (channel,), case_id or folder.name)
 
 
+def series_case_id(folder: str | Path) -> str:
+    """The case id of a DICOM series given by its folder: "dicom-" + 12 hex digits of a SHA-256 over
+    its files' pixel data (each file's digest, sorted: file names and order do not matter). It names the
+    images, not the patient: never PatientName/PatientID, nor a folder name (hospital exports name
+    folders after the patient); the same on every run and machine, and before and after
+    de-identification (which changes headers, not pixels). A file pydicom cannot read is left out here
+    (the series reader names it). Example: series_case_id("study/4-t2tra") -> "dicom-3f9a0c51d2e7"."""
+    import hashlib
+
+    import pydicom
+
+    digests = []
+    for f in sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            pixels = pydicom.dcmread(f, specific_tags=["PixelData"]).get("PixelData") or b""
+        except Exception:  # not DICOM, truncated...: the series reader gives the one-line error
+            continue
+        digests.append(hashlib.sha256(bytes(pixels)).digest())
+    return "dicom-" + hashlib.sha256(b"".join(sorted(digests))).hexdigest()[:12]
+
+
 def _series_files(reader, folder: Path) -> list[str]:
     """The files of the one series in `folder` (GDCM's order), at least 2; else an error naming it."""
     if not folder.exists():
-        raise InputError(folder, "DICOM folder does not exist", None, "check the path")
+        raise InputError(folder, "DICOM folder does not exist", "nothing at that path", "check the path")
     if not folder.is_dir():
         raise InputError(folder, "expected a folder of DICOM files", "a file", "pass the series folder")
     series = reader.GetGDCMSeriesIDs(str(folder))
@@ -106,7 +138,8 @@ def _series_files(reader, folder: Path) -> list[str]:
                          "split the series into separate folders")
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
     if len(files) < 2:
-        raise InputError(folder, "a series needs at least 2 slices", f"{len(files)} file(s)", "")
+        raise InputError(folder, "a series needs at least 2 slices", f"{len(files)} file(s)",
+                         "pass the folder of the whole series")
     return files
 
 

@@ -1,4 +1,4 @@
-"""`segment` command line: train, predict, evaluate, pseudo-label, augment. Heavy imports live inside commands."""
+"""`segment` command line: train, predict, evaluate, pseudo-label, augment, import. Heavy imports live inside commands."""
 
 from __future__ import annotations
 
@@ -60,13 +60,32 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--copies", type=int, default=None, help="copies per case (default augment.offline_copies)")
     au.add_argument("-o", "--output", required=True)
     au.add_argument("--force", action="store_true")
+    _add_import(sub)
     return p
+
+
+def _add_import(sub) -> None:
+    im = sub.add_parser("import", help="a data provider's masked dataset: classify the series of a DICOM tree, "
+                        "write <pseudonym>/t2, adc, dwi.nii.gz and manifest.json (segment.importer)")
+    im.add_argument("root", help="folder of DICOM studies (any layout, series may be mixed)")
+    im.add_argument("-o", "--output", required=True, help="dataset folder; re-running into an earlier import "
+                    "made with the same key skips its finished studies")
+    im.add_argument("--key-file", help="provider key (created, mode 0600, if missing): the same patient gets the "
+                    "same pseudonym every run; the re-identification table goes to KEY_FILE.map.csv. Without it "
+                    "a random key is used once")
+    im.add_argument("--dicom-out", action="store_true", help="also write de-identified DICOM copies "
+                    "(<case>/dicom/<series>/)")
+    im.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    im.add_argument("--include-burned-in", action="store_true",
+                    help="keep series flagged BurnedInAnnotation=YES (left out by default)")
+    im.add_argument("--force", action="store_true", help="re-import finished studies; write into a folder "
+                    "that is not an earlier import")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"train": _train, "predict": _predict, "evaluate": _evaluate, "pseudo-label": _pseudo_label,
-                "augment": _augment}
+                "augment": _augment, "import": _import}
     return run_cli(lambda: commands[args.cmd](args))
 
 
@@ -125,6 +144,19 @@ def _augment(args) -> int:
 
     write_augmented(load_config(SegmentConfig, args.config, args.overrides), args.output, args.copies,
                     force=args.force)
+    return 0
+
+
+def _import(args) -> int:
+    from .importer import ImportOptions, import_dicom
+
+    options = ImportOptions(args.dicom_out, args.include_burned_in, args.force, args.workers)
+    m = import_dicom(args.root, args.output, args.key_file, options)
+    for s in m.studies:
+        print(f"{s.case}: {s.status}" + (f" ({s.reason})" if s.reason else f" ({', '.join(s.outputs)})"))
+    counts = m.to_json()["counts"]
+    print(f"dataset: {args.output} ({counts['written']} written, {counts['skipped']} skipped, {counts['failed']} "
+          f"failed, {len(m.problems)} unreadable files; see manifest.json)")
     return 0
 
 

@@ -8,7 +8,8 @@ Outputs per case in OUT (batch: OUT/<case_id>/), all on the input's exact grid, 
   of the combined probabilities, [..., 1] fraction of members disagreeing with the combined label;
 - probabilities.nii.gz (optional): float32 4D, background/TZ/PZ along the 4th axis (float16 was
   asked for, but NIfTI-1 has no half-float type: nibabel refuses to write one);
-- zones.json: members used and skipped (with reasons), method, weights, volumes in mL, uncertainty
+- zones.json: the channels given (names, never paths), members used and skipped (with reasons), method,
+  weights, volumes in mL, uncertainty
   (entropy and member disagreement in the gland), the review verdict (ok / review / reject) with its
   reasons and every input and output check (mricore.review), alignment of the inputs, timings per stage,
   software version;
@@ -16,7 +17,11 @@ Outputs per case in OUT (batch: OUT/<case_id>/), all on the input's exact grid, 
 - report.html and overlay.png (optional): volumes, review verdict, uncertainty, members, three-plane
   overlay of the zones and of the member disagreement;
 - seg.dcm (DICOM series input): DICOM-SEG with TZ and PZ segments (SNOMED CT) referencing the source
-  series, frames on the source slices (ensemble.dicomseg).
+  series, frames on the source slices, de-identified by the DICOM PS3.15 Basic Profile unless
+  `identity` keeps it (ensemble.dicomseg.Identity: --keep-identity, --key-file).
+No output carries a patient identifier or an input's path (the member model folders in zones.json and
+ensemble.yaml are the software's own, kept to re-run it): a DICOM series' case id names its images, not
+its folder (mricore.dicom.series_case_id), and seg.dcm is the one file that can keep the source identity.
 mricore.results holds the file names, the zones.json record (`ZonesRecord`) and the folder layout.
 Nothing is written until every check has passed (config, members loaded, inputs, output location);
 existing outputs need force=True. An input that is not an axial T2W study (mricore.review input checks,
@@ -53,7 +58,7 @@ class Source:
     case_id: str
     available: list[str]
     read: Callable  # (channels, register) -> (Volume, alignment info {channel: {...}})
-    inputs: list[str]
+    inputs: list[str]  # the channel names offered (zones.json `inputs`: names, never paths)
     case_images: dict = field(default_factory=dict)  # channel -> mricore.datasets.ImageRef
 
     @property
@@ -71,8 +76,7 @@ def source_from_case(case) -> Source:
     def read(channels, register):
         image, _, info = load_case(case, channels, register=register, optional=True)
         return image, info["alignment"]
-    return Source(case.case_id, sorted(case.images), read, [str(r.path) for r in case.images.values()],
-                  case_images=dict(case.images))
+    return Source(case.case_id, sorted(case.images), read, list(case.images), case_images=dict(case.images))
 
 
 def source_from_inputs(inputs: list[str | Path]) -> Source:
@@ -187,9 +191,10 @@ def infer_case(case: ReadCase, cfg: EnsembleConfig):
 
 
 def write_outputs(final: Path, image, result, skipped: list[dict], source: Source, cfg: EnsembleConfig,
-                  probabilities: bool, report: bool):
+                  probabilities: bool, report: bool, identity=None):
     """Write every output of one case into `final`, all together or none (mricore.results.write_case;
-    see module docstring); returns the zones.json record."""
+    see module docstring); returns the zones.json record. `identity`: seg.dcm's
+    (ensemble.dicomseg.Identity, checked by the caller; None: de-identified with a random key)."""
     from mricore.results import ZonesRecord, grid_record, write_case
 
     if not (np.all(np.isfinite(result.prob)) and np.all(np.isfinite(result.entropy))):
@@ -200,17 +205,18 @@ def write_outputs(final: Path, image, result, skipped: list[dict], source: Sourc
                          members_skipped=skipped, **result.info)
 
     def extra(out: Path, record: ZonesRecord) -> None:
-        _write_files(out, image, result, source, cfg, probabilities, report, record)
+        _write_files(out, image, result, source, cfg, (probabilities, report, identity), record)
     return write_case(final, image, result.label, record, extra)
 
 
-def _write_files(out: Path, image, result, source: Source, cfg: EnsembleConfig, probabilities: bool,
-                 report: bool, record) -> None:
-    """The case's files besides zones.nii.gz and zones.json, into the staging folder `out`."""
+def _write_files(out: Path, image, result, source: Source, cfg: EnsembleConfig, options: tuple, record) -> None:
+    """The case's files besides zones.nii.gz and zones.json, into the staging folder `out`;
+    `options`: (probabilities, report, identity) as `write_outputs` takes them."""
     from mricore import results
     from mricore.config import save_config
     from mricore.io import write_nifti
 
+    probabilities, report, identity = options
     unc = np.stack([result.entropy, result.disagreement], axis=-1)
     write_nifti(unc, image, out / results.UNCERTAINTY_NII, dtype=np.float32, force=True)
     if probabilities:
@@ -219,9 +225,10 @@ def _write_files(out: Path, image, result, source: Source, cfg: EnsembleConfig, 
                     dtype=np.float32, force=True)
     save_config(cfg, out / results.CONFIG_YAML)
     if source.dicom is not None:
-        from .dicomseg import write_dicom_seg
+        from .dicomseg import Identity, write_dicom_seg
 
-        write_dicom_seg(result.label, image.affine, source.dicom, out / results.SEG_DCM)
+        write_dicom_seg(result.label, image.affine, source.dicom, out / results.SEG_DCM,
+                        identity=identity or Identity())
     if report:
         from .report import overlay_png, write_predict_report
 
@@ -232,7 +239,7 @@ def _write_files(out: Path, image, result, source: Source, cfg: EnsembleConfig, 
 
 
 def predict(inputs, out_dir, config=None, force: bool = False, probabilities: bool | None = None,
-            report: bool = False, notify: bool = True, members: list[Member] | None = None):
+            report: bool = False, notify: bool = True, members: list[Member] | None = None, identity=None):
     """Run the ensemble on one case and write its outputs to `out_dir`; returns the zones.json record
     (mricore.results.ZonesRecord).
 
@@ -240,16 +247,21 @@ def predict(inputs, out_dir, config=None, force: bool = False, probabilities: bo
     config: an EnsembleConfig, a YAML path, or None for the bundled ensemble.
     probabilities: write probabilities.nii.gz (None: as the config says).
     members: the config's members already loaded (`read_members`), as a server keeps them.
-    Raises UserError subclasses (nothing written) for bad config, members, inputs or existing outputs.
+    identity: seg.dcm's (ensemble.dicomseg.Identity); None: de-identified with a random key.
+    Raises UserError subclasses (nothing written) for bad config, members, inputs, key file or
+    existing outputs.
     """
     from mricore.outputs import check_output_dir
     from mricore.results import check_case
 
     cfg = resolve_config(config)
+    if identity is not None:
+        identity.check()
     out = check_output_dir(out_dir)
     check_case(out, force)
     members = read_members(cfg.members) if members is None else members
     source = source_from_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     image, result, skipped = run_case(source, members, cfg, notify, accept=force)  # plans before reading
     probs = cfg.probabilities if probabilities is None else probabilities
-    return write_outputs(out, image, result, skipped, source, replace(cfg, probabilities=probs), probs, report)
+    return write_outputs(out, image, result, skipped, source, replace(cfg, probabilities=probs), probs, report,
+                         identity)

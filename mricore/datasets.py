@@ -21,6 +21,7 @@ from pathlib import Path
 
 
 from .align import alignment_score, register_rigid, resample_to
+from .dicom import series_case_id
 from .errors import GeometryError, InputError
 from .io import read_label, read_nifti
 from .volume import Volume, stack
@@ -119,7 +120,7 @@ def load_msd(root: Path) -> list[Case]:
             for i, n in enumerate(names):
                 p = img_path.parent / f"{cid}_{i:04d}.nii.gz"
                 if not p.exists():
-                    raise InputError(p, "MSD channel file missing", None, "check imagesTr")
+                    raise InputError(p, "MSD channel file missing", "nothing at that path", "check imagesTr")
                 images[n] = ImageRef(p)
         labels = {}
         if isinstance(row, dict) and row.get("label"):
@@ -165,7 +166,7 @@ def load_dataset(path: str | Path, files: dict | None = None) -> list[Case]:
     """Detect the layout of `path` and return its cases."""
     path = Path(path)
     if not path.exists():
-        raise InputError(path, "dataset path does not exist", None, "check the path")
+        raise InputError(path, "dataset path does not exist", "nothing at that path", "check the path")
     if path.is_file() and path.suffix in (".csv", ".json"):
         return load_datalist(path)
     if path.is_dir() and (path / "dataset.json").exists():
@@ -174,7 +175,7 @@ def load_dataset(path: str | Path, files: dict | None = None) -> list[Case]:
         cases = load_case_folders(path, files)
         if not cases:
             raise InputError(path, "no cases found (no t2.nii.gz/adc.nii.gz... case folders, no dataset.json)",
-                             None, "point to a case folder, a dataset folder, an MSD folder or a datalist")
+                             "0 cases", "point to a case folder, a dataset folder, an MSD folder or a datalist")
         return cases
     raise InputError(path, "unknown dataset layout", path.suffix, "use a folder, dataset.json folder, .csv or .json")
 
@@ -230,7 +231,8 @@ def load_case(case: Case, channels: list[str], label_key: str | None = None, reg
         raise InputError(case.case_id, f"channel(s) {missing} not found", sorted(case.images),
                          "add the files, or map the names with `files:` in the config")
     if not present:
-        raise InputError(case.case_id, "none of the channels found", channels, "")
+        raise InputError(case.case_id, "none of the channels found", channels,
+                         "add the files, or map the names with `files:` in the config")
     ref = read_ref(case.images[present[0]], present[0], case.case_id)
     vols = [ref]
     for c in present[1:]:
@@ -249,7 +251,8 @@ def load_case(case: Case, channels: list[str], label_key: str | None = None, reg
     label = None
     if label_key is not None:
         if label_key not in case.labels:
-            raise InputError(case.case_id, f"label '{label_key}' not found", sorted(case.labels), "")
+            raise InputError(case.case_id, f"label '{label_key}' not found", sorted(case.labels),
+                             "add the label file, or choose another --label")
         label = read_ref(case.labels[label_key], label_key, case.case_id)
         if not label.same_grid(ref):
             raise GeometryError(case.labels[label_key].path, "label grid must equal its image grid",
@@ -261,16 +264,18 @@ def load_case(case: Case, channels: list[str], label_key: str | None = None, reg
 def image_from_inputs(inputs: list[Path], channels: list[str], case_id: str | None = None) -> Case:
     """A Case from what a user typed: one case folder, or one file or DICOM series folder per channel
     (NIfTI files named t2/adc/dwi are named by their stem; the others, and DICOM folders, take the
-    names of `channels` in the order given). Every command reads its inputs through this."""
+    names of `channels` in the order given). Every command reads its inputs through this. Case id: a
+    DICOM series' content id (mricore.dicom.series_case_id); NIfTI: the case folder's name, or the
+    file's stem (its folder's for t2/adc/dwi), which is the user's naming (a dataset's ProstateX-0000)."""
     inputs = [Path(p) for p in inputs]
     for p in inputs:
         if not p.exists():
-            raise InputError(p, "input does not exist", None, "check the path")
+            raise InputError(p, "input does not exist", "nothing at that path", "check the path")
     if len(inputs) == 1 and inputs[0].is_dir() and not is_dicom_folder(inputs[0]):
         c = scan_case_folder(inputs[0])
         if c is not None:
             return c
-        raise InputError(inputs[0], "folder holds no t2/adc/dwi NIfTI files and is no DICOM series", None,
+        raise InputError(inputs[0], "folder holds no t2/adc/dwi NIfTI files and is no DICOM series", "no such files",
                          "pass NIfTI files, a case folder or a DICOM series folder")
     stems = {v: k for k, v in DEFAULT_FILES.items()}
     images = {}
@@ -289,7 +294,7 @@ def image_from_inputs(inputs: list[Path], channels: list[str], case_id: str | No
                              "pass one file per channel of one study (one patient per run; a folder of "
                              "case folders for several)")
         images[name] = ImageRef(p)
-    first = inputs[0]
-    cid = case_id or (first.name if first.is_dir() else
+    first = inputs[0]  # a DICOM series is named by its images, never by its folder (a patient's name?)
+    cid = case_id or (series_case_id(first) if first.is_dir() else
                       first.parent.name if first.name.split(".nii")[0] in stems else first.name.split(".nii")[0])
     return Case(cid, cid, images, {}, "")

@@ -137,6 +137,9 @@ class Pseudonymizer:
         if not had_meta:
             del ds.file_meta
         ds.PatientID = ds.PatientName = self.patient(identity)  # set even where the source had none
+        for keyword in ("PatientBirthDate", "PatientBirthTime"):  # the profile's Z: empty, never shifted
+            if keyword in ds:
+                setattr(ds, keyword, "")
         _mark(ds)
 
 

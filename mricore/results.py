@@ -77,8 +77,9 @@ PROB_SUFFIX = "_prob"
 GRADCAM_INFIX = "_gradcam_"
 
 
-# zones.json schema. 1: also the files written before the field existed (software 0.1.0), read as is.
-SCHEMA_VERSION = 1
+# zones.json schema. 1: also the files written before the field existed (software 0.1.0), read as is;
+# its `inputs` are the paths as given. 2: `inputs` are channel names (a path can name the patient).
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,14 +88,14 @@ class ZonesRecord:
     written; the JSON keys follow the field order.
 
     Example:
-        >>> r = ZonesRecord(case_id="001", inputs=["t2.nii.gz"], grid={}, volume_ml={"WG": 1.0, "TZ": 0.6, "PZ": 0.4})
+        >>> r = ZonesRecord(case_id="001", inputs=["T2W"], grid={}, volume_ml={"WG": 1.0, "TZ": 0.6, "PZ": 0.4})
         >>> ZonesRecord.from_dict(r.to_dict()) == r
         True
     """
 
     schema_version: int = SCHEMA_VERSION
-    case_id: str
-    inputs: list                          # the paths read, as given
+    case_id: str                          # never a patient's name (mricore.datasets: case-id rules)
+    inputs: list                          # the channels given (T2W, ADC, DWI); version 1: the paths
     grid: dict                            # shape, spacing_mm, affine of the output grid (`grid_record`)
     members_used: list = field(default_factory=list)   # {member, path, channels}: the models that ran
     members_skipped: list | None = None   # {member, reason}: ensemble members lacking a channel

@@ -73,6 +73,7 @@ def test_dates_shift_per_patient(phi_study):
     Pseudonymizer(KEY_A).deidentify(ds)
     days = (datetime.strptime(ds.StudyDate, "%Y%m%d") - datetime.strptime(before, "%Y%m%d")).days
     assert days == Pseudonymizer(KEY_A).date_shift_days(IDENTIFIERS["PatientID"])
+    assert ds.PatientBirthDate == ""  # the profile empties it (Z); a shifted birth date still narrows who it is
 
 
 def test_phi_gone_after_deidentify(phi_study, tmp_path):

@@ -83,7 +83,7 @@ def test_find_predictions_in_a_flat_folder_leaves_out_probability_and_gradcam_ma
 # Each bad case folder: one line naming the file, the rule and the fix.
 BAD = {
     "missing zones.json": (None, "must hold zones.json"),
-    "unknown schema version": ({"schema_version": 99}, "schema version must be 1..1"),
+    "unknown schema version": ({"schema_version": 99}, "schema version must be 1..2"),
     "unknown field": ({"volumes_ml": {}}, "unknown field 'volumes_ml'; fix: did you mean 'volume_ml'?"),
     "not JSON": ("{", "not valid JSON"),
 }

@@ -2,9 +2,10 @@
 overlapped with the networks, and spread over processes or machines under torchrun.
 
 - All cases are checked (members runnable, outputs absent) before the first is run.
-- A case that fails (a UserError: unreadable image, not a T2W study, bad geometry, disk full) leaves
-  nothing and the batch goes on; `summary.json` and `summary.csv` list every case with its status,
-  volumes, review verdict and error.
+- A case that fails (any exception: a UserError such as an unreadable image, not a T2W study, bad
+  geometry or a full disk, or a bug such as a stray non-DICOM file read by a writer) leaves nothing and
+  the batch goes on (mricore.cohort); `summary.json` and `summary.csv` list every case with its status,
+  volumes, review verdict and one-line error, and the traceback goes to `OUT/logs/<case_id>.log`.
 - `workers` N > 1: N threads read and check the next cases (NIfTI/DICOM decoding, alignment, input
   checks) and write finished ones while the networks run on the current case in the main thread
   (threads, not processes: the members are loaded once and shared; NumPy, zlib and PyTorch release the
@@ -79,6 +80,10 @@ def predict_batch(dataset, out_dir, config=None, force: bool = False, probabilit
         write_summary(batch.out, {"dataset": str(dataset), "method": batch.cfg.method, "world_size": world,
                                   "workers": workers, "cases": every},
                       [_flat_row(r) for r in every])
+        if batch.report:  # OUT/report.html of the cohort, read from the case folders just written
+            from mricore.cohort_report import write_cohort_report
+
+            write_cohort_report(batch.out, every, {s.case_id: s.case_images for s in batch.sources})
     return every
 
 
@@ -106,10 +111,8 @@ def plan_batch(dataset, out_dir, config, force: bool, probabilities: bool | None
 
 def run_cases(batch: Batch, mine: list[int], workers: int, progress: bool, desc: str) -> dict[int, dict]:
     """Cases `mine` (indices into batch.sources): `workers` threads read ahead and write behind while
-    the networks run here. Returns index -> row; a UserError fails only its own case."""
+    the networks run here. Returns index -> row; any exception fails only its own case."""
     from tqdm import tqdm
-
-    from mricore.errors import UserError
 
     from .predict import infer_case, read_case
 
@@ -127,34 +130,38 @@ def run_cases(batch: Batch, mine: list[int], workers: int, progress: bool, desc:
             try:
                 case = ahead.pop(i).result()
                 image, result, skipped = infer_case(case, batch.cfg)
-            except UserError as e:
-                rows[i] = _failed(batch.sources[i], e)
+            except Exception as e:  # noqa: BLE001  (mricore.cohort: the case fails, the cohort goes on)
+                rows[i] = _failed(batch, i, e)
                 continue
             writes[i] = pool.submit(_write, batch, batch.sources[i], image, result, skipped)
             del case, image, result
         for i, fut in writes.items():
             try:
                 rows[i] = fut.result()
-            except UserError as e:
-                rows[i] = _failed(batch.sources[i], e)
+            except Exception as e:  # noqa: BLE001
+                rows[i] = _failed(batch, i, e)
     return rows
 
 
 def _write(batch: Batch, source, image, result, skipped) -> dict:
     """Write one case's folder; its summary row."""
+    from mricore.cohort import succeeded
     from mricore.results import case_dir
 
     from .predict import write_outputs
 
     record = write_outputs(case_dir(batch.out, source.case_id, batch=True), image, result, skipped, source,
                            batch.run_cfg, batch.probabilities, batch.report)
+    succeeded(batch.out, source.case_id)
     return {"case_id": record.case_id, "status": "ok", **record.headline(),
             "members_used": [m["member"] for m in record.members_used],
             "members_skipped": [m["member"] for m in record.members_skipped]}
 
 
-def _failed(source, error) -> dict:
-    return {"case_id": source.case_id, "status": "failed", "error": str(error)}
+def _failed(batch: Batch, i: int, error: Exception) -> dict:
+    from mricore.cohort import failed_row
+
+    return failed_row(batch.out, batch.sources[i].case_id, error)
 
 
 def _flat_row(r: dict) -> dict:

@@ -110,7 +110,7 @@ class EnsembleConfig:
                                   "e.g. weights: [1, 1, 2]")
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ConfigError(f"{where}: weights", "weights must be >= 0 with a positive sum",
-                                  self.weights, "")
+                                  self.weights, "give every member a weight >= 0, at least one above 0")
 
 
 def load_ensemble_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EnsembleConfig:
@@ -122,7 +122,7 @@ def load_ensemble_config(path: str | Path | None = None, overrides: list[str] | 
     if path is None:
         if not BUNDLED.exists():
             raise ConfigError("bundled ensemble", "not installed (no ensemble/models/default/ensemble.yaml)",
-                              None, HOW_TO_TRAIN)
+                              "no ensemble.yaml", HOW_TO_TRAIN)
         path = bundled_config()
     cfg = load_config(EnsembleConfig, path, overrides)  # member paths relative to the file: mricore.config
     return with_bundle_limits(cfg)

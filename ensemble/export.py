@@ -65,13 +65,13 @@ def export(config, out_dir, force: bool = False) -> Path:
     cfg = resolve_config(config)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
-        raise OutputExistsError(out, "export folder exists", None, "pass --force to replace it")
+        raise OutputExistsError(out, "export folder exists", "an existing folder", "pass --force to replace it")
     members = read_members(cfg.members)
     for m in members:
         if not hasattr(m.segmenter, "net"):
             from mricore.errors import ConfigError
 
-            raise ConfigError(f"member {m.path}", "is an ONNX export already", None,
+            raise ConfigError(f"member {m.path}", "is an ONNX export already", "an ONNX member",
                               "export the PyTorch model folders (written by `segment train` or `ensemble pack`)")
     from mricore.outputs import replaced_dir
 

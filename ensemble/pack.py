@@ -67,7 +67,7 @@ def read_cv_report(cv_report: str | Path | None) -> dict | None:
         return None
     p = Path(cv_report) / "evaluate.json"
     if not p.exists():
-        raise InputError(p, "cross-validation report not found", None,
+        raise InputError(p, "cross-validation report not found", "nothing at that path",
                          "run `ensemble evaluate --cv ... -o DIR` first and pass DIR")
     return json.loads(p.read_text())
 
@@ -90,7 +90,7 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
-        raise OutputExistsError(out, "ensemble folder exists", None, "pass --force to replace it")
+        raise OutputExistsError(out, "ensemble folder exists", "an existing folder", "pass --force to replace it")
     extra = parse_overrides(settings)
     for key in ("members", "locator"):
         if key in extra:
@@ -103,7 +103,7 @@ def pack(members: list[str | Path], out_dir: str | Path, method: str = "mean", h
     cfg = to_dict(from_dict(EnsembleConfig, {**base, **extra}, "ensemble pack --set"))  # checked before any copy
     cv = read_cv_report(cv_report)
     if notes is not None and not Path(notes).is_file():
-        raise InputError(notes, "model card notes file not found", None, "pass a Markdown file or leave out --notes")
+        raise InputError(notes, "model card notes file not found", "nothing at that path", "pass a Markdown file or leave out --notes")
     from mricore.outputs import replaced_dir
 
     with replaced_dir(out) as tmp:

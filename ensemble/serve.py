@@ -6,18 +6,26 @@ Endpoints:
 - `POST /predict` (multipart: `t2` required, `adc` optional) -> JSON `{id, case_id, volume_ml,
   uncertainty, review, files}`, the fields named as in zones.json (mricore.results.ZonesRecord.headline;
   review holds verdict, reasons and score); the outputs of `ensemble predict` land in `RESULTS/<id>/`
-  (written atomically: staged, then renamed).
+  (written atomically: staged, then renamed). The case id is the result id, never a name from the upload.
 - `GET /results/{id}/{file}`: zones.nii.gz, uncertainty.nii.gz, zones.json, report.html, overlay.png,
   seg.dcm (DICOM input only). The id is 32 hex digits and the file one of these names, so no request
   reaches outside the results folder.
-- `GET /health`: status, members, workers, requests running and waiting.
+- `GET /health`: status, members, workers, requests running and waiting (never needs the token).
 
-Limits, each answered at once with JSON `{"error": "<one line>"}`:
-- 503 when `workers` predictions run and `queue` more wait (a bounded pool: nothing waits unboundedly);
-- 413 when the body exceeds `max_upload_mb` (Content-Length, and counted while reading);
+Limits, each answered at once with JSON `{"error": "<one line>"}` (and the connection closed when the
+body was not read to its end):
+- 401 without `Authorization: Bearer TOKEN` when started with a token (every endpoint but /health);
+- 413 when the body exceeds `max_upload_mb`: Content-Length is checked first, and every byte is counted
+  as it streams (chunked too), before it is parsed, so nothing past the limit is written and the rest
+  of the body is not read (ensemble.upload);
+- 408 when the body has not arrived within `upload_timeout_s`: a slow client holds no worker slot;
+- 503 when `workers` predictions run and `queue` more wait; a slot is taken only once the upload is
+  complete and checked (a bounded pool: nothing waits unboundedly);
 - 415 when a file is neither NIfTI (.nii / .nii.gz) nor a zip; 400 for every other bad input, with the
   one-line message the CLI prints (missing field, truncated gzip, not a T2W study, a zip holding `..`
   or absolute names, more than `MAX_ZIP_FILES` entries or a compression ratio above `MAX_ZIP_RATIO`).
+Error messages name no server path (`Server.public`). Results expire: a result folder older than
+`keep_hours` (default 24) answers 404 and is removed, checked on every download and swept every minute.
 Uploads are written into a hidden folder inside RESULTS that is removed when the request ends, whatever
 happens; nothing of a rejected request stays on disk. The server binds to 127.0.0.1 unless told otherwise.
 """
@@ -25,94 +33,42 @@ happens; nothing of a rejected request stays on disk. The server binds to 127.0.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import logging
 import re
 import shutil
 import threading
+import time
 import uuid
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request  # the serve extra; only `ensemble serve` imports this module
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from starlette.datastructures import UploadFile
 
 from mricore.errors import InputError, UserError
 from mricore.results import (MEDIA_TYPES, OVERLAY_PNG, REPORT_HTML, SEG_DCM, UNCERTAINTY_NII, ZONES_JSON,
                              ZONES_NII)
 
+from . import upload
+from .upload import MAX_ZIP_FILES, MAX_ZIP_RATIO  # noqa: F401  (named in the docstring)
+
 # The case files a client may download (not ensemble.yaml: it names the server's member paths).
 RESULT_FILES = (ZONES_NII, UNCERTAINTY_NII, ZONES_JSON, REPORT_HTML, OVERLAY_PNG, SEG_DCM)
 ID = re.compile(r"[0-9a-f]{32}")
-MAX_ZIP_FILES = 2000
-MAX_ZIP_RATIO = 50.0      # uncompressed / compressed, per archive: DICOM compresses about 2-4x
-
-
-class TooLarge(Exception):
-    pass
-
-
-class Unsupported(UserError):
-    """An upload that is neither NIfTI nor a zip: 415."""
-
-
-def sniff(head: bytes) -> str:
-    """'nii.gz', 'nii' or 'zip' from a file's first bytes; Unsupported otherwise."""
-    if head[:2] == b"\x1f\x8b":
-        return "nii.gz"
-    if head[:4] == b"PK\x03\x04":
-        return "zip"
-    if len(head) >= 348 and (head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")) and head[344:347] in (b"n+1", b"ni1"):
-        return "nii"
-    raise Unsupported("upload", "must be a NIfTI file (.nii, .nii.gz) or a zip of one DICOM series",
-                      f"first bytes {head[:4]!r}", "upload the T2W volume or zip its DICOM folder")
-
-
-def safe_extract(archive: Path, dest: Path, max_bytes: int) -> Path:
-    """Extract a zip of one DICOM series into `dest`, refusing path traversal, absolute names, links,
-    too many entries and zip bombs (declared sizes checked before, written sizes counted while
-    extracting). Returns the folder holding the files."""
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile:
-        raise InputError("t2", "the zip archive could not be read", "a damaged zip", "zip the DICOM folder again") from None
-    with zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-        if not infos or len(infos) > MAX_ZIP_FILES:
-            raise InputError("t2", f"a zip must hold 1 to {MAX_ZIP_FILES} files", len(infos), "zip one DICOM series")
-        total = sum(i.file_size for i in infos)
-        packed = max(sum(i.compress_size for i in infos), 1)
-        if total > max_bytes or total / packed > MAX_ZIP_RATIO:
-            raise InputError("t2", "the zip expands too much (a zip bomb?)",
-                             f"{total} bytes from {packed} ({total / packed:.0f}x)", "zip one DICOM series")
-        root = dest.resolve()
-        for i in infos:
-            name = i.filename
-            target = (dest / name).resolve()
-            if name.startswith(("/", "\\")) or ".." in Path(name).parts or root not in target.parents:
-                raise InputError("t2", "zip entries must stay inside the archive", repr(name), "zip the DICOM folder itself")
-            if (i.external_attr >> 16) & 0o170000 == 0o120000:
-                raise InputError("t2", "zip entries must be files, not links", repr(name), "")
-        written = 0
-        for i in infos:
-            target = dest / i.filename
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(i) as src, open(target, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        raise InputError("t2", "the zip expands beyond the upload limit", f"> {max_bytes} bytes", "")
-                    dst.write(chunk)
-    folders = {p.parent for p in dest.rglob("*") if p.is_file()}
-    if len(folders) != 1:
-        raise InputError("t2", "a zip must hold one DICOM series folder", f"{len(folders)} folders", "zip one series")
-    return folders.pop()
+# What the server writes into RESULTS: <id>/, .upload-<id>/, and staged_dir's hidden .<id>.* folders.
+OWNED = re.compile(r"\.?(upload-)?[0-9a-f]{32}(\..*)?")
+PATH = re.compile(r"(?<![\w.~])(/[^\s/;,'\"()]+)+/?")  # an absolute path inside a message
+SWEEP_S = 60
+log = logging.getLogger("ensemble.serve")
 
 
 class Server:
-    """The loaded ensemble, the bounded pool and the results folder."""
+    """The loaded ensemble, the bounded pool, the results folder and the limits (module docstring)."""
 
-    def __init__(self, cfg, results: Path, workers: int, queue: int, max_upload_mb: float):
+    def __init__(self, cfg, results: Path, workers: int = 1, queue: int = 4, max_upload_mb: float = 512,
+                 upload_timeout_s: float = 300, keep_hours: float = 24, token: str | None = None):
         from .members import read_members
         from .predict import resolve_config
 
@@ -120,7 +76,8 @@ class Server:
         self.members = read_members(cfg.members)  # once, before the first request
         self.results.mkdir(parents=True, exist_ok=True)
         self.workers, self.queue = workers, queue
-        self.max_bytes = int(max_upload_mb * 1024 * 1024)
+        self.max_mb, self.max_bytes = max_upload_mb, int(max_upload_mb * 1024 * 1024)
+        self.upload_timeout_s, self.keep_s, self.token = upload_timeout_s, keep_hours * 3600, token
         self.pool = ThreadPoolExecutor(max_workers=workers)
         self.slots = threading.BoundedSemaphore(workers + queue)
         self.lock = threading.Lock()
@@ -138,37 +95,69 @@ class Server:
             with self.lock:
                 self.running -= 1
 
+    def authorized(self, header: bytes) -> bool:
+        """No token, or `Authorization: Bearer TOKEN` (compared in constant time)."""
+        return self.token is None or hmac.compare_digest(header, f"Bearer {self.token}".encode())
 
-def _error(status: int, message: str):
-    return JSONResponse({"error": message}, status_code=status)
+    def expired(self, path: Path) -> bool:
+        """Older than keep_hours (by its last change), or gone."""
+        try:
+            return time.time() - path.stat().st_mtime > self.keep_s
+        except OSError:
+            return True
 
+    def sweep(self) -> list[str]:
+        """Remove every result (and upload or staging folder a crash left) older than keep_hours; the
+        names removed."""
+        gone = [p for p in self.results.iterdir() if OWNED.fullmatch(p.name) and self.expired(p)]
+        for p in gone:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return [p.name for p in gone]
 
-async def _save(upload, folder: Path, field: str, budget: list[int]) -> list[Path]:
-    """Write one uploaded file under `folder` (name from its content, never from the client); a zip is
-    extracted safely. Returns the input paths for `ensemble predict`."""
-    head = await upload.read(348)
-    kind = sniff(head)
-    path = folder / f"{field}.{kind}" if kind != "zip" else folder.parent / f"{field}.zip"
-    with open(path, "wb") as f:
-        f.write(head)
-        budget[0] -= len(head)
-        while chunk := await upload.read(1 << 20):
-            budget[0] -= len(chunk)
-            if budget[0] < 0:
-                raise TooLarge()
-            f.write(chunk)
-    if kind != "zip":
-        return [path]
-    series = safe_extract(path, folder.parent / f"{field}_dicom", max(budget[0], 0) * 4 + (1 << 20))
-    path.unlink()
-    return [series]
+    def public(self, message: str) -> str:
+        """`message` with every absolute path cut to its last part: no server path leaves in an answer."""
+        return PATH.sub(lambda m: Path(m.group()).name or "/", message)
 
 
-def create_app(cfg, results: str | Path, workers: int = 1, queue: int = 4, max_upload_mb: float = 512):
+def _error(status: int, message: str, close: bool = False, headers: dict | None = None):
+    """The one-line JSON error; `close` ends the connection (a body left unread is never read)."""
+    headers = {**(headers or {}), **({"connection": "close"} if close else {})}
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class _Guard:
+    """ASGI middleware: 401 for every request but /health without the bearer token."""
+
+    def __init__(self, app, server: Server):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] != "/health" and not self.server.authorized(
+                dict(scope["headers"]).get(b"authorization", b"")):
+            answer = _error(401, "authorization: a bearer token is required; got none or a wrong one; fix: send "
+                            "the header 'Authorization: Bearer TOKEN'", close=True, headers={"WWW-Authenticate": "Bearer"})
+            return await answer(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def create_app(cfg, results: str | Path, workers: int = 1, queue: int = 4, max_upload_mb: float = 512,
+               upload_timeout_s: float = 300, keep_hours: float = 24, token: str | None = None):
     """The FastAPI application (module docstring); `cfg` is a loaded EnsembleConfig."""
-    server = Server(cfg, Path(results), workers, queue, max_upload_mb)
-    app = FastAPI(title="prostate-zones ensemble", docs_url=None, redoc_url=None)
+    server = Server(cfg, Path(results), workers, queue, max_upload_mb, upload_timeout_s, keep_hours, token)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        async def sweeper():  # expired results go even when nobody asks for them
+            while True:
+                await asyncio.to_thread(server.sweep)
+                await asyncio.sleep(SWEEP_S)
+        task = asyncio.create_task(sweeper())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="prostate-zones ensemble", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.server = server
+    app.add_middleware(_Guard, server=server)
 
     @app.get("/", response_class=HTMLResponse)
     def page():
@@ -181,67 +170,52 @@ def create_app(cfg, results: str | Path, workers: int = 1, queue: int = 4, max_u
 
     @app.get("/results/{result_id}/{name}")
     def result_file(result_id: str, name: str):
-        if not ID.fullmatch(result_id) or name not in RESULT_FILES:
+        folder = server.results / result_id
+        if not ID.fullmatch(result_id) or name not in RESULT_FILES or not (folder / name).is_file():
             return _error(404, f"{result_id}/{name}: no such result file")
-        path = server.results / result_id / name
-        if not path.is_file():
-            return _error(404, f"{result_id}/{name}: no such result file")
-        return FileResponse(path, media_type=MEDIA_TYPES[name], filename=name)
+        if server.expired(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            return _error(404, f"{result_id}/{name}: no such result file (results are kept {server.keep_s / 3600:g} h)")
+        return FileResponse(folder / name, media_type=MEDIA_TYPES[name], filename=name)
 
     @app.post("/predict")
     async def predict(request: Request):
-        return await _predict(server, request, max_upload_mb)
+        return await _predict(server, request)
 
     return app
 
 
-async def _predict(server: Server, request: Request, max_upload_mb: float):
-    """POST /predict: admit (size, free slot), save the upload, predict in the pool, answer; the
-    upload folder is removed and the slot freed whatever happens."""
+async def _predict(server: Server, request: Request):
+    """POST /predict: size check, the upload streamed and checked, then a free slot, the prediction in
+    the pool, the answer; the upload folder is removed and the slot freed whatever happens."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > server.max_bytes:
-        return _error(413, f"upload: at most {max_upload_mb:g} MB; got {int(length)} bytes")
-    if not server.slots.acquire(blocking=False):
-        return _error(503, f"server busy: {server.workers} running and {server.queue} waiting; retry later")
+        return _error(413, f"upload: at most {server.max_mb:g} MB; got {int(length)} bytes; fix: upload a "
+                      "smaller file", close=True)
     result_id = uuid.uuid4().hex
     staging = server.results / f".upload-{result_id}"
-    form = None
+    slot = False
     try:
-        try:
-            form = await request.form(max_files=2, max_fields=2)
-        except Exception as e:  # malformed multipart (starlette raises its own error types)
-            return _error(400, f"upload: not a readable multipart form ({type(e).__name__}); send fields t2 [and adc]")
-        t2 = form.get("t2")
-        if not isinstance(t2, UploadFile):
-            return _error(400, "t2: a file field named t2 is required; fix: upload the T2W volume as t2")
-        # NIfTI uploads are named t2/adc inside it: the case id is the result id
-        inputs = await _save_form(form, staging / result_id, server.max_bytes)
+        staging.mkdir()
+        files = await upload.receive(request, staging, server.max_bytes, server.upload_timeout_s, server.max_mb)
+        inputs = await asyncio.to_thread(upload.prepare, files, staging, result_id, server.max_bytes)
+        slot = server.slots.acquire(blocking=False)
+        if not slot:
+            return _error(503, f"server busy: {server.workers} running and {server.queue} waiting; retry later")
         with server.lock:
             server.waiting += 1
         record = await asyncio.get_running_loop().run_in_executor(server.pool, server.predict, inputs, result_id)
         return _answer(server.results / result_id, result_id, record)
-    except TooLarge:
-        return _error(413, f"upload: at most {max_upload_mb:g} MB")
-    except Unsupported as e:
-        return _error(415, str(e))
     except UserError as e:
-        return _error(400, str(e))
+        status = {upload.TooLarge: 413, upload.TooSlow: 408, upload.Unsupported: 415}.get(type(e), 400)
+        return _error(status, server.public(str(e)), close=True)
+    except Exception as e:  # a bug: logged here with its traceback, never sent to the client
+        log.exception("POST /predict %s failed", result_id)
+        return _error(500, f"internal error ({type(e).__name__}); the server log has the details", close=True)
     finally:
-        if form is not None:
-            await form.close()
-        shutil.rmtree(staging, ignore_errors=True)
-        server.slots.release()
-
-
-async def _save_form(form, case_dir: Path, max_bytes: int) -> list[Path]:
-    """The t2 file (and adc, when sent) saved under `case_dir`, within one byte budget."""
-    case_dir.mkdir(parents=True)
-    budget = [max_bytes]
-    inputs = await _save(form.get("t2"), case_dir, "t2", budget)
-    adc = form.get("adc")
-    if isinstance(adc, UploadFile) and adc.filename:
-        inputs += await _save(adc, case_dir, "adc", budget)
-    return inputs
+        if slot:
+            server.slots.release()
+        await asyncio.to_thread(shutil.rmtree, staging, True)
 
 
 def _answer(folder: Path, result_id: str, record) -> dict:
@@ -252,17 +226,26 @@ def _answer(folder: Path, result_id: str, record) -> dict:
 
 
 def serve(config=None, host: str = "127.0.0.1", port: int = 8000, results: str | Path = "serve_results",
-          workers: int = 1, queue: int = 4, max_upload_mb: float = 512) -> None:
+          workers: int = 1, queue: int = 4, max_upload_mb: float = 512, upload_timeout_s: float = 300,
+          keep_hours: float = 24, token: str | None = None) -> None:
     """Load the ensemble and serve it until interrupted."""
     import uvicorn
 
     from .config import load_ensemble_config
 
     cfg = load_ensemble_config(config) if not hasattr(config, "members") else config
-    if workers < 1 or queue < 0 or max_upload_mb <= 0:
-        raise InputError("serve", "workers >= 1, queue >= 0 and max-upload-mb > 0", (workers, queue, max_upload_mb), "")
-    app = create_app(cfg, results, workers, queue, max_upload_mb)
-    print(f"serving {len(app.state.server.members)} members on http://{host}:{port}/ (results in {results})")
+    limits = (workers, queue, max_upload_mb, upload_timeout_s, keep_hours)
+    if workers < 1 or queue < 0 or min(limits[2:]) <= 0:
+        raise InputError("serve", "workers >= 1, queue >= 0, and max-upload-mb, upload-timeout and keep-hours > 0",
+                         limits, "e.g. --workers 1 --queue 4 --max-upload-mb 512 --upload-timeout 300 --keep-hours 24")
+    if token is not None and not token.strip():
+        raise InputError("--token", "must not be empty", repr(token), "pass a long random string, or leave --token out")
+    from mricore.outputs import check_output_dir
+
+    check_output_dir(results, fix="choose another --results folder")
+    app = create_app(cfg, results, workers, queue, max_upload_mb, upload_timeout_s, keep_hours, token)
+    print(f"serving {len(app.state.server.members)} members on http://{host}:{port}/ (results in {results}, kept "
+          f"{keep_hours:g} h{'; bearer token required' if token else ''})")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -78,7 +78,7 @@ class CandidateConfig:
             raise ConfigError(where, "candidates.relative must lie in [0, 1) and max_candidates be >= 1",
                               (self.relative, self.max_candidates), "e.g. relative 0.5, max_candidates 20")
         if not 0 < self.threshold < 1:
-            raise ConfigError(where, "candidates.threshold is a probability in (0, 1)", self.threshold, "")
+            raise ConfigError(where, "candidates.threshold is a probability in (0, 1)", self.threshold, "e.g. candidates.threshold: 0.5")
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class TrainConfig:
     def validate(self, where):
         if min(self.epochs, self.iters_per_epoch, self.batch_size) < 1:
             raise ConfigError(where, "train.epochs, iters_per_epoch, batch_size must be >= 1",
-                              (self.epochs, self.iters_per_epoch, self.batch_size), "")
+                              (self.epochs, self.iters_per_epoch, self.batch_size), "e.g. --set train.epochs=10")
         if not (self.lr > 0 and self.lr < float("inf")):
             raise ConfigError(where, "train.lr must be a positive number", self.lr, "e.g. 0.001")
 

@@ -69,7 +69,7 @@ def read_clinical(path: str | Path | None) -> dict[str, dict]:
         return {}
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "clinical table does not exist", None, "pass a CSV with a case_id column")
+        raise InputError(path, "clinical table does not exist", "nothing at that path", "pass a CSV with a case_id column")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and "case_id" not in rows[0]:

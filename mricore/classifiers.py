@@ -165,11 +165,11 @@ def build_classifier(name: str, spatial_dims: int = 2, in_channels: int = 1, n_o
     `encoder_args` go to the backbone builder (dynunet_encoder: channels, strides, norm)."""
     key = check_name(name)
     if spatial_dims not in (2, 3):
-        raise ConfigError("model.spatial_dims", "must be 2 or 3", spatial_dims, "")
+        raise ConfigError("model.spatial_dims", "must be 2 or 3", spatial_dims, "set model.spatial_dims: 2 or 3")
     if width <= 0:
         raise ConfigError("model.width", "must be positive", width, "e.g. 0.25 for a CPU-sized model")
     if n_covariates < 0:
-        raise ConfigError("covariates", "count must be >= 0", n_covariates, "")
+        raise ConfigError("covariates", "count must be >= 0", n_covariates, "list the covariates, or none")
     try:
         encoder, n_features = REGISTRY[key](spatial_dims, in_channels, width, **(encoder_args or {}))
     except TypeError as e:

@@ -35,7 +35,7 @@ from .errors import ConfigError
 
 # Config keys (the last part of a dotted key, at any depth) whose values are paths or lists of paths.
 PATH_KEYS = frozenset({"root", "output_dir", "splits_file", "init_from", "members", "clinical", "teacher",
-                       "locator"})
+                       "locator", "cache_dir"})
 
 # Numbers in exponent notation without a dot (1e-3), which YAML 1.1 leaves as strings.
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -68,21 +68,21 @@ def _coerce(value: Any, tp, where: str, key: str):
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {key}", "must be a mapping", type(value).__name__, "")
+            raise ConfigError(f"{where}: {key}", "must be a mapping", type(value).__name__, "write key: value lines below it")
         return from_dict(tp, value, where, prefix=key + ".")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: {key}", f"must be a list ({_type_name(tp)})", repr(value), "write [a, b]")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ConfigError(f"{where}: {key}", f"must have {len(args)} items", len(value), "")
+                raise ConfigError(f"{where}: {key}", f"must have {len(args)} items", len(value), f"write {len(args)} values in [ ]")
             return tuple(_coerce(v, a, where, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         inner = args[0] if args else Any
         out = [_coerce(v, inner, where, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {key}", "must be a mapping", type(value).__name__, "")
+            raise ConfigError(f"{where}: {key}", "must be a mapping", type(value).__name__, "write key: value lines below it")
         kt, vt = args if args else (Any, Any)
         return {_coerce(k, kt, where, key): _coerce(v, vt, where, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
@@ -90,15 +90,15 @@ def _coerce(value: Any, tp, where: str, key: str):
             # PyYAML (YAML 1.1) reads 1e-3 as a string (it wants 1.0e-3); accept what people write.
             return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {key}", "must be a number", repr(value), "")
+            raise ConfigError(f"{where}: {key}", "must be a number", repr(value), "e.g. 0.5 or 1.0e-3")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: {key}", "must be an integer", repr(value), "")
+            raise ConfigError(f"{where}: {key}", "must be an integer", repr(value), "write a whole number without quotes")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key}", "must be true or false", repr(value), "")
+            raise ConfigError(f"{where}: {key}", "must be true or false", repr(value), "write true or false without quotes")
         return value
     if tp is str:
         if not isinstance(value, str):
@@ -112,14 +112,14 @@ def from_dict(cls, data: dict, where: str = "config", prefix: str = ""):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(where, "top level must be a mapping", type(data).__name__, "")
+        raise ConfigError(where, "top level must be a mapping", type(data).__name__, "write key: value lines")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for k in data:
         if k not in fields:
             close = difflib.get_close_matches(str(k), list(fields), n=1)
             hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {sorted(fields)}"
-            raise ConfigError(f"{where}", f"unknown key '{prefix}{k}'", None, hint)
+            raise ConfigError(f"{where}", f"unknown key '{prefix}{k}'", repr(k), hint)
     kwargs = {k: _coerce(v, hints[k], where, prefix + k) for k, v in data.items()}
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
@@ -202,7 +202,7 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         path = Path(path)
         where = str(path)
         if not path.exists():
-            raise ConfigError(path, "config file does not exist", None, "check the path (configs/...)")
+            raise ConfigError(path, "config file does not exist", "nothing at that path", "check the path (configs/...)")
         if not path.is_file():
             raise ConfigError(path, "config must be a YAML file", "a folder", "pass configs/<kind>/<name>.yaml")
         try:

@@ -87,9 +87,14 @@ def run_cli(main: Callable[[], int | None]) -> int:
     """Call `main`; turn a UserError into one line on stderr and exit code 2.
 
     SIGTERM and SIGINT unwind the stack like exceptions, so staged outputs and temporary files are
-    removed before the process exits (143 and 130). Python warnings (numpy, MONAI) are silenced, and
-    mricore silences ITK where it imports SimpleITK: our one line is what the user reads.
+    removed before the process exits (143 and 130). Third-party chatter never reaches stderr as extra
+    lines: Python warnings (numpy, MONAI) are silenced, and so are log records up to WARNING (nibabel
+    logs header fixes such as "pixdim[1,2,3] should be non-zero" through its own handler; errors, such
+    as the server's, still print), and mricore silences ITK where it imports SimpleITK: our one line is
+    what the user reads. A path the operating system refuses (a name over 255 bytes, a symlink loop) is
+    a user error too (`_path_error`).
     """
+    import logging
     import signal
     import threading
     import warnings
@@ -103,13 +108,16 @@ def run_cli(main: Callable[[], int | None]) -> int:
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_signal)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
             previous[signal.SIGINT] = signal.signal(signal.SIGINT, _on_signal)
+    logging_off = logging.root.manager.disable
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            logging.disable(max(logging.WARNING, logging_off))
             code = int(main() or 0)
         check_signals()  # a signal whose exception was swallowed still ends the run with its code
         return code
-    except UserError as e:
+    except (UserError, OSError) as e:
+        e = _path_error(e) if isinstance(e, OSError) else e
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -119,8 +127,25 @@ def run_cli(main: Callable[[], int | None]) -> int:
         print("terminated: nothing of the unfinished case was kept", file=sys.stderr)
         return 143
     finally:
+        logging.disable(logging_off)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if main_thread:
             _received.clear()
             sys.unraisablehook = unraisable
+
+
+def _path_error(error: OSError) -> UserError:
+    """A path the OS refuses (name too long, symlink loop) as a UserError naming it; any other OSError
+    is a bug, raised again with its traceback."""
+    import errno
+
+    rules = {errno.ENAMETOOLONG: ("a file name (path component) is longer than 255 bytes", "shorten the name"),
+             errno.ELOOP: ("the path goes through a symlink loop", "fix or remove the looping link")}
+    if error.errno not in rules or not error.filename:
+        raise error
+    path = str(error.filename)
+    longest = max((len(part.encode()) for part in path.split("/")), default=0)
+    rule, fix = rules[error.errno]
+    return InputError(path if len(path) < 120 else path[:60] + "..." + path[-40:], rule,
+                      f"{longest} bytes" if error.errno == errno.ENAMETOOLONG else error.strerror, fix)

@@ -56,7 +56,7 @@ def build_reference(data: str | Path) -> dict:
     data = Path(data)
     paths = reference_maps(data)
     if not paths:
-        raise InputError(data, "no msd_labels/ or prostate158/ zone maps", None, "pass --data ../shared/data")
+        raise InputError(data, "no msd_labels/ or prostate158/ zone maps", "neither folder", "pass --data ../shared/data")
     maps = []
     for case, p in paths:
         v = read_label(p)

@@ -8,6 +8,7 @@ writers and the output-location checks live). DICOM reading is in mricore.dicom.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -25,7 +26,7 @@ _GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quate
 def _check_exists(path: Path, what: str = "file") -> Path:
     path = Path(path)
     if not path.exists():
-        raise InputError(path, f"{what} does not exist", None, "check the path")
+        raise InputError(path, f"{what} does not exist", "nothing at that path", "check the path")
     return path
 
 
@@ -35,6 +36,9 @@ def load_nifti_image(path: str | Path) -> nib.Nifti1Image:
     if path.is_dir():
         raise InputError(path, "expected a NIfTI file (.nii or .nii.gz)", "a folder",
                          "pass a file, or a case folder where a folder is accepted")
+    quiet = logging.getLogger("nibabel.global")  # where nibabel logs the header fixes it makes on load
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "pixdim[1,2,3] should be non-zero; ...": check_affine says it in one line
     try:
         img = nib.load(str(path))
     except Exception as e:  # nibabel raises several types for non-NIfTI input
@@ -42,6 +46,8 @@ def load_nifti_image(path: str | Path) -> nib.Nifti1Image:
         raise InputError(path, "not a readable NIfTI file" + (" (truncated or corrupt)" if looks_nifti else ""),
                          type(e).__name__, "re-export the file" if looks_nifti
                          else "convert it to .nii.gz (e.g. with SimpleITK or dcm2niix)") from None
+    finally:
+        quiet.setLevel(level)
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(path, "not a NIfTI file", type(img).__name__, "convert it to .nii.gz")
     return img
@@ -100,7 +106,8 @@ def _read(path, channel: str, case_id: str, index: int | None, kind: str) -> Vol
                 raise InputError(path, "label maps must hold whole numbers", "fractional or NaN values",
                                  "export labels with nearest-neighbour interpolation")
         if data.min() < 0 or data.max() > 255:
-            raise InputError(path, "label values must lie in 0..255", f"{data.min()}..{data.max()}", "")
+            raise InputError(path, "label values must lie in 0..255", f"{data.min()}..{data.max()}",
+                             "save the label map as uint8 codes")
         data = data.astype(np.uint8)
     else:
         data = np.asarray(data, dtype=np.float32)
@@ -135,7 +142,8 @@ def write_nifti(array: np.ndarray, like: Volume | None, path: str | Path, *, aff
     if dtype is not None:
         array = array.astype(dtype)
     if like is not None and array.shape[:3] != like.shape:
-        raise GeometryError(path, "array must match the reference grid", f"{array.shape} vs {like.shape}", "")
+        raise GeometryError(path, "array must match the reference grid", f"{array.shape} vs {like.shape}",
+                            "resample the array onto the reference grid first")
     header = None
     if like is not None and like.header is not None:
         header = like.header.copy()

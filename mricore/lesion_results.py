@@ -88,11 +88,11 @@ def find_lesion_predictions(pred_dir: str | Path) -> dict[str, Path]:
     (`read_lesion_case`), or one case in two folders (it would count twice)."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
-        raise InputError(pred_dir, "prediction folder does not exist", None, "pass the -o folder of `localize predict`")
+        raise InputError(pred_dir, "prediction folder does not exist", "nothing at that path", "pass the -o folder of `localize predict`")
     folders = [pred_dir] if (pred_dir / LESION_JSON).exists() else sorted(
         d for d in pred_dir.iterdir() if not d.name.startswith(".") and (d / LESION_JSON).exists())
     if not folders:
-        raise InputError(pred_dir, f"no {LESION_JSON} found here or one level below", None,
+        raise InputError(pred_dir, f"no {LESION_JSON} found here or one level below", "none",
                          "pass the -o folder of `localize predict`, or a folder of them")
     found: dict[str, Path] = {}
     for d in folders:

@@ -118,7 +118,7 @@ class ModelMeta:
         for k in data:
             if k not in names:
                 close = difflib.get_close_matches(k, sorted(names), n=1)
-                raise InputError(where, f"unknown field '{k}'", None,
+                raise InputError(where, f"unknown field '{k}'", repr(k),
                                  f"did you mean '{close[0]}'?" if close else "re-export the model folder")
         spec = from_dict(PreprocessSpec, data.pop("preprocess"), str(where), "preprocess.")
         meta = cls(preprocess=spec, version=FORMAT_VERSION, **data)
@@ -137,12 +137,12 @@ def read_model(folder: str | Path, kind: str | None = None) -> ModelMeta:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(folder, "model folder does not exist", None, "pass a folder made by `segment train`")
+        raise InputError(folder, "model folder does not exist", "nothing at that path", "pass a folder made by `segment train`")
     for name in REQUIRED:
         if name == "weights.pt" and (folder / "model.onnx").exists():
             continue  # an exported folder (`ensemble export`): the network is model.onnx
         if not (folder / name).exists():
-            raise InputError(folder, f"model folder is missing {name}", None,
+            raise InputError(folder, f"model folder is missing {name}", "no such file",
                              "use a complete folder written by `segment train` / `localize train`")
     where = folder / "model.json"
     try:
@@ -224,9 +224,9 @@ def run_folder(output_dir: str | Path, name: str, fold, resume: bool, force: boo
     run_dir = Path(output_dir) / name / f"fold_{fold}"
     last = run_dir / "checkpoint_last.pt"
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
-        raise OutputExistsError(run_dir, "model folder exists", None, "pass --resume to continue or --force to restart")
+        raise OutputExistsError(run_dir, "model folder exists", "a folder with files", "pass --resume to continue or --force to restart")
     if resume and not last.exists():
-        raise InputError(last, "nothing to resume", None, "train without --resume first")
+        raise InputError(last, "nothing to resume", "no checkpoint_last.pt", "train without --resume first")
     if force and not resume and clear and run_dir.exists():
         shutil.rmtree(run_dir)
     return run_dir, last

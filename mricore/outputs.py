@@ -4,8 +4,8 @@
   file; no existing output without force); `output_target` does both for one file.
 - `replace_atomically`: one file written to a hidden temporary beside it, then renamed into place;
   `write_json`, `write_text`, `write_csv` write through it (JSON with NaN/Inf as null: `finite_json`).
-- `staged_dir`: a case's files all together or none; `replaced_dir`: a whole folder (an ensemble, an
-  export) built aside and swapped in at the end.
+- `staged_dir`: a case's files all together or none, an existing case folder replaced as a whole;
+  `replaced_dir`: a whole folder (an ensemble, an export) built aside and swapped in at the end.
 On any error or signal (mricore.errors.run_cli) the temporary files and folders are removed.
 NIfTI writing (mricore.io.write_nifti) goes through `output_target` and `replace_atomically`.
 """
@@ -31,7 +31,8 @@ def check_absent(paths, force: bool) -> None:
     """The one rule for outputs: nothing is overwritten without force (checked before any work)."""
     for p in paths:
         if Path(p).exists() and not force:
-            raise OutputExistsError(p, "output exists", None, "pass --force to overwrite, or choose another -o")
+            raise OutputExistsError(p, "output exists", "a folder" if Path(p).is_dir() else "an existing file",
+                                    "pass --force to overwrite, or choose another -o")
 
 
 def output_target(path: Path, force: bool) -> Path:
@@ -116,12 +117,12 @@ def write_csv(rows: list[dict], path: str | Path, force: bool = True) -> Path:
     return path
 
 
-def check_output_dir(path: str | Path) -> Path:
+def check_output_dir(path: str | Path, fix: str = "choose another -o") -> Path:
     """Check, before any work, that `path` can become an output folder: no name over 255 bytes, no
     symlink loop, not a file, nothing but folders above it, and the nearest existing folder writable
-    (probed with a temporary file, which also catches read-only and pseudo file systems)."""
+    (probed with a temporary file, which also catches read-only and pseudo file systems). `fix` is
+    the advice of the error (how this command chooses its output)."""
     path = Path(path)
-    fix = "choose another -o"
     for part in path.parts:
         if len(part.encode()) > 255:
             raise InputError(path, "a path component is longer than 255 bytes", f"{len(part.encode())} bytes", fix)
@@ -137,9 +138,11 @@ def check_output_dir(path: str | Path) -> Path:
     if not anc.is_dir():
         raise InputError(path, "output folder would lie below a file", str(anc), fix)
     try:
+        st = anc.stat()
         fd, probe = tempfile.mkstemp(dir=anc, prefix=".write-probe-")
         os.close(fd)
         os.unlink(probe)
+        os.utime(anc, ns=(st.st_atime_ns, st.st_mtime_ns))  # a check leaves no trace, not even a new mtime
     except OSError as e:
         raise InputError(path, "output location is not writable", f"{anc}: {e.strerror}", fix) from None
     return path
@@ -155,18 +158,27 @@ def _nearest_existing(path: Path) -> Path:
 @contextmanager
 def staged_dir(out: str | Path, stale: tuple[str, ...] = ()):
     """All-or-nothing outputs of one case: yield a hidden staging folder; when the block ends normally
-    its files move into `out` (a new `out` is one rename), on any error or signal (see
-    mricore.errors.run_cli) the staging folder is removed with everything in it. Files named in
-    `stale` that the new set lacks are removed from an existing `out`, so no output of an earlier run
-    is left mixed with the new ones. The caller checks overwriting (force) before any work.
+    it replaces `out` as a whole (`_swap`: the old folder renamed aside, the new one renamed in, then the
+    old one removed), so no output of an earlier run is ever left mixed with the new ones. Entries of
+    an existing `out` that are not named in `stale` (another command's files beside these) are carried
+    over into the new folder. On any error or signal (see mricore.errors.run_cli) the staging folder is
+    removed with everything in it and `out` is left as it was. The caller checks overwriting (force)
+    before any work.
 
-    Raises WriteError (one line, nothing left) when the disk is full, a size limit is hit, or similar.
+    Raises OutputExistsError (before anything is written) when a name in `stale` is taken by a folder
+    in `out` (--force replaces files, never folders), and WriteError (one line, nothing left) when the
+    disk is full, a size limit is hit, or similar.
     """
     import shutil
 
-    from .errors import WriteError
+    from .errors import OutputExistsError, WriteError
 
     out = Path(out)
+    out = out.resolve() if out.is_symlink() else out  # replace the folder the link points to, keep the link
+    for name in stale:
+        if (out / name).is_dir():
+            raise OutputExistsError(out / name, "an output's name is taken by a folder", "a folder",
+                                    "move or rename that folder (--force replaces files, never folders)")
     stage = _hidden_name(_nearest_existing(out.parent), f".{out.name}.staging-")
     try:
         stage = _make_hidden_dir(stage)
@@ -174,16 +186,7 @@ def staged_dir(out: str | Path, stale: tuple[str, ...] = ()):
         yield stage
         check_signals()  # a SIGTERM/SIGINT swallowed while writing: keep nothing
         out.parent.mkdir(parents=True, exist_ok=True)
-        if not out.exists():
-            os.rename(stage, out)
-        else:
-            names = {p.name for p in stage.iterdir()}
-            for name in stale:
-                if name not in names and (out / name).is_file():
-                    (out / name).unlink()
-            for p in stage.iterdir():
-                os.replace(p, out / p.name)
-            stage.rmdir()
+        _swap(stage, out, stale)
     except OSError as e:
         shutil.rmtree(stage, ignore_errors=True)
         raise WriteError(out, "outputs could not be written (nothing was kept)", e.strerror or type(e).__name__,
@@ -191,6 +194,38 @@ def staged_dir(out: str | Path, stale: tuple[str, ...] = ()):
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _swap(stage: Path, out: Path, stale: tuple[str, ...]) -> None:
+    """Replace `out` by `stage` with two renames on one file system: a reader sees the old folder or the
+    new one, never a mix. Foreign files of the old folder are hard-linked into the new one first
+    (folders, and files where links fail, are moved across after the swap). On any error or signal
+    before the new folder is in place, the old one is put back."""
+    import shutil
+
+    if not out.exists():
+        os.rename(stage, out)
+        return
+    new = {p.name for p in stage.iterdir()}
+    later = []
+    for p in out.iterdir():
+        if p.name in new or p.name in stale:
+            continue
+        try:
+            os.link(p, stage / p.name, follow_symlinks=False)
+        except OSError:  # a folder, or a file system without hard links
+            later.append(p.name)
+    aside = _hidden_name(out.parent, f".{out.name}.old-")
+    os.rename(out, aside)
+    try:
+        check_signals()
+        os.rename(stage, out)
+    except BaseException:
+        os.rename(aside, out)
+        raise
+    for name in later:
+        os.rename(aside / name, out / name)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _hidden_name(parent: Path, prefix: str) -> Path:
@@ -214,8 +249,9 @@ def _make_hidden_dir(path: Path) -> Path:
 @contextmanager
 def replaced_dir(out: str | Path):
     """Build a whole folder (an ensemble, an export) in a hidden sibling and swap it for `out` at the
-    end: the old `out` is removed only then. On any error or signal the sibling is removed and `out`
-    is untouched. The caller checks overwriting (force) first."""
+    end (`_swap`, nothing of the old folder carried over): the old `out` is removed only then. On any
+    error or signal the sibling is removed and `out` is untouched. The caller checks overwriting
+    (force) first."""
     import shutil
 
     out = Path(out)
@@ -226,9 +262,7 @@ def replaced_dir(out: str | Path):
         yield tmp
         check_signals()
         tmp.chmod(0o777 & ~_UMASK)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _swap(tmp, out, stale=tuple(p.name for p in out.iterdir()) if out.is_dir() else ())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -34,7 +34,7 @@ from .errors import ConfigError, InputError
 def validate_protocol(data, where) -> None:
     """The protocol's rules on a data config section (called from its `validate`)."""
     if data.folds < 2:
-        raise ConfigError(where, "data.folds must be >= 2", data.folds, "")
+        raise ConfigError(where, "data.folds must be >= 2", data.folds, "e.g. data.folds: 5")
     if data.inner_val < 1:
         raise ConfigError(where, "data.inner_val must be >= 1 (patients)", data.inner_val,
                           "or set train.selection: fixed to train without an inner split")
@@ -68,7 +68,7 @@ def split_fold(data, cases: list, fold: int | str, inner: bool, positive: list[b
     if fold != "all":
         splits = fold_splits(data, cases, positive)
         if not 0 <= int(fold) < len(splits):
-            raise ConfigError("--fold", f"must be in 0..{len(splits) - 1} or 'all'", fold, "")
+            raise ConfigError("--fold", f"must be in 0..{len(splits) - 1} or 'all'", fold, "pass --fold 0, or --fold all")
         train, held_out = check_fold(splits[int(fold)], cases, int(fold), data.splits_file or "the generated splits")
     chosen: set[str] = set()
     if inner:
@@ -218,7 +218,7 @@ def load_splits(path: str | Path) -> list[dict]:
     of a fold, and a case validated in two folds."""
     path = Path(path)
     if not path.exists():
-        raise InputError(path, "splits file does not exist", None, "create it with make_splits/save_splits")
+        raise InputError(path, "splits file does not exist", "nothing at that path", "create it with make_splits/save_splits")
     try:
         splits = json.loads(path.read_text())
     except json.JSONDecodeError as e:

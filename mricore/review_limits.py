@@ -67,12 +67,12 @@ class ReviewConfig:
                      "max_noise", "max_nonuniformity", "min_pz_tz_intensity"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ConfigError(f"{where}: review.{name}", "must be positive", value, "")
+                raise ConfigError(f"{where}: review.{name}", "must be positive", value, f"set review.{name} above 0, or null")
         for name in ("min_dark_fraction", "min_sharpness", "max_removed_fraction", "max_hole_fraction",
                      "min_pz_midgland", "max_disagreement", "max_entropy"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
-                raise ConfigError(f"{where}: review.{name}", "must be in [0, 1]", value, "")
+                raise ConfigError(f"{where}: review.{name}", "must be in [0, 1]", value, f"set review.{name} between 0 and 1, or null")
 
 
 def has_outcome(row: dict) -> bool:
@@ -126,7 +126,7 @@ def write_limits(config: str | Path, limits: dict[str, float], force: bool = Fal
 
     path = Path(config)
     if not path.is_file():
-        raise InputError(path, "config file not found", None, "pack the ensemble first (make bundle-pack)")
+        raise InputError(path, "config file not found", "nothing at that path", "pack the ensemble first (make bundle-pack)")
     if unknown := sorted(set(limits) - set(FITTED)):
         raise ConfigError(f"{path}: review", "only fitted limits are written", unknown, f"use {sorted(FITTED)}")
     header, body = _split_header(path.read_text())
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         if not args.rows.is_file():
-            raise InputError(args.rows, "measured rows not found", None, "measure them first: make review-bench")
+            raise InputError(args.rows, "measured rows not found", "nothing at that path", "measure them first: make review-bench")
         rows = json.loads(args.rows.read_text())
         limits = fit_limits(rows["rows"] if isinstance(rows, dict) else rows, args.half)
         write_limits(args.config, limits, force=args.force)

@@ -57,12 +57,13 @@ class Volume:
             raise GeometryError(self.case_id or "volume", "array must be (C, I, J, K)",
                                 f"shape {self.array.shape}", "add a channel axis or drop extra axes")
         if self.kind not in KINDS:
-            raise GeometryError(self.case_id or "volume", f"kind must be one of {list(KINDS)}", repr(self.kind), "")
+            raise GeometryError(self.case_id or "volume", f"kind must be one of {list(KINDS)}", repr(self.kind),
+                                f"use one of {list(KINDS)}")
         if self.kind == "label" and not np.issubdtype(self.array.dtype, np.integer):
             raise GeometryError(self.case_id or "volume", "a label map holds integers", f"dtype {self.array.dtype}",
                                 "read it with mricore.io.read_label or round it first")
         if a.shape != (4, 4):
-            raise GeometryError(self.case_id or "volume", "affine must be 4x4", a.shape, "")
+            raise GeometryError(self.case_id or "volume", "affine must be 4x4", a.shape, "pass a 4x4 homogeneous matrix")
         if len(self.channels) != self.array.shape[0]:
             raise GeometryError(self.case_id or "volume", "one channel name per channel",
                                 f"{len(self.channels)} names for {self.array.shape[0]} channels",

@@ -58,7 +58,7 @@ def write_augmented(cfg: SegmentConfig, out_dir: str | Path, copies: int | None 
         raise InputError("--copies", "must be >= 1", n, "e.g. --copies 4")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
-        raise OutputExistsError(out, "output folder is not empty", None, "pass --force or choose another folder")
+        raise OutputExistsError(out, "output folder is not empty", "files in it", "pass --force or choose another folder")
     cases = load_dataset(cfg.data.root, cfg.data.files)
     if cfg.data.datasets:
         cases = [c for c in cases if c.dataset in cfg.data.datasets]

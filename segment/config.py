@@ -26,9 +26,14 @@ class DataConfig:
     inner_val: int = 1                    # train.selection inner: expert patients drawn from the fold's
                                           # TRAINING patients to choose the epoch (never the held-out ones)
     register: bool = False                # rigid registration of other channels onto T2W
+    cache_dir: str | None = None          # preprocessed cases (segment.caseprep), keyed by case, source files and
+                                          # spec; null = <output_dir>/cache, shared by every run and fold
+    workers: int = 0                      # processes preprocessing cases missing from the cache: 0 = one per core
 
     def validate(self, where):
         validate_protocol(self, where)
+        if self.workers < 0:
+            raise ConfigError(where, "data.workers must be >= 0 (0: one per core)", self.workers, "e.g. data.workers: 2")
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,10 @@ class ModelConfig:
             raise ConfigError(where, "model.context (2.5D) needs spatial_dims 2", self.context, "set context: 0")
         if len(self.strides) != len(self.channels) - 1:
             raise ConfigError(where, "model.strides needs one entry fewer than model.channels",
-                              f"{len(self.strides)} strides, {len(self.channels)} channels", "")
+                              f"{len(self.strides)} strides, {len(self.channels)} channels",
+                              "e.g. channels: [16, 32, 64] with strides: [2, 2]")
         if not 0 <= self.dropout < 1:
-            raise ConfigError(where, "model.dropout must be in [0, 1)", self.dropout, "")
+            raise ConfigError(where, "model.dropout must be in [0, 1)", self.dropout, "e.g. model.dropout: 0.1")
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class AugmentConfig:
     def validate(self, where):
         for k, v in vars(self).items():
             if k.endswith("_p") and not 0 <= v <= 1:
-                raise ConfigError(where, f"augment.{k} is a probability in [0, 1]", v, "")
+                raise ConfigError(where, f"augment.{k} is a probability in [0, 1]", v, f"set augment.{k} between 0 and 1")
         if self.zone_shift < 0:
             raise ConfigError(where, "augment.zone_shift is a magnitude (>= 0)", self.zone_shift, "e.g. 0.5")
 
@@ -116,9 +122,9 @@ class TrainConfig:
     def validate(self, where):
         if self.epochs < 1 or self.iters_per_epoch < 1 or self.batch_size < 1:
             raise ConfigError(where, "train.epochs, iters_per_epoch, batch_size must be >= 1",
-                              (self.epochs, self.iters_per_epoch, self.batch_size), "")
+                              (self.epochs, self.iters_per_epoch, self.batch_size), "e.g. --set train.epochs=10")
         if not 0 <= self.foreground_p <= 1:
-            raise ConfigError(where, "train.foreground_p is a probability", self.foreground_p, "")
+            raise ConfigError(where, "train.foreground_p is a probability", self.foreground_p, "e.g. train.foreground_p: 0.5")
         if not (self.lr > 0 and self.lr < float("inf")):
             raise ConfigError(where, "train.lr must be a positive number", self.lr, "e.g. 0.002")
         if not self.weight_decay >= 0:

@@ -44,7 +44,7 @@ def cross_validate(cfg: SegmentConfig, force: bool = False, init_from: str | Non
     """
     cv_dir = Path(cfg.output_dir) / cfg.name / "cv"
     if cv_dir.exists() and any(cv_dir.iterdir()) and not force:
-        raise OutputExistsError(cv_dir, "cross-validation output exists", None, "pass --force to redo it")
+        raise OutputExistsError(cv_dir, "cross-validation output exists", "an existing file", "pass --force to redo it")
     cases = {c.case_id: c for c in load_dataset(cfg.data.root, cfg.data.files)}
     rows, folds = [], []
     for k in range(cfg.data.folds):

@@ -5,7 +5,10 @@ dataset folder or a datalist) into OUT/<case_id>/, each folder holding zones.nii
 the input's exact grid and affine), zones.json (the record: the model as the one member used, volumes,
 alignment, timings) and, with `--probabilities`, probabilities.nii.gz (float32; NIfTI has no float16,
 background/TZ/PZ along the 4th axis). A batch also gets summary.json and summary.csv (one row per
-case). Every case and output is checked before the first is written.
+case, with its status). Every case and output is checked before the first is written. In a batch, any
+exception of one case fails that case alone (mricore.cohort: a one-line reason in summary.csv, the
+traceback in OUT/logs/<case_id>.log), the others are written, and the run ends with a UserError
+(exit code 2).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def cases_from_inputs(inputs: list[str], channels: list[str]) -> list[Case]:
     paths = [Path(p) for p in inputs]
     for p in paths:
         if not p.exists():
-            raise InputError(p, "input does not exist", None, "check the path")
+            raise InputError(p, "input does not exist", "nothing at that path", "check the path")
     if is_batch_input(paths):
         return load_dataset(paths[0])
     return [image_from_inputs(paths, channels)]
@@ -42,10 +45,12 @@ def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool
     into each case folder with the map (segment.explain), its faithfulness check into the record.
 
     Raises InputError (a missing input or channel), OutputExistsError (an output exists and not force),
-    both before anything is written.
+    both before anything is written; a batch in which any case failed raises UserError once the other
+    cases and the summary are written (module docstring).
     """
     from tqdm import tqdm
 
+    from mricore.cohort import failed_row, failures, succeeded
     from mricore.outputs import check_output_dir
     from mricore.results import case_dir, check_case, check_summary
 
@@ -66,10 +71,21 @@ def predict(model_dir: str, inputs: list[str], out_dir: str, probabilities: bool
         if missing:
             raise InputError(c.case_id, f"model expects {', '.join(seg.channels)}", ", ".join(sorted(c.images)),
                              f"provide {', '.join(missing)} (e.g. adc.nii.gz beside t2.nii.gz)")
-    records = [predict_case(seg, model_dir, c, case_dir(out, c.case_id, batch), probabilities, explainer)
-               for c in tqdm(cases, desc="predict", disable=not progress or len(cases) < 2)]
-    if batch:
-        _write_summary(out, model_dir, records)
+    if not batch:
+        return [predict_case(seg, model_dir, cases[0], out, probabilities, explainer)]
+    records, rows = [], []
+    for c in tqdm(cases, desc="predict", disable=not progress or len(cases) < 2):
+        try:
+            records.append(predict_case(seg, model_dir, c, case_dir(out, c.case_id, True), probabilities, explainer))
+        except Exception as e:  # noqa: BLE001  (mricore.cohort: the case fails, the cohort goes on)
+            rows.append(failed_row(out, c.case_id, e))
+            continue
+        succeeded(out, c.case_id)
+        rows.append(_row(records[-1]))
+    _write_summary(out, model_dir, rows)
+    error = failures(out, rows)
+    if error is not None:
+        raise error
     return records
 
 
@@ -86,7 +102,7 @@ def predict_case(seg: Segmenter, model_dir, case: Case, folder: Path, probabilit
     pred = seg.predict(image)
     model = Path(model_dir).resolve()
     record = ZonesRecord(
-        case_id=case.case_id, inputs=[str(case.images[ch].path) for ch in seg.channels], grid=grid_record(image),
+        case_id=case.case_id, inputs=list(seg.channels), grid=grid_record(image),
         members_used=[{"member": model.name, "path": str(model), "channels": seg.channels}],  # as an ensemble's
         volume_ml=zone_volumes_ml(pred.label, image.voxel_volume_ml),
         timings_s={"read_predict": round(time.perf_counter() - t, 4)},
@@ -104,11 +120,16 @@ def predict_case(seg: Segmenter, model_dir, case: Case, folder: Path, probabilit
     return write_case(folder, image, pred.label, record, extra)
 
 
-def _write_summary(out: Path, model_dir, records: list) -> None:
-    """A batch's summary.json (the model, one row per case) and summary.csv."""
+def _row(record) -> dict:
+    """The summary row of a case written."""
+    return {"case_id": record.case_id, "status": "ok", "seconds": round(sum(record.timings_s.values()), 3),
+            "volume_ml": record.volume_ml}
+
+
+def _write_summary(out: Path, model_dir, rows: list[dict]) -> None:
+    """A batch's summary.json (the model, one row per case, failed ones with their error) and summary.csv."""
     from mricore.results import volume_columns, write_summary
 
-    rows = [{"case_id": r.case_id, "seconds": round(sum(r.timings_s.values()), 3), "volume_ml": r.volume_ml}
-            for r in records]
-    write_summary(out, {"model": str(model_dir), "cases": rows},
-                  [{"case_id": r["case_id"], **volume_columns(r["volume_ml"]), "seconds": r["seconds"]} for r in rows])
+    flat = [{"case_id": r["case_id"], "status": r["status"], **volume_columns(r.get("volume_ml", {})),
+             "seconds": r.get("seconds"), "error": r.get("error", "")} for r in rows]
+    write_summary(out, {"model": str(model_dir), "cases": rows}, flat)

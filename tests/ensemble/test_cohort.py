@@ -33,7 +33,8 @@ def test_dicom_seg_matches_zones_voxel_for_voxel(data_dir, members, tmp_path):
 
     series = data_dir / DICOM_T2
     out = tmp_path / "out"
-    assert main(["predict", str(series), "--config", str(write_cfg(tmp_path, [members["t2_a"]])), "-o", str(out)]) == 0
+    assert main(["predict", str(series), "--config", str(write_cfg(tmp_path, [members["t2_a"]])), "-o", str(out),
+                 "--keep-identity"]) == 0  # the source UIDs, to match frames to source files (default: de-identified)
     zones = np.asarray(nib.load(str(out / "zones.nii.gz")).dataobj)
     assert (zones > 0).any()
     seg = hd.seg.segread(str(out / "seg.dcm"))
@@ -93,3 +94,85 @@ def test_torchrun_two_processes_each_case_once(data_dir, members, tmp_path):
     lines = r.stdout.splitlines()
     for c in cases:
         assert sum(line.startswith(f"{c}: WG") for line in lines) == 1, r.stdout
+
+
+def _nan_case(data_dir, folder: Path) -> None:
+    """A small real T2W with NaN voxels: the reader refuses it (a UserError inside the cohort)."""
+    img = nib.load(str(data_dir / "prostate158/002/t2.nii.gz")).slicer[40:-40, 40:-40, :]
+    a = np.asarray(img.dataobj, dtype=np.float32)
+    a[0, 0, 0] = np.nan
+    folder.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(a, img.affine), str(folder / "t2.nii.gz"))
+
+
+def _rows(out: Path) -> dict:
+    with open(out / "summary.csv", newline="") as f:
+        return {r["case_id"]: r for r in csv.DictReader(f)}
+
+
+def _bug_for(case_id: str, real):
+    """`real`, except that it raises a bug (not a UserError) for `case_id`: a fault no input can cause
+    any more (the stray file of issue 33 is now read without one), to prove any exception is caught."""
+    def wrapped(*args, **kw):
+        case = args[0].source if hasattr(args[0], "source") else args[2]  # infer_case(read), predict_case(.., case)
+        if case.case_id == case_id:
+            raise ZeroDivisionError("a bug in the writer\nits second line")
+        return real(*args, **kw)
+    return wrapped
+
+
+def _check_failed(out: Path, rows: dict, failed: dict) -> None:
+    """Each failed case: its row says why in one line, its log holds the traceback, no folder is left."""
+    assert {c for c, r in rows.items() if r["status"] == "failed"} == set(failed), rows
+    for case, words in failed.items():
+        assert words in rows[case]["error"] and "\n" not in rows[case]["error"], rows[case]
+        assert "Traceback" in (out / "logs" / f"{case}.log").read_text() and not (out / case).exists()
+
+
+def test_ensemble_cohort_goes_on_past_any_failing_case(data_dir, members, tmp_path, capsys, monkeypatch):
+    """A datalist of a good case, a DICOM series with a stray non-DICOM file, a case with NaN voxels and
+    a case that meets a bug: the bad ones fail alone (a one-line reason in summary.csv, the traceback
+    in OUT/logs/<case_id>.log), the others are written, exit code 2 with one error line."""
+    import shutil
+
+    import ensemble.predict
+
+    small_dataset(data_dir, tmp_path / "ds", 2)
+    series = tmp_path / "stray" / "t2"
+    shutil.copytree(data_dir / DICOM_T2, series)
+    (series / "zz_notes.bin").write_bytes(b"scanner export notes, not DICOM\n" * 20)
+    _nan_case(data_dir, tmp_path / "ds" / "nan")
+    datalist = tmp_path / "list.csv"
+    datalist.write_text(f"patient_id,T2W\n001,{tmp_path / 'ds/001/t2.nii.gz'}\nstray,{series}\n"
+                        f"nan,{tmp_path / 'ds/nan/t2.nii.gz'}\nbug,{tmp_path / 'ds/002/t2.nii.gz'}\n")
+    monkeypatch.setattr(ensemble.predict, "infer_case", _bug_for("bug", ensemble.predict.infer_case))
+    out = tmp_path / "out"
+    code = main(["predict", str(datalist), "--config", str(write_cfg(tmp_path, [members["t2_a"]])), "-o", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if "Traceback" in line or line.startswith("error:")]
+    assert code == 2 and len(err) == 1 and "2 of 4 cases failed" in err[0], err
+    rows = _rows(out)
+    _check_failed(out, rows, {"nan": "voxels must be finite", "bug": "ZeroDivisionError: a bug in the writer "
+                              "(traceback in logs/bug.log)"})
+    assert (out / "001" / "zones.nii.gz").is_file() and (out / "stray" / "zones.nii.gz").is_file()
+    assert not (out / "logs" / "001.log").exists()
+
+
+def test_segment_cohort_goes_on_past_a_case_with_nan_voxels(data_dir, members, tmp_path, capsys, monkeypatch):
+    """`segment predict DATASET` whose second case has NaN voxels and third meets a bug: the first is
+    written, the others are listed as failed in the summary with their logs, exit code 2, one error line."""
+    import segment.predict
+    from segment.cli import main as segment_main
+
+    ds = tmp_path / "ds"
+    small_dataset(data_dir, ds, 1)
+    _nan_case(data_dir, ds / "nan")
+    __import__("shutil").copytree(ds / "001", ds / "zbug")
+    monkeypatch.setattr(segment.predict, "predict_case", _bug_for("zbug", segment.predict.predict_case))
+    out = tmp_path / "out"
+    code = segment_main(["predict", "--model", str(members["t2_a"]), str(ds), "-o", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if "Traceback" in line or line.startswith("error:")]
+    assert code == 2 and len(err) == 1 and "2 of 3 cases failed" in err[0], err  # (and the progress bar)
+    rows = _rows(out)
+    _check_failed(out, rows, {"nan": "voxels must be finite", "zbug": "ZeroDivisionError"})
+    assert rows["001"]["status"] == "ok" and (out / "001" / "zones.nii.gz").is_file()
+    assert [c["case_id"] for c in json.loads((out / "summary.json").read_text())["cases"]] == ["001", "nan", "zbug"]

@@ -268,7 +268,68 @@ def _ensemble_evaluate_below_file(d, m, tmp, outs):
                            "-o", str(outs / "afile" / "r")], "below a file"
 
 
+def _zero_pixdim(d, tmp) -> Path:
+    """A zero affine with zero voxel sizes in the header: nibabel logs a line of its own on load."""
+    import struct
+
+    nii = _small(d, tmp, "t2.nii", affine=lambda a: np.zeros((4, 4)))
+    header = bytearray(nii.read_bytes())
+    header[80:92] = struct.pack("<3f", 0, 0, 0)  # pixdim[1..3]
+    nii.write_bytes(bytes(header))
+    return nii
+
+
+def _issue33_case(kind):
+    """The eight inputs and faults of issue 33 that broke the promise."""
+    def build(d, m, tmp, outs):
+        cfg, model = _cfg(tmp, [m["t2_a"]]), str(m["t2_a"])
+        if kind in ("long input", "segment long input"):
+            p = tmp / ("y" * 300) / "t2.nii.gz"  # the OS refuses the name before it is looked up
+            if kind == "long input":
+                return (*_ens(cfg, [p], outs / "o"), "longer than 255 bytes")
+            return segment_main, ["predict", "--model", model, str(p), "-o", str(outs / "o")], "longer than 255 bytes"
+        if kind == "train into a file":
+            (outs / "afile").write_text("x")
+            return segment_main, ["train", "--config", str(ROOT / "configs/segment/zonal_t2w_2d.yaml"), "--set",
+                                  f"output_dir={outs / 'afile'}", "--set", f"data.root={d}"], "below a file"
+        if kind == "force over a folder":
+            (outs / "o" / "uncertainty.nii.gz").mkdir(parents=True)
+            (outs / "o" / "zones.nii.gz").write_bytes(b"old zones")
+            return (*_ens(cfg, [_small(d, tmp)], outs / "o", "--force"), "taken by a folder")
+        if kind == "stale probabilities":
+            (outs / "o").mkdir()
+            (outs / "o" / "probabilities.nii.gz").write_bytes(b"stale")
+            return segment_main, ["predict", "--model", model, str(_small(d, tmp)), "-o", str(outs / "o"),
+                                  "--probabilities"], "output exists"
+        if kind == "segment zero pixdim":
+            return segment_main, ["predict", "--model", model, str(_zero_pixdim(d, tmp)), "-o", str(outs / "o")], \
+                "invertible"
+        if kind == "serve results a file":
+            (outs / "afile").write_text("x")
+            return ensemble_main, ["serve", "--config", str(cfg), "--results", str(outs / "afile")], "must be a folder"
+        return (*_ens(cfg, [_zero_pixdim(d, tmp)], outs / "o"), "invertible")
+    return build
+
+
+@pytest.fixture(autouse=True)
+def _nibabel_logs_to_the_tested_stderr(monkeypatch):
+    """A line nibabel prints fails the one-line check (tests/nibabel_logs.py)."""
+    from nibabel_logs import to_current_stderr
+
+    to_current_stderr(monkeypatch)
+
+
 CASES = {
+    # issue 33: a name over 255 bytes, an output checked too late, a folder in an output's place, a
+    # stale map overwritten without --force, nibabel's own line before ours
+    "input name over 255 bytes": _issue33_case("long input"),
+    "segment predict input name over 255 bytes": _issue33_case("segment long input"),
+    "segment train output_dir an existing file": _issue33_case("train into a file"),
+    "ensemble predict --force over a folder named uncertainty.nii.gz": _issue33_case("force over a folder"),
+    "segment predict --probabilities over a stale map": _issue33_case("stale probabilities"),
+    "zero affine and zero voxel sizes": _issue33_case("zero pixdim"),
+    "segment predict zero affine and zero voxel sizes": _issue33_case("segment zero pixdim"),
+    "ensemble serve --results an existing file": _issue33_case("serve results a file"),
     # output location: found before any network runs
     "output is a file": _output_case("file"),
     "output below a file": _output_case("below file"),

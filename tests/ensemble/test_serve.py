@@ -1,12 +1,16 @@
 """`ensemble serve` over real HTTP on 127.0.0.1 (uvicorn in a thread, stdlib urllib as the client): the
 page, predictions from NIfTI and zipped DICOM, downloads, the bounded pool (503), a loopback load test
-and the bad-upload matrix; nothing of a rejected request stays on disk. The headless-Chromium test
-uploads a real case through the page."""
+and the bad-upload matrix; nothing of a rejected request stays on disk and no error names a server
+path. The limits over raw sockets: a chunked upload over the limit refused while it streams, a slow
+client timed out without delaying another, the bearer token, results expiring. The headless-Chromium
+test uploads a real case through the page."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import resource
 import threading
 import time
@@ -21,7 +25,7 @@ import yaml
 pytest.importorskip("fastapi", reason="needs the 'serve' extra (pip install -e '.[serve]')")
 
 from mricore.results import read_case  # noqa: E402
-from serve_client import Running, get, post  # noqa: E402
+from serve_client import Running, Stream, get, post  # noqa: E402
 
 P158 = "prostate158/001"
 DICOM_T2 = "dicom/ProstateX-0000/4.000000-t2tsetra-00702"
@@ -84,6 +88,7 @@ def test_a_zipped_dicom_series_gives_dicom_seg(server, data_dir):
             z.write(f, f"series/{f.name}")
     status, j = post(server.url + "/predict", {"t2": ("study.zip", buf.getvalue())})
     assert status == 200, j
+    assert "series" not in j["case_id"]  # never the zip's folder name (often the patient's)
     assert "seg.dcm" in j["files"] and get(server.url + j["files"]["seg.dcm"])[0] == 200
 
 
@@ -112,6 +117,7 @@ def test_bad_uploads_get_clear_json_errors_and_leave_nothing(server, data_dir, n
     before = sorted(p.name for p in results.iterdir())
     status, j = post(server.url + "/predict", make((data_dir / P158 / "t2.nii.gz").read_bytes()))
     assert status == code and words in j["error"] and "\n" not in j["error"], (status, j)
+    assert str(results) not in j["error"] and not re.search(r"(^|\s)/\w", j["error"]), j  # no server path
     assert sorted(p.name for p in results.iterdir()) == before  # no result, no staging left
 
 
@@ -168,6 +174,108 @@ def test_loopback_load_20_requests_4_at_a_time(cfg, tmp_path, data_dir):
     assert len(set(ids)) == len(ids) and sorted(ids) == sorted(p.name for p in results.iterdir())
     assert all((results / i / "zones.nii.gz").is_file() and (results / i / "zones.json").is_file() for i in ids)
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024 < 1500  # MB of growth
+
+
+def small_t2(data_dir) -> bytes:
+    """A crop of a real T2W (a second's prediction), as .nii.gz bytes."""
+    img = nib.load(str(data_dir / P158 / "t2.nii.gz")).slicer[60:-60, 60:-60, 4:-4]
+    return __import__("gzip").compress(img.to_bytes())
+
+
+def t2_part(boundary: str) -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"t2\"; filename=\"t2.nii.gz\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams(cfg, tmp_path):
+    """40 MB sent chunked (no Content-Length) to a 1 MB server: 413 before the client could send it all,
+    and nothing of it on disk."""
+    s = serve(cfg, tmp_path / "r", max_upload_mb=1)
+    total = 40 * 1024 * 1024
+
+    def chunks(boundary):
+        yield t2_part(boundary) + b"\x1f\x8b", 0
+        for _ in range(total // 65536):
+            yield bytes(65536), 0
+        yield f"\r\n--{boundary}--\r\n".encode(), 0
+    try:
+        upload = Stream(s.url + "/predict", chunks)
+        status, j = upload.answer()
+    finally:
+        s.stop()
+    assert status == 413 and "at most 1 MB" in j["error"], (status, j)
+    assert not upload.done and upload.sent < total // 2, upload.sent  # the rest was never read
+    assert list((tmp_path / "r").iterdir()) == []
+
+
+def test_a_slow_client_times_out_and_does_not_delay_another(cfg, tmp_path, data_dir):
+    """One worker, no queue: a client sending 1 byte a second holds no slot, so a second client is
+    answered 200 meanwhile; the slow one gets 408 at the upload timeout."""
+    s = serve(cfg, tmp_path / "r", workers=1, queue=0, upload_timeout_s=6)
+    t2 = small_t2(data_dir)
+
+    def trickle(boundary):
+        yield t2_part(boundary), 0
+        for b in t2[:60]:
+            yield bytes([b]), 1.0
+    try:
+        t0 = time.perf_counter()
+        slow = Stream(s.url + "/predict", trickle)
+        time.sleep(0.5)  # the slow upload has begun
+        status, j = post(s.url + "/predict", {"t2": ("t2.nii.gz", t2)})
+        fast_s = time.perf_counter() - t0
+        slow_status, slow_j = slow.answer()
+        slow_s = time.perf_counter() - t0
+    finally:
+        s.stop()
+    assert status == 200, j
+    assert slow_status == 408 and "within 6 s" in slow_j["error"], (slow_status, slow_j)
+    assert fast_s < slow_s and 5.5 < slow_s < 30, (fast_s, slow_s)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [j["id"]]  # nothing of the slow one
+
+
+def test_a_token_guards_every_endpoint_but_health(cfg, tmp_path, data_dir):
+    s = serve(cfg, tmp_path / "r", token="s3cret-token")
+    try:
+        assert get(s.url + "/health")[0] == 200
+        for token in (None, "wrong", ""):
+            status, body = get(s.url + "/", token=token)
+            assert status == 401 and "bearer token" in json.loads(body)["error"]
+            status, j = post(s.url + "/predict", {"t2": ("t2.nii.gz", small_t2(data_dir))}, token=token)
+            assert status == 401, j
+        assert get(s.url + "/", token="s3cret-token")[0] == 200
+        status, j = post(s.url + "/predict", {"t2": ("t2.nii.gz", small_t2(data_dir))}, token="s3cret-token")
+        assert status == 200, j
+        assert get(s.url + j["files"]["zones.json"])[0] == 401
+        assert get(s.url + j["files"]["zones.json"], token="s3cret-token")[0] == 200
+    finally:
+        s.stop()
+
+
+def test_results_expire(cfg, tmp_path, data_dir):
+    """A result older than --keep-hours answers 404 and is removed; the sweep removes old results and
+    left-over upload folders, and nothing that is not the server's."""
+    s = serve(cfg, tmp_path / "r", keep_hours=1)
+    results = tmp_path / "r"
+    try:
+        status, j = post(s.url + "/predict", {"t2": ("t2.nii.gz", small_t2(data_dir))})
+        assert status == 200 and get(s.url + j["files"]["zones.nii.gz"])[0] == 200
+        two_hours_ago = time.time() - 7200
+        os.utime(results / j["id"], (two_hours_ago, two_hours_ago))
+        assert get(s.url + j["files"]["zones.nii.gz"])[0] == 404
+        assert not (results / j["id"]).exists()
+        old, upload, mine = results / ("a" * 32), results / f".upload-{'b' * 32}", results / "notes.txt"
+        for p in (old, upload):
+            p.mkdir()
+            os.utime(p, (two_hours_ago, two_hours_ago))
+        mine.write_text("not the server's")
+        os.utime(mine, (two_hours_ago, two_hours_ago))
+        fresh = results / ("c" * 32)
+        fresh.mkdir()
+        assert sorted(s.app.state.server.sweep()) == sorted([old.name, upload.name])
+        assert sorted(p.name for p in results.iterdir()) == sorted([fresh.name, mine.name])
+    finally:
+        s.stop()
 
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

@@ -180,3 +180,27 @@ def test_predict_accepts_a_dicom_series_folder(predicted, trained, data_dir, tmp
     assert a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-3)
     score = [json.loads((d / "lesion.json").read_text())["patient_score"] for d in (predicted[0], out)]
     assert score[1] == pytest.approx(score[0], abs=1e-3)
+
+
+def test_zero_affine_is_one_line_without_nibabel_s_own(trained, data_dir, tmp_path, capsys, monkeypatch):
+    """A zero affine with zero voxel sizes: nibabel logs "pixdim[1,2,3] should be non-zero" through a
+    handler of its own (pointed here at the stderr the test reads); the user reads our one line only."""
+    import struct
+
+    from nibabel_logs import to_current_stderr
+
+    to_current_stderr(monkeypatch)
+    _, model = trained
+    img = nib.load(str(data_dir / "prostatex" / "ProstateX-0000" / "t2.nii.gz")).slicer[100:200, 100:200, 4:12]
+    h = nib.Nifti1Header()
+    h.set_data_shape(img.shape)
+    h.set_data_dtype(np.float32)
+    h["qform_code"], h["sform_code"] = 0, 1  # a zero sform (srow_* default to 0)
+    t2 = tmp_path / "t2.nii"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), None, header=h), str(t2))
+    header = bytearray(t2.read_bytes())
+    header[80:92] = struct.pack("<3f", 0, 0, 0)  # and zero voxel sizes, which nibabel "fixes" aloud on load
+    t2.write_bytes(bytes(header))
+    err = _bad(capsys, ["predict", "--model", str(model), "--zones", str(t2), str(t2), "-o", str(tmp_path / "o")],
+               tmp_path / "o")
+    assert "invertible" in err

@@ -14,21 +14,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "with uncertainty (0 background, 1 TZ, 2 PZ).")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    pr = sub.add_parser("predict", help="zones of one case (or every case of a dataset folder / datalist)")
-    pr.add_argument("inputs", nargs="+", metavar="INPUT",
-                    help="a volume, several channel files (t2/adc/dwi by name, else T2W, ADC, DWI in order), "
-                         "a case folder, a DICOM series folder; or one dataset folder / .csv / .json datalist")
-    pr.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
-    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value, e.g. --set method=vote (repeatable)")
-    pr.add_argument("-o", "--output", required=True, help="output folder (batch: one sub-folder per case)")
-    pr.add_argument("--probabilities", action="store_true", help="also write probabilities.nii.gz (float32; NIfTI-1 has no float16)")
-    pr.add_argument("--report", action="store_true", help="also write report.html")
-    pr.add_argument("--workers", type=int, default=1, metavar="N",
-                    help="batch: N threads read and write cases while the networks run (default 1); under "
-                         "torchrun each rank takes its own slice of the cases")
-    pr.add_argument("--force", action="store_true", help="overwrite existing outputs, and segment an input the "
-                    "checks reject as not an axial T2W study (its verdict stays reject)")
+    _add_predict(sub)
 
     ev = sub.add_parser("evaluate", help="score the ensemble and each member side by side on labelled cases")
     ev.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
@@ -39,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--cv", action="store_true",
                     help="cross-validated: score each case only with the members that held it out "
                          "(validation cases in each member's model.json)")
+    ev.add_argument("--compare", metavar="DIR", help="also score these zone maps (a peer's predictions, an earlier "
+                    "batch or evaluation folder) and compare the ensemble with them")
     ev.add_argument("--force", action="store_true")
 
     sv = sub.add_parser("serve", help="serve the ensemble over HTTP: a page, POST /predict, results, DICOM-SEG")
@@ -48,7 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--results", default="serve_results", help="folder for RESULTS/<id>/ outputs")
     sv.add_argument("--workers", type=int, default=1, help="predictions running at once")
     sv.add_argument("--queue", type=int, default=4, help="requests waiting beyond --workers; more get 503")
-    sv.add_argument("--max-upload-mb", type=float, default=512)
+    sv.add_argument("--max-upload-mb", type=float, default=512, help="largest request body; counted while it "
+                    "streams, a larger one gets 413 (default 512)")
+    sv.add_argument("--upload-timeout", type=float, default=300, metavar="S",
+                    help="seconds an upload may take; a slower one gets 408 and holds no worker (default 300)")
+    sv.add_argument("--keep-hours", type=float, default=24,
+                    help="results older than this are removed and answer 404 (default 24)")
+    sv.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every endpoint "
+                    "but /health")
 
     ex = sub.add_parser("export", help="write every member as ONNX with its preprocessing spec and the ensemble config")
     ex.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled PyTorch members)")
@@ -67,6 +62,31 @@ def _parser() -> argparse.ArgumentParser:
                     help="an ensemble setting written to ensemble.yaml, e.g. --set whole_slice=true (repeatable)")
     pk.add_argument("--force", action="store_true", help="replace an existing ensemble folder")
     return p
+
+
+def _add_predict(sub) -> None:
+    """The `predict` subcommand's arguments."""
+    pr = sub.add_parser("predict", help="zones of one case (or every case of a dataset folder / datalist)")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="a volume, several channel files (t2/adc/dwi by name, else T2W, ADC, DWI in order), "
+                         "a case folder, a DICOM series folder; or one dataset folder / .csv / .json datalist")
+    pr.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
+    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set method=vote (repeatable)")
+    pr.add_argument("-o", "--output", required=True, help="output folder (batch: one sub-folder per case)")
+    pr.add_argument("--probabilities", action="store_true", help="also write probabilities.nii.gz (float32; NIfTI-1 has no float16)")
+    pr.add_argument("--report", action="store_true", help="also write report.html (a dataset: each case's, and "
+                    "OUT/report.html of the cohort: verdicts, volumes, flagged cases, time per case)")
+    pr.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="batch: N threads read and write cases while the networks run (default 1); under "
+                         "torchrun each rank takes its own slice of the cases")
+    pr.add_argument("--force", action="store_true", help="overwrite existing outputs, and segment an input the "
+                    "checks reject as not an axial T2W study (its verdict stays reject)")
+    pr.add_argument("--keep-identity", action="store_true",
+                    help="seg.dcm keeps the source's patient, study and UIDs (a round trip into your own PACS); "
+                         "default: de-identified (DICOM PS3.15 Basic Profile). Nothing else ever carries them")
+    pr.add_argument("--key-file", metavar="K", help="de-identify seg.dcm with the provider's key K: the "
+                    "pseudonyms and UIDs `segment import --key-file K --dicom-out` writes (default: a random key)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +129,7 @@ def _serve(args) -> int:
         raise UserError("ensemble serve", "needs the serve extra (FastAPI, uvicorn, python-multipart)",
                         f"missing {e.name}", "pip install -e '.[serve]'") from None
     serve(load_ensemble_config(args.config), args.host, args.port, args.results, args.workers,
-          args.queue, args.max_upload_mb)
+          args.queue, args.max_upload_mb, args.upload_timeout, args.keep_hours, args.token)
     return 0
 
 
@@ -119,14 +139,22 @@ def _predict(args) -> int:
 
     from .config import load_ensemble_config
 
+    from .dicomseg import Identity
+
     cfg = load_ensemble_config(args.config, args.overrides)
     probs = True if args.probabilities else None
+    identity = Identity(args.keep_identity, args.key_file).check()
     if not is_batch_input(args.inputs):
         from .predict import predict
 
-        record = predict(args.inputs, args.output, cfg, args.force, probs, args.report)
+        record = predict(args.inputs, args.output, cfg, args.force, probs, args.report, identity=identity)
         _print_case(record.case_id, record.headline())
         return 0
+    if identity != Identity():  # the cohort path does not pass it on yet: refuse rather than ignore it
+        from mricore.errors import UserError
+
+        raise UserError("--keep-identity/--key-file", "apply to one case for now", "a dataset or datalist",
+                        "run the DICOM cases one at a time with the flag, or without it (seg.dcm de-identified)")
     from .batch import predict_batch, rank_and_world
 
     rows = predict_batch(args.inputs[0], args.output, cfg, args.force, probs, args.report, workers=args.workers)
@@ -144,17 +172,24 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from pathlib import Path
+
+    from mricore.results import REPORT_HTML
     from mricore.stats import fmt
 
     from .config import load_ensemble_config
     from .evaluate import evaluate
 
     cfg = load_ensemble_config(args.config, args.overrides)
-    summary = evaluate(cfg, args.ref, args.output, label=args.label, force=args.force, cross_validated=args.cv)
+    summary = evaluate(cfg, args.ref, args.output, label=args.label, force=args.force, cross_validated=args.cv,
+                       compare=args.compare)
     for zone, z in summary["zones"].items():
         if "ensemble_minus_best_member_dsc" in z:
             print(f"{zone}: DSC ensemble − best member ({z['best_member']}): "
                   f"{fmt(z['ensemble_minus_best_member_dsc'])}")
+        for name, d in z.get("ensemble_minus_compared_dsc", {}).items():
+            print(f"{zone}: DSC ensemble − {name}: {fmt(d)}")
+    print(f"report: {Path(args.output) / REPORT_HTML}")
     return 0
 
 

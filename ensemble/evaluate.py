@@ -12,9 +12,16 @@ Every case is predicted even when its input checks say reject (the verdict is re
 the ensemble's rows carry `review_score` and `flagged` (1 when the verdict is not ok) beside its
 metrics, so the report shows how the flag relates to the DSC.
 
-Writes, in REPORT_DIR: metrics.csv, metrics.json, report.html (mricore.report.write_report),
-evaluate.json (summaries, paired differences, per-case verdicts and reasons) and review.csv (case,
-verdict, score, reasons).
+Members of one architecture (the folds of a config) are pooled per case into one headline row, and
+the best member is the best such family (mricore.report_data); the single folds stay in the report's
+detail and in metrics.csv. With `compare` (a folder of zone maps in any layout mricore.results
+.find_predictions reads: a peer's predictions, an earlier `ensemble predict` batch or an earlier
+evaluation's REPORT_DIR) those maps are scored as one more model and the ensemble is compared with them.
+
+Writes, in REPORT_DIR: the report files of mricore.report.write_report (report.html first), evaluate.json
+(summaries, paired differences, per-case verdicts and reasons), review.csv (case, verdict, score,
+reasons) and one case folder per case, REPORT_DIR/<case_id>/ (mricore.results: the ensemble's zones,
+uncertainty, zones.json and its report.html), which the report's thumbnails link to.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from mricore.errors import GeometryError, InputError
-from mricore.results import REPORT_HTML
 from mricore.zones import ZONES
 
 METRICS = ("dsc", "sensitivity", "specificity", "hd95")
@@ -46,25 +52,24 @@ def score_case(result, ref: np.ndarray, spacing, member_names: list[str], larges
     return rows
 
 
-def paired_summary(rows: list[dict]) -> dict:
-    """Per zone: mean DSC per model, the best member, and ensemble − best member paired differences."""
-    from mricore.stats import paired_difference, summarize
+def paired_summary(rows: list[dict], groups: dict | None = None, peers: tuple = ()) -> dict:
+    """Per zone: DSC summary per headline model (the ensemble, compared maps, member families with their
+    folds pooled), the best member family, ensemble − best member and ensemble − each compared map
+    (mricore.report_data.headline, the numbers the report's first screen shows)."""
+    from mricore.report_data import headline, per_case_table
 
+    table = per_case_table(rows)
+    head = headline(table, list(table), list(ZONES), list(METRICS), groups, peers)
     out = {}
     for zone in ZONES:
-        by_model: dict[str, dict[str, float]] = {}
-        for r in rows:
-            if r["zone"] == zone:
-                by_model.setdefault(r["model"], {})[r["case_id"]] = r["dsc"]
-        summaries = {m: summarize(list(v.values())) for m, v in by_model.items()}
-        members = [m for m in by_model if m != "ensemble"]
-        if not members or "ensemble" not in by_model:
-            out[zone] = {"dsc": summaries}
-            continue
-        best = max(members, key=lambda m: np.nan_to_num(summaries[m]["mean"], nan=-1.0))
-        cases = [c for c in by_model["ensemble"] if c in by_model[best]]
-        diff = paired_difference([by_model["ensemble"][c] for c in cases], [by_model[best][c] for c in cases])
-        out[zone] = {"dsc": summaries, "best_member": best, "ensemble_minus_best_member_dsc": diff}
+        z = {"dsc": {r["model"]: r["zones"][zone]["dsc"] for r in head["rows"]}}
+        for v in head["versus"][zone]:
+            if v["role"] == "best member":
+                z.update(best_member=v["model"], ensemble_minus_best_member_dsc=v["difference"])
+            else:
+                z.setdefault("ensemble_minus_compared_dsc", {})[v["model"]] = v["difference"]
+        z["sentences"] = [v["sentence"] for v in head["versus"][zone]]
+        out[zone] = z
     return out
 
 
@@ -86,14 +91,18 @@ def cv_groups(members, case_ids: list[str]) -> dict[str, list[int]]:
 
 
 def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, progress: bool = True,
-             cross_validated: bool = False) -> dict:
+             cross_validated: bool = False, compare=None) -> dict:
     """Score the ensemble of `config` and its members on every case of `ref` that has `label`.
 
     cross_validated: score each case only with the members that held it out (see `cv_groups`); members
     are then named by their training config name (e.g. unet2d), pooled over folds, so the paired
     comparison is ensemble-of-fold-k vs each architecture of fold k on the same held-out cases.
+    compare: a folder of zone maps to score beside them and compare the ensemble with (module docstring).
+    Every input and output is checked before the first network runs.
     """
     from mricore.outputs import check_absent, check_output_dir, write_csv, write_json
+    from mricore.report import OUTPUTS
+    from mricore.results import case_dir, check_case
 
     from .members import read_members
     from .predict import resolve_config
@@ -102,28 +111,48 @@ def evaluate(config, ref, out_dir, label: str = "zones", force: bool = False, pr
     members = read_members(cfg.members)
     cases = labelled_cases(ref, label)
     out = check_output_dir(out_dir)
-    check_absent([out / name for name in ("evaluate.json", "metrics.csv", "metrics.json", REPORT_HTML,
-                                          "review.csv")], force)
-    groups = {c.case_id: list(range(len(members))) for c in cases}
+    check_absent([out / name for name in (*OUTPUTS, "evaluate.json", "review.csv")], force)
+    held = {c.case_id: list(range(len(members))) for c in cases}
     if cross_validated:
-        groups = cv_groups(members, [c.case_id for c in cases])
-        cases = [c for c in cases if c.case_id in groups]
+        held = cv_groups(members, [c.case_id for c in cases])
+        cases = [c for c in cases if c.case_id in held]
         if not cases:
             raise InputError(ref, "no reference case is a validation case of any member", 0,
                              "evaluate cross-validated members on the dataset they were trained from")
-    rows, skipped, reviews = score_cases(cases, [[members[i] for i in groups[c.case_id]] for c in cases], cfg,
-                                         label, cross_validated, progress)
+    peer = compared_maps(compare, cases)
+    for c in cases:
+        check_case(case_dir(out, c.case_id, batch=True), force)
+    rows, skipped, reviews = score_cases(cases, [[members[i] for i in held[c.case_id]] for c in cases], cfg,
+                                         label, cross_validated, progress, out, peer)
+    families = None if cross_validated else {m.name: m.meta.name or m.name for m in members}
+    peers = (peer[0],) if peer else ()
     summary = {"reference": str(ref), "label": label, "method": cfg.method, "n_cases": len(cases),
                "cross_validated": cross_validated,
-               "folds": {c: sorted({str(members[i].meta.fold) for i in g}) for c, g in groups.items()}
+               "folds": {c: sorted({str(members[i].meta.fold) for i in g}) for c, g in held.items()}
                if cross_validated else None,
-               "members": [m.name for m in members], "skipped": skipped, "zones": paired_summary(rows),
+               "members": [m.name for m in members], "compare": str(compare) if compare else None,
+               "skipped": skipped, "zones": paired_summary(rows, families, peers),
                "per_case_dsc": _per_case_dsc(rows), "review": reviews}
-    _write_report(out, rows, summary, force)
+    _write_report(out, rows, summary, _case_entries(out, cases, label), families, peers, force)
     write_csv([{"case_id": c, "verdict": r["verdict"], "score": r["score"], "reasons": "; ".join(r["reasons"])}
                for c, r in reviews.items()], out / "review.csv", force=True)
     write_json(summary, out / "evaluate.json", force=True)
     return summary
+
+
+def compared_maps(compare, cases: list) -> tuple[str, dict] | None:
+    """(model name, {case_id: zone map}) of the `compare` folder's maps for `cases`; None without one.
+    Raises InputError when the folder holds no map of any of the cases."""
+    from mricore.results import find_predictions
+
+    if compare is None:
+        return None
+    preds = find_predictions(compare)
+    mine = {c.case_id: preds[c.case_id] for c in cases if c.case_id in preds}
+    if not mine:
+        raise InputError(compare, "--compare maps must include some of the evaluated cases",
+                         f"maps of {sorted(preds)[:5]}", "pass the predictions of the same dataset")
+    return f"{Path(compare).resolve().name} (compared)", mine
 
 
 def labelled_cases(ref, label: str) -> list:
@@ -138,14 +167,18 @@ def labelled_cases(ref, label: str) -> list:
 
 
 def score_cases(cases: list, case_members: list[list], cfg, label: str, cross_validated: bool,
-                progress: bool) -> tuple[list[dict], dict, dict]:
-    """Predict every case with its members (all planned before the first network runs) and score it ->
+                progress: bool, out: Path, peer: tuple[str, dict] | None = None) -> tuple[list[dict], dict, dict]:
+    """Predict every case with its members (all planned before the first network runs), write its
+    case folder out/<case_id>/ and score it, and the `peer` maps beside it ->
     (metric rows, {case_id: skipped members}, {case_id: verdict, reasons, score})."""
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from mricore.datasets import read_ref
+    from mricore.results import case_dir
 
-    from .predict import plan_members, run_case, source_from_case
+    from .predict import plan_members, run_case, source_from_case, write_outputs
 
     sources = [source_from_case(c) for c in cases]
     for s, used in zip(sources, case_members):
@@ -159,6 +192,8 @@ def score_cases(cases: list, case_members: list[list], cfg, label: str, cross_va
             raise GeometryError(case.labels[label].path, "reference label grid must equal the image grid",
                                 f"shape {reference.shape} vs {image.shape}",
                                 "resample the label onto the T2W with nearest neighbour")
+        write_outputs(case_dir(out, case.case_id, batch=True), image, result, skipped[case.case_id], s,
+                      replace(cfg, probabilities=False), False, True)
         names = [m["member"] for m in result.info["members_used"]]
         if cross_validated:  # one name per architecture/config, pooled over folds
             by_name = {m.name: m.meta.name or m.name for m in used}
@@ -168,8 +203,23 @@ def score_cases(cases: list, case_members: list[list], cfg, label: str, cross_va
             if r["model"] == "ensemble":  # the verdict beside the metrics it should predict
                 r.update(review_score=rev["score"], flagged=float(rev["verdict"] != "ok"))
             rows.append({"case_id": case.case_id, **r})
+        if peer and case.case_id in peer[1]:
+            rows += _score_map(peer[0], peer[1][case.case_id], reference)
         reviews[case.case_id] = {k: rev[k] for k in ("verdict", "reasons", "score")}
     return rows, skipped, reviews
+
+
+def _score_map(model: str, path: Path, reference) -> list[dict]:
+    """Rows of one compared zone map against its reference (it must lie on the reference grid)."""
+    from mricore.io import read_label
+    from mricore.metrics import zone_metrics
+
+    pred = read_label(path, "compared map", reference.case_id)
+    if not pred.same_grid(reference):
+        raise GeometryError(path, "a compared map must lie on its reference's grid",
+                            f"shape {pred.shape} vs {reference.shape}", "compare maps predicted on the same images")
+    return [{"case_id": reference.case_id, "model": model, "zone": zone, **{k: m[k] for k in METRICS}}
+            for zone, m in zone_metrics(pred.array[0], reference.array[0], reference.spacing).items()]
 
 
 def _per_case_dsc(rows: list[dict]) -> dict:
@@ -180,9 +230,21 @@ def _per_case_dsc(rows: list[dict]) -> dict:
     return out
 
 
-def _write_report(out: Path, rows: list[dict], summary: dict, force: bool) -> None:
+def _case_entries(out: Path, cases: list, label: str) -> list[dict]:
+    """The report's case entries (mricore.thumbnails): the ensemble's map in its case folder over the
+    reference channel, against the reference."""
+    from mricore.results import ZONES_NII, case_dir
+
+    return [{"case_id": c.case_id, "pred": case_dir(out, c.case_id, batch=True) / ZONES_NII,
+             "image": c.images.get("T2W") or next(iter(c.images.values())), "ref": c.labels[label]} for c in cases]
+
+
+def _write_report(out: Path, rows: list[dict], summary: dict, cases: list[dict], families: dict | None,
+                  peers: tuple, force: bool) -> None:
     from mricore.report import write_report
 
     settings = {"method": summary["method"], "reference": summary["reference"], "label": summary["label"],
-                "members": ", ".join(summary["members"])}
-    write_report(out, rows, title="Ensemble vs members", settings=settings, force=force)
+                "members": ", ".join(summary["members"]), "cross_validated": summary["cross_validated"],
+                "compare": summary["compare"]}
+    write_report(out, rows, title="Ensemble vs members", settings=settings, cases=cases, groups=families,
+                 peers=peers, force=force)

@@ -58,11 +58,12 @@ def _matched_predictions(pred_dir: str, ref: str) -> list[tuple]:
     preds = []
     for cid, d in find_lesion_predictions(pred_dir).items():
         if cid not in cases or "lesion" not in cases[cid].labels:
-            raise InputError(d, f"case '{cid}' has no reference lesion mask in {ref}", None,
+            raise InputError(d, f"case '{cid}' has no reference lesion mask in {ref}", "no lesion map",
                              "point --ref at the dataset the case comes from")
         zkey = next((k for k in ("zones", "zones_ai") if k in cases[cid].labels), None)
         if zkey is None:
-            raise InputError(cid, "reference case has no zone map (zones or zones_ai)", None, "add one")
+            raise InputError(cid, "reference case has no zone map (zones or zones_ai)", "none",
+                             "add zones.nii.gz (or zones_ai.nii.gz) to the case")
         preds.append((d, read_lesion_case(d), cases[cid], zkey))
     return preds
 

@@ -1,16 +1,20 @@
-"""The one report engine behind `segment evaluate`, `ensemble evaluate` and `localize evaluate`.
+"""The one evaluation report writer behind `segment evaluate`, `ensemble evaluate` and `localize evaluate`.
 
-    write_report(out_dir, rows, *, title, settings=None, overlays=None, curves=None, force=False) -> Path
+    write_report(out_dir, rows, *, title, settings=None, cases=None, curves=None, groups=None,
+                 peers=(), force=False) -> Path
 
 writes into `out_dir`:
 - `metrics.csv`: one row per case, model and zone, one column per metric (empty cell = NaN).
-- `metrics.json`: summary per model / zone / metric (mean, median, IQR, bootstrap 95 % CI, n,
-  n_excluded), paired comparisons between models on shared cases, settings, software version and
-  case counts. NaN is written as null (JSON has no NaN).
-- `report.html` (rendered by mricore.report_html): self-contained (PNG figures inline as base64,
-  inline CSS, no scripts, no links to fetch), with the summary table, box/strip plots per metric
-  and zone, ROC/FROC curves when given, the model-comparison table when there are several models,
-  and best/median/worst overlays.
+- `metrics.json`: the headline (mricore.report_data.headline), summaries per model / zone / metric
+  (mean, median, IQR, bootstrap 95 % CI, n, n_excluded), every paired comparison, the worst-first case
+  order, each figure's size and tick-label check, settings, software version, counts. NaN -> null.
+- `metrics_summary.csv`, `comparisons.csv`: the summary and every pairwise comparison, flat.
+- `report.html` (mricore.report_html): first the headline table (zones x models, the lead first, folds
+  pooled per family) and one sentence per zone on the lead against its best member and any compared
+  maps; then the forest plot of paired differences, the cases joined across models, the per-case table
+  worst first (thumbnail linked to the case's report, review verdict and reasons, volumes against the
+  reference); then, collapsed, single folds, the full summary, every pair and every metric's plot.
+  Summary or comparison rows with no value are left out.
 
 Nothing is written when any of these files exists and `force` is False, or when the rows are invalid.
 """
@@ -26,18 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from . import report_html as H
 from .errors import InputError, OutputExistsError
 from .outputs import write_json, write_text
-from .report_html import render_html
+from .report_data import KEYS, headline, per_case_table, worst_first
 from .results import REPORT_HTML
 from .stats import compare_models, summarize
 
-KEYS = ("case_id", "model", "zone")
-OUTPUTS = ("metrics.csv", "metrics.json", REPORT_HTML)
-# Metrics where lower is better (used to rank overlays best -> worst).
-LOWER_IS_BETTER = {"hd95", "assd", "rvd_abs", "fp", "fn", "fp_per_case"}
-# Raw counts stay in metrics.csv but are not summarised or plotted.
-COUNT_COLUMNS = {"tp", "fp", "fn", "tn"}
+OUTPUTS = ("metrics.csv", "metrics.json", "metrics_summary.csv", "comparisons.csv", REPORT_HTML)
+COUNT_COLUMNS = {"tp", "fp", "fn", "tn"}  # raw counts stay in metrics.csv, not summarised or plotted
 
 
 def _validate(rows) -> list[str]:
@@ -89,73 +90,23 @@ def _ordered(values) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def _table(rows) -> dict:
-    """{model: {zone: {metric: {case_id: value}}}} from the rows."""
-    t: dict = {}
-    for r in rows:
-        z = t.setdefault(str(r["model"]), {}).setdefault(str(r["zone"]), {})
-        for k, v in r.items():
-            if k not in KEYS:
-                z.setdefault(k, {})[str(r["case_id"])] = _num(v)
-    return t
-
-
-def _csv(rows, metrics) -> str:
+def _csv(header: list[str], lines: list[list]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*KEYS, *metrics])
-    for r in rows:
-        cells = []
-        for m in metrics:
-            v = r.get(m)
-            # Counts stay integers; floats keep full precision (repr); NaN/None become empty cells.
-            cells.append(str(int(v)) if isinstance(v, (int, np.integer)) else
-                         "" if not math.isfinite(_num(v)) else repr(float(v)))
-        w.writerow([r[k] for k in KEYS] + cells)
+    w.writerow(header)
+    w.writerows(lines)
     return buf.getvalue()
 
 
-def _rank_cases(table, model, zone, metric) -> list[str]:
-    """Case ids with a finite value, best first."""
-    vals = {c: v for c, v in table.get(model, {}).get(zone, {}).get(metric, {}).items() if math.isfinite(v)}
-    return sorted(vals, key=lambda c: vals[c], reverse=metric not in LOWER_IS_BETTER)
+def _cell(v) -> str:
+    """Counts stay integers; floats keep full precision (repr); NaN/None become empty cells."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(int(v))
+    return "" if v is None or not math.isfinite(_num(v)) else repr(float(v))
 
 
-def _pick_overlays(overlays, table, models, zones, metrics) -> list[tuple[str, dict]]:
-    """(caption, entry) for the best, median and worst case of the first model by the headline metric
-    (DSC of the first zone when present); entries for other cases are ignored."""
-    by_case = {str(o["case_id"]): o for o in overlays}
-    metric = "dsc" if "dsc" in metrics else next((m for m in metrics if m not in COUNT_COLUMNS), metrics[0])
-    zone = "WG" if "WG" in zones else zones[0]
-    ranked = [c for c in _rank_cases(table, models[0], zone, metric) if c in by_case]
-    if not ranked:
-        return [(f"case {c}", o) for c, o in list(by_case.items())[:3]]
-    picks = {"best": ranked[0], "median": ranked[len(ranked) // 2], "worst": ranked[-1]}
-    out, done = [], set()
-    for name, c in picks.items():
-        if c not in done:
-            v = table[models[0]][zone][metric][c]
-            out.append((f"{name}: {c} ({models[0]}, {zone} {metric} {v:.3f})", by_case[c]))
-            done.add(c)
-    return out
-
-
-def _overlay_png(entry: dict, caption: str) -> bytes:
-    from .errors import GeometryError
-    from .io import read_label, read_nifti
-    from .plots import overlay
-
-    image = read_nifti(entry["image"], "image", str(entry["case_id"]))
-    ref = read_label(entry["ref"], "ref", str(entry["case_id"]))
-    pred = read_label(entry["pred"], "pred", str(entry["case_id"]))
-    for v, name in ((ref, "ref"), (pred, "pred")):
-        if v.shape != image.shape:
-            raise GeometryError(entry[name], "overlay volumes must share the image grid",
-                                f"shape {v.shape} vs image {image.shape}", "resample with nearest neighbour")
-    return overlay(image.array[0], ref.array[0], pred.array[0], image.affine, caption)
-
-
-def write_report(out_dir, rows, *, title, settings=None, overlays=None, curves=None, force=False) -> Path:
+def write_report(out_dir, rows, *, title, settings=None, cases=None, curves=None, groups=None, peers=(),
+                 force=False) -> Path:
     """Summarise per-case metric rows into a report folder; returns the path of report.html.
 
     Args:
@@ -164,9 +115,12 @@ def write_report(out_dir, rows, *, title, settings=None, overlays=None, curves=N
             undefined, excluded from summaries and counted as excluded).
         title: report title.
         settings: JSON-able dict of what produced the numbers (paths, label key, thresholds...).
-        overlays: list of {"case_id", "image", "ref", "pred"} NIfTI paths on one grid; the best,
-            median and worst of these cases (first model, WG DSC or the first metric) are drawn.
+        cases: the lead model's cases as mricore.thumbnails entries {"case_id", "pred", "image", "ref"}:
+            thumbnails, volumes, review and links of the per-case table (without: metrics only).
         curves: {"roc": {model: (fpr, tpr, auc)}, "froc": {model: (fp_per_case, sensitivity)}}.
+        groups: {model: family}: models pooled per case into one headline row (e.g. the folds of one
+            architecture); the single models stay in the collapsed detail.
+        peers: models that are compared maps (`--compare`), not members.
         force: overwrite existing report files.
 
     Raises:
@@ -174,25 +128,32 @@ def write_report(out_dir, rows, *, title, settings=None, overlays=None, curves=N
     """
     metrics = _validate(rows)
     out = _check_target(Path(out_dir), force)
-    table = _table(rows)
-    models, zones, cases = (_ordered(str(r[k]) for r in rows) for k in ("model", "zone", "case_id"))
+    table = per_case_table(rows)
+    models, zones, case_ids = (_ordered(str(r[k]) for r in rows) for k in ("model", "zone", "case_id"))
     summarised = [m for m in metrics if m not in COUNT_COLUMNS]
     summary = _summaries(table, models, zones, summarised)
     comparisons = _comparisons(table, models, zones, summarised)
-    counts = {"cases": len(cases), "models": models, "zones": zones, "rows": len(rows),
-              "cases_per_model_zone": {mo: {z: len(next(iter(table[mo][z].values()), {})) for z in table[mo]}
-                                       for mo in models}}
-    figures = _figures(table, models, zones, summarised, curves)
-    overlay_imgs = _overlays(overlays, table, models, zones, metrics)
+    head = headline(table, models, zones, summarised, groups, tuple(peers))
+    worst = worst_first(table, models[0] if head["lead"] not in table else head["lead"], zones, head["metric"])
+    figures = _figures(table, head, zones, summarised, curves)
+    views = _views(cases, worst)  # reads every case's files: a bad one stops here, before anything is written
+    counts = {"cases": len(case_ids), "models": models, "zones": zones, "rows": len(rows)}
     doc = {"title": title, "software": {"mricore": __version__}, "settings": settings or {}, "counts": counts,
-           "summary": summary, "comparisons": comparisons,
+           "headline": head, "summary": summary, "comparisons": comparisons,
+           "cases_worst_first": [{"case_id": c, "zone": z, head["metric"]: v} for c, z, v in worst],
+           "figures": {k: [{"alt": p.alt, "width_px": p.width_px, "height_px": p.height_px,
+                            "min_text_px": p.min_text_px, "overlapping_ticks": p.overlapping_ticks} for p in ps]
+                       for k, ps in figures.items()},
            "curves_summary": {k: {mo: (float(c[2]) if k == "roc" and len(c) > 2 else None) for mo, c in v.items()}
                               for k, v in (curves or {}).items()}}
-    write_text(_csv(rows, metrics), out / "metrics.csv", force=True)
+    write_text(_csv([*KEYS, *metrics], [[r[k] for k in KEYS] + [_cell(r.get(m)) for m in metrics] for r in rows]),
+               out / "metrics.csv", force=True)
+    write_text(_summary_csv(summary), out / "metrics_summary.csv", force=True)
+    write_text(_comparisons_csv(comparisons), out / "comparisons.csv", force=True)
     write_json(_clean(doc), out / "metrics.json", force=True)
-    settings_text = json.dumps(_clean(settings or {}), indent=2, default=str)
-    return write_text(render_html(title, summary, comparisons, settings_text, counts, figures, overlay_imgs),
-                      out / REPORT_HTML, force=True)
+    text = H.evaluation_page(title, out, head, summary, comparisons, figures, worst, views, table, zones,
+                             json.dumps(_clean(settings or {}), indent=2, default=str))
+    return write_text(text, out / REPORT_HTML, force=True)
 
 
 def _check_target(out: Path, force: bool) -> Path:
@@ -201,57 +162,75 @@ def _check_target(out: Path, force: bool) -> Path:
         raise InputError(out, "report output must be a folder", "a file", "choose a folder path")
     existing = [out / f for f in OUTPUTS if (out / f).exists()]
     if existing and not force:
-        raise OutputExistsError(existing[0], "report exists", None, "pass --force to overwrite, or choose another folder")
+        raise OutputExistsError(existing[0], "report exists", "an existing file", "pass --force to overwrite, or choose another folder")
     return out
 
 
 def _summaries(table, models, zones, summarised) -> dict:
-    """{model: {zone: {metric: mricore.stats.summarize(...)}}}."""
-    from tqdm import tqdm
-
+    """{model: {zone: {metric: mricore.stats.summarize(...)}}}, only where the model has the metric."""
     summary: dict = {}
-    jobs = [(mo, z, m) for mo in models for z in zones if z in table[mo] for m in summarised]
-    for mo, z, m in tqdm(jobs, desc="summaries", disable=len(jobs) < 50, leave=False):
-        vals = table[mo][z].get(m, {})
-        summary.setdefault(mo, {}).setdefault(z, {})[m] = summarize(list(vals.values()))
+    for mo in models:
+        for z in zones:
+            for m in summarised:
+                vals = table[mo].get(z, {}).get(m)
+                if vals:
+                    summary.setdefault(mo, {}).setdefault(z, {})[m] = summarize(list(vals.values()))
     return summary
 
 
 def _comparisons(table, models, zones, summarised) -> list[dict]:
-    """Paired comparisons between models on shared cases, per zone and metric (none for one model)."""
+    """Paired comparisons between models on shared cases, per zone and metric (none for one model;
+    pairs with no shared finite case left out)."""
     comparisons = []
     if len(models) > 1:
         for z in zones:
             for m in summarised:
                 per_model = {mo: table[mo].get(z, {}).get(m, {}) for mo in models}
-                for c in compare_models(per_model):
-                    comparisons.append({"zone": z, "metric": m, **c})
+                comparisons += [{"zone": z, "metric": m, **c} for c in compare_models(per_model) if c["n"] > 0]
     return comparisons
 
 
-def _figures(table, models, zones, summarised, curves) -> list[tuple[str, bytes]]:
-    """(alt text, PNG): a box/strip plot per metric with any finite value, then the given curves."""
-    from tqdm import tqdm
+def _summary_csv(summary: dict) -> str:
+    cols = ["mean", "ci_low", "ci_high", "median", "q1", "q3", "n", "n_excluded"]
+    return _csv(["model", "zone", "metric", *cols], [[mo, z, m, *(_cell(s[c]) for c in cols)]
+                                                    for mo, zs in summary.items() for z, ms in zs.items()
+                                                    for m, s in ms.items()])
 
+
+def _comparisons_csv(comparisons: list[dict]) -> str:
+    cols = ["mean", "ci_low", "ci_high", "median", "wilcoxon_p", "n", "n_excluded"]
+    return _csv(["zone", "metric", "a", "b", *cols], [[c["zone"], c["metric"], c["a"], c["b"],
+                                                       *(_cell(c[k]) for k in cols)] for c in comparisons])
+
+
+def _figures(table, head, zones, summarised, curves) -> dict:
+    """{"first": forest plot and cases across models, "curves": ROC/FROC, "detail": every metric's
+    distribution}, each a list of mricore.plots.Plot."""
     from . import plots
+    from .report_data import pool
 
-    figures = []
-    plot_jobs = [m for m in summarised if any(math.isfinite(v) for mo in models for z in table[mo]
-                                               for v in table[mo][z].get(m, {}).values())]
-    for m in tqdm(plot_jobs, desc="plots", leave=False):
-        vals = {z: {mo: list(table[mo].get(z, {}).get(m, {}).values()) for mo in models} for z in zones}
-        figures.append((f"{m} per zone", plots.box_strip(vals, m, zones)))
-    for kind, per_model in (curves or {}).items():
-        figures.append((f"{kind} curves", plots.curves(kind, per_model)))
-    return figures
+    names = [r["model"] for r in head["rows"]]
+    pooled, _ = pool(table, {m: r["model"] for r in head["rows"] for m in r["models"]})
+    first = []
+    if len(names) > 1:
+        first.append(plots.forest(head["forest"], head["lead"], head["metric"], zones))
+    per_case = {z: {n: pooled[n].get(z, {}).get(head["metric"], {}) for n in names} for z in zones}
+    first.append(plots.paired_cases(per_case, head["metric"], zones, names))
+    detail = []
+    for m in summarised:  # every metric some model has a value for, with only those models
+        has = [mo for mo in table if any(math.isfinite(v) for z in zones for v in table[mo].get(z, {}).get(m, {}).values())]
+        if has:
+            detail.append(plots.distributions({z: {mo: list(table[mo].get(z, {}).get(m, {}).values()) for mo in has}
+                                               for z in zones}, m, zones))
+    return {"first": first, "curves": [plots.curves(k, c) for k, c in (curves or {}).items()], "detail": detail}
 
 
-def _overlays(overlays, table, models, zones, metrics) -> list[tuple[str, bytes]]:
-    """(alt text, PNG) of the best, median and worst of the `overlays` cases (none without overlays)."""
-    from tqdm import tqdm
+def _views(cases, worst) -> dict:
+    """{case_id: mricore.thumbnails.CaseView} of the given case entries, thumbnails for the worst first."""
+    from .thumbnails import MAX_THUMBNAILS, case_view
 
-    if not overlays:
-        return []
-    picks = _pick_overlays(overlays, table, models, zones, metrics)
-    return [(f"overlay {caption}", _overlay_png(entry, caption))
-            for caption, entry in tqdm(picks, desc="overlays", leave=False)]
+    if not cases:
+        return {}
+    by_id = {str(c["case_id"]): c for c in cases}
+    order = [c for c, _, _ in worst if c in by_id] + [c for c in by_id if c not in {w[0] for w in worst}]
+    return {c: case_view(by_id[c], thumbnail=i < MAX_THUMBNAILS) for i, c in enumerate(order)}

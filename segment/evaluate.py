@@ -7,7 +7,10 @@ References: a dataset folder or datalist (mricore.datasets.load_dataset) under t
 or a flat folder of `<case_id>.nii.gz` reference maps (as `nnUNetv2_evaluate_folder` takes them). Each
 prediction must lie on its reference's grid (shape and affine within mricore.volume.GRID_ATOL_MM):
 evaluation never resamples silently. Per case and zone (WG, TZ, PZ) metrics go to
-mricore.report.write_report; cases without a prediction are listed in the settings.
+mricore.report.write_report, the report every evaluation writes (here with one model): the headline
+table, the cases worst first with a thumbnail of each (linked to the case's own report.html when the
+prediction folder has one), every metric in the collapsed detail. Cases without a prediction are
+listed in the settings.
 """
 
 from __future__ import annotations
@@ -63,14 +66,14 @@ def evaluate(pred_dir, ref, out_dir, label: str = "zones", force: bool = False, 
                          "name predictions <case_id>.nii.gz, or choose --label (zones, zones_ai, wg)")
     _check_report(out, force)
     pairs = [_read_pair(c, preds[c.case_id], label) for c in matched]  # every grid checked before computing
-    rows, overlays = _score(pairs, preds, label, pred_dir.name or "prediction", progress)
+    rows, cases = _score(pairs, preds, label, pred_dir.name or "prediction", progress)
     settings = {"predictions": str(pred_dir.resolve()), "references": str(Path(ref).resolve()), "label": label,
                 "zones": "WG = label > 0, TZ = 1, PZ = 2", "distances": "mm, MONAI edge definition",
                 "cases_evaluated": [c.case_id for c, _, _ in pairs],
                 "references_without_prediction": sorted(c.case_id for c in with_label if c.case_id not in preds),
                 "predictions_without_reference": sorted(set(preds) - {c.case_id for c in with_label})}
     return write_report(out, rows, title=f"Zonal segmentation: {pred_dir.name} vs {label}", settings=settings,
-                        overlays=overlays, force=force)
+                        cases=cases, force=force)
 
 
 def _check_report(out: Path, force: bool) -> None:
@@ -80,7 +83,7 @@ def _check_report(out: Path, force: bool) -> None:
 
     existing = [out / f for f in OUTPUTS if (out / f).exists()]
     if existing and not force:
-        raise OutputExistsError(existing[0], "report exists", None, "pass --force, or choose another folder")
+        raise OutputExistsError(existing[0], "report exists", "an existing file", "pass --force, or choose another folder")
 
 
 def _read_pair(c, pred_path: Path, label: str):
@@ -102,18 +105,16 @@ def _read_pair(c, pred_path: Path, label: str):
 
 
 def _score(pairs: list, preds: dict, label: str, model: str, progress: bool) -> tuple[list, list]:
-    """Per case and zone metric rows, and the overlays of cases whose image is a 3D file."""
+    """Per case and zone metric rows, and the report's case entries (mricore.thumbnails)."""
     from tqdm import tqdm
 
-    rows, overlays = [], []
+    rows, cases = [], []
     for c, refv, predv in tqdm(pairs, desc="evaluate", disable=not progress or len(pairs) < 2):
         zm = zone_metrics(predv.array[0], refv.array[0], refv.spacing)
         if label in ("wg", "wg_ai"):  # whole-gland references have no zones: score WG only
             zm = {"WG": zm["WG"]}
         for zone, m in zm.items():
             rows.append({"case_id": c.case_id, "model": model, "zone": zone, **{k: m[k] for k in METRICS}})
-        image = next(iter(c.images.values()), None)
-        if image is not None and image.index is None:
-            overlays.append({"case_id": c.case_id, "image": image.path, "ref": c.labels[label].path,
-                             "pred": preds[c.case_id]})
-    return rows, overlays
+        image = c.images.get("T2W") or next(iter(c.images.values()), None)
+        cases.append({"case_id": c.case_id, "image": image, "ref": c.labels[label], "pred": preds[c.case_id]})
+    return rows, cases

@@ -1,59 +1,30 @@
 """Render report.html in real headless Chromium (selenium + Debian's chromium/chromium-driver).
 
-Asserts the rendered page shows the summary (and comparison) table, every <img> decoded
-(naturalWidth > 0), and that no request left the machine: every URL the browser requested, taken
-from Chrome's DevTools network log, is a data: or file: URL. A control page with one remote image
+Asserts the rendered page shows the headline table (the summary and comparison tables collapsed below
+it), every <img> decoded (naturalWidth > 0), and that no request left the machine: every URL the
+browser requested, taken from Chrome's DevTools network log, is a data: or file: URL. A control page with one remote image
 proves that the network check can fail. Skips only when /usr/bin/chromium is absent.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from chromium import CHROMIUM, SKIP_REASON, open_page, start_chromium
 
 from mricore.report import write_report
 
-CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser test needs /usr/bin/chromium "
-                                "(apt-get install chromium chromium-driver; .ci/run does this)")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=SKIP_REASON)
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs the 'browser' extra (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1300,2400", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        opts.add_argument(flag)
-    # The performance log carries the DevTools Network.* events: every request the page made.
-    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    drv = webdriver.Chrome(options=opts, service=Service(str(DRIVER)))
+    drv = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield drv
     drv.quit()
-
-
-def _requested_urls(drv) -> list[str]:
-    urls = []
-    for entry in drv.get_log("performance"):
-        msg = json.loads(entry["message"])["message"]
-        if msg["method"] == "Network.requestWillBeSent":
-            urls.append(msg["params"]["request"]["url"])
-    return urls
-
-
-def _open(drv, path: Path) -> list[str]:
-    drv.get_log("performance")  # drop events of earlier pages
-    drv.get(path.resolve().as_uri())
-    drv.execute_script("return document.readyState")
-    return _requested_urls(drv)
 
 
 def _volumes(folder: Path, case: str, shift: int) -> dict:
@@ -73,33 +44,35 @@ def _volumes(folder: Path, case: str, shift: int) -> dict:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     d = tmp_path_factory.mktemp("browser_report")
-    overlays = [_volumes(d, f"c{i}", shift=i) for i in range(4)]
+    cases = [_volumes(d, f"c{i}", shift=i) for i in range(4)]
     rng = np.random.default_rng(0)
     rows = [{"case_id": f"c{i}", "model": m, "zone": z, "dsc": float(rng.uniform(0.6, 0.9)),
              "hd95": float(rng.uniform(2, 9))} for m in ("unet", "ensemble") for z in ("WG", "TZ", "PZ")
             for i in range(4)]
     curves = {"roc": {"unet": ([0, 0.2, 1], [0, 0.7, 1], 0.75)}, "froc": {"unet": ([0, 0.5, 2], [0, 0.5, 0.8])}}
-    return write_report(d / "out", rows, title="browser test", settings={"seed": 0}, overlays=overlays,
-                        curves=curves)
+    return write_report(d / "out", rows, title="browser test", settings={"seed": 0}, cases=cases, curves=curves)
 
 
 def test_report_renders_offline_with_tables_and_images(browser, report, tmp_path):
-    urls = _open(browser, report)
+    urls = open_page(browser, report)
     from selenium.webdriver.common.by import By
 
-    summary = browser.find_element(By.ID, "summary")
-    assert summary.is_displayed()
+    head = browser.find_element(By.ID, "headline")
+    assert head.is_displayed()
+    # header + the lead (ensemble) + unet; zones as columns.
+    assert len(head.find_elements(By.TAG_NAME, "tr")) == 1 + 2 and "WG" in head.text and "ensemble" in head.text
+    assert browser.find_element(By.ID, "verdicts").is_displayed()
+    summary = browser.find_element(By.ID, "summary")  # collapsed on demand: in the page, not shown
+    assert not summary.is_displayed()
     # 2 models x 3 zones x 2 metrics rows + the header row.
     assert len(summary.find_elements(By.TAG_NAME, "tr")) == 1 + 12
-    assert "dsc" in summary.text and "95 % CI" in summary.text
-    assert browser.find_element(By.ID, "comparison").is_displayed()
     images = browser.execute_script(
         "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.src.slice(0, 22)])")
-    # 2 metric plots + ROC + FROC + 3 overlays (best, median, worst).
-    assert len(images) == 7
+    # forest + cases across models + ROC + FROC + 4 thumbnails + 2 metric distributions (collapsed).
+    assert len(images) == 10
     for alt, complete, width, src in images:
         assert complete and width > 0, f"image '{alt}' did not load"
-        assert src.startswith("data:image/png;base64")
+        assert src.startswith(("data:image/png;base64", "data:image/jpeg;base64"))
     assert urls, "the DevTools log recorded no request at all: the check would be blind"
     remote = [u for u in urls if not u.startswith(("data:", "file:"))]
     assert remote == [], f"requests left the machine: {remote}"
@@ -110,7 +83,7 @@ def test_network_check_catches_a_remote_request(browser, tmp_path):
     # Control: a page with one remote image must show up as a non-local request.
     page = tmp_path / "remote.html"
     page.write_text("<html><body><img src='http://example.invalid/x.png'></body></html>")
-    urls = _open(browser, page)
+    urls = open_page(browser, page)
     assert any(u.startswith("http://example.invalid") for u in urls)
 
 
@@ -118,7 +91,7 @@ def test_broken_image_is_detected(browser, tmp_path):
     # Control: an undecodable inline image has naturalWidth 0, so the image check can fail too.
     page = tmp_path / "broken.html"
     page.write_text("<html><body><img src='data:image/png;base64,AAAA'></body></html>")
-    _open(browser, page)
+    open_page(browser, page)
     assert browser.execute_script("return document.images[0].naturalWidth") == 0
 
 
@@ -131,10 +104,10 @@ def test_ci_installs_the_browser_before_the_tests():
 def test_report_from_real_predictions_renders(browser, data_dir, tmp_path):
     """`segment predict` with a bundled member on the 3 Prostate158 cases, `segment evaluate` against the
     expert zones, and the resulting report.html in Chromium: tables, every image, nothing remote."""
+    import yaml
+
     from ensemble.config import BUNDLED
     from segment.cli import main
-
-    import yaml
 
     member = BUNDLED.parent / yaml.safe_load(BUNDLED.read_text())["members"][0]  # the 2D U-Net, fold 0
     if not member.exists():
@@ -142,12 +115,12 @@ def test_report_from_real_predictions_renders(browser, data_dir, tmp_path):
     pred, rep = tmp_path / "pred", tmp_path / "report"
     assert main(["predict", "--model", str(member), str(data_dir / "prostate158"), "-o", str(pred)]) == 0
     assert main(["evaluate", "--pred", str(pred), "--ref", str(data_dir / "prostate158"), "-o", str(rep)]) == 0
-    urls = _open(browser, rep / "report.html")
+    urls = open_page(browser, rep / "report.html")
     from selenium.webdriver.common.by import By
 
-    summary = browser.find_element(By.ID, "summary")
-    assert summary.is_displayed() and "WG" in summary.text and "dsc" in summary.text
+    head = browser.find_element(By.ID, "headline")
+    assert head.is_displayed() and "WG" in head.text and "[" in head.text  # mean [95 % CI]
     images = browser.execute_script("return Array.from(document.images).map(i => [i.alt, i.naturalWidth])")
-    assert len(images) >= 4  # metric plots and the best / median / worst overlays
+    assert len(images) >= 4  # cases across models, a thumbnail per case, every metric's plot
     assert all(width > 0 for _, width in images), images
     assert urls and not [u for u in urls if not u.startswith(("data:", "file:"))]

@@ -44,7 +44,8 @@ def test_html_is_self_contained(tmp_path):
     # No external fetches: every src is inline data, no link/script tags, no http(s) URL anywhere.
     assert all(s.startswith("data:image/png;base64,") for s in re.findall(r'src="([^"]*)"', text))
     assert not re.search(r"<script|<link|https?://", text)
-    assert len(re.findall(r"<img ", text)) == 2  # one box/strip figure per summarised metric
+    # The cases across models, then one distribution per summarised metric (dsc, hd95), collapsed.
+    assert len(re.findall(r"<img ", text)) == 1 + 2
 
 
 def test_comparison_of_two_models(tmp_path):
@@ -58,23 +59,26 @@ def test_comparison_of_two_models(tmp_path):
     assert "id='comparison'" in (tmp_path / "r" / "report.html").read_text()
 
 
-def test_curves_and_overlays_are_drawn(tmp_path):
+def test_curves_and_case_thumbnails_are_drawn(tmp_path):
     g = np.indices((20, 20, 5)).astype(float)
     gland = ((g[0] - 10) ** 2 + (g[1] - 10) ** 2) < 36
-    overlays = []
+    cases = []
     for i in range(4):
         paths = {"case_id": f"c{i}"}
         for name, arr in (("image", gland * 100.0 + 50), ("ref", gland.astype(np.uint8)),
                           ("pred", np.roll(gland, i, 0).astype(np.uint8))):
             paths[name] = tmp_path / f"c{i}_{name}.nii.gz"
             nib.save(nib.Nifti1Image(arr.astype(np.float32 if name == "image" else np.uint8), np.eye(4)), paths[name])
-        overlays.append(paths)
+        cases.append(paths)
     curves = {"roc": {"m1": ([0, 0.5, 1], [0, 0.8, 1], 0.8)}}
-    text = write_report(tmp_path / "r", rows_for(n=4), title="t", overlays=overlays, curves=curves).read_text()
-    assert text.count("<img ") == 2 + 1 + 3  # metrics + ROC + best/median/worst
-    assert "best: " in text and "worst: " in text
+    text = write_report(tmp_path / "r", rows_for(n=4), title="t", cases=cases, curves=curves).read_text()
+    assert text.count("<img ") == 1 + 1 + 4 + 2  # cases across models + ROC + a thumbnail per case + metrics
+    assert text.count('src="data:image/jpeg;base64,') == 4
     doc = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert doc["curves_summary"]["roc"]["m1"] == 0.8
+    worst = doc["cases_worst_first"][0]
+    assert worst["dsc"] == min(r["dsc"] for r in rows_for(n=4))  # the worst case heads the table
+    assert text.index(f">{worst['case_id']}<") < min(text.index(f">c{i}<") for i in range(4) if f"c{i}" != worst["case_id"])
 
 
 def test_refuses_to_overwrite_without_force(tmp_path):

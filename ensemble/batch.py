@@ -57,19 +57,21 @@ class Batch:
     out: Path
     members: list
     sources: list
+    identity: object = None  # ensemble.dicomseg.Identity for seg.dcm (None: de-identified, random key)
 
 
 def predict_batch(dataset, out_dir, config=None, force: bool = False, probabilities: bool | None = None,
-                  report: bool = False, progress: bool = True, workers: int = 1) -> list[dict]:
+                  report: bool = False, progress: bool = True, workers: int = 1, identity=None) -> list[dict]:
     """Every case of a dataset folder / MSD folder / datalist into `out_dir/<case_id>/` (module
-    docstring). Returns the rows of every case (all ranks), each with status "ok" or "failed"."""
+    docstring); `identity` (ensemble.dicomseg.Identity) decides what the cases' seg.dcm carry, as for
+    one case. Returns the rows of every case (all ranks), each with status "ok" or "failed"."""
     from mricore.errors import InputError
     from mricore.results import write_summary
 
     if workers < 1:
         raise InputError("--workers", "must be at least 1", workers, "e.g. --workers 2")
     rank, world = rank_and_world()
-    batch = plan_batch(dataset, out_dir, config, force, probabilities, report)
+    batch = replace(plan_batch(dataset, out_dir, config, force, probabilities, report), identity=identity)
     mine = list(range(rank, len(batch.sources), world))
     rows = run_cases(batch, mine, workers, progress=progress,
                      desc=f"ensemble predict (rank {rank} of {world})" if world > 1 else "ensemble predict")
@@ -77,7 +79,7 @@ def predict_batch(dataset, out_dir, config=None, force: bool = False, probabilit
     for r in every:
         r.pop("index")
     if rank == 0:
-        write_summary(batch.out, {"dataset": str(dataset), "method": batch.cfg.method, "world_size": world,
+        write_summary(batch.out, {"dataset": Path(dataset).name, "method": batch.cfg.method, "world_size": world,
                                   "workers": workers, "cases": every},
                       [_flat_row(r) for r in every])
         if batch.report:  # OUT/report.html of the cohort, read from the case folders just written
@@ -151,7 +153,7 @@ def _write(batch: Batch, source, image, result, skipped) -> dict:
     from .predict import write_outputs
 
     record = write_outputs(case_dir(batch.out, source.case_id, batch=True), image, result, skipped, source,
-                           batch.run_cfg, batch.probabilities, batch.report)
+                           batch.run_cfg, batch.probabilities, batch.report, identity=batch.identity)
     succeeded(batch.out, source.case_id)
     return {"case_id": record.case_id, "status": "ok", **record.headline(),
             "members_used": [m["member"] for m in record.members_used],

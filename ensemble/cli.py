@@ -150,14 +150,10 @@ def _predict(args) -> int:
         record = predict(args.inputs, args.output, cfg, args.force, probs, args.report, identity=identity)
         _print_case(record.case_id, record.headline())
         return 0
-    if identity != Identity():  # the cohort path does not pass it on yet: refuse rather than ignore it
-        from mricore.errors import UserError
-
-        raise UserError("--keep-identity/--key-file", "apply to one case for now", "a dataset or datalist",
-                        "run the DICOM cases one at a time with the flag, or without it (seg.dcm de-identified)")
     from .batch import predict_batch, rank_and_world
 
-    rows = predict_batch(args.inputs[0], args.output, cfg, args.force, probs, args.report, workers=args.workers)
+    rows = predict_batch(args.inputs[0], args.output, cfg, args.force, probs, args.report, workers=args.workers,
+                         identity=identity)
     for r in rows if rank_and_world()[0] == 0 else []:
         if r["status"] == "ok":
             _print_case(r["case_id"], r)

@@ -59,7 +59,6 @@ RESULT_FILES = (ZONES_NII, UNCERTAINTY_NII, ZONES_JSON, REPORT_HTML, OVERLAY_PNG
 ID = re.compile(r"[0-9a-f]{32}")
 # What the server writes into RESULTS: <id>/, .upload-<id>/, and staged_dir's hidden .<id>.* folders.
 OWNED = re.compile(r"\.?(upload-)?[0-9a-f]{32}(\..*)?")
-PATH = re.compile(r"(?<![\w.~])(/[^\s/;,'\"()]+)+/?")  # an absolute path inside a message
 SWEEP_S = 60
 log = logging.getLogger("ensemble.serve")
 
@@ -116,7 +115,9 @@ class Server:
 
     def public(self, message: str) -> str:
         """`message` with every absolute path cut to its last part: no server path leaves in an answer."""
-        return PATH.sub(lambda m: Path(m.group()).name or "/", message)
+        from mricore.errors import without_paths
+
+        return without_paths(message)
 
 
 def _error(status: int, message: str, close: bool = False, headers: dict | None = None):

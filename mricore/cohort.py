@@ -26,14 +26,15 @@ def case_log(out: str | Path, case_id: str) -> Path:
 def failed_row(out: str | Path, case_id: str, error: Exception) -> dict:
     """The summary row of a failed case, {"case_id", "status": "failed", "error": one line}; the
     exception with its traceback is written to `case_log` (atomically)."""
+    from .errors import without_paths
     from .outputs import write_text
 
-    log = case_log(out, case_id)
-    write_text("".join(traceback.format_exception(error)), log)
+    log = case_log(out, case_id)  # paths cut to their last part, in the log as in the summary
+    write_text(without_paths("".join(traceback.format_exception(error))), log)
     if isinstance(error, UserError):
-        reason = str(error)
+        reason = without_paths(str(error))
     else:  # a bug: its type and first line; the log has the rest
-        first = (str(error).strip().splitlines() or [""])[0][:200]
+        first = without_paths((str(error).strip().splitlines() or [""])[0])[:200]
         reason = f"{type(error).__name__}: {first} (traceback in {LOGS}/{log.name})"
     return {"case_id": case_id, "status": "failed", "error": reason}
 

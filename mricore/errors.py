@@ -5,6 +5,8 @@ A user error names the input, the rule, the value received and the fix. Bugs kee
 
 from __future__ import annotations
 
+import re
+
 import sys
 from typing import Callable
 
@@ -149,3 +151,16 @@ def _path_error(error: OSError) -> UserError:
     rule, fix = rules[error.errno]
     return InputError(path if len(path) < 120 else path[:60] + "..." + path[-40:], rule,
                       f"{longest} bytes" if error.errno == errno.ENAMETOOLONG else error.strerror, fix)
+
+
+# An absolute path inside a message (POSIX), e.g. "/data/Smith_John/t2.nii.gz".
+_PATH = re.compile(r"(?<![\w.~])(/[^\s/;,'\"()]+)+/?")
+
+
+def without_paths(message: str) -> str:
+    """`message` with every absolute path cut to its last part, for what leaves the process (an HTTP
+    answer) or the machine (a cohort's summary): folder names are often patients' names.
+    Example: without_paths("error: /data/Smith_John/t2.nii.gz: bad") -> "error: t2.nii.gz: bad"."""
+    from pathlib import PurePosixPath
+
+    return _PATH.sub(lambda m: PurePosixPath(m.group()).name or "/", message)

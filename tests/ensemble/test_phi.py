@@ -59,16 +59,29 @@ def test_one_dicom_case_writes_no_identifier(study, config, tmp_path, capsys):
 
 def test_a_cohort_holding_the_series_writes_no_identifier(study, config, tmp_path, capsys):
     """A datalist whose T2W is the DICOM series in the patient's folder (the cohort input that carries
-    DICOM); the case id is the datalist's own (the user's naming)."""
+    DICOM); the case id is the datalist's own (the user's naming). A second case fails on a broken file
+    in the patient's folder: its one-line reason (summary.csv) and its log name no local path."""
+    broken = tmp_path / FOLDER / "t2.nii.gz"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a NIfTI")
     datalist = tmp_path / "cohort.csv"
     with datalist.open("w", newline="") as f:
-        csv.writer(f).writerows([["patient_id", "T2W"], ["case-a", str(study / T2)]])
+        csv.writer(f).writerows([["patient_id", "T2W"], ["case-a", str(study / T2)], ["case-b", str(broken)]])
     out = tmp_path / "out"
-    assert main(["predict", str(datalist), "--config", str(config), "-o", str(out), "--report"]) == 0
+    assert main(["predict", str(datalist), "--config", str(config), "-o", str(out), "--report"]) == 2
     printed = capsys.readouterr()
     assert (out / "case-a" / "seg.dcm").is_file() and (out / "summary.csv").is_file()
-    assert find_phi(out, _needles(study)) == []
+    assert "case-b,failed" in (out / "summary.csv").read_text() and (out / "logs" / "case-b.log").is_file()
+    assert find_phi(out, _needles(study) | {str(tmp_path)}) == []
     assert _scan_text(printed.out + printed.err, study) == []
+
+
+def test_keep_identity_on_a_cohort_keeps_it_in_seg_dcm_only(study, config, tmp_path, capsys):
+    datalist = tmp_path / "cohort.csv"
+    datalist.write_text(f"patient_id,T2W\ncase-a,{study / T2}\n")
+    out = tmp_path / "out"
+    assert main(["predict", str(datalist), "--config", str(config), "-o", str(out), "--keep-identity"]) == 0
+    assert {f for f, _ in find_phi(out, _needles(study))} == {"case-a/seg.dcm"}
 
 
 def test_keep_identity_keeps_it_in_seg_dcm_and_nowhere_else(study, config, tmp_path, capsys):
@@ -135,13 +148,3 @@ def test_segment_predict_writes_no_identifier(study, members, tmp_path, capsys, 
     printed = capsys.readouterr()
     assert find_phi(out, _needles(study)) == []
     assert _scan_text(printed.out + printed.err, study) == []
-
-
-def test_identity_flags_on_a_cohort_are_refused_until_the_cohort_passes_them_on(study, config, tmp_path, capsys):
-    """Refused, not ignored: a cohort run would otherwise write de-identified seg.dcm files silently."""
-    datalist = tmp_path / "cohort.csv"
-    datalist.write_text(f"patient_id,T2W\ncase-a,{study / T2}\n")
-    out = tmp_path / "out"
-    assert main(["predict", str(datalist), "--config", str(config), "-o", str(out), "--keep-identity"]) == 2
-    err = capsys.readouterr().err
-    assert "apply to one case for now" in err and len(err.strip().splitlines()) == 1 and not out.exists()

@@ -2,7 +2,8 @@
 
 Per case, model (the ensemble and every member that could run) and zone (WG, TZ, PZ): DSC,
 sensitivity, specificity and HD95 (mm) from mricore.metrics.zone_metrics on the input grid, under its
-written empty-mask rule. Members are scored as they enter the ensemble (argmax on their working grid,
+written empty-mask rule, and where along the gland it is right: DSC in the apex, mid-gland and base
+thirds and the through-plane extent error at each end in mm (mricore.extent). Members are scored as they enter the ensemble (argmax on their working grid,
 nearest neighbour onto the input grid) with the ensemble's largest-component rule, so the comparison
 isolates the combination. Per zone, the best member is the one with the highest mean DSC over the
 cases; the per-case paired differences ensemble − best member get a mean, median, case-level
@@ -32,14 +33,16 @@ from pathlib import Path
 import numpy as np
 
 from mricore.errors import GeometryError, InputError
+from mricore.extent import METRICS as EXTENT_METRICS
 from mricore.zones import ZONES
 
-METRICS = ("dsc", "sensitivity", "specificity", "hd95")
+METRICS = ("dsc", "sensitivity", "specificity", "hd95", *EXTENT_METRICS)
 
 
-def score_case(result, ref: np.ndarray, spacing, member_names: list[str], largest_component: bool) -> list[dict]:
-    """Rows {case_id?, model, zone, metrics} for the ensemble and each member of one case."""
-    from mricore.metrics import zone_metrics
+def score_case(result, ref: np.ndarray, affine, member_names: list[str], largest_component: bool) -> list[dict]:
+    """Rows {case_id?, model, zone, metrics} for the ensemble and each member of one case, on the grid of
+    voxel-to-world `affine`."""
+    from mricore.extent import scored
     from mricore.zones import keep_largest_component
 
     preds = {"ensemble": result.label}
@@ -47,7 +50,7 @@ def score_case(result, ref: np.ndarray, spacing, member_names: list[str], larges
         preds[name] = keep_largest_component(lab) if largest_component else lab
     rows = []
     for model, pred in preds.items():
-        for zone, m in zone_metrics(pred, ref, spacing).items():
+        for zone, m in scored(pred, ref, affine).items():
             rows.append({"model": model, "zone": zone, **{k: m[k] for k in METRICS}})
     return rows
 
@@ -199,7 +202,7 @@ def score_cases(cases: list, case_members: list[list], cfg, label: str, cross_va
             by_name = {m.name: m.meta.name or m.name for m in used}
             names = [by_name[n] for n in names]
         rev = result.info["review"]
-        for r in score_case(result, reference.array[0], image.spacing, names, cfg.largest_component):
+        for r in score_case(result, reference.array[0], image.affine, names, cfg.largest_component):
             if r["model"] == "ensemble":  # the verdict beside the metrics it should predict
                 r.update(review_score=rev["score"], flagged=float(rev["verdict"] != "ok"))
             rows.append({"case_id": case.case_id, **r})
@@ -211,15 +214,15 @@ def score_cases(cases: list, case_members: list[list], cfg, label: str, cross_va
 
 def _score_map(model: str, path: Path, reference) -> list[dict]:
     """Rows of one compared zone map against its reference (it must lie on the reference grid)."""
+    from mricore.extent import scored
     from mricore.io import read_label
-    from mricore.metrics import zone_metrics
 
     pred = read_label(path, "compared map", reference.case_id)
     if not pred.same_grid(reference):
         raise GeometryError(path, "a compared map must lie on its reference's grid",
                             f"shape {pred.shape} vs {reference.shape}", "compare maps predicted on the same images")
     return [{"case_id": reference.case_id, "model": model, "zone": zone, **{k: m[k] for k in METRICS}}
-            for zone, m in zone_metrics(pred.array[0], reference.array[0], reference.spacing).items()]
+            for zone, m in scored(pred.array[0], reference.array[0], reference.affine).items()]
 
 
 def _per_case_dsc(rows: list[dict]) -> dict:

@@ -22,7 +22,8 @@ from .stats import paired_difference, summarize
 
 KEYS = ("case_id", "model", "zone")  # what identifies a report row; every other key is a metric
 LEAD = "ensemble"
-LOWER_IS_BETTER = {"hd95", "assd", "rvd_abs", "fp", "fn", "fp_per_case", "false_positives"}
+LOWER_IS_BETTER = {"hd95", "assd", "rvd_abs", "fp", "fn", "fp_per_case", "false_positives", "apex_error_mm",
+                   "base_error_mm"}
 
 
 def per_case_table(rows: list[dict]) -> dict:

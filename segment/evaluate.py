@@ -19,11 +19,13 @@ from pathlib import Path
 
 from mricore.datasets import load_dataset, read_ref
 from mricore.errors import GeometryError, InputError
+from mricore.extent import METRICS as EXTENT_METRICS
+from mricore.extent import scored
 from mricore.io import read_label
-from mricore.metrics import zone_metrics
 
 # Columns in the report, in this order (the raw confusion counts stay in metrics.csv too).
-METRICS = ("dsc", "sensitivity", "specificity", "precision", "hd95", "assd", "rvd", "tp", "fp", "fn", "tn")
+METRICS = ("dsc", "sensitivity", "specificity", "precision", "hd95", "assd", "rvd", "tp", "fp", "fn", "tn",
+           *EXTENT_METRICS)
 
 
 def _is_flat(folder: Path) -> bool:
@@ -110,7 +112,7 @@ def _score(pairs: list, preds: dict, label: str, model: str, progress: bool) -> 
 
     rows, cases = [], []
     for c, refv, predv in tqdm(pairs, desc="evaluate", disable=not progress or len(pairs) < 2):
-        zm = zone_metrics(predv.array[0], refv.array[0], refv.spacing)
+        zm = scored(predv.array[0], refv.array[0], refv.affine)
         if label in ("wg", "wg_ai"):  # whole-gland references have no zones: score WG only
             zm = {"WG": zm["WG"]}
         for zone, m in zm.items():

@@ -80,6 +80,12 @@ def _add_import(sub) -> None:
                     help="keep series flagged BurnedInAnnotation=YES (left out by default)")
     im.add_argument("--force", action="store_true", help="re-import finished studies; write into a folder "
                     "that is not an earlier import")
+    im.add_argument("--serve", action="store_true", help="after the import, serve a page for the staff at the "
+                    "source: every series with a thumbnail and its class; change a class or exclude a series, "
+                    "then Export (segment.import_page; needs the serve extra)")
+    im.add_argument("--host", default="127.0.0.1", help="--serve address (default 127.0.0.1, this machine only: "
+                    "the page shows source images)")
+    im.add_argument("--port", type=int, default=8001, help="--serve port (default 8001)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,13 +157,36 @@ def _import(args) -> int:
     from .importer import ImportOptions, import_dicom
 
     options = ImportOptions(args.dicom_out, args.include_burned_in, args.force, args.workers)
-    m = import_dicom(args.root, args.output, args.key_file, options)
+    if args.serve:
+        return _serve_import(args, options)
+    _print_import(import_dicom(args.root, args.output, args.key_file, options), args.output)
+    return 0
+
+
+def _serve_import(args, options) -> int:
+    """`segment import --serve`: the import, then its page (segment.import_page) until interrupted."""
+    from mricore.errors import UserError
+
+    try:
+        import uvicorn
+
+        from .import_page import create_import_app
+    except ImportError as e:
+        raise UserError("segment import --serve", "needs the serve extra (FastAPI, uvicorn)", f"missing {e.name}",
+                        "pip install -e '.[serve]'") from None
+    app = create_import_app(args.root, args.output, options, args.key_file)
+    _print_import(app.state.import_page.manifest, args.output)
+    print(f"import page on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _print_import(m, output) -> None:
     for s in m.studies:
         print(f"{s.case}: {s.status}" + (f" ({s.reason})" if s.reason else f" ({', '.join(s.outputs)})"))
     counts = m.to_json()["counts"]
-    print(f"dataset: {args.output} ({counts['written']} written, {counts['skipped']} skipped, {counts['failed']} "
+    print(f"dataset: {output} ({counts['written']} written, {counts['skipped']} skipped, {counts['failed']} "
           f"failed, {len(m.problems)} unreadable files; see manifest.json)")
-    return 0
 
 
 def entry() -> None:

@@ -4,7 +4,9 @@ Typed, read and written only here (`Manifest.to_json` / `Manifest.from_json`, `S
 a page that lets a person re-classify or exclude a series edits these objects and writes them back.
 Nothing in it identifies a patient or names a source path: studies are named by the patient's keyed
 pseudonym, series by keyed UIDs (mricore.deid) and their series number, unreadable files by a keyed
-reference (the provider's map file beside the key file resolves it).
+reference (the provider's map file beside the key file resolves it). A person's decision on a series
+(segment.import_page: another class, left out, a burned-in series kept) is a `Decision` on its entry;
+the import applies it (`import_dicom(..., overrides=...)`) and every later run of the import keeps it.
 
     m = Manifest.read("DATASET/manifest.json")
     for study in m.studies:
@@ -19,9 +21,44 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mricore.errors import InputError
+from mricore.series import KINDS
 
 SCHEMA = "segment-import/1"
 STATUSES = ("written", "skipped", "failed")  # a study's outcome; "skipped": no axial T2W
+ON_PAGE = "changed on the page"    # who decided is not known, only where
+EXCLUDED = "excluded on the page"  # a series' `excluded` reason when a person left it out
+
+
+def series_key(series_uid: str, b_value: float | None) -> str:
+    """A series' id within the import: its keyed UID, plus "@b<b-value>" for a diffusion series (one
+    series holding several b-values is one entry per b-value), e.g. "2.25.1234@b800"."""
+    return series_uid if b_value is None else f"{series_uid}@b{b_value:g}"
+
+
+@dataclass
+class Decision:
+    """A person's decision on one series: another class (`kind`; "" keeps the automatic one), left
+    out (`exclude`), or kept although flagged BurnedInAnnotation=YES (`include`). `automatic` is the
+    class the import gave (filled in by the import), `by` where it was decided, `time` when (UTC,
+    ISO 8601). Raises InputError for an unknown class, non-boolean flags or exclude with include."""
+
+    kind: str = ""
+    exclude: bool = False
+    include: bool = False
+    automatic: str = ""
+    by: str = ON_PAGE
+    time: str = ""
+
+    def __post_init__(self):
+        if self.kind not in ("", *KINDS):
+            raise InputError("decision", f"class must be one of {', '.join(KINDS)}", repr(self.kind),
+                             "choose a class from the list")
+        if not isinstance(self.exclude, bool) or not isinstance(self.include, bool):
+            raise InputError("decision", "exclude and include must be true or false",
+                             f"{self.exclude!r}, {self.include!r}", "send JSON booleans")
+        if self.exclude and self.include:
+            raise InputError("decision", "a series is either excluded or included", "both",
+                             "choose one of exclude and include")
 
 
 @dataclass
@@ -41,6 +78,11 @@ class SeriesEntry:
     role: str = ""                   # t2 | adc | dwi when chosen, else ""
     excluded: str = ""               # why it was left out ("" when chosen)
     dicom_out: str = ""              # its de-identified copy, relative to the case folder (--dicom-out)
+    decision: Decision | None = None  # a person's decision, applied (None: all automatic)
+
+    @property
+    def key(self) -> str:
+        return series_key(self.series_uid, self.b_value)
 
 
 @dataclass
@@ -61,7 +103,8 @@ class StudyEntry:
     @classmethod
     def from_json(cls, data: dict) -> "StudyEntry":
         data = dict(data)
-        data["series"] = [SeriesEntry(**s) for s in data.get("series", [])]
+        data["series"] = [SeriesEntry(**{**s, "decision": Decision(**s["decision"]) if s.get("decision") else None})
+                          for s in data.get("series", [])]
         return cls(**data)
 
 
@@ -101,6 +144,11 @@ class Manifest:
         out.studies = [StudyEntry.from_json(s) for s in data.get("studies", [])]
         out.problems = [FileProblem(**p) for p in data.get("problems", [])]
         return out
+
+    def decisions(self) -> dict[str, dict[str, Decision]]:
+        """The recorded decisions, {case: {series key: Decision}}, as `import_dicom` takes them."""
+        return {st.case: {s.key: s.decision for s in st.series if s.decision} for st in self.studies
+                if any(s.decision for s in st.series)}
 
     @classmethod
     def read(cls, path) -> "Manifest":

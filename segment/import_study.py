@@ -5,17 +5,22 @@ renamed: mricore.outputs.replaced_dir), so an existing case folder is a finished
 
 Runs in a worker process: everything it needs travels in a `StudyJob` (plain data), and any exception
 becomes a failed `StudyEntry` with a one-line reason that names no source path.
+
+A person's decisions (`StudyJob.overrides`, {series key: Decision}, from the import page) are applied
+after the automatic classification: another class (a T2W set by a person stands in for the voxel
+checks; the orientation still counts), a series left out, a burned-in series kept. Each entry records
+its decision. A study that is skipped now loses the case folder an earlier run wrote.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mricore.review_limits import ReviewConfig
 
-from .import_manifest import SeriesEntry, StudyEntry
+from .import_manifest import EXCLUDED, Decision, SeriesEntry, StudyEntry, series_key
 
 STUDY_JSON = "study.json"
 
@@ -43,6 +48,7 @@ class StudyJob:
     dicom_out: bool = False
     include_burned_in: bool = False
     limits: ReviewConfig = field(default_factory=ReviewConfig)
+    overrides: dict = field(default_factory=dict)  # {series key: Decision}, a person's decisions
 
 
 def run_study(job: StudyJob) -> StudyEntry:
@@ -89,16 +95,39 @@ def units(slices) -> list[list[SliceRecord]]:
     return sorted(out, key=lambda u: (u[0].facts["series_number"] or 0, u[0].b_value or -1.0))
 
 
+def unit_key(p, unit: list[SliceRecord]) -> str:
+    """The series key (segment.import_manifest.series_key) of one unit of `units`."""
+    return series_key(p.uid(unit[0].series_uid), unit[0].b_value)
+
+
+def check_overrides(jobs: list[StudyJob], overrides: dict) -> None:
+    """Raise InputError for the first case or series key of `overrides` ({case: {series key: ...}})
+    that none of `jobs` holds."""
+    from mricore.errors import InputError
+
+    keys = {j.case: {unit_key(j.pseudonymizer, u) for u in units(j.slices)} for j in jobs}
+    for case, table in overrides.items():
+        if case not in keys:
+            raise InputError("decision", "the study must be one of this import's", repr(str(case)[:40]),
+                             "reload the page and decide again")
+        unknown = sorted(set(table) - keys[case])
+        if unknown:
+            raise InputError("decision", f"the series must be one of study {case}'s", repr(str(unknown[0])[:60]),
+                             "reload the page and decide again")
+
+
 def _classify_units(job: StudyJob, parts):
-    """(classes, volumes, exclusions) of the units: burned-in ones left out, unreadable ones named."""
+    """(classes, volumes, exclusions, decisions) of the units: burned-in ones left out (unless a person
+    kept one), unreadable ones named, a person's decisions applied."""
     from mricore.dicom import read_dicom_files
     from mricore.errors import UserError
     from mricore.series import SeriesClass, classify
 
-    classes, volumes, excluded = [], [], []
+    classes, volumes, excluded, decisions = [], [], [], []
     for unit in parts:
         facts, why = unit[0].facts, ""
-        if facts["burned_in"] and not job.include_burned_in:
+        d = job.overrides.get(unit_key(job.pseudonymizer, unit))
+        if facts["burned_in"] and not (job.include_burned_in or (d and d.include)):
             why = "BurnedInAnnotation YES (pass --include-burned-in to keep it)"
         vol = None
         if not why:
@@ -111,9 +140,25 @@ def _classify_units(job: StudyJob, parts):
         else:
             classes.append(classify(facts, unit[0].b_value, None if vol is None else vol.array[0],
                                     None if vol is None else vol.affine, job.limits))
+        if d is not None:
+            d, left_out = _decide(classes[-1], d)
+            why = why or left_out
         volumes.append(vol)
         excluded.append(why)
-    return classes, volumes, excluded
+        decisions.append(d)
+    return classes, volumes, excluded, decisions
+
+
+def _decide(c, d: Decision) -> tuple[Decision, str]:
+    """Apply a person's decision to the SeriesClass `c` in place: (the decision as recorded, with the
+    automatic class, and why the series is now left out, "" when it is not)."""
+    d = replace(d, automatic=c.kind)
+    if d.kind and c.kind != "unreadable":
+        c.evidence.append(f"class {d.kind} set on the page (automatic: {c.kind})")
+        if d.kind == "T2W":
+            c.axial_t2w = c.orientation in ("axial", "unknown")  # a person's look replaces the voxel checks
+        c.kind = d.kind
+    return d, EXCLUDED if d.exclude else ""
 
 
 def _study(job: StudyJob, p) -> StudyEntry:
@@ -121,14 +166,16 @@ def _study(job: StudyJob, p) -> StudyEntry:
     from mricore.series import choose
 
     parts = units(job.slices)
-    classes, volumes, excluded = _classify_units(job, parts)
+    classes, volumes, excluded, decisions = _classify_units(job, parts)
     pick, reasons = choose(classes, [u[0].facts["series_number"] for u in parts], excluded)
     roles = {i: role for role, i in pick.items()}
-    entries = [_entry(p, unit, c, roles.get(i, ""), reasons[i]) for i, (unit, c) in enumerate(zip(parts, classes))]
+    entries = [_entry(p, unit, c, roles.get(i, ""), reasons[i], decisions[i])
+               for i, (unit, c) in enumerate(zip(parts, classes))]
     study = StudyEntry(job.case, p.patient(job.slices[0].identity), p.uid(job.slices[0].study_uid), "written",
                        series=entries)
     if "t2" not in pick:
         study.status, study.reason = "skipped", "no axial T2W series"
+        _drop(job.out / job.case)
         return study
     with replaced_dir(job.out / job.case) as tmp:
         for role, i in sorted(pick.items()):
@@ -140,10 +187,23 @@ def _study(job: StudyJob, p) -> StudyEntry:
     return study
 
 
-def _entry(p, unit, c, role: str, excluded: str) -> SeriesEntry:
+def _entry(p, unit, c, role: str, excluded: str, decision: Decision | None) -> SeriesEntry:
     f = unit[0].facts
     return SeriesEntry(p.uid(unit[0].series_uid), f["series_number"], f["description"], f["image_type"],
-                       len(unit), c.b_value, c.orientation, c.kind, c.evidence, c.features, role, excluded)
+                       len(unit), c.b_value, c.orientation, c.kind, c.evidence, c.features, role, excluded,
+                       decision=decision)
+
+
+def _drop(case_dir: Path) -> None:
+    """Remove the case folder an earlier run wrote for a study that is skipped now (renamed aside
+    first, so a reader never sees it half removed)."""
+    import os
+    import shutil
+
+    if (case_dir / STUDY_JSON).is_file():
+        aside = case_dir.with_name(f".{case_dir.name}.dropped-{os.getpid()}")
+        os.rename(case_dir, aside)
+        shutil.rmtree(aside)
 
 
 def _write_volume(vol, path: Path) -> None:
@@ -153,11 +213,11 @@ def _write_volume(vol, path: Path) -> None:
 
 
 def _dicom_copies(job: StudyJob, p, parts, entries, case_dir: Path) -> None:
-    """De-identified copies of every series not left out for burned-in text or unreadable pixels."""
+    """De-identified copies of every series not left out for burned-in text, unreadable pixels or by a person."""
     import pydicom
 
     for i, (unit, entry) in enumerate(zip(parts, entries)):
-        if entry.kind == "unreadable" or entry.excluded.startswith("BurnedIn"):
+        if entry.kind == "unreadable" or entry.excluded.startswith(("BurnedIn", EXCLUDED)):
             continue
         b = "" if entry.b_value is None else f"-b{entry.b_value:g}"
         rel = Path("dicom") / f"{i + 1:02d}-{entry.kind}{b}"  # position in the study, not a source name

@@ -18,6 +18,8 @@ one, a random key is used once and nothing can be re-identified.
 
 Re-running into an earlier import made with the same key skips its finished studies (a case folder
 exists only complete); `force` re-imports them. Any other existing, non-empty DATASET needs `force`.
+A person's decisions (`overrides`, from the import page, segment.import_page) re-run the studies they
+name; the decisions recorded in the manifest are applied again by every later run.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from mricore.errors import InputError, OutputExistsError
 from mricore.review_limits import ReviewConfig
 
 from .import_manifest import FileProblem, Manifest, StudyEntry
-from .import_study import STUDY_JSON, SliceRecord, StudyJob, run_study
+from .import_study import STUDY_JSON, SliceRecord, StudyJob, check_overrides, run_study
 
 MANIFEST = "manifest.json"
 COMMON_SUFFIXES = {".dcm", ".dicom", ".ima", ".img", ".txt", ".xml", ".json", ".csv", ".pdf", ".jpg", ".png", ".zip",
@@ -50,11 +52,17 @@ class ImportOptions:
     progress: bool = True            # a tqdm bar on stderr (shown on a terminal only)
 
 
-def import_dicom(root, out, key_file=None, options: ImportOptions = ImportOptions()) -> Manifest:
+def import_dicom(root, out, key_file=None, options: ImportOptions = ImportOptions(), overrides=None,
+                 pseudonymizer=None) -> Manifest:
     """Import the DICOM tree `root` into the dataset folder `out` (module docstring); returns the manifest.
+    `overrides` ({case: {series key: Decision}}) re-runs those studies with a person's decisions, which
+    replace the ones recorded for that case ({} drops them); `pseudonymizer` (mricore.deid) is used
+    instead of the key file's key (the import page keeps one across exports; the map still goes beside
+    `key_file`).
 
-    Raises InputError (missing root, no DICOM image under it, bad key file, workers < 1) and
-    OutputExistsError (`out` exists and is not an earlier import with this key, without force)."""
+    Raises InputError (missing root, no DICOM image under it, bad key file, workers < 1, an override
+    naming a case or series this import does not hold) and OutputExistsError (`out` exists and is not
+    an earlier import with this key, without force)."""
     from mricore.deid import PROFILE, Pseudonymizer, library
 
     root, out = Path(root), Path(out)
@@ -64,23 +72,21 @@ def import_dicom(root, out, key_file=None, options: ImportOptions = ImportOption
         raise InputError(root, "DICOM root must be a folder", "missing" if not root.exists() else "a file",
                          "pass the folder holding the studies")
     previous = _previous(out, options.force)
-    p = Pseudonymizer.from_key_file(key_file, create=True) if key_file else Pseudonymizer.ephemeral()
+    p = pseudonymizer or (Pseudonymizer.from_key_file(key_file, create=True) if key_file else Pseudonymizer.ephemeral())
     if previous is not None and previous.key_fingerprint != p.fingerprint():
         raise OutputExistsError(out, "holds an import made with another key", f"key {previous.key_fingerprint}",
                                 "pass the --key-file it was made with, or choose another -o")
-    files = _list_files(root)
+    overrides = overrides or {}
     with _pool(options.workers) as pool:
-        records, problems = _scan(root, files, pool, p)
-        if not records:
-            raise InputError(root, "no DICOM image found", f"{len(files)} files, none a DICOM image",
-                             "pass the folder holding the exported studies")
-        jobs = _jobs(root, out, p, records, options)
+        decisions = {**(previous.decisions() if previous else {}), **overrides}
+        files, jobs, problems = study_jobs(root, out, p, options, decisions, pool)
+        check_overrides(jobs, overrides)
         manifest = Manifest(p.fingerprint(), f"{PROFILE}; {library()}; keyed", problems=problems)
         kept = {s.case: s for s in (previous.studies if previous else []) if (out / s.case / STUDY_JSON).is_file()}
         manifest.studies = list(kept.values())
         out.mkdir(parents=True, exist_ok=True)
         manifest.write(out / MANIFEST)  # an interrupted import is still recognised, and resumed
-        done = {j.case: _finished(out / j.case) for j in jobs if not options.force}
+        done = {j.case: _finished(out / j.case) for j in jobs if not options.force and j.case not in overrides}
         new = _run(pool, [j for j in jobs if done.get(j.case) is None], options.progress)
     # Earlier imports' studies stay listed (another root into the same dataset); this run's replace them.
     kept.update({s.case: s for s in [*done.values(), *new] if s is not None})
@@ -101,6 +107,21 @@ def _previous(out: Path, force: bool) -> Manifest | None:
         raise OutputExistsError(out, "output exists and is not an earlier import", "no manifest.json of an import",
                                 "pass --force to write into it, or choose another -o")
     return None
+
+
+def study_jobs(root: Path, out: Path, p, options: ImportOptions = ImportOptions(), decisions=None, pool=None):
+    """Scan `root`: (every file, relative and sorted; one StudyJob per study, carrying its decisions
+    from `decisions` {case: {series key: Decision}}; the files that are not DICOM images). Raises
+    InputError when no file is a DICOM image."""
+    from contextlib import nullcontext
+
+    files = _list_files(root)
+    with nullcontext(pool) if pool is not None else _pool(options.workers) as pool:
+        records, problems = _scan(root, files, pool, p)
+    if not records:
+        raise InputError(root, "no DICOM image found", f"{len(files)} files, none a DICOM image",
+                         "pass the folder holding the exported studies")
+    return files, _jobs(root, out, p, records, options, decisions or {}), problems
 
 
 def _list_files(root: Path) -> list[str]:
@@ -194,7 +215,8 @@ def _scan_file(arg) -> SliceRecord | str:
                        position, header_facts(ds))
 
 
-def _jobs(root: Path, out: Path, p, records: list[SliceRecord], options: ImportOptions) -> list[StudyJob]:
+def _jobs(root: Path, out: Path, p, records: list[SliceRecord], options: ImportOptions, decisions: dict
+          ) -> list[StudyJob]:
     """One job per study; the case is the patient's pseudonym, with a study token if it has several."""
     studies: dict[str, list[SliceRecord]] = {}
     for r in records:
@@ -208,7 +230,7 @@ def _jobs(root: Path, out: Path, p, records: list[SliceRecord], options: ImportO
         if per_patient[slices[0].identity] > 1:
             case += "_" + p.token("study", uid)
         jobs.append(StudyJob(root, out, case, p, tuple(slices), options.dicom_out, options.include_burned_in,
-                             options.limits))
+                             options.limits, decisions.get(case, {})))
     return sorted(jobs, key=lambda j: j.case)
 
 

@@ -29,21 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                     "batch or evaluation folder) and compare the ensemble with them")
     ev.add_argument("--force", action="store_true")
 
-    sv = sub.add_parser("serve", help="serve the ensemble over HTTP: a page, POST /predict, results, DICOM-SEG")
-    sv.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--results", default="serve_results", help="folder for RESULTS/<id>/ outputs")
-    sv.add_argument("--workers", type=int, default=1, help="predictions running at once")
-    sv.add_argument("--queue", type=int, default=4, help="requests waiting beyond --workers; more get 503")
-    sv.add_argument("--max-upload-mb", type=float, default=512, help="largest request body; counted while it "
-                    "streams, a larger one gets 413 (default 512)")
-    sv.add_argument("--upload-timeout", type=float, default=300, metavar="S",
-                    help="seconds an upload may take; a slower one gets 408 and holds no worker (default 300)")
-    sv.add_argument("--keep-hours", type=float, default=24,
-                    help="results older than this are removed and answer 404 (default 24)")
-    sv.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every endpoint "
-                    "but /health")
+    _add_serve(sub)
 
     ex = sub.add_parser("export", help="write every member as ONNX with its preprocessing spec and the ensemble config")
     ex.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled PyTorch members)")
@@ -82,11 +68,36 @@ def _add_predict(sub) -> None:
                          "torchrun each rank takes its own slice of the cases")
     pr.add_argument("--force", action="store_true", help="overwrite existing outputs, and segment an input the "
                     "checks reject as not an axial T2W study (its verdict stays reject)")
+    pr.add_argument("--resume", action="store_true", help="batch: keep the cases an earlier run with the same "
+                    "config completed in OUT, run the failed and missing ones, summarise all (not with --force)")
     pr.add_argument("--keep-identity", action="store_true",
                     help="seg.dcm keeps the source's patient, study and UIDs (a round trip into your own PACS); "
                          "default: de-identified (DICOM PS3.15 Basic Profile). Nothing else ever carries them")
     pr.add_argument("--key-file", metavar="K", help="de-identify seg.dcm with the provider's key K: the "
                     "pseudonyms and UIDs `segment import --key-file K --dicom-out` writes (default: a random key)")
+
+
+def _add_serve(sub) -> None:
+    sv = sub.add_parser("serve", help="serve the ensemble over HTTP: a page, POST /predict, results, DICOM-SEG")
+    sv.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--results", default="serve_results", help="folder for RESULTS/<id>/ outputs")
+    sv.add_argument("--workers", type=int, default=1, help="predictions running at once")
+    sv.add_argument("--queue", type=int, default=4, help="requests waiting beyond --workers; more get 503")
+    sv.add_argument("--max-upload-mb", type=float, default=512, help="largest request body; counted while it "
+                    "streams, a larger one gets 413 (default 512)")
+    sv.add_argument("--upload-timeout", type=float, default=300, metavar="S",
+                    help="seconds an upload may take; a slower one gets 408 and holds no worker (default 300)")
+    sv.add_argument("--keep-hours", type=float, default=24,
+                    help="results older than this are removed and answer 404 (default 24)")
+    sv.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every endpoint "
+                    "but /health")
+    sv.add_argument("--import", dest="import_root", metavar="DICOM_ROOT", default=None,
+                    help="also offer the data provider's page of `segment import --serve` for this tree at /import/")
+    sv.add_argument("--import-to", dest="import_dataset", metavar="DATASET", default=None,
+                    help="the dataset folder that page writes (with --import)")
+    sv.add_argument("--key-file", default=None, help="the provider's key for that page's pseudonyms (with --import)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +139,13 @@ def _serve(args) -> int:
 
         raise UserError("ensemble serve", "needs the serve extra (FastAPI, uvicorn, python-multipart)",
                         f"missing {e.name}", "pip install -e '.[serve]'") from None
+    if (args.import_root is None) != (args.import_dataset is None):
+        from mricore.errors import UserError
+
+        raise UserError("--import/--import-to", "go together", "one of them", "give the DICOM tree and the dataset folder")
     serve(load_ensemble_config(args.config), args.host, args.port, args.results, args.workers,
-          args.queue, args.max_upload_mb, args.upload_timeout, args.keep_hours, args.token)
+          args.queue, args.max_upload_mb, args.upload_timeout, args.keep_hours, args.token,
+          (args.import_root, args.import_dataset, args.key_file) if args.import_root else None)
     return 0
 
 
@@ -147,13 +163,18 @@ def _predict(args) -> int:
     if not is_batch_input(args.inputs):
         from .predict import predict
 
+        if args.resume:
+            from mricore.errors import InputError
+
+            raise InputError("--resume", "applies to a batch (a dataset folder or a datalist)", "one case",
+                             "drop --resume (a finished case is refused without --force)")
         record = predict(args.inputs, args.output, cfg, args.force, probs, args.report, identity=identity)
         _print_case(record.case_id, record.headline())
         return 0
     from .batch import predict_batch, rank_and_world
 
     rows = predict_batch(args.inputs[0], args.output, cfg, args.force, probs, args.report, workers=args.workers,
-                         identity=identity)
+                         identity=identity, resume=args.resume)
     for r in rows if rank_and_world()[0] == 0 else []:
         if r["status"] == "ok":
             _print_case(r["case_id"], r)
@@ -163,7 +184,8 @@ def _predict(args) -> int:
         from mricore.results import SUMMARY_CSV
 
         raise UserError(args.output, f"{len(failed)} of {len(rows)} cases failed (nothing kept of "
-                        "them; the others are complete)", failed[0]["error"], f"see {args.output}/{SUMMARY_CSV}")
+                        "them; the others are complete)", failed[0]["error"],
+                        f"see {args.output}/{SUMMARY_CSV}; to retry only those, run again with --resume")
     return 0
 
 

@@ -11,10 +11,13 @@ Endpoints:
   seg.dcm (DICOM input only). The id is 32 hex digits and the file one of these names, so no request
   reaches outside the results folder.
 - `GET /health`: status, members, workers, requests running and waiting (never needs the token).
+- `GET /login`: a form that turns the token into a cookie, for people in a browser (ensemble.guard).
+- `/import/`: with `import_root`, the data provider's page of `segment import --serve` (segment.import_page).
 
 Limits, each answered at once with JSON `{"error": "<one line>"}` (and the connection closed when the
 body was not read to its end):
-- 401 without `Authorization: Bearer TOKEN` when started with a token (every endpoint but /health);
+- 401 without `Authorization: Bearer TOKEN` or the /login cookie when started with a token (every
+  endpoint but /health and /login);
 - 413 when the body exceeds `max_upload_mb`: Content-Length is checked first, and every byte is counted
   as it streams (chunked too), before it is parsed, so nothing past the limit is written and the rest
   of the body is not read (ensemble.upload);
@@ -33,7 +36,6 @@ happens; nothing of a rejected request stays on disk. The server binds to 127.0.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import shutil
@@ -52,6 +54,7 @@ from mricore.results import (MEDIA_TYPES, OVERLAY_PNG, REPORT_HTML, SEG_DCM, UNC
                              ZONES_NII)
 
 from . import upload
+from .guard import Guard, add_login
 from .upload import MAX_ZIP_FILES, MAX_ZIP_RATIO  # noqa: F401  (named in the docstring)
 
 # The case files a client may download (not ensemble.yaml: it names the server's member paths).
@@ -94,10 +97,6 @@ class Server:
             with self.lock:
                 self.running -= 1
 
-    def authorized(self, header: bytes) -> bool:
-        """No token, or `Authorization: Bearer TOKEN` (compared in constant time)."""
-        return self.token is None or hmac.compare_digest(header, f"Bearer {self.token}".encode())
-
     def expired(self, path: Path) -> bool:
         """Older than keep_hours (by its last change), or gone."""
         try:
@@ -126,24 +125,17 @@ def _error(status: int, message: str, close: bool = False, headers: dict | None 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-class _Guard:
-    """ASGI middleware: 401 for every request but /health without the bearer token."""
-
-    def __init__(self, app, server: Server):
-        self.app, self.server = app, server
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] != "/health" and not self.server.authorized(
-                dict(scope["headers"]).get(b"authorization", b"")):
-            answer = _error(401, "authorization: a bearer token is required; got none or a wrong one; fix: send "
-                            "the header 'Authorization: Bearer TOKEN'", close=True, headers={"WWW-Authenticate": "Bearer"})
-            return await answer(scope, receive, send)
-        return await self.app(scope, receive, send)
+def _deny(scope, receive, send):
+    """The guard's answer to a request without the token (ensemble.guard)."""
+    return _error(401, "authorization: a bearer token is required; got none or a wrong one; fix: send the header "
+                  "'Authorization: Bearer TOKEN', or sign in at /login in a browser", close=True,
+                  headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
 
 
 def create_app(cfg, results: str | Path, workers: int = 1, queue: int = 4, max_upload_mb: float = 512,
-               upload_timeout_s: float = 300, keep_hours: float = 24, token: str | None = None):
-    """The FastAPI application (module docstring); `cfg` is a loaded EnsembleConfig."""
+               upload_timeout_s: float = 300, keep_hours: float = 24, token: str | None = None, import_page=None):
+    """The FastAPI application (module docstring); `cfg` is a loaded EnsembleConfig; `import_page` (the
+    app of segment.import_page.create_import_app) is mounted at /import/, behind the same guard."""
     server = Server(cfg, Path(results), workers, queue, max_upload_mb, upload_timeout_s, keep_hours, token)
 
     @asynccontextmanager
@@ -158,7 +150,10 @@ def create_app(cfg, results: str | Path, workers: int = 1, queue: int = 4, max_u
 
     app = FastAPI(title="prostate-zones ensemble", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.server = server
-    app.add_middleware(_Guard, server=server)
+    app.add_middleware(Guard, token=token, deny=_deny)
+    add_login(app, token)
+    if import_page is not None:
+        app.mount("/import", import_page)
 
     @app.get("/", response_class=HTMLResponse)
     def page():
@@ -228,8 +223,9 @@ def _answer(folder: Path, result_id: str, record) -> dict:
 
 def serve(config=None, host: str = "127.0.0.1", port: int = 8000, results: str | Path = "serve_results",
           workers: int = 1, queue: int = 4, max_upload_mb: float = 512, upload_timeout_s: float = 300,
-          keep_hours: float = 24, token: str | None = None) -> None:
-    """Load the ensemble and serve it until interrupted."""
+          keep_hours: float = 24, token: str | None = None, import_page: tuple | None = None) -> None:
+    """Load the ensemble and serve it until interrupted; `import_page` (DICOM_ROOT, DATASET, key file or
+    None) also offers segment import's page at /import/."""
     import uvicorn
 
     from .config import load_ensemble_config
@@ -244,7 +240,14 @@ def serve(config=None, host: str = "127.0.0.1", port: int = 8000, results: str |
     from mricore.outputs import check_output_dir
 
     check_output_dir(results, fix="choose another --results folder")
-    app = create_app(cfg, results, workers, queue, max_upload_mb, upload_timeout_s, keep_hours, token)
+    page = None
+    if import_page is not None:
+        from segment.import_page import create_import_app
+        from segment.importer import ImportOptions
+
+        root, dataset, key_file = import_page
+        page = create_import_app(root, dataset, ImportOptions(progress=False, limits=cfg.review), key_file)
+    app = create_app(cfg, results, workers, queue, max_upload_mb, upload_timeout_s, keep_hours, token, page)
     print(f"serving {len(app.state.server.members)} members on http://{host}:{port}/ (results in {results}, kept "
           f"{keep_hours:g} h{'; bearer token required' if token else ''})")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import urllib.error
 import os
 import re
 import resource
@@ -248,6 +249,38 @@ def test_a_token_guards_every_endpoint_but_health(cfg, tmp_path, data_dir):
         assert status == 200, j
         assert get(s.url + j["files"]["zones.json"])[0] == 401
         assert get(s.url + j["files"]["zones.json"], token="s3cret-token")[0] == 200
+    finally:
+        s.stop()
+
+
+def test_a_browser_signs_in_once_and_reaches_the_import_page_behind_the_same_token(cfg, tmp_path, data_dir):
+    """A browser cannot send the bearer header: /login turns the token into a cookie that opens the
+    page and the data provider's import page mounted at /import/ (segment.import_page)."""
+    import shutil
+    import urllib.request
+
+    from segment.import_page import create_import_app
+    from segment.importer import ImportOptions
+
+    tree = tmp_path / "tree" / "study"
+    shutil.copytree(data_dir / "dicom" / "ProstateX-0000" / "4.000000-t2tsetra-00702", tree / "t2")
+    page = create_import_app(tmp_path / "tree", tmp_path / "dataset", ImportOptions(progress=False))
+    s = serve(cfg, tmp_path / "r", token="s3cret-token", import_page=page)
+    no_redirect = urllib.request.build_opener(type("Keep", (urllib.request.HTTPRedirectHandler,),
+                                                   {"redirect_request": lambda *a, **k: None}))
+    try:
+        assert get(s.url + "/import/")[0] == 401 and get(s.url + "/login")[0] == 200
+        with pytest.raises(urllib.error.HTTPError) as wrong:
+            no_redirect.open(s.url + "/login", data=b"token=nope", timeout=30)
+        assert wrong.value.code == 401 and "set-cookie" not in wrong.value.headers
+        with pytest.raises(urllib.error.HTTPError) as right:  # 303 back to the page, with the cookie
+            no_redirect.open(s.url + "/login", data=b"token=s3cret-token", timeout=30)
+        cookie = right.value.headers["set-cookie"].split(";")[0]
+        assert right.value.code == 303 and "HttpOnly" in right.value.headers["set-cookie"]
+        for path in ("/", "/import/", "/import/api/manifest"):
+            with urllib.request.urlopen(urllib.request.Request(s.url + path, headers={"Cookie": cookie}),
+                                        timeout=60) as r:
+                assert r.status == 200, path
     finally:
         s.stop()
 

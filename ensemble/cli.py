@@ -154,7 +154,6 @@ def _predict(args) -> int:
     from mricore.results import is_batch_input
 
     from .config import load_ensemble_config
-
     from .dicomseg import Identity
 
     cfg = load_ensemble_config(args.config, args.overrides)

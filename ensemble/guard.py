@@ -13,9 +13,7 @@ import hmac
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
-from fastapi import (
-    Request,  # the serve extra; only `ensemble serve` imports this module
-)
+from fastapi import Request  # the serve extra; only `ensemble serve` imports this module
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 COOKIE = "zones_token"

@@ -46,22 +46,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import (  # the serve extra; only `ensemble serve` imports this module
-    FastAPI,
-    Request,
-)
+from fastapi import FastAPI, Request  # the serve extra; only `ensemble serve` imports this module
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from mricore.errors import InputError, UserError
-from mricore.results import (
-    MEDIA_TYPES,
-    OVERLAY_PNG,
-    REPORT_HTML,
-    SEG_DCM,
-    UNCERTAINTY_NII,
-    ZONES_JSON,
-    ZONES_NII,
-)
+from mricore.results import (MEDIA_TYPES, OVERLAY_PNG, REPORT_HTML, SEG_DCM, UNCERTAINTY_NII, ZONES_JSON,
+                             ZONES_NII)
 
 from . import upload
 from .guard import Guard, add_login

@@ -24,9 +24,8 @@ import yaml
 
 pytest.importorskip("fastapi", reason="needs the 'serve' extra (pip install -e '.[serve]')")
 
-from serve_client import Running, Stream, get, post  # noqa: E402
-
 from mricore.results import read_case  # noqa: E402
+from serve_client import Running, Stream, get, post  # noqa: E402
 
 P158 = "prostate158/001"
 DICOM_T2 = "dicom/ProstateX-0000/4.000000-t2tsetra-00702"

@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q "numpy>=1.24,<2.4" setuptools wheel
 	$(BIN)/pip install -q --no-build-isolation --no-binary elasticdeform elasticdeform==0.5.1
-	$(BIN)/pip install -q -e ".[test,browser,serve,onnx]"
+	$(BIN)/pip install -q -e ".[test,browser,serve,onnx,pacs]"
 	$(BIN)/python -c "import elasticdeform, torch, monai; print('ok: torch', torch.__version__, 'monai', monai.__version__)"
 	touch $@
 

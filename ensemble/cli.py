@@ -15,6 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     _add_predict(sub)
+    _add_listen(sub)
 
     ev = sub.add_parser("evaluate", help="score the ensemble and each member side by side on labelled cases")
     ev.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_predict(sub) -> None:
     """The `predict` subcommand's arguments."""
     pr = sub.add_parser("predict", help="zones of one case (or every case of a dataset folder / datalist)")
-    pr.add_argument("inputs", nargs="+", metavar="INPUT",
+    pr.add_argument("inputs", nargs="*", metavar="INPUT",
                     help="a volume, several channel files (t2/adc/dwi by name, else T2W, ADC, DWI in order), "
                          "a case folder, a DICOM series folder; or one dataset folder / .csv / .json datalist")
     pr.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
@@ -75,6 +76,30 @@ def _add_predict(sub) -> None:
                          "default: de-identified (DICOM PS3.15 Basic Profile). Nothing else ever carries them")
     pr.add_argument("--key-file", metavar="K", help="de-identify seg.dcm with the provider's key K: the "
                     "pseudonyms and UIDs `segment import --key-file K --dicom-out` writes (default: a random key)")
+    pr.add_argument("--dicomweb", metavar="URL", help="instead of INPUT: retrieve study --study over WADO-RS from "
+                    "this DICOMweb root (e.g. http://pacs:8042/dicom-web); the pacs extra")
+    pr.add_argument("--study", metavar="UID", help="with --dicomweb: the StudyInstanceUID to segment")
+    pr.add_argument("--stow", action="store_true", help="with --dicomweb: store the SEG and the SR measurement "
+                    "report back over STOW-RS (with --keep-identity, into the patient's own study)")
+
+
+def _add_listen(sub) -> None:
+    """The `listen` subcommand's arguments."""
+    ls = sub.add_parser("listen", help="a DICOM node: receive studies by C-STORE, send the DICOM-SEG and an SR "
+                        "of the volumes back")
+    ls.add_argument("--port", type=int, required=True, help="TCP port to listen on (e.g. 11112)")
+    ls.add_argument("--ae-title", required=True, help="this node's AE title, as the PACS knows it")
+    ls.add_argument("--send-to", required=True, metavar="AET@HOST:PORT", help="where the SEG and SR go (C-STORE); "
+                    "loopback or the local network only, unless --keep-identity")
+    ls.add_argument("--allowed-ae", metavar="A,B", help="accept associations only from these calling AE titles")
+    ls.add_argument("--study-timeout", type=float, default=10.0, metavar="S",
+                    help="a study is complete after S seconds without a new instance (default 10)")
+    ls.add_argument("--keep-identity", action="store_true", help="results keep the patient, study and UIDs and "
+                    "land in the patient's own study; default: de-identified (DICOM PS3.15 Basic Profile)")
+    ls.add_argument("--workers", type=int, default=1, metavar="N", help="studies processed at once (default 1)")
+    ls.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0: the PACS must reach it)")
+    ls.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
+    ls.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
 def _add_serve(sub) -> None:
@@ -102,7 +127,8 @@ def _add_serve(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"pack": _pack, "export": _export, "serve": _serve, "predict": _predict, "evaluate": _evaluate}
+    commands = {"pack": _pack, "export": _export, "serve": _serve, "predict": _predict, "evaluate": _evaluate,
+                "listen": _listen}
     return run_cli(lambda: commands[args.cmd](args))
 
 
@@ -159,6 +185,8 @@ def _predict(args) -> int:
     cfg = load_ensemble_config(args.config, args.overrides)
     probs = True if args.probabilities else None
     identity = Identity(args.keep_identity, args.key_file).check()
+    if args.dicomweb or args.study or args.stow or not args.inputs:
+        return _predict_dicomweb(args, cfg, probs, identity)
     if not is_batch_input(args.inputs):
         from .predict import predict
 
@@ -185,6 +213,35 @@ def _predict(args) -> int:
         raise UserError(args.output, f"{len(failed)} of {len(rows)} cases failed (nothing kept of "
                         "them; the others are complete)", failed[0]["error"],
                         f"see {args.output}/{SUMMARY_CSV}; to retry only those, run again with --resume")
+    return 0
+
+
+def _predict_dicomweb(args, cfg, probs, identity) -> int:
+    """`predict --dicomweb URL --study UID`: one study over WADO-RS into OUT, SEG and SR back with --stow."""
+    from .dicomweb import check_request, predict_dicomweb
+
+    check_request(args.inputs, args.dicomweb, args.study)
+    record, stored = predict_dicomweb(args.dicomweb, args.study, args.output, cfg, args.force, probs, args.report,
+                                      identity, args.stow)
+    _print_case(record.case_id, record.headline())
+    if stored:
+        print(f"stored over STOW-RS: {', '.join(stored)}")
+    return 0
+
+
+def _listen(args) -> int:
+    """`listen`: checks (AE titles, --send-to and the destination rule, config) before the port opens."""
+    from .config import load_ensemble_config
+    from .listen import Listener
+    from .nodes import Node, check_ae_title, check_destination, require_pacs
+
+    require_pacs()
+    send_to = Node.parse(args.send_to)
+    check_destination(send_to.host, args.keep_identity)
+    allowed = [check_ae_title(a, "--allowed-ae") for a in (args.allowed_ae or "").split(",") if a.strip()]
+    cfg = load_ensemble_config(args.config, args.overrides)
+    Listener(cfg, args.port, check_ae_title(args.ae_title), send_to, allowed, args.study_timeout,
+             args.keep_identity, args.workers, args.host).serve_forever()
     return 0
 
 

@@ -2,14 +2,26 @@
 
 Cost model (what bench/ensemble_bench.py measures):
 - the image is read and aligned once (by the caller), and preprocessed once per distinct
-  PreprocessSpec (`PreprocessSpec.key()`), never once per member;
+  PreprocessSpec (`PreprocessSpec.key()`) and TTA scale (a "pass"), never once per member;
 - members are loaded once, before the input is read (ensemble.members.read_members), and run one
-  after another; each member's probabilities are added to a running
-  weighted sum on the working grid of its spec, then dropped, so peak memory is about one member plus
-  the sums plus one uint8 label map per member;
-- each spec group's weighted sum is restored onto the input grid once. Restoring is linear
-  interpolation, so restoring the sum equals summing the restored members: the combination is the
-  one on the input grid, in float32, at the cost of one restore per spec instead of one per member.
+  after another; each member's probabilities are added to its pass's running weighted sum on the
+  pass's working grid and its argmax is kept there (uint8), then the probabilities are dropped;
+- the work box (`work_box`): the box of input-grid voxels that some pass's working grid reaches when
+  restored (mricore.preprocess.footprint), cut to the locator's margin. Outside it every member says
+  background with probability 1 and label 0, so the combined label is 0, the probabilities (1, 0, 0),
+  entropy and disagreement 0 there, known without computing them;
+- each pass's weighted sum is restored onto the box once (linear) and its members' labels carried
+  there (nearest); combination, largest component, entropy and disagreement run on the box, and the
+  results are embedded into the input grid (mricore.box.embed).
+What is exact: restoring is linear, so restoring a pass's sum equals summing its restored members; a
+box voxel gets exactly the value a restore onto the whole input grid gives it; each pass is
+interpolated once, straight onto the input's own voxels. The maps therefore equal those of combining
+every member on the whole input grid (to float32 rounding; STAPLE, which estimates each member's
+performance from the voxels it is given, is given the box), at a fraction of the cost on a large grid
+(Philips-03, 704 x 704 x 30: the box is 165 x 175 x 28, a twentieth of the grid). The box of the input
+grid is the common grid of passes whose working grids differ; one pass's working grid as the common
+grid would interpolate the others twice (onto it, then onto the input), smoothing their probabilities
+and moving their nearest-neighbour labels.
 Two stages (`EnsembleConfig.locator`): a coarse segmenter finds the gland on the whole field of view
 first; members whose spec crops around the gland (crop_centre "gland") are centred on its bounding
 box, and everything farther than `locator_margin_mm` from that box is background. With `n4`, the T2W
@@ -30,10 +42,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from mricore import box as boxes
 from mricore import zones
-from mricore.align import fill_outside_box
 from mricore.bias import bias_corrected
-from mricore.preprocess import PreprocessSpec, preprocess, restore
+from mricore.preprocess import PreprocessSpec, footprint, preprocess, restore
 from mricore.results import mask_volume_ml, zone_volumes_ml
 from mricore.review import output_checks, output_features, verdict
 from mricore.timing import Timer
@@ -43,19 +55,29 @@ from segment.segmenter import BACKGROUND
 from . import combine
 from .config import EnsembleConfig
 from .members import Member, read_locator
+from .passes import Pass, restore_passes, work_box
 
 
 @dataclass
 class EnsembleResult:
     """Outputs on the input grid (I, J, K): zones uint8, combined probabilities (3, ...) float32,
-    normalised entropy and member disagreement float32, and the sidecar facts in `info`."""
+    normalised entropy and member disagreement float32, and the sidecar facts in `info`; the member
+    label maps on the work `box` (`box_member_labels`, (M, *box shape) uint8, members in
+    `info["members_used"]` order)."""
 
     label: np.ndarray
     prob: np.ndarray
     entropy: np.ndarray
     disagreement: np.ndarray
-    member_labels: np.ndarray          # (M, I, J, K) uint8, members in `info["members_used"]` order
+    box_member_labels: np.ndarray
+    box: boxes.Box
     info: dict = field(default_factory=dict)
+
+    @property
+    def member_labels(self) -> np.ndarray:
+        """(M, I, J, K) uint8 member label maps on the input grid (0 outside the box), built when asked
+        (`ensemble evaluate` scores them; prediction never needs them whole)."""
+        return boxes.embed(self.box_member_labels, self.box, self.label.shape, 0)
 
 
 def member_weights(cfg: EnsembleConfig, used: list[Member]) -> np.ndarray:
@@ -74,42 +96,31 @@ def member_weights(cfg: EnsembleConfig, used: list[Member]) -> np.ndarray:
     return np.repeat(w[:, None], zones.N_CLASSES, axis=1)
 
 
-def nearest_index_map(prep) -> np.ndarray:
-    """(I, J, K) int32 map from each input-grid voxel to 1 + the flat index of its nearest working-grid
-    voxel (0 outside the working grid): the nearest-neighbour restore of an integer map, computed once
-    per spec, so carrying each member's labels onto the input grid is a gather instead of a resampling."""
-    index = np.arange(1, prep.array[0].size + 1, dtype=np.int32).reshape(prep.array.shape[1:])
-    return restore(index[None], prep)[0]
-
-
-def carry_labels(work_label: np.ndarray, index_map: np.ndarray) -> np.ndarray:
-    """Working-grid uint8 labels -> input grid through `nearest_index_map` (0 outside)."""
-    return np.concatenate([np.zeros(1, np.uint8), work_label.ravel()])[index_map]
-
-
-def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, list[np.ndarray] | None, dict]:
+def locate(image: Volume, cfg: EnsembleConfig) -> tuple[np.ndarray | None, boxes.Box | None, dict]:
     """Stage one: the locator's largest gland component on the input grid -> (its bounding box centre
-    in world mm, the box grown by `locator_margin_mm` as one boolean vector per axis (None without a
-    margin), facts); (None, None, facts) when there is no locator, it lacks a channel of the input, or
-    it finds no gland (one stage then)."""
+    in world mm, the box grown by `locator_margin_mm` as a box of input voxels (None without a margin),
+    facts); (None, None, facts) when there is no locator, it lacks a channel of the input, or it finds
+    no gland (one stage then)."""
     if not cfg.locator:
         return None, None, {"used": False}
     loc = read_locator(str(cfg.locator))
     if any(c not in image.channels for c in loc.channels):
         return None, None, {"used": False, "reason": f"locator needs {', '.join(loc.channels)}"}
-    # Its largest gland component on its own coarse grid, carried to the input grid as one uint8 map
-    # (nearest): restoring its three probability maps onto a large input grid would cost more than it.
+    # Its largest gland component on its own coarse grid, carried to the input grid (nearest) on the
+    # box its gland voxels reach only: the same voxels as a whole-grid restore, at a fraction of the cost.
     prep = preprocess(image, loc.spec)
-    work = zones.keep_largest_component(zones.labels_from_probabilities(loc.segmenter.probabilities(prep.array)))
-    gland = restore((work > 0).astype(np.uint8)[None], prep)[0] > 0
+    work = zones.keep_largest_component(zones.labels_from_probabilities(loc.segmenter.probabilities(prep.array))) > 0
+    found = np.argwhere(work)
+    at = footprint(prep, found.min(0), found.max(0) + 1) if len(found) else (slice(0, 0),) * 3
+    gland = restore(work.astype(np.uint8)[None], prep, box=at)[0] > 0
     if not gland.any():
         return None, None, {"used": False, "reason": "the locator found no gland"}
-    idx = np.argwhere(gland)
+    idx = np.argwhere(gland) + [s.start for s in at]
     lo, hi = idx.min(0), idx.max(0)
     keep = None
-    if cfg.locator_margin_mm is not None:  # the grown box, one boolean vector per axis
+    if cfg.locator_margin_mm is not None:  # the grown box
         grow = np.ceil(cfg.locator_margin_mm / np.asarray(image.spacing)).astype(int)
-        keep = [(np.arange(n) >= a - g) & (np.arange(n) <= b + g) for n, a, b, g in zip(image.shape, lo, hi, grow)]
+        keep = tuple(slice(int(max(a - g, 0)), int(min(b + g + 1, n))) for n, a, b, g in zip(image.shape, lo, hi, grow))
     centre = (image.affine @ np.r_[(lo + hi) / 2.0, 1])[:3]
     return centre, keep, {"used": True, "model": loc.name, "centre_mm": [round(float(v), 2) for v in centre],
                           "gland_ml": mask_volume_ml(gland, image.voxel_volume_ml),
@@ -125,8 +136,8 @@ UNCERTAINTY_DEFINITION = ("score: mean normalised entropy (0..1); disagreement: 
 def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> EnsembleResult:
     """Members `used` (all of whose channels `image` has) on `image`; combination by `cfg.method`.
 
-    Steps: N4 (optional), locate, then per spec group crop and run the members and restore their sum,
-    combine, review; each stage is timed into `info["timings_s"]` (TIMED_STAGES)."""
+    Steps: N4 (optional), locate, then per pass crop and run the members, restore every pass onto the
+    work box, combine, review; each stage is timed into `info["timings_s"]` (TIMED_STAGES)."""
     timer = Timer(*TIMED_STAGES)
     weights = member_weights(cfg, used)
     sources = Sources(image)
@@ -136,12 +147,17 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     with timer("locator"):
         centre, keep, located = locate(image, cfg)
     groups = spec_groups(used)
-    total, member_labels = run_members(sources, used, weights, groups, centre, cfg, timer)
+    passes = run_members(sources, used, weights, groups, centre, cfg, timer)
+    with timer("restore"):
+        box = work_box(passes, keep)
+        total, member_labels = restore_passes(passes, len(used), box)
+    del passes
     with timer("combine"):
-        label, prob, staple_perf = combine_members(total, member_labels, keep, cfg.method)
+        label, prob, staple_perf = combine_members(total, member_labels, cfg.method)
     del total
     with timer("postprocess"):
-        label, ent, dis, reviewed = review(label, prob, member_labels, image, cfg)
+        label, ent, dis, reviewed = review(label, prob, member_labels, box, image, cfg)
+        prob = boxes.embed(prob, box, image.shape, BACKGROUND)
     info = {
         "method": cfg.method,
         "members_used": [{"member": m.name, "path": str(m.path), "channels": m.channels} for m in used],
@@ -154,7 +170,7 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     }
     if staple_perf is not None:
         info["staple_performance"] = {m.name: p for m, p in zip(used, staple_perf)}
-    return EnsembleResult(label, prob, ent, dis, member_labels, info)
+    return EnsembleResult(label, prob, ent, dis, member_labels, box, info)
 
 
 @dataclass
@@ -195,40 +211,31 @@ def crop(sources: Sources, spec: PreprocessSpec, centre: np.ndarray | None, scal
 
 
 def run_members(sources: Sources, used: list[Member], weights: np.ndarray, groups: dict[str, list[int]],
-                centre: np.ndarray | None, cfg: EnsembleConfig, timer: Timer) -> tuple[combine.WeightedSum, np.ndarray]:
+                centre: np.ndarray | None, cfg: EnsembleConfig, timer: Timer) -> list[Pass]:
     """Step "members": every spec group (times every TTA scale) cropped, its members run one after
-    another into one weighted sum, restored onto the input grid -> (the running sum on the input grid,
-    (M, I, J, K) uint8 member label maps from scale 1)."""
-    acc = combine.WeightedSum()
-    member_labels = np.zeros((len(used),) + sources.image.shape, np.uint8)
+    another into one weighted sum on its working grid; member label maps from scale 1."""
+    passes = []
     for idxs, scale in itertools.product(groups.values(), cfg.tta_scales):
         with timer("preprocess"):
-            prep = crop(sources, used[idxs[0]].spec, centre, scale)
-        with timer("restore"):
-            to_input = nearest_index_map(prep) if scale == 1.0 else None
-        work = combine.WeightedSum()
+            one = Pass(crop(sources, used[idxs[0]].spec, centre, scale))
         for i in idxs:
             with timer("network", used[i].name):
-                prob = used[i].segmenter.probabilities(prep.array, tta_flip=cfg.tta, whole_slice=cfg.whole_slice)
-            with timer("restore"):
-                work.add(prob, weights[i])
-                if to_input is not None:  # member label maps: each member at the input's own scale
-                    member_labels[i] = carry_labels(zones.labels_from_probabilities(prob), to_input)
+                prob = used[i].segmenter.probabilities(one.prep.array, tta_flip=cfg.tta, whole_slice=cfg.whole_slice)
+            with timer("combine"):
+                one.work.add(prob, weights[i])
+                if scale == 1.0:  # member label maps: each member at the input's own scale
+                    one.labels[i] = zones.labels_from_probabilities(prob)
             del prob
-        with timer("restore"):
-            # Outside the working grid every member says background with probability 1 (BACKGROUND).
-            acc.add_sum(restore(work.total, prep, fill=[float(work.weight[0]) * v for v in BACKGROUND]), work.weight)
-    return acc, member_labels
+        passes.append(one)
+    return passes
 
 
-def combine_members(total: combine.WeightedSum, member_labels: np.ndarray, keep: list[np.ndarray] | None,
+def combine_members(total: combine.WeightedSum, member_labels: np.ndarray,
                     method: str) -> tuple[np.ndarray, np.ndarray, list | None]:
-    """Step "combine": (label, probabilities, STAPLE's per-member performance or None) by `method`;
-    everything farther than the locator's margin (`keep`) becomes background, in `member_labels` too."""
+    """Step "combine": (label, probabilities, STAPLE's per-member performance or None) by `method`, on
+    the work box. STAPLE estimates each member's performance over the box (the voxels some member's
+    grid reaches), not over background no member saw."""
     prob = total.result()
-    if keep is not None:  # farther than the margin from the located gland: background
-        fill_outside_box(prob, keep, BACKGROUND)
-        fill_outside_box(member_labels, keep, [0] * len(member_labels))
     if method == "vote":
         return combine.majority_vote(member_labels, tie_break=prob), combine.vote_fractions(member_labels), None
     if method == "staple":
@@ -237,10 +244,12 @@ def combine_members(total: combine.WeightedSum, member_labels: np.ndarray, keep:
     return zones.labels_from_probabilities(prob), prob, None
 
 
-def review(label: np.ndarray, prob: np.ndarray, member_labels: np.ndarray, image: Volume,
+def review(label: np.ndarray, prob: np.ndarray, member_labels: np.ndarray, box: boxes.Box, image: Volume,
            cfg: EnsembleConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Step "review": the largest-component rule, the uncertainty maps and the output checks ->
-    (label, entropy, disagreement, info entries "uncertainty", "gland_components", "review")."""
+    """Step "review": the largest-component rule and the uncertainty maps on the work box (outside it
+    there is no gland, entropy and disagreement are 0), embedded into the input grid, and the output
+    checks -> (label, entropy, disagreement on the input grid, info entries "uncertainty",
+    "gland_components", "review")."""
     kept, parts = zones.largest_component(label)
     if cfg.largest_component:
         label = kept
@@ -249,9 +258,10 @@ def review(label: np.ndarray, prob: np.ndarray, member_labels: np.ndarray, image
     region = combine.gland_region(label, member_labels)
     score = float(ent[region].mean()) if region.any() else 0.0
     mean_dis = float(dis[region].mean()) if region.any() else 0.0
+    label, ent, dis = (boxes.embed(a, box, image.shape, 0) for a in (label, ent, dis))
     features = output_features(label, image.affine, entropy=score, disagreement=mean_dis,
-                                  removed_fraction=parts["removed_fraction"], slab_mm=cfg.review.slab_mm,
-                                  t2w=image.channel("T2W") if "T2W" in image.channels else None)
+                               removed_fraction=parts["removed_fraction"], slab_mm=cfg.review.slab_mm,
+                               t2w=image.channel("T2W") if "T2W" in image.channels else None)
     review = verdict(output_checks(features, cfg.review), features)
     uncertainty = {"score": round(score, 4), "disagreement": round(mean_dis, 4), "definition": UNCERTAINTY_DEFINITION}
     return label, ent, dis, {"uncertainty": uncertainty, "gland_components": parts, "review": review}

@@ -7,7 +7,9 @@ through-plane separately; `None` keeps an axis as acquired), crop/pad the in-pla
 `spec.crop_mm` around a centre (the volume centre, or a gland centre the caller found:
 `spec.crop_centre` "gland", see ensemble.engine's locator), and normalise each
 channel by its rule. The result carries its own affine, so the inverse is a resampling through world
-coordinates back onto the original grid (`restore`): linear for probabilities, nearest for labels.
+coordinates back onto the original grid (`restore`): linear for probabilities, nearest for labels;
+on a large grid, only onto the box of it that the working grid reaches (`footprint`), if the caller
+knows the values outside.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
+from . import box as boxes
 from .align import resample_array
 from .config import ConfigError, to_dict
 from .volume import Volume
@@ -44,9 +47,9 @@ class ChannelNorm:
 
     def validate(self, where):
         if not 0 <= self.lower < self.upper <= 100:
-            raise ConfigError(where, "percentiles need 0 <= lower < upper <= 100", (self.lower, self.upper), "")
+            raise ConfigError(where, "percentiles need 0 <= lower < upper <= 100", (self.lower, self.upper), "e.g. lower: 0.5, upper: 99.5")
         if self.clip_low >= self.clip_high:
-            raise ConfigError(where, "clip_low must be below clip_high", (self.clip_low, self.clip_high), "")
+            raise ConfigError(where, "clip_low must be below clip_high", (self.clip_low, self.clip_high), "swap the two values")
 
 
 # Defaults by sequence name: a new sequence falls back to z-score.
@@ -82,13 +85,13 @@ class PreprocessSpec:
         if len(self.orientation) != 3 or set(self.orientation) - set("LRAPSI"):
             raise ConfigError(where, "orientation must be 3 letters from L/R, A/P, S/I", self.orientation, "e.g. LPS")
         if len(self.target_spacing) != 3:
-            raise ConfigError(where, "target_spacing needs 3 values (i, j, k; null keeps)", self.target_spacing, "")
+            raise ConfigError(where, "target_spacing needs 3 values (i, j, k; null keeps)", self.target_spacing, "e.g. [0.5, 0.5, null]")
         if any(s is not None and s <= 0 for s in self.target_spacing):
-            raise ConfigError(where, "target_spacing must be positive", self.target_spacing, "")
+            raise ConfigError(where, "target_spacing must be positive", self.target_spacing, "e.g. [0.5, 0.5, 3.0]")
         if self.crop_mm is not None and (len(self.crop_mm) != 2 or min(self.crop_mm) <= 0):
-            raise ConfigError(where, "crop_mm needs 2 positive values (in-plane mm) or null", self.crop_mm, "")
+            raise ConfigError(where, "crop_mm needs 2 positive values (in-plane mm) or null", self.crop_mm, "e.g. [120, 120], or null for no crop")
         if self.crop_centre not in ("volume", "gland"):
-            raise ConfigError(where, "crop_centre must be volume or gland", self.crop_centre, "")
+            raise ConfigError(where, "crop_centre must be volume or gland", self.crop_centre, "set crop_centre: volume")
         if not self.channels:
             raise ConfigError(where, "channels must not be empty", self.channels, "e.g. [T2W]")
         if self.n4 and "T2W" not in self.channels:
@@ -193,8 +196,11 @@ def prepare_label(label: Volume, prepared: Prepared) -> np.ndarray:
     return resample_array(label.array, label.affine, prepared.affine, prepared.array.shape[1:], order=0)[0]
 
 
-def restore(array: np.ndarray, prepared: Prepared, fill: list[float] | None = None) -> np.ndarray:
-    """Inverse of `preprocess` for outputs: (C, working grid) -> (C, original grid).
+def restore(array: np.ndarray, prepared: Prepared, fill: list[float] | None = None,
+            box: boxes.Box | None = None) -> np.ndarray:
+    """Inverse of `preprocess` for outputs: (C, working grid) -> (C, original grid), or (C, box shape)
+    for a `box` of the original grid (mricore.box; e.g. `footprint`): the very values the whole grid
+    gets there.
 
     The array's type decides, as a Volume's kind does: an integer array is a label map (or an index
     map) and takes the nearest voxel's value, 0 outside the working grid; a floating array
@@ -202,13 +208,23 @@ def restore(array: np.ndarray, prepared: Prepared, fill: list[float] | None = No
     the working grid (e.g. 1 for background).
     """
     if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
-        return resample_array(array, prepared.affine, prepared.original_affine, prepared.original_shape, order=0)
+        return resample_array(array, prepared.affine, prepared.original_affine, prepared.original_shape, order=0,
+                              box=box)
     out = resample_array(array.astype(np.float32), prepared.affine, prepared.original_affine,
-                         prepared.original_shape, order=1, cval=np.nan)
+                         prepared.original_shape, order=1, cval=np.nan, box=box)
     fill = fill or [0.0] * array.shape[0]
     for c, v in enumerate(fill):
         np.nan_to_num(out[c], copy=False, nan=v)
     return out
+
+
+def footprint(prepared: Prepared, lo=None, hi=None) -> boxes.Box:
+    """The box of the original grid that working-grid voxels lo..hi-1 (default: all of them) reach
+    when restored (mricore.box.footprint): outside it `restore` gives only its outside values, so
+    `restore(..., box=footprint(prepared))` leaves nothing out."""
+    shape = prepared.array.shape[1:]
+    return boxes.footprint(prepared.affine, (0, 0, 0) if lo is None else lo, shape if hi is None else hi,
+                           prepared.original_affine, prepared.original_shape)
 
 
 def gland_centre(mask: np.ndarray, affine: np.ndarray) -> np.ndarray | None:

@@ -1,32 +1,32 @@
-"""Training data: cases preprocessed once into memory, and a patch sampler with foreground
-oversampling and paired augmentation.
+"""Training data: cases on the working grid, and a patch sampler with foreground oversampling and
+paired augmentation.
 
-Small data is the norm here (tens of cases), so every case lives in memory on the working grid. Each
-batch is a function of (seed, epoch, rank, batch index) only: runs repeat exactly and `--resume`
-needs no data-loader state.
+Training reads its cases from an on-disk cache (segment.caseprep, mricore.cache), preprocessed once
+per case and spec, in parallel over the cores; a `CachedItem` opens its arrays memory-mapped when a
+patch is drawn and drops them after, so memory does not grow with the number of studies. Without a
+cache folder the arrays live in memory (`Item`; small sets, tests). Each batch is a function of
+(seed, epoch, rank, batch index) only: runs repeat exactly and `--resume` needs no data-loader state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from mricore.datasets import Case, load_case
+from mricore.cache import ArrayCache
+from mricore.datasets import Case
 from mricore.errors import InputError
-from mricore.preprocess import PreprocessSpec, gland_centre, prepare_label, preprocess
+from mricore.preprocess import PreprocessSpec
 
+from .caseprep import GLAND_UNKNOWN, TEACHER_LABEL, TEACHER_ZONES, label_key_for  # noqa: F401  (home: caseprep)
+from .caseprep import cached_cases, prepare_case, usable
 from .transforms import augment_patch
 from .config import AugmentConfig
 
 MARGIN = 16  # voxels around a 2D/3D patch handed to the elastic deformation (pulls from outside)
-# A `data.teacher` datalist's label columns: a teacher's whole gland (zones unknown), or its zones where
-# known (self-training, segment.pseudo: 0, 1 TZ, 2 PZ, GLAND_UNKNOWN); and the value a gland voxel of
-# unknown zone takes in training (segment.losses).
-TEACHER_LABEL = "wg_teacher"
-TEACHER_ZONES = "zones_teacher"
-GLAND_UNKNOWN = 3
 
 
 @dataclass
@@ -39,38 +39,59 @@ class Item:
     silver: bool = False    # label came from `silver_label` or a teacher
 
 
-def label_key_for(case: Case, label: str, silver: str | None) -> tuple[str | None, bool]:
-    if label in case.labels:
-        return label, False
-    if silver and silver in case.labels:
-        return silver, True
-    for key in (TEACHER_ZONES, TEACHER_LABEL):
-        if key in case.labels:
-            return key, True
-    return None, False
+@dataclass
+class CachedItem:
+    """An Item whose arrays stay in the cache: each access maps the file anew (read-only pages of the
+    page cache, private if written), and the map goes when the caller drops the array."""
+
+    case_id: str
+    patient_id: str
+    cache: ArrayCache
+    key: str
+    silver: bool = False
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.cache.array(self.key, "image")
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.cache.array(self.key, "label")
+
+    @property
+    def fg(self) -> np.ndarray:
+        return self.cache.array(self.key, "fg")
 
 
 def load_items(cases: list[Case], spec: PreprocessSpec, label: str, silver: str | None = None,
-               register: bool = False, progress: bool = False) -> list[Item]:
-    """Preprocess labelled cases onto the working grid (cases without the label are left out).
-
-    With `spec.crop_centre` "gland" the crop is centred on the reference gland (training, and the
-    held-out scoring on the working grid); a whole-gland-only label (`TEACHER_LABEL`, from a teacher)
-    becomes GLAND_UNKNOWN inside the gland; a teacher's zones (`TEACHER_ZONES`) are kept as they are."""
+               register: bool = False, progress: bool = False, cache_dir: str | Path | None = None,
+               workers: int = 0) -> list[Item] | list[CachedItem]:
+    """The labelled cases on the working grid (cases without the label or a channel are left out), in
+    `cases` order, by segment.caseprep.prepare_case: CachedItems from the cache in `cache_dir` (built
+    there by `workers` processes where missing or corrupt; 0: one per core), or Items in memory when
+    `cache_dir` is None."""
+    if cache_dir is not None:
+        cache = ArrayCache(cache_dir)
+        return [CachedItem(case.case_id, case.patient_id, cache, key, is_silver) for case, key, is_silver
+                in cached_cases(cases, spec, label, silver, register, Path(cache_dir), workers, progress)]
     from tqdm import tqdm
 
     items = []
     for case in tqdm(cases, desc="preprocess", disable=not progress, leave=False):
-        key, is_silver = label_key_for(case, label, silver)
-        if key is None or any(c not in case.images for c in spec.channels):
-            continue
-        image, lab, _ = load_case(case, spec.channels, key, register=register)
-        prep = preprocess(image, spec, gland_centre(lab.array[0] > 0, lab.affine))
-        y = prepare_label(lab, prep)
-        if key == TEACHER_LABEL and key != label:
-            y = np.where(y > 0, GLAND_UNKNOWN, 0).astype(np.uint8)
-        items.append(Item(case.case_id, case.patient_id, prep.array, y, np.argwhere(y > 0), is_silver))
+        key, is_silver = usable(case, spec, label, silver)
+        if key is not None:
+            a = prepare_case(case, spec, key, label, register)
+            items.append(Item(case.case_id, case.patient_id, a["image"], a["label"], a["fg"], is_silver))
     return items
+
+
+def config_items(cfg, cases: list[Case], silver: str | None = None) -> list[CachedItem]:
+    """`load_items` as a training config (segment.config.SegmentConfig) says: its label, registration,
+    spec and cache (data.cache_dir, default output_dir/cache: shared by every run and fold, since an
+    entry is keyed by the case, its source files and the spec) built by data.workers processes."""
+    d = cfg.data
+    cache = Path(d.cache_dir) if d.cache_dir else Path(cfg.output_dir) / "cache"
+    return load_items(cases, cfg.preprocess, d.label, silver, d.register, cache_dir=cache, workers=d.workers)
 
 
 def crop_pad(arr: np.ndarray, start: list[int], size: list[int], fill: float) -> np.ndarray:
@@ -104,27 +125,28 @@ class PatchSampler:
 
     def sample(self, rng: np.random.Generator):
         it = self.items[rng.integers(len(self.items))]
-        I, J, K = it.label.shape
-        if len(it.fg) and rng.random() < self.fg_p:
-            ci, cj, ck = it.fg[rng.integers(len(it.fg))]
+        image, label, fg = it.image, it.label, it.fg  # a CachedItem maps its files once per sample
+        I, J, K = label.shape
+        if len(fg) and rng.random() < self.fg_p:
+            ci, cj, ck = fg[rng.integers(len(fg))]
         else:
             ci, cj, ck = rng.integers(I), rng.integers(J), rng.integers(K)
         pi, pj = self.patch[0], self.patch[1]
         m = MARGIN if self.aug is not None else 0
         si, sj = ci - pi // 2 - m, cj - pj // 2 - m
-        fill = float(it.image.min())
+        fill = float(image.min())
         if self.dims == 2:
             ks = np.clip(np.arange(ck - self.context, ck + self.context + 1), 0, K - 1)
-            img = it.image[:, :, :, ks]                       # (C, I, J, 2c+1)
+            img = image[:, :, :, ks]                          # (C, I, J, 2c+1)
             img = np.moveaxis(img, 3, 1).reshape(-1, I, J)    # channels: seq-major, then slice
-            lab = it.label[:, :, ck]
+            lab = label[:, :, ck]
             img = crop_pad(img, [si, sj], [pi + 2 * m, pj + 2 * m], fill)
             lab = crop_pad(lab, [si, sj], [pi + 2 * m, pj + 2 * m], 0)
         else:
             pk = self.patch[2]
             sk = int(np.clip(ck - pk // 2, min(0, K - pk), max(0, K - pk)))
-            img = crop_pad(it.image, [si, sj, sk], [pi + 2 * m, pj + 2 * m, pk], fill)
-            lab = crop_pad(it.label, [si, sj, sk], [pi + 2 * m, pj + 2 * m, pk], 0)
+            img = crop_pad(image, [si, sj, sk], [pi + 2 * m, pj + 2 * m, pk], fill)
+            lab = crop_pad(label, [si, sj, sk], [pi + 2 * m, pj + 2 * m, pk], 0)
         if self.aug is not None:
             img, lab = augment_patch(rng, self.aug, img, lab, (slice(m, m + pi), slice(m, m + pj)))
         return img, lab

@@ -152,6 +152,17 @@ def barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
+def rank0_first(rank: int, world: int, fn):
+    """fn() on rank 0 first, then on the other ranks: rank 0 fills what they share (the preprocessed-case
+    cache) before they read it. Returns this rank's fn()."""
+    if rank != 0:
+        barrier(world)
+    out = fn()
+    if rank == 0:
+        barrier(world)
+    return out
+
+
 def wrap(net: torch.nn.Module, world: int, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel over the parameters that train now (rebuilt when the trainable set changes)."""
     if world == 1:

@@ -24,11 +24,11 @@ from mricore.modelfolder import load_weights, read_model, run_folder, start_run
 from mricore.protocol import Fold, Selection
 
 from .config import SegmentConfig
-from .data import GLAND_UNKNOWN, PatchSampler, load_items
+from .data import GLAND_UNKNOWN, PatchSampler, config_items
 from .folds import resolve_split, teacher_datalist
 from .torch_segmenter import Segmenter
-from .loop import (Optimisation, barrier, dist_rank, epoch_loader, from_rank0, rng_state, save_checkpoint, schedule,
-                   seed_epoch, set_rng_state, train_one_epoch, validate, wrap)
+from .loop import (Optimisation, barrier, dist_rank, epoch_loader, from_rank0, rank0_first, rng_state, save_checkpoint,
+                   schedule, seed_epoch, set_rng_state, train_one_epoch, validate, wrap)
 from .losses import PartialDiceCE
 from .networks import build_network, encoder_modules
 
@@ -64,12 +64,16 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
     patients are scored once at the end, on the chosen weights, and never decide anything.
     Steps: data, model, optimisation (and --resume), the loop with selection (`_fit`), save (`_finish`).
     """
+    from mricore.outputs import check_output_dir
+
     rank, world = dist_rank()
+    check_output_dir(Path(cfg.output_dir) / cfg.name / f"fold_{fold}",  # before the first epoch, not after it
+                     fix="choose another output_dir (--set output_dir=DIR)")
     run_dir, last = run_folder(cfg.output_dir, cfg.name, fold, resume, force, clear=rank == 0)
     barrier(world)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
-    split, train_items, inner_items = load_data(cfg, fold, rank)
+    split, train_items, inner_items = load_data(cfg, fold, rank, world)
     device = torch.device("cuda", rank % max(1, torch.cuda.device_count())) if torch.cuda.is_available() else torch.device("cpu")
     net = build_model(cfg, device, init_from)
     optim = optimisation(cfg, net, train_items, device)
@@ -87,22 +91,22 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
     return run_dir
 
 
-def load_data(cfg: SegmentConfig, fold, rank: int) -> tuple[Fold, list, list]:
-    """The fold's cases (segment.folds) and the preprocessed training and inner-validation items. Only
-    rank 0 validates: the other ranks never read the inner cases. Raises InputError on an empty
-    training set."""
+def load_data(cfg: SegmentConfig, fold, rank: int, world: int = 1) -> tuple[Fold, list, list]:
+    """The fold's cases (segment.folds) and the training and inner-validation items, from the cache
+    (segment.data.config_items). Rank 0 builds what the cache lacks while the other ranks wait (a node
+    that does not share the folder builds its own). Only rank 0 validates: the other ranks never read
+    the inner cases. Raises InputError on an empty training set."""
     cases = load_dataset(cfg.data.root, cfg.data.files)
     if cfg.data.datasets:
         cases = [c for c in cases if c.dataset in cfg.data.datasets]
     if cfg.data.teacher:  # extra studies with a teacher's gland or zones: training only (resolve_split)
         cases += load_dataset(teacher_datalist(cfg, fold))
     split = resolve_split(cfg, cases, fold)
-    spec = cfg.preprocess
-    train_items = load_items(split.train, spec, cfg.data.label, cfg.data.silver_label, cfg.data.register)
-    inner_items = load_items(split.inner, spec, cfg.data.label, None, cfg.data.register) if rank == 0 else []
+    train_items, inner_items = rank0_first(rank, world, lambda: (config_items(cfg, split.train, cfg.data.silver_label),
+                                                                  config_items(cfg, split.inner) if rank == 0 else []))
     if not train_items:
         raise InputError(cfg.data.root, "empty training set (no case has all channels and a label)",
-                         f"channels {spec.channels}", "check data.root, data.datasets and preprocess.channels")
+                         f"channels {cfg.preprocess.channels}", "check data.root, data.datasets and preprocess.channels")
     return split, train_items, inner_items
 
 
@@ -268,7 +272,7 @@ def _finish(run: Run, state: RunState) -> None:
         best_epoch = len(state.history) - 1 if state.history else cfg.train.epochs - 1
     held = None
     if split.held_out:
-        items = load_items(split.held_out, cfg.preprocess, cfg.data.label, None, cfg.data.register)
+        items = config_items(cfg, split.held_out)
         held = validate(seg, items)
     seg.save(run.run_dir, **training_record(cfg, run.fold, split, inner, held, best_epoch, len(state.history)))
 

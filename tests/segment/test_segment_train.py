@@ -101,24 +101,64 @@ def test_init_from_and_frozen_encoder(tiny_model, data_dir, tmp_path):
     assert any(not torch.equal(final[n], after_frozen[n]) for n in enc)     # encoder trained after
 
 
-def _torchrun(data_dir, tmp_path, fold: str, **extra) -> subprocess.CompletedProcess:
+def _train_cmd(data_dir, tmp_path, fold: str, launch: list[str], **extra) -> list[str]:
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(DEFAULT_CONFIG.read_text())
     sets = [a for s in tiny_overrides(data_dir, tmp_path / "runs", **extra) for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "segment.cli", "train", "--config", str(cfg), "--fold", fold, *sets]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes on 2 cores
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+    return [sys.executable, "-m", "torch.distributed.run", *launch,
+            "-m", "segment.cli", "train", "--config", str(cfg), "--fold", fold, *sets]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes on 2 cores
+
+
+def _torchrun(data_dir, tmp_path, fold: str, **extra) -> subprocess.CompletedProcess:
+    cmd = _train_cmd(data_dir, tmp_path, fold, ["--standalone", "--nproc_per_node", "2"], **extra)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=ENV, cwd=tmp_path)
     assert r.returncode == 0, f"stdout: {r.stdout[-1500:]}\nstderr: {r.stderr[-3000:]}"
     return r
 
 
+@pytest.fixture(scope="module")
+def ddp_all(data_dir, tmp_path_factory) -> Path:
+    """Fold 'all', selection fixed, trained by 2 processes on one node; its model folder."""
+    tmp = tmp_path_factory.mktemp("ddp_all")
+    _torchrun(data_dir, tmp, "all", train__selection="fixed")
+    return tmp / "runs"
+
+
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_write_one_model_folder(data_dir, tmp_path):
-    _torchrun(data_dir, tmp_path, "all", train__selection="fixed")
-    folders = [p.parent for p in (tmp_path / "runs").rglob("model.json")]
+def test_ddp_two_cpu_processes_write_one_model_folder(ddp_all):
+    folders = [p.parent for p in ddp_all.rglob("model.json")]
     assert [f.name for f in folders] == ["fold_all"]
     assert read_model(folders[0]).history_epochs == 1
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_train_as_one_node_with_two_processes(data_dir, tmp_path, ddp_all):
+    """torchrun --nnodes 2 --nproc_per_node 1, c10d rendezvous on 127.0.0.1: the same two ranks as
+    ddp_all's one node, so the same weights (each rank draws its own batches, so one process alone
+    would train on half of them: the reference is the same world size). Both "nodes" share the case
+    cache: rank 0 fills it, rank 1 reads it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+              "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", f"t{port}"]
+    cmd = _train_cmd(data_dir, tmp_path, "all", launch, train__selection="fixed")
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=tmp_path)
+             for _ in range(2)]
+    logs = [n.communicate(timeout=400)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    assert sorted(line for log in logs for line in log.splitlines() if "training ended" in line) == [
+        "rank 0 of 2: training ended after epoch 0", "rank 1 of 2: training ended after epoch 0"]
+    two_nodes = torch.load(tmp_path / "runs" / "zonal_t2w_2d" / "fold_all" / "weights.pt", weights_only=True)
+    one_node = torch.load(ddp_all / "zonal_t2w_2d" / "fold_all" / "weights.pt", weights_only=True)
+    assert two_nodes.keys() == one_node.keys()
+    for k in one_node:
+        torch.testing.assert_close(two_nodes[k], one_node[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """DICOM-SEG round trip and cohort runs: --workers overlap gives the same outputs as one worker, and
-torchrun with 2 processes predicts each of 4 cases exactly once with one merged summary."""
+torchrun over two "nodes" resumes a cohort of 4 cases, predicting each missing one exactly once, with
+one merged summary (resuming in one process: tests/ensemble/test_resume.py)."""
 
 from __future__ import annotations
 
@@ -75,25 +76,47 @@ def test_workers_overlap_gives_the_same_outputs(data_dir, members, tmp_path):
     assert [r["case_id"] for r in summary["cases"]] == cases and summary["workers"] == 2
 
 
-def test_torchrun_two_processes_each_case_once(data_dir, members, tmp_path):
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_nodes_resume_each_case_once(data_dir, members, tmp_path):
+    """`torchrun --nnodes 2 --nproc_per_node 1`, c10d rendezvous on loopback (two "nodes" on one machine),
+    resuming a cohort of 4 whose first case is complete: the other 3 are predicted once each over the two
+    ranks, the first is not touched, and rank 0 writes one summary of all 4."""
     ds = tmp_path / "ds"
     cases = small_dataset(data_dir, ds, 4)
-    out = tmp_path / "out"
+    out, cfg = tmp_path / "out", write_cfg(tmp_path, [members["t2_a"]])
+    small_dataset(data_dir, tmp_path / "first", 1)
+    assert main(["predict", str(tmp_path / "first"), "--config", str(cfg), "-o", str(out)]) == 0
+    first = (out / cases[0] / "zones.json").stat().st_mtime_ns
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "ensemble.cli", "predict", str(ds), "--config", str(write_cfg(tmp_path, [members["t2_a"]])),
-                        "-o", str(out)], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+            "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{_free_port()}", "--rdzv_id", "cohort",
+            "-m", "ensemble.cli", "predict", str(ds), "--config", str(cfg), "-o", str(out), "--resume"]
+    nodes = [subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [(p.communicate(timeout=600), p.returncode) for p in nodes]
+    for (_, err), code in results:
+        assert code == 0, err[-3000:]
     with open(out / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert sorted(x["case_id"] for x in rows) == sorted(cases) and all(x["status"] == "ok" for x in rows)
-    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    assert [x["case_id"] for x in rows] == sorted(cases) and all(x["status"] == "ok" for x in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["resumed_cases"] == 1
     for c in cases:
         assert (out / c / "zones.nii.gz").is_file()
-    # each rank printed only its own progress; rank 0 printed every case's line once
-    lines = r.stdout.splitlines()
+    assert (out / cases[0] / "zones.json").stat().st_mtime_ns == first
+    # each rank showed only its own progress; rank 0 (on either node) printed every case's line once
+    lines = "".join(o for (o, _), _ in results).splitlines()
     for c in cases:
-        assert sum(line.startswith(f"{c}: WG") for line in lines) == 1, r.stdout
+        assert sum(line.startswith(f"{c}: WG") for line in lines) == 1, lines
+    bars = "".join(e for (_, e), _ in results)
+    assert "rank 0 of 2" in bars and "rank 1 of 2" in bars
 
 
 def _nan_case(data_dir, folder: Path) -> None:

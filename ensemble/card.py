@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from mricore.modelfolder import ModelMeta
+from mricore.results import CONFIG_YAML
 
 
 def _cell(s: dict | None) -> str:
@@ -176,7 +177,7 @@ def render_card(folder: str | Path, notes: str | None = None, figures: str | Non
     from mricore.modelfolder import read_model
 
     folder = Path(folder)
-    cfg = yaml.safe_load((folder / "ensemble.yaml").read_text())
+    cfg = yaml.safe_load((folder / CONFIG_YAML).read_text())
     names = list(cfg["members"])
     metas = [read_model(folder / n, "segmenter") for n in names]
     records = [training_record(folder / n) for n in names]

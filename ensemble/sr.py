@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mricore.errors import InputError
+from mricore.results import SEG_DCM, ZONES_JSON
 
 from .dicomseg import SEGMENTS
 
@@ -56,7 +57,7 @@ def measurement_report(seg, record, software: str = "prostate-zones"):
     volumes = record.volume_ml
     missing = [z for z in ("WG", "TZ", "PZ") if not isinstance(volumes.get(z), (int, float))]
     if missing:
-        raise InputError("zones.json", "volume_ml needs WG, TZ and PZ in mL", f"missing {missing}",
+        raise InputError(ZONES_JSON, "volume_ml needs WG, TZ and PZ in mL", f"missing {missing}",
                          "predict the case again with this software")
     verdict = (record.review or {}).get("verdict", "review")
     source_series = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
@@ -73,7 +74,7 @@ def measurement_report(seg, record, software: str = "prostate-zones"):
     zones = []
     for zone, number in ZONE_SEGMENT.items():
         if number not in {int(s.SegmentNumber) for s in seg.get("SegmentSequence", [])}:
-            raise InputError("seg.dcm", f"the SEG needs segment {number} ({zone})", "absent",
+            raise InputError(SEG_DCM, f"the SEG needs segment {number} ({zone})", "absent",
                              "write the SEG with ensemble.dicomseg.write_dicom_seg")
         # The source series, not each source image: the SR's evidence is the SEG alone.
         ref = hd.sr.ReferencedSegment(seg.SOPClassUID, seg.SOPInstanceUID, number,

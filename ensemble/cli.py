@@ -18,8 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_listen(sub)
 
     ev = sub.add_parser("evaluate", help="score the ensemble and each member side by side on labelled cases")
-    ev.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
-    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_config(ev)
     ev.add_argument("--ref", required=True, help="dataset folder or datalist holding the reference labels")
     ev.add_argument("--label", default="zones", help="reference label key (zones, zones_ai)")
     ev.add_argument("-o", "--output", required=True, help="report folder")
@@ -57,9 +56,7 @@ def _add_predict(sub) -> None:
     pr.add_argument("inputs", nargs="*", metavar="INPUT",
                     help="a volume, several channel files (t2/adc/dwi by name, else T2W, ADC, DWI in order), "
                          "a case folder, a DICOM series folder; or one dataset folder / .csv / .json datalist")
-    pr.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
-    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value, e.g. --set method=vote (repeatable)")
+    _add_config(pr)
     pr.add_argument("-o", "--output", required=True, help="output folder (batch: one sub-folder per case)")
     pr.add_argument("--probabilities", action="store_true", help="also write probabilities.nii.gz (float32; NIfTI-1 has no float16)")
     pr.add_argument("--report", action="store_true", help="also write report.html (a dataset: each case's, and "
@@ -71,9 +68,8 @@ def _add_predict(sub) -> None:
                     "checks reject as not an axial T2W study (its verdict stays reject)")
     pr.add_argument("--resume", action="store_true", help="batch: keep the cases an earlier run with the same "
                     "config completed in OUT, run the failed and missing ones, summarise all (not with --force)")
-    pr.add_argument("--keep-identity", action="store_true",
-                    help="seg.dcm keeps the source's patient, study and UIDs (a round trip into your own PACS); "
-                         "default: de-identified (DICOM PS3.15 Basic Profile). Nothing else ever carries them")
+    _add_keep_identity(pr, "seg.dcm keeps the source's patient, study and UIDs (a round trip into your own "
+                       "PACS); nothing else ever carries them")
     pr.add_argument("--key-file", metavar="K", help="de-identify seg.dcm with the provider's key K: the "
                     "pseudonyms and UIDs `segment import --key-file K --dicom-out` writes (default: a random key)")
     pr.add_argument("--dicomweb", metavar="URL", help="instead of INPUT: retrieve study --study over WADO-RS from "
@@ -94,12 +90,23 @@ def _add_listen(sub) -> None:
     ls.add_argument("--allowed-ae", metavar="A,B", help="accept associations only from these calling AE titles")
     ls.add_argument("--study-timeout", type=float, default=10.0, metavar="S",
                     help="a study is complete after S seconds without a new instance (default 10)")
-    ls.add_argument("--keep-identity", action="store_true", help="results keep the patient, study and UIDs and "
-                    "land in the patient's own study; default: de-identified (DICOM PS3.15 Basic Profile)")
+    _add_keep_identity(ls, "results keep the patient, study and UIDs and land in the patient's own study")
     ls.add_argument("--workers", type=int, default=1, metavar="N", help="studies processed at once (default 1)")
     ls.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0: the PACS must reach it)")
-    ls.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
-    ls.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_config(ls)
+
+
+def _add_config(p) -> None:
+    """--config and --set, as predict, listen and evaluate take them."""
+    p.add_argument("--config", help="configs/ensemble/<name>.yaml (default: the bundled ensemble)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set method=vote (repeatable)")
+
+
+def _add_keep_identity(p, kept: str) -> None:
+    """--keep-identity: what keeps the source identity (`kept`); de-identified by default."""
+    p.add_argument("--keep-identity", action="store_true",
+                   help=f"{kept}; default: de-identified (DICOM PS3.15 Basic Profile)")
 
 
 def _add_serve(sub) -> None:

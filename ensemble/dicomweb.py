@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from mricore.errors import InputError
 
-from .study import folder_name
+from .study import instance_path
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 USAGE = "ensemble predict --dicomweb URL --study UID -o OUT [--stow]"
@@ -74,9 +74,7 @@ def retrieve_study(url: str, study: str, folder: Path) -> int:
     n = 0
     try:
         for ds in _client(url).iter_study(study):
-            path = Path(folder) / folder_name(ds.SeriesInstanceUID) / f"{folder_name(ds.SOPInstanceUID)}.dcm"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ds.save_as(path, enforce_file_format=True)
+            ds.save_as(instance_path(folder, ds.SeriesInstanceUID, ds.SOPInstanceUID), enforce_file_format=True)
             n += 1
     except requests.RequestException as e:
         raise _http_error(url, study, e) from None

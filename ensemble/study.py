@@ -27,11 +27,16 @@ def folder_name(uid: str) -> str:
     return hashlib.sha256(str(uid).encode()).hexdigest()[:16]
 
 
-def add_instance(study: Path, series_uid: str, sop_uid: str, data: bytes) -> Path:
-    """Write one encoded DICOM file into its series folder of `study`; returns its path."""
+def instance_path(study: Path, series_uid: str, sop_uid: str) -> Path:
+    """Where one instance of `study` goes (its series folder created)."""
     folder = Path(study) / folder_name(series_uid)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{folder_name(sop_uid)}.dcm"
+    return folder / f"{folder_name(sop_uid)}.dcm"
+
+
+def add_instance(study: Path, series_uid: str, sop_uid: str, data: bytes) -> Path:
+    """Write one encoded DICOM file into its series folder of `study`; returns its path."""
+    path = instance_path(study, series_uid, sop_uid)
     path.write_bytes(data)
     return path
 

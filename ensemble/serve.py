@@ -27,7 +27,7 @@ body was not read to its end):
 - 415 when a file is neither NIfTI (.nii / .nii.gz) nor a zip; 400 for every other bad input, with the
   one-line message the CLI prints (missing field, truncated gzip, not a T2W study, a zip holding `..`
   or absolute names, more than `MAX_ZIP_FILES` entries or a compression ratio above `MAX_ZIP_RATIO`).
-Error messages name no server path (`Server.public`). Results expire: a result folder older than
+Error messages name no server path (mricore.errors.without_paths). Results expire: a result folder older than
 `keep_hours` (default 24) answers 404 and is removed, checked on every download and swept every minute.
 Uploads are written into a hidden folder inside RESULTS that is removed when the request ends, whatever
 happens; nothing of a rejected request stays on disk. The server binds to 127.0.0.1 unless told otherwise.
@@ -49,7 +49,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request  # the serve extra; only `ensemble serve` imports this module
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from mricore.errors import InputError, UserError
+from mricore.errors import InputError, UserError, without_paths
 from mricore.results import (MEDIA_TYPES, OVERLAY_PNG, REPORT_HTML, SEG_DCM, UNCERTAINTY_NII, ZONES_JSON,
                              ZONES_NII)
 
@@ -111,12 +111,6 @@ class Server:
         for p in gone:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         return [p.name for p in gone]
-
-    def public(self, message: str) -> str:
-        """`message` with every absolute path cut to its last part: no server path leaves in an answer."""
-        from mricore.errors import without_paths
-
-        return without_paths(message)
 
 
 def _error(status: int, message: str, close: bool = False, headers: dict | None = None):
@@ -204,7 +198,7 @@ async def _predict(server: Server, request: Request):
         return _answer(server.results / result_id, result_id, record)
     except UserError as e:
         status = {upload.TooLarge: 413, upload.TooSlow: 408, upload.Unsupported: 415}.get(type(e), 400)
-        return _error(status, server.public(str(e)), close=True)
+        return _error(status, without_paths(str(e)), close=True)
     except Exception as e:  # a bug: logged here with its traceback, never sent to the client
         log.exception("POST /predict %s failed", result_id)
         return _error(500, f"internal error ({type(e).__name__}); the server log has the details", close=True)

@@ -26,7 +26,7 @@ from mricore.volume import Volume
 from mricore.zones import CLASS_NAMES
 
 from .config import KIND, CandidateConfig, ModelConfig
-from .covariates import case_covariates, covariate_columns, read_clinical
+from .covariates import case_covariates, covariate_columns, gland_volume_ml, read_clinical
 from .folds import labelled_cases, split_items
 
 NAME = "zone_stats_lr"
@@ -62,8 +62,7 @@ def feature_names(covariates: list[str]) -> list[str]:
 def zone_rows(image: Volume, zones: Volume, covariates: list[str], clinical: dict | None) -> dict[int, np.ndarray]:
     """zone code -> feature vector (feature_names order): the zone's STATS, then the case's covariates."""
     stats = zone_features(image, zones)
-    gland_ml = float(np.count_nonzero(zones.array[0]) * zones.voxel_volume_ml)
-    extra = list(case_covariates(covariates, gland_ml, clinical).values())  # is_pz stands for zone_pz
+    extra = list(case_covariates(covariates, gland_volume_ml(zones), clinical).values())  # is_pz stands for zone_pz
     return {k: np.array([stats[k][s] for s in STATS] + extra, np.float64) for k in ZONES}
 
 

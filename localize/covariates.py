@@ -35,6 +35,12 @@ def clinical_value(name: str, row: dict | None, gland_ml: float) -> float:
     return num(CLINICAL[name][2])
 
 
+def gland_volume_ml(zones: Volume) -> float:
+    """The gland volume the covariates see, unrounded (mricore.results.mask_volume_ml rounds: fitted
+    models depend on these exact numbers)."""
+    return float(np.count_nonzero(zones.array[0]) * zones.voxel_volume_ml)
+
+
 def case_covariates(names: list[str], gland_ml: float, clinical: dict | None) -> dict[str, float]:
     """The covariates that are one number per case (all but zone_pz), as the head sees them:
     (value - centre) * scale (localize.config); a missing clinical value is 0 with its indicator 1."""
@@ -55,7 +61,7 @@ def covariates(names: list[str], zones: Volume, tiles: Tiles, clinical: dict | N
     """(n_tiles, len(covariate_columns(names))) float32: the case's covariates (case_covariates) and
     zone_pz, 1 for a tile that is mostly PZ."""
     n = len(tiles.corners)
-    per_case = case_covariates(names, float(np.count_nonzero(zones.array[0]) * zones.voxel_volume_ml), clinical)
+    per_case = case_covariates(names, gland_volume_ml(zones), clinical)
     cols = [(tiles.zone == 2).astype(float) if c == "zone_pz" else np.full(n, per_case[c])
             for c in covariate_columns(names)]
     return np.stack(cols, 1).astype(np.float32) if cols else np.zeros((n, 0), np.float32)

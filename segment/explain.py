@@ -67,22 +67,20 @@ def cam_through_inference(seg: Segmenter, x: torch.Tensor, layer: str, channel: 
     return out / top if top > 0 else out
 
 
-def explain_volume(ex: Explainer, image, folder: Path) -> dict:
-    """Grad-CAM of `ex.zone` for one image Volume; writes the heat map (NIfTI) and its overlay (PNG) into
-    `folder` (a case's staging folder) and returns the explanation zones.json records.
+def explain_volume(ex: Explainer, image, pred, folder: Path) -> dict:
+    """Grad-CAM of `ex.zone` for one image Volume and its segment.segmenter.Prediction `pred` (by
+    `ex.seg.predict`); writes the heat map (NIfTI) and its overlay (PNG) into `folder` (a case's staging
+    folder) and returns the explanation zones.json records.
 
-    The explained region is the zone in the label map the inference itself writes on the working grid
-    (`Segmenter.probabilities`, the same preprocessing, windows or whole slices, and TTA), and the
-    heat map runs through the same tiling (`cam_through_inference`)."""
+    The explained region is the zone in the label map the inference itself wrote on the working grid
+    (`pred.work_label`: the same preprocessing, windows or whole slices, and TTA), and the heat map
+    runs through the same tiling (`cam_through_inference`)."""
     from mricore.gradcam import faithfulness, save_overlay
-    from mricore.preprocess import preprocess, restore
-    from mricore.zones import labels_from_probabilities
+    from mricore.preprocess import restore
 
     from .windows import network_input, working_layout
 
-    seg, channel = ex.seg, ex.channel
-    prep = preprocess(image, seg.spec)
-    work_label = labels_from_probabilities(seg.probabilities(prep.array))      # (I, J, K) as written
+    seg, channel, prep, work_label = ex.seg, ex.channel, pred.prepared, pred.work_label
     label = {"multiclass": {1: 1, 2: 2}, "regions": {0: None, 1: 1}}[seg.model_cfg.label_scheme][channel]
     region = (work_label > 0) if label is None else (work_label == label)
     x = torch.from_numpy(network_input(prep.array, seg.model_cfg))

@@ -41,7 +41,7 @@ from mricore.errors import InputError, UserError
 from .import_manifest import Decision, Manifest
 from .import_page_html import PAGE
 from .import_study import check_overrides, unit_key, units
-from .importer import ImportOptions, import_dicom, study_jobs
+from .importer import ImportOptions, import_dicom, scan_and_import
 
 THUMB_PX = 128   # a thumbnail's longer side, pixels: enough to tell a T2W from a DWI at a glance
 FIELDS = ("kind", "exclude", "include")  # what the page decides; Decision's other fields are recorded
@@ -61,10 +61,9 @@ class ImportPage:
         self.root, self.dataset, self.key_file = Path(root), Path(dataset), key_file
         # One key for the page's life: without a key file, a one-run key that every export reuses.
         self.p = Pseudonymizer.from_key_file(key_file, create=True) if key_file else Pseudonymizer.ephemeral()
-        self.manifest = import_dicom(root, dataset, key_file, options, pseudonymizer=self.p)
+        self.manifest, self.jobs = scan_and_import(root, dataset, key_file, options, pseudonymizer=self.p)
         # Exports re-run only the studies a person changed, quietly.
         self.options = replace(options, force=False, progress=False)
-        _, self.jobs, _ = study_jobs(self.root, self.dataset, self.p, self.options)
         self.units = {(j.case, unit_key(self.p, u)): u for j in self.jobs for u in units(j.slices)}
         self.thumbs: dict[tuple[str, str], bytes | None] = {}
         self.busy = threading.Lock()

@@ -63,6 +63,12 @@ def import_dicom(root, out, key_file=None, options: ImportOptions = ImportOption
     Raises InputError (missing root, no DICOM image under it, bad key file, workers < 1, an override
     naming a case or series this import does not hold) and OutputExistsError (`out` exists and is not
     an earlier import with this key, without force)."""
+    return scan_and_import(root, out, key_file, options, overrides, pseudonymizer)[0]
+
+
+def scan_and_import(root, out, key_file=None, options: ImportOptions = ImportOptions(), overrides=None,
+                    pseudonymizer=None) -> tuple[Manifest, list[StudyJob]]:
+    """`import_dicom`, with the StudyJobs of its scan (the import page keeps them: one scan, not two)."""
     from mricore.deid import PROFILE, Pseudonymizer, library
 
     root, out = Path(root), Path(out)
@@ -94,7 +100,7 @@ def import_dicom(root, out, key_file=None, options: ImportOptions = ImportOption
     manifest.write(out / MANIFEST)
     if key_file:
         write_map(Path(str(key_file) + ".map.csv"), _map_rows(p, jobs, problems, files))
-    return manifest
+    return manifest, jobs
 
 
 def _previous(out: Path, force: bool) -> Manifest | None:
@@ -109,19 +115,16 @@ def _previous(out: Path, force: bool) -> Manifest | None:
     return None
 
 
-def study_jobs(root: Path, out: Path, p, options: ImportOptions = ImportOptions(), decisions=None, pool=None):
-    """Scan `root`: (every file, relative and sorted; one StudyJob per study, carrying its decisions
-    from `decisions` {case: {series key: Decision}}; the files that are not DICOM images). Raises
-    InputError when no file is a DICOM image."""
-    from contextlib import nullcontext
-
+def study_jobs(root: Path, out: Path, p, options: ImportOptions, decisions: dict, pool):
+    """Scan `root` in `pool`: (every file, relative and sorted; one StudyJob per study, carrying its
+    decisions from `decisions` {case: {series key: Decision}}; the files that are not DICOM images).
+    Raises InputError when no file is a DICOM image."""
     files = _list_files(root)
-    with nullcontext(pool) if pool is not None else _pool(options.workers) as pool:
-        records, problems = _scan(root, files, pool, p)
+    records, problems = _scan(root, files, pool, p)
     if not records:
         raise InputError(root, "no DICOM image found", f"{len(files)} files, none a DICOM image",
                          "pass the folder holding the exported studies")
-    return files, _jobs(root, out, p, records, options, decisions or {}), problems
+    return files, _jobs(root, out, p, records, options, decisions), problems
 
 
 def _list_files(root: Path) -> list[str]:

@@ -82,8 +82,8 @@ def validate(seg: Segmenter, items) -> dict:
     try:
         rows = []
         for it in items:
-            pred = labels_from_probabilities(seg.probabilities(it.image))
-            rows.append({"case_id": it.case_id, **{z: dice(f(pred), f(it.label)) for z, f in SELECTORS.items()}})
+            pred, label = labels_from_probabilities(seg.probabilities(it.image)), it.label  # a CachedItem maps once
+            rows.append({"case_id": it.case_id, **{z: dice(f(pred), f(label)) for z, f in SELECTORS.items()}})
     finally:
         for m, mode in modes:
             m.training = mode

@@ -116,7 +116,7 @@ def predict_case(seg: Segmenter, model_dir, case: Case, folder: Path, probabilit
             return record
         from .explain import explain_volume
 
-        return dataclasses.replace(record, explanation=explain_volume(explainer, image, stage))
+        return dataclasses.replace(record, explanation=explain_volume(explainer, image, pred, stage))
     return write_case(folder, image, pred.label, record, extra)
 
 

@@ -23,6 +23,7 @@ class Prediction:
     label: np.ndarray       # (I, J, K) uint8 zones
     prob: np.ndarray        # (3, I, J, K) float32 background/TZ/PZ probabilities
     prepared: Prepared      # the working grid the network ran on
+    work_label: np.ndarray  # (I', J', K') uint8 zones on that working grid (argmax, no largest component)
 
 
 class VolumePredictor:
@@ -37,8 +38,9 @@ class VolumePredictor:
         """Image Volume (channels named as `spec.channels`, on its reference grid) -> Prediction on that
         grid. largest_component / tta_flip: None = the model's predict settings."""
         prep = preprocess(image, self.spec)
-        prob = restore(self.probabilities(prep.array, tta_flip), prep, fill=BACKGROUND)
+        work = self.probabilities(prep.array, tta_flip)
+        prob = restore(work, prep, fill=BACKGROUND)
         label = labels_from_probabilities(prob)
         if self.predict_cfg.largest_component if largest_component is None else largest_component:
             label = keep_largest_component(label)
-        return Prediction(label, prob, prep)
+        return Prediction(label, prob, prep, labels_from_probabilities(work))

@@ -55,7 +55,7 @@ def write_cohort_report(out, rows: list[dict], images: dict, title: str = "Cohor
     flagged = sorted((c for c in ok if verdict[c] != "ok"),
                      key=lambda c: (RANK[verdict[c]], -(records[c].review or {}).get("score", 0.0)))
     views = {c: case_view({"case_id": c, "pred": case_dir(out, c, batch=True) / ZONES_NII, "image": _background(images.get(c))},
-                          thumbnail=i < MAX_THUMBNAILS) for i, c in enumerate(flagged)}
+                          thumbnail=i < MAX_THUMBNAILS, record=records[c]) for i, c in enumerate(flagged)}
     sections = [_counts(verdict, failed), _volumes(records), _flagged(out, flagged, views), _failed(failed),
                 _timing(records), H.details("Every case", _every_case(out, records, verdict), "cases-detail")]
     text = H.page(title, f"{len(rows)} studies · no reference labels: what the ensemble found, and which cases to "

@@ -24,6 +24,7 @@ from .align import alignment_score, register_rigid, resample_to
 from .dicom import series_case_id
 from .errors import GeometryError, InputError
 from .io import read_label, read_nifti
+from .outputs import read_json
 from .volume import Volume, stack
 
 # Channel name -> file stem in case folders. Extend with `files:` in a config for new sequences.
@@ -98,10 +99,7 @@ def load_case_folders(root: Path, files: dict | None = None) -> list[Case]:
 def load_msd(root: Path) -> list[Case]:
     """MSD layout: dataset.json + imagesTr (4D or _0000 files) + labelsTr."""
     root = Path(root)
-    try:
-        meta = json.loads((root / "dataset.json").read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(root / "dataset.json", "not valid JSON", str(e), "fix or regenerate dataset.json") from None
+    meta = read_json(root / "dataset.json", "fix or regenerate dataset.json")
     modality = meta.get("modality") or meta.get("channel_names") or {"0": "T2W"}
     names = [MSD_NAMES.get(str(modality[k]).upper(), str(modality[k])) for k in sorted(modality, key=int)]
     cases = []

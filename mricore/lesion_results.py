@@ -14,7 +14,6 @@ a module of its own only because mricore.results is at the 300-line budget.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -65,15 +64,14 @@ def write_lesion_case(folder: str | Path, image, prob: np.ndarray, candidates: n
 def read_lesion_case(folder: str | Path) -> dict:
     """The one reader of a `localize predict` folder's lesion.json. Raises InputError (one line) when
     it is missing, not JSON, not an object, or lacks one of REQUIRED_FIELDS."""
+    from .outputs import read_json
+
     path = Path(folder) / LESION_JSON
     again = "predict the case again with `localize predict`"
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    if not path.is_file():
         raise InputError(folder, f"a lesion folder must hold {LESION_JSON}", "none",
-                         "pass the -o folder of `localize predict`, or a folder of them") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, "not valid JSON", str(e)[:80], again) from None
+                         "pass the -o folder of `localize predict`, or a folder of them")
+    data = read_json(path, again)
     missing = [k for k in REQUIRED_FIELDS if not isinstance(data, dict) or k not in data]
     if missing:
         raise InputError(path, f"{LESION_JSON} must hold {', '.join(REQUIRED_FIELDS)}",

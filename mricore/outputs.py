@@ -61,9 +61,12 @@ def replace_atomically(path: Path, write) -> None:
 
 
 def finite_json(obj: Any) -> Any:
-    """`obj` with every NaN/Inf float replaced by None, so the JSON written is valid JSON (RFC 8259)."""
+    """`obj` with every NaN/Inf float replaced by None, so the JSON written is valid JSON (RFC 8259),
+    and numpy scalars as Python numbers."""
     if isinstance(obj, float) or isinstance(obj, np.floating):
         return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
     if isinstance(obj, dict):
         return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -71,6 +74,16 @@ def finite_json(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return finite_json(obj.tolist())
     return obj
+
+
+def read_json(path: str | Path, fix: str) -> Any:
+    """The parsed JSON file `path`; InputError naming it when it is not valid JSON (the caller checks
+    that it exists: what to say then is the caller's)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, "not valid JSON", str(e)[:80], fix) from None
 
 
 def write_json(obj: Any, path: str | Path, force: bool = True) -> Path:

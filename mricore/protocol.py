@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .outputs import read_json, write_json
 
 
 def validate_protocol(data, where) -> None:
@@ -208,8 +208,6 @@ class Selection:
 
 
 def save_splits(splits: list[dict], path: str | Path) -> Path:
-    from .outputs import write_json
-
     return write_json(splits, path)
 
 
@@ -219,10 +217,7 @@ def load_splits(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "splits file does not exist", "nothing at that path", "create it with make_splits/save_splits")
-    try:
-        splits = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(path, "not valid JSON", str(e), "regenerate the splits") from None
+    splits = read_json(path, "regenerate the splits")
     if not isinstance(splits, list) or not all(isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits):
         raise InputError(path, "splits must be a list of {fold, train, val}", type(splits).__name__,
                          "regenerate the splits with make_splits/save_splits")

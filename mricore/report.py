@@ -32,7 +32,7 @@ import numpy as np
 from . import __version__
 from . import report_html as H
 from .errors import InputError, OutputExistsError
-from .outputs import write_json, write_text
+from .outputs import finite_json, write_json, write_text
 from .report_data import KEYS, headline, per_case_table, worst_first
 from .results import REPORT_HTML
 from .stats import compare_models, summarize
@@ -71,19 +71,6 @@ def _validate(rows) -> list[str]:
 
 def _num(v) -> float:
     return float("nan") if v is None else float(v)
-
-
-def _clean(o):
-    """NaN/inf -> None, numpy -> Python, recursively (JSON has no NaN)."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple, np.ndarray)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        return float(o) if math.isfinite(o) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    return o
 
 
 def _ordered(values) -> list[str]:
@@ -150,9 +137,9 @@ def write_report(out_dir, rows, *, title, settings=None, cases=None, curves=None
                out / "metrics.csv", force=True)
     write_text(_summary_csv(summary), out / "metrics_summary.csv", force=True)
     write_text(_comparisons_csv(comparisons), out / "comparisons.csv", force=True)
-    write_json(_clean(doc), out / "metrics.json", force=True)
+    write_json(doc, out / "metrics.json", force=True)
     text = H.evaluation_page(title, out, head, summary, comparisons, figures, worst, views, table, zones,
-                             json.dumps(_clean(settings or {}), indent=2, default=str))
+                             json.dumps(finite_json(settings or {}), indent=2, default=str))
     return write_text(text, out / REPORT_HTML, force=True)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,16 +229,14 @@ def write_case(folder: str | Path, image, label: np.ndarray, record: ZonesRecord
 def read_case(folder: str | Path) -> ZonesRecord:
     """The one reader of a case folder's zones.json. Raises InputError (one line) when it is missing,
     not JSON, of an unknown schema version, or has an unknown or mistyped field."""
+    from .outputs import read_json
+
     folder = Path(folder)
     path = folder / ZONES_JSON
     if not path.is_file():
         raise InputError(folder, f"a case folder must hold {ZONES_JSON}", "none",
                          "pass the -o folder of `ensemble predict` / `segment predict` (a batch: one case's folder)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, "not valid JSON", str(e)[:80], "predict the case again") from None
-    return ZonesRecord.from_dict(data, path)
+    return ZonesRecord.from_dict(read_json(path, "predict the case again"), path)
 
 
 def find_predictions(pred_dir: str | Path) -> dict[str, Path]:

@@ -42,25 +42,27 @@ def _as_ref(x, kind: str):
     return x if x is None or isinstance(x, ImageRef) else ImageRef(Path(x), kind=kind)
 
 
-def case_view(entry: dict, thumbnail: bool = True) -> CaseView:
+def case_view(entry: dict, thumbnail: bool = True, record=None) -> CaseView:
     """Read one case entry (module docstring) into a CaseView; draw the thumbnail when asked (over the
-    image when it shares the prediction's grid). Raises GeometryError when the reference does not."""
+    image when it shares the prediction's grid). `record`: the case folder's ZonesRecord when the caller
+    has read it already (then, without a thumbnail or a reference, the map itself is not read: its
+    volumes are the record's). Raises GeometryError when the reference does not share the grid."""
     from .datasets import read_ref
     from .errors import GeometryError
     from .results import REPORT_HTML, ZONES_JSON, ZONES_NII, read_case, zone_volumes_ml
 
     cid, pred_path = str(entry["case_id"]), Path(entry["pred"])
-    pred = read_ref(_as_ref(pred_path, "label"), "pred", cid)
+    if record is None and pred_path.name == ZONES_NII and (pred_path.parent / ZONES_JSON).is_file():
+        record = read_case(pred_path.parent)
     ref = _read_optional(entry.get("ref"), "label", cid)
+    pred = (None if record is not None and ref is None and not thumbnail
+            else read_ref(_as_ref(pred_path, "label"), "pred", cid))
     image = _read_optional(entry.get("image"), "image", cid) if thumbnail else None
     if ref is not None and ref.shape != pred.shape:
         raise GeometryError(entry["ref"], "the reference must lie on the prediction's grid",
                             f"shape {ref.shape} vs {pred.shape}", "resample with nearest neighbour")
     if image is not None and image.shape != pred.shape:
         image = None  # a channel on its own grid (e.g. ADC): the contours are drawn without it
-    record = None
-    if pred_path.name == ZONES_NII and (pred_path.parent / ZONES_JSON).is_file():
-        record = read_case(pred_path.parent)
     review = (record.review or {}) if record else {}
     report = pred_path.parent / REPORT_HTML if record and REPORT_HTML in record.outputs else None
     seconds = round(total_seconds(record.timings_s), 2) if record and record.timings_s else None
@@ -68,7 +70,8 @@ def case_view(entry: dict, thumbnail: bool = True) -> CaseView:
     if thumbnail:
         thumb = axial_thumbnail(None if image is None else image.array[0], None if ref is None else ref.array[0],
                                 pred.array[0], pred.affine)
-    return CaseView(cid, thumb, zone_volumes_ml(pred.array[0], pred.voxel_volume_ml),
+    volume = record.volume_ml if pred is None else zone_volumes_ml(pred.array[0], pred.voxel_volume_ml)
+    return CaseView(cid, thumb, volume,
                     None if ref is None else zone_volumes_ml(ref.array[0], ref.voxel_volume_ml),
                     review.get("verdict"), tuple(review.get("reasons", ())), report, seconds)
 

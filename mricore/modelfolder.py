@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .outputs import replace_atomically, write_json
+from .outputs import read_json, replace_atomically, write_json
 from .preprocess import PreprocessSpec
 
 REQUIRED = ("model.json", "weights.pt")
@@ -145,10 +144,7 @@ def read_model(folder: str | Path, kind: str | None = None) -> ModelMeta:
             raise InputError(folder, f"model folder is missing {name}", "no such file",
                              "use a complete folder written by `segment train` / `localize train`")
     where = folder / "model.json"
-    try:
-        data = json.loads(where.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(where, "not valid JSON", str(e)[:80], "re-export the model") from None
+    data = read_json(where, "re-export the model")
     if kind is not None and isinstance(data, dict) and data.get("kind") != kind:
         raise InputError(folder, f"not a {kind} model folder", data.get("kind"), f"pass a folder written by `{KINDS[kind]}`")
     return ModelMeta.from_dict(data, where)

@@ -55,7 +55,7 @@ from segment.segmenter import BACKGROUND
 from . import combine
 from .config import EnsembleConfig
 from .members import Member, read_locator
-from .passes import Pass, restore_passes, work_box
+from .passes import Pass, member_probabilities, needed_slices, restore_passes, work_box
 
 
 @dataclass
@@ -147,7 +147,7 @@ def run_ensemble(image: Volume, used: list[Member], cfg: EnsembleConfig) -> Ense
     with timer("locator"):
         centre, keep, located = locate(image, cfg)
     groups = spec_groups(used)
-    passes = run_members(sources, used, weights, groups, centre, cfg, timer)
+    passes = run_members(sources, used, weights, groups, centre, keep, cfg, timer)
     with timer("restore"):
         box = work_box(passes, keep)
         total, member_labels = restore_passes(passes, len(used), box)
@@ -211,16 +211,18 @@ def crop(sources: Sources, spec: PreprocessSpec, centre: np.ndarray | None, scal
 
 
 def run_members(sources: Sources, used: list[Member], weights: np.ndarray, groups: dict[str, list[int]],
-                centre: np.ndarray | None, cfg: EnsembleConfig, timer: Timer) -> list[Pass]:
+                centre: np.ndarray | None, keep: boxes.Box | None, cfg: EnsembleConfig, timer: Timer) -> list[Pass]:
     """Step "members": every spec group (times every TTA scale) cropped, its members run one after
-    another into one weighted sum on its working grid; member label maps from scale 1."""
+    another (on the slices that reach the locator's box `keep`) into one weighted sum on its working
+    grid; member label maps from scale 1."""
     passes = []
     for idxs, scale in itertools.product(groups.values(), cfg.tta_scales):
         with timer("preprocess"):
             one = Pass(crop(sources, used[idxs[0]].spec, centre, scale))
+            zs = needed_slices(one.prep, keep)
         for i in idxs:
             with timer("network", used[i].name):
-                prob = used[i].segmenter.probabilities(one.prep.array, tta_flip=cfg.tta, whole_slice=cfg.whole_slice)
+                prob = member_probabilities(used[i].segmenter, one.prep.array, zs, cfg.tta, cfg.whole_slice)
             with timer("combine"):
                 one.work.add(prob, weights[i])
                 if scale == 1.0:  # member label maps: each member at the input's own scale

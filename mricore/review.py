@@ -109,16 +109,18 @@ def content_features(x: np.ndarray, affine: np.ndarray) -> dict:
     body = x > 0.1 * hi
     if hi <= 0 or body.sum() < 100:
         return {"dark_fraction": 0.0, "sharpness": 0.0, "noise": 0.0, "nonuniformity": 1.0}
-    vals = x[body]
-    med = float(np.median(vals))
-    q25, q75 = np.percentile(vals, [25, 75])
+    vals = x[body]  # a copy: the order statistics below may reorder it (overwrite_input), the values stay
+    med = float(np.median(vals, overwrite_input=True))
+    q25, q75 = np.percentile(vals, [25, 75], overwrite_input=True)
     d1, d2 = [], []
     for ax in (0, 1):
         a = np.moveaxis(x, ax, 0)
         b = np.moveaxis(body, ax, 0)
         d1.append(np.abs(a[1:] - a[:-1])[b[1:]])
         d2.append(np.abs(a[2:] - a[:-2])[b[2:]])
-    d1, d2 = np.concatenate(d1), np.concatenate(d2)
+    # Each median once, partitioning the concatenated copy in place (the same values, a third less time).
+    step1 = np.median(np.concatenate(d1), overwrite_input=True)  # float32, as the ratios below were computed
+    step2 = np.median(np.concatenate(d2), overwrite_input=True)
     # Left-right halves in patient space: the in-plane axis most along x (RAS), split at the body centre.
     lr = int(np.argmax(np.abs(aff[0, :2])))
     other = tuple(a for a in range(3) if a != lr)
@@ -129,8 +131,8 @@ def content_features(x: np.ndarray, affine: np.ndarray) -> dict:
     means = [total[m].sum() / max(count[m].sum(), 1.0) for m in (left, ~left)]
     ratio = float(means[0] / means[1]) if min(means) > 0 else 99.0
     return {"dark_fraction": float((vals < 0.5 * med).mean()),
-            "sharpness": float(np.median(d1) / max(float(np.median(d2)), 1e-6)),
-            "noise": float(np.median(d1) / max(float(q75 - q25), 1e-6)),
+            "sharpness": float(step1 / max(float(step2), 1e-6)),
+            "noise": float(step1 / max(float(q75 - q25), 1e-6)),
             "nonuniformity": max(ratio, 1.0 / ratio)}
 
 

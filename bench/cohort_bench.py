@@ -11,7 +11,7 @@ holds each source once and memory can be compared like with like. Each replica g
 small random augmentation (intensity x U(0.9, 1.1), Gaussian noise of 1 % of the 99th percentile, 0-4
 voxels cropped from each in-plane edge, so the grids differ too) and its own case id.
 
-For each --workers value the bundled ensemble (or --config) predicts the whole cohort in a fresh process,
+For each --workers value the bundled ensemble as `ensemble predict` runs it (its ONNX export; or --config) predicts the whole cohort in a fresh process,
 the CLI as a user runs it, into a fresh OUT. A thread samples that process's RSS (/proc/PID/status
 VmRSS) and counts the complete case folders every 0.2 s. Recorded, to bench/results/cohort_bench.json:
 - studies per hour over the whole run, start-up included, and in the steady state (from the first
@@ -35,7 +35,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import BUNDLE, DATA, ENSEMBLE, RESULTS, ROOT, add_data, add_out, command, parser, write_result
+from bench.common import DATA, ENSEMBLE, RESULTS, ROOT, add_data, add_out, command, parser, write_result
+from ensemble.config import bundled_config
 
 WORK = ROOT / "runs" / "cohort_bench"
 MIN_SLICES = 16  # a whole-gland study; the I2CVB slabs have 3-5
@@ -174,7 +175,8 @@ def _args(argv: list[str]):
     ap.add_argument("--marks", type=int, nargs="+", default=[10, 22, 43], help="cases at which RSS is "
                     "read (default 10 22 43; the issue: 50 500)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="--workers values (default 1 2)")
-    ap.add_argument("--config", type=Path, default=BUNDLE / "ensemble.yaml", help="ensemble config (default: bundle)")
+    ap.add_argument("--config", type=Path, default=bundled_config(), help="ensemble config (default: the bundle as "
+                    "`ensemble predict` runs it: its ONNX export when ONNX Runtime is installed)")
     ap.add_argument("--seed", type=int, default=0, help="the cohort's order and augmentation")
     add_data(ap)
     add_out(ap, RESULTS / "cohort_bench.json")

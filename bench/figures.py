@@ -105,12 +105,63 @@ def review_section() -> list[str]:
             rows.append([f"{h['half']} (limits from the other half)", f"{round(h['detection_rate'] * h['n_failures'])} of "
                          f"{h['n_failures']}", f"{len(h['false_alarms'])} of {h['n_normal']}", f3(h["auc_failure_vs_not"])])
     return ["## Review verdict: failure detection", "",
-            f"{q.get('n_studies')} real T2W studies and corrupted copies, {q.get('n_variants')} variants; a failure is "
-            f"{q.get('failure_rule')}. Limits are fitted on one half of the studies (split by patient) and scored on "
-            "the other. The maps come from the shipped bundle, whose members trained on the labelled studies among "
-            "them: these rates describe corrupted copies of training studies, not unseen ones.", "",
+            f"**In sample** (bench/qa_bench.py): {q.get('n_studies')} real T2W studies and corrupted copies, "
+            f"{q.get('n_variants')} variants; a failure is {q.get('failure_rule')}. Limits are fitted on one half of the "
+            "studies (split by patient) and scored on the other. The maps come from the shipped bundle, whose members "
+            "trained on nearly all of these studies (expert, silver and teacher labels): these rates describe "
+            "corrupted copies of training studies, not unseen ones. The shipped limits are the fit on half A.", "",
             *table(["held-out half", "failures detected", "false alarms on uncorrupted studies", "failure-score ROC AUC"],
-                   rows), "", source("qa_bench.json"), ""]
+                   rows), "", source("qa_bench.json"), "", *oos_review_lines()]
+
+
+def _ci(h: dict, stat: str) -> str:
+    """' (a-b)': the bootstrap 95 % CI of `stat` in a qa_oos figure, or '' without one."""
+    ci = h.get(f"{stat}_ci95")
+    return f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
+
+
+def oos_review_lines() -> list[str]:
+    """The review calibration out of sample (bench/results/qa_oos.json), printed after the in-sample one."""
+    o = load("qa_oos.json")
+    named = [("re-fitted on the other half (each study scored by limits fitted without it)", o["held_out_pooled"]),
+             ("shipped", o["shipped_on_out_of_sample_maps"]),
+             ("shipped, half B only (no part in their fit)", o["shipped_on_out_of_sample_maps_half_B"]),
+             ("shipped, on the same studies' in-sample maps (contrast)", o["shipped_on_in_sample_maps_same_studies"])]
+    rows = [[name, h["n_studies"], f"{h['failures_detected']} of {h['failures']}{_ci(h, 'detection_rate')}",
+             "{} of {} ({:.2f}-{:.2f})".format(h["studies_all_failures_detected"], h["studies_with_failures"],
+                                               *h["study_detection_ci95_exact"]),
+             f"{h['false_alarms']} of {h['normal']}{_ci(h, 'false_alarm_rate')}", f"{f3(h['auc'])}{_ci(h, 'auc')}"]
+            for name, h in named if h]
+    fits = [f"half {k[10]} on {len(v['calibration']['studies'])} ({', '.join(v['calibration']['studies'])})"
+            if v.get("calibration") else f"half {k[10]}: none, not fitted" for k, v in o.items() if k.startswith("calibrate_")]
+    dsc = [[s, o["halves"][s], len(p["members"]), f3(o["normal_dsc_wg"][s]["in_sample"]),
+            f3(o["normal_dsc_wg"][s]["out_of_sample"])] for s, p in o["studies"].items()]
+    left: dict[str, list[str]] = {}
+    for s, x in o["left_out"].items():  # grouped by the label the members trained with ("dataset/case (label)")
+        left.setdefault(", ".join(sorted({t.rsplit("(", 1)[1].rstrip(")") for t in x["trained_as"]})), []).append(s)
+    sh = o["shipped_on_out_of_sample_maps"]
+    return [f"**Out of sample** (bench/qa_oos.py): the {o['n_studies']} of these studies ({o['n_patients']} patients) "
+            "that some members never trained on, each segmented only by those members (no study of its patient in "
+            "their training, patient ids compared across datasets) with the bundle's locator and combination, and "
+            f"the same corrupted variants ({o['n_variants']}); nothing was retrained. Bootstrap 95 % CIs resample "
+            "studies, not variants; detection by study counts a study whose every failure was flagged, with its "
+            "exact CI.", "",
+            *table(["limits", "studies", "failures detected (CI)", "studies with every failure detected (exact CI)",
+                    "false alarms on uncorrupted studies (CI)", "failure-score ROC AUC (CI)"], rows), "",
+            f"**The shipped limits are fitted in sample** (half A of the in-sample run). On out-of-sample maps they "
+            f"detect {sh['failures_detected']} of {sh['failures']} failures and flag {sh['false_alarms']} of "
+            f"{sh['normal']} uncorrupted studies that did not fail ("
+            + "; ".join(f"{c}: {', '.join(r)}" for c, r in o["shipped_false_alarms_out_of_sample"].items())
+            + "); on the same studies' in-sample maps, "
+            f"{o['shipped_on_in_sample_maps_same_studies']['false_alarms']} of "
+            f"{o['shipped_on_in_sample_maps_same_studies']['normal']}. The re-fits rest on the uncorrupted studies "
+            f"of their half that did not fail: {'; '.join(fits)}.", "",
+            "Whole-gland DSC of each uncorrupted study (the in-sample run against this one):", "",
+            *table(["study", "half", "members that never saw it", "WG DSC in sample", "WG DSC out of sample"], dsc), "",
+            "Left out, every member having trained on a study of the patient: "
+            + "; ".join(f"{', '.join(v)} (label {k})" for k, v in left.items())
+            + f". Teacher datalist: {o['teacher_datalist']}.", "", *[f"- {c}" for c in o["caveats"]], "",
+            source("qa_oos.json"), ""]
 
 
 def unseen_section() -> list[str]:
@@ -132,13 +183,29 @@ def unseen_section() -> list[str]:
             f"{same['wall_s_max']} s (peer_taps_fourth_sameday.json).", "", source("peer_taps.json"), ""]
 
 
+def one_study(rt: dict) -> list[str]:
+    """One study end to end, where its time goes, and ONNX Runtime's settings (bench/onnx_runtime.py)."""
+    e = rt["end_to_end"]
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in e["stages_median_s"].items() if v >= 0.005)
+    rows = [[r["setting"], f"{r['network_s']:.2f}", f"{r['network_with_reader_s']:.2f}", r["reader_reads"], r["peak_rss_mb"]]
+            for r in rt["settings"].values()]
+    return [f"One study end to end ({e['case']}, `ensemble predict` as a fresh process, bundle as shipped, median of "
+            f"{e['repeats']}): **{e['wall_s']:.2f} s wall** (target {e['target_wall_s']:.0f} s), {e['cpu_s']:.1f} CPU-s, "
+            f"{e['peak_rss_gb']:.2f} GB peak RSS. Median seconds by stage: {stages}; start-up (imports, loading ten "
+            f"ONNX sessions) and the rest {e['startup_and_other_s']:.2f}.", "",
+            "The bundle's ten ONNX sessions over one study's slices (network seconds, best of 3), alone and beside a "
+            "thread decoding NIfTI as a cohort's reader does:", "",
+            *table(["ONNX Runtime setting", "network s", "network s with a reader", "reader's reads meanwhile",
+                    "peak RSS MB"], rows), "", source("onnx_runtime.json"), ""]
+
+
 def speed_section() -> list[str]:
     ms, pe, sv = load("member_speed.json"), load("peers.json"), load("serve_bench.json")
     members = [[n, m["mode"], m["gflop_per_study"], *(f"{m[k]['seconds']:.3f} s" for k in ("eager", "jit_freeze", "onnxruntime"))]
                for n, m in ms["members"].items()]
     tools = [[t, pe[t]["wall_s"], pe[t]["cpu_s"], pe[t]["peak_rss_gb"], pe[t].get("wg_dsc", "n/a")]
              for t in ("ours_default", "ours_pytorch", "taps", "nnunet_v2_9_folds")]
-    return ["## Speed on 2 CPU cores", "",
+    return ["## Speed on 2 CPU cores", "", *one_study(load("onnx_runtime.json")),
             f"Per member on {ms['case']}'s working grid; fp32 matmul peak that day {ms['fp32_matmul_peak_gflops']} GFLOP/s:", "",
             *table(["member", "mode", "GFLOP per study", "eager PyTorch", "frozen TorchScript", "ONNX Runtime"], members),
             "", source("member_speed.json"), "",
@@ -238,9 +305,10 @@ def readme(text: str) -> str:
 
 def outputs() -> dict:
     """{path: text} of every generated file."""
+    from bench.card_notes import resolve
     from ensemble.card import render_card
 
-    card = render_card(BUNDLE, NOTES.read_text(), card_figures())
+    card = render_card(BUNDLE, resolve(NOTES.read_text()), card_figures())  # notes' {{FILE:PATH|SPEC}} figures
     return {RESULTS_MD: results_md() + "\n", candidate_log.OUT: candidate_log.render(), CARD: card,
             README: readme(README.read_text())}
 

@@ -23,7 +23,9 @@ false-alarm rate on its uncorrupted studies, the detection rate of its failures,
 corruption kind and the ROC AUC of the combined score (largest check excess) for failure vs not. The
 same is repeated with the halves swapped. The fit is the package's (mricore.review_limits.fit_limits);
 the limits from half A are the shipped ones: `make review-limits` writes them, from this file's rows,
-into the bundle's ensemble.yaml, the one place they are stored.
+into the bundle's ensemble.yaml, the one place they are stored. The bundle trained on nearly every study
+here, so these maps and the limits fitted on them are in sample; bench/qa_oos.py measures the same
+failure set on the studies that some members never trained on, segmented by those members only.
 
     python -m bench.qa_bench [--data ../shared/data] [--limit N]   # ~20 min on 2 cores (make review-bench)
 """
@@ -196,6 +198,24 @@ def record(case: str, half: str, kind: str, vol: Volume, ref: np.ndarray | None,
             "features": rev["features"], "shipped_verdict": rev["verdict"], "shipped_reasons": rev["reasons"]}
 
 
+def measure_study(b: dict, n: int, half: str, members, cfg, rng: np.random.Generator) -> tuple[list[dict], Volume]:
+    """(rows, reference) of base study `b`, the n-th of `base_studies`, in calibration half `half`: the
+    uncorrupted study first, then each variant (`corruptions`, drawing from the shared `rng`, and
+    `sequence_variants`), every one segmented by `members`. The reference is the study's gland label,
+    or the members' own map where it has none."""
+    t2 = read_nifti(b["dir"] / "t2.nii.gz", "T2W", b["id"])
+    res = predict(t2, members, cfg)
+    key, ref_kind = b["ref"]
+    if key is None:
+        ref = Volume(res.label[None].astype(np.uint8), t2.affine, ("WG",), b["id"])
+    else:
+        ref = read_label(b["dir"] / f"{key}.nii.gz", "WG", b["id"])
+    rows = [record(b["id"], half, "normal", t2, ref.array[0], res, ref_kind)]
+    for kind, vol, vref in corruptions(t2, ref, n, rng) + sequence_variants(b, t2, ref):
+        rows.append(record(b["id"], half, kind, vol, vref.array[0], predict(vol, members, cfg), ref_kind))
+    return rows, ref
+
+
 def halves(studies: list[dict], seed: int = 0) -> dict[str, str]:
     rng = np.random.default_rng(seed)
     out = {}
@@ -285,20 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     rows, refs = [], {}
     rng = np.random.default_rng(0)
     for n, b in enumerate(studies):
-        t2 = read_nifti(b["dir"] / "t2.nii.gz", "T2W", b["id"])
-        res = predict(t2, members, cfg)
-        key, ref_kind = b["ref"]
-        if key is None:
-            ref = Volume(res.label[None].astype(np.uint8), t2.affine, ("WG",), b["id"])
-        else:
-            ref = read_label(b["dir"] / f"{key}.nii.gz", "WG", b["id"])
-        refs[b["id"]] = ref
-        rows.append(record(b["id"], half_of[b["id"]], "normal", t2, ref.array[0], res, ref_kind))
-        variants = corruptions(t2, ref, n, rng) + sequence_variants(b, t2, ref)
-        for kind, vol, vref in variants:
-            rows.append(record(b["id"], half_of[b["id"]], kind, vol, vref.array[0], predict(vol, members, cfg), ref_kind))
-        print(f"[{time.perf_counter() - t0:6.0f} s] {b['id']}: normal DSC {rows[-len(variants) - 1]['dsc_wg']}, "
-              f"{len(variants)} variants", flush=True)
+        study, refs[b["id"]] = measure_study(b, n, half_of[b["id"]], members, cfg, rng)
+        rows += study
+        print(f"[{time.perf_counter() - t0:6.0f} s] {b['id']}: normal DSC {study[0]['dsc_wg']}, "
+              f"{len(study) - 1} variants", flush=True)
     for kind, vol, vref in dicom_variants(data, refs):
         rows.append(record("prostatex/ProstateX-0000", half_of.get("prostatex/ProstateX-0000", "A"), kind, vol,
                            vref.array[0], predict(vol, members, cfg), "silver"))

@@ -286,6 +286,16 @@ def card_figures() -> str:
                       "All figures: docs/RESULTS.md.", ""])
 
 
+def review_headline(q: dict) -> str:
+    """One sentence: the shipped review limits on maps from members that never trained on the study."""
+    r = q["shipped_on_out_of_sample_maps"]
+    return (f"Review verdict, out of sample: on the {q['n_studies']} studies ({q['n_patients']} patients) that some "
+            f"members never trained on, maps from those members only, the shipped limits (fitted in sample) detect "
+            f"{r['failures_detected']} of {r['failures']} failures and flag {r['false_alarms']} of {r['normal']} "
+            f"uncorrupted studies that did not fail; failure-score AUC {r['auc']:.2f} "
+            f"({r['auc_ci95'][0]:.2f}-{r['auc_ci95'][1]:.2f}). Too few studies to re-fit the limits.")
+
+
 def readme(text: str) -> str:
     """README.md with the block between BEGIN and END generated: the headline CV figures (plain and
     selection-corrected) and the comparisons served. Raises ValueError if the markers are missing."""
@@ -298,7 +308,7 @@ def readme(text: str) -> str:
              "selection-corrected figure scores the recipe chosen without each patient on that patient "
              f"(the shipped recipe was chosen in {chosen} of 5 such replays).", "",
              *table(["zone", "plain CV mean", "selection-corrected CV mean", "corrected minus plain (95 % CI)"],
-                    selection_rows()), "", END]
+                    selection_rows()), "", review_headline(load("qa_oos.json")), "", END]
     head, rest = text.split(BEGIN, 1)
     return head + "\n".join(block) + rest.split(END, 1)[1]
 

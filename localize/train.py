@@ -117,14 +117,14 @@ def load_data(cfg: LocalizeConfig, model: LesionModel, fold) -> TrainingData:
 
 def _init_from(net, folder: str, cfg: LocalizeConfig) -> dict:
     """Load a source model's matching tensors: a lesion classifier of the same backbone, or (for
-    model.name dynunet_encoder) a DynUNet segmenter's contracting path, where every encoder tensor
-    must load. The counts go into model.json."""
+    model.name dynunet_encoder) the contracting path of a DynUNet segmenter or of a `segment pretrain`
+    folder (same tensor names), where every encoder tensor must load. The counts go into model.json."""
     meta = read_model(folder)
     kind = meta.kind
     src = load_weights(folder)
     if kind == KIND:
         loaded, total = load_matching(net, src, {"": ""})
-    elif kind == "segmenter" and cfg.model.name == "dynunet_encoder":
+    elif kind in ("segmenter", "pretrain") and cfg.model.name == "dynunet_encoder":
         seg = meta.model
         if seg.get("name") != "dynunet" or list(meta.channels) != list(cfg.preprocess.channels):
             raise ConfigError("train.init_from", "the segmenter must be a dynunet on the same channels",

@@ -35,7 +35,7 @@ from .errors import ConfigError
 
 # Config keys (the last part of a dotted key, at any depth) whose values are paths or lists of paths.
 PATH_KEYS = frozenset({"root", "output_dir", "splits_file", "init_from", "members", "clinical", "teacher",
-                       "locator", "cache_dir"})
+                       "locator", "cache_dir", "segment_config"})
 
 # Numbers in exponent notation without a dot (1e-3), which YAML 1.1 leaves as strings.
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

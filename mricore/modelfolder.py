@@ -29,10 +29,11 @@ REQUIRED = ("model.json", "weights.pt")
 # level; read as version 2 without those two copies.
 FORMAT_VERSION = 2
 # The kinds of model folder, with the command that writes each.
-KINDS = {"segmenter": "segment train", "lesion_classifier": "localize train"}
+KINDS = {"segmenter": "segment train", "lesion_classifier": "localize train", "pretrain": "segment pretrain"}
 # model.json fields a kind needs, with their JSON type (checked before anything is built).
 REQUIRED_FIELDS = {"segmenter": {"model": dict, "preprocess": dict, "patch": list},
-                   "lesion_classifier": {"model": dict, "preprocess": dict, "candidates": dict}}
+                   "lesion_classifier": {"model": dict, "preprocess": dict, "candidates": dict},
+                   "pretrain": {"model": dict, "preprocess": dict, "patch": list}}
 _V1_COPIES = {"channels": lambda m: m.channels, "label_scheme": lambda m: m.label_scheme}
 
 
@@ -69,7 +70,8 @@ class ModelMeta:
     selection: dict | None = None
     # The fold's held-out patients, scored once on the chosen weights; they decided nothing.
     validation: dict | None = None
-    training: dict | None = None         # lesion classifier: patch counts, pos_weight, transfer
+    training: dict | None = None         # lesion classifier: patch counts, pos_weight, transfer;
+                                         # pretrain: method, mask, head, studies used
     history: list | None = None          # lesion classifier: per-epoch rows
     onnx: dict | None = None             # written by `ensemble export`: the network is model.onnx
     software_version: str = ""

@@ -31,19 +31,21 @@ from mricore.errors import InputError, OutputExistsError
 from mricore.io import write_nifti
 from mricore.outputs import write_csv, write_json
 
+from .acquisition import PatchGrid
 from .transforms import apply_intensity, apply_spatial, draw
 from .config import SegmentConfig
 from .data import label_key_for
 
 
-def augment_volume(rng: np.random.Generator, cfg, image: np.ndarray, label: np.ndarray):
-    """One paired draw on a whole (C, I, J, K) raw image and its (I, J, K) label, same grid out."""
+def augment_volume(rng: np.random.Generator, cfg, image: np.ndarray, label: np.ndarray, grid: PatchGrid | None = None):
+    """One paired draw on a whole (C, I, J, K) raw image and its (I, J, K) label, same grid out; `grid`
+    (PatchGrid.of_affine of the study) places the coil field."""
     d = draw(rng, cfg)
     I, J = label.shape[:2]
     img, lab = apply_spatial(image, label, d, (slice(0, I), slice(0, J)))
     scale = np.array([max(float(c[c > 0].std()) if (c > 0).any() else 1.0, 1e-6) for c in image],
                      dtype=np.float32).reshape((-1,) + (1,) * (image.ndim - 1))
-    img = apply_intensity(img / scale, d, lab) * scale
+    img = apply_intensity(img / scale, d, lab, grid) * scale
     return img.astype(np.float32), lab
 
 
@@ -77,7 +79,7 @@ def write_augmented(cfg: SegmentConfig, out_dir: str | Path, copies: int | None 
         image, label, _ = load_case(case, chans, key, register=cfg.data.register)
         ds = f"{case.dataset or 'cases'}_aug"
         for k in range(n):
-            img, lab = augment_volume(rng, cfg.augment, image.array, label.array[0])
+            img, lab = augment_volume(rng, cfg.augment, image.array, label.array[0], PatchGrid.of_affine(image.affine))
             folder = out / ds / f"{case.case_id}_aug{k}"
             row = {"case_id": folder.name, "patient_id": case.patient_id, "dataset": ds}
             for c, arr in zip(chans, img):

@@ -1,4 +1,5 @@
-"""`segment` command line: train, predict, evaluate, pseudo-label, augment, import. Heavy imports live inside commands."""
+"""`segment` command line: train, predict, evaluate, pseudo-label, augment, import, pretrain. Heavy imports
+live inside commands."""
 
 from __future__ import annotations
 
@@ -61,7 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("-o", "--output", required=True)
     au.add_argument("--force", action="store_true")
     _add_import(sub)
+    _add_pretrain(sub)
+    _add_shape_pairs(sub)
     return p
+
+
+def _add_shape_pairs(sub) -> None:
+    sp = sub.add_parser("shape-pairs", help="expert zone maps without images into training pairs: a donor study "
+                        "warped onto each map by label-driven registration, judged by a fixed QC rule (segment.shapes)")
+    sp.add_argument("--labels", nargs="+", required=True, help="folder(s) of 0/1 TZ/2 PZ zone maps (*.nii.gz)")
+    sp.add_argument("--donors", nargs="+", required=True, help="dataset folder(s) or datalist(s) of T2W + zones studies")
+    sp.add_argument("--donor-label", nargs="+", default=["zones"], help="donor label keys, first present is used "
+                    "(default zones; add zones_ai for silver donors)")
+    sp.add_argument("--per-target", type=int, default=1, help="donors per map, nearest in gland volume (default 1)")
+    sp.add_argument("-o", "--output", required=True, help="folder for <pair>/t2, zones.nii.gz, datalist.json, qc.json")
+    sp.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    sp.add_argument("--force", action="store_true")
 
 
 def _add_import(sub) -> None:
@@ -91,7 +107,8 @@ def _add_import(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"train": _train, "predict": _predict, "evaluate": _evaluate, "pseudo-label": _pseudo_label,
-                "augment": _augment, "import": _import}
+                "augment": _augment, "import": _import, "pretrain": _pretrain,
+                "shape-pairs": _shape_pairs}
     return run_cli(lambda: commands[args.cmd](args))
 
 
@@ -153,6 +170,26 @@ def _augment(args) -> int:
     return 0
 
 
+def _add_pretrain(sub) -> None:
+    pt = sub.add_parser("pretrain", help="self-supervised pre-training of a segment config's network on every "
+                        "study's images, labels never read (masked-image reconstruction, segment.pretrain)")
+    pt.add_argument("--config", required=True, help="configs/segment/pretrain_<name>.yaml (names the segment config)")
+    pt.add_argument("-o", "--output", required=True, help="model folder to write (kind pretrain), for "
+                    "`segment train --config <its segment config> --init-from OUTPUT`")
+    pt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a pretrain config value, e.g. --set epochs=5 (repeatable)")
+    pt.add_argument("--data", help="data folder to pre-train on (replaces the config's root)")
+    pt.add_argument("--force", action="store_true", help="replace an existing output folder")
+
+
+def _pretrain(args) -> int:
+    from .pretrain import load_pretrain_config, pretrain
+
+    cfg, seg = load_pretrain_config(args.config, args.overrides, args.data)
+    print(f"pretrain folder: {pretrain(cfg, seg, args.output, force=args.force)}")
+    return 0
+
+
 def _import(args) -> int:
     from .importer import ImportOptions, import_dicom
 
@@ -187,6 +224,16 @@ def _print_import(m, output) -> None:
     counts = m.to_json()["counts"]
     print(f"dataset: {output} ({counts['written']} written, {counts['skipped']} skipped, {counts['failed']} "
           f"failed, {len(m.problems)} unreadable files; see manifest.json)")
+
+
+def _shape_pairs(args) -> int:
+    from .shape_pairs import make_pairs
+
+    s = make_pairs(args.labels, args.donors, args.output, label_keys=tuple(args.donor_label),
+                   per_target=args.per_target, workers=args.workers, force=args.force)["summary"]
+    print(f"{s['accepted']} of {s['pairs']} pairs accepted ({s['targets_skipped']} maps skipped); "
+          f"datalist: {args.output}/datalist.json, QC: {args.output}/qc.json")
+    return 0
 
 
 def entry() -> None:

@@ -84,6 +84,27 @@ class AugmentConfig:
     zone_p: float = 0.0                   # per-zone intensity: each label value's region shifted on its own
                                           # (zone contrast differs by scanner: PZ - TZ is 0.1-0.9 std here)
     zone_shift: float = 0.5               # the shift per label value, drawn in [-s, s], in image std units
+    # Scanner and coil (segment.acquisition), all off. Each range [low, high] is drawn uniformly; the defaults
+    # come from bench/results/coil_probe.json (python -m bench.coil_probe; Case00 = PROMISE12's endorectal-coil
+    # study, "3 T" = Prostate158 001, 021 and ProstateX-0000, "1.5 T" = Philips-02..04), as noted at each.
+    coil_p: float = 0.0                   # endorectal coil: gain 1 + A * 2^(-r / L), r mm from a peak behind the gland
+    coil_gain: list[float] = field(default_factory=lambda: [1.0, 4.0])  # A. Case00 over the 3 T median: gland
+                                          # posterior/anterior third 2.14 vs 1.04 (x2.1: A 1.1); gland-adjacent
+                                          # posterior/anterior 2.82 vs 0.53 (x5.3: A 4.3)
+    coil_falloff_mm: list[float] = field(default_factory=lambda: [6.0, 16.0])  # L, where the excess halves. Case00:
+                                          # 14 mm in its N4 field (a smooth fit: the slow end), about 6 mm in
+                                          # the image, from the gland's bright posterior edge forward
+    coil_offset_mm: list[float] = field(default_factory=lambda: [0.0, 10.0])  # peak behind the mask's posterior
+                                          # edge: in Case00 the dark coil balloon lies 4-8 mm behind it
+    coil_jitter_mm: float = 10.0          # the peak's left-right and through-plane jitter, drawn in [-j, j]
+    lowsnr_p: float = 0.0                 # Rician noise at an SNR (segment.acquisition.tissue_level / sigma)
+    lowsnr_snr: list[float] = field(default_factory=lambda: [4.0, 12.0])  # Case00 4.1 (air, the one Rayleigh
+                                          # background); 3 T training studies 9.6-16.7 (in-tissue estimate)
+    field_p: float = 0.0                  # 1.5 T-like: lower tissue contrast, softer in-plane image
+    field_contrast: list[float] = field(default_factory=lambda: [0.6, 1.0])  # contrast factor: gland IQR/median,
+                                          # 1.5 T median 0.54 over 3 T median 0.84 = 0.64 (3 studies each: rough)
+    field_blur: list[float] = field(default_factory=lambda: [0.0, 0.45])  # in-plane sigma, working voxels: a
+                                          # 1.094 mm voxel (Case00) on the 0.6 mm grid adds 0.44; 0.47-0.5 mm, 0
 
     def validate(self, where):
         for k, v in vars(self).items():
@@ -91,6 +112,19 @@ class AugmentConfig:
                 raise ConfigError(where, f"augment.{k} is a probability in [0, 1]", v, f"set augment.{k} between 0 and 1")
         if self.zone_shift < 0:
             raise ConfigError(where, "augment.zone_shift is a magnitude (>= 0)", self.zone_shift, "e.g. 0.5")
+        if not self.coil_jitter_mm >= 0:
+            raise ConfigError(where, "augment.coil_jitter_mm is a distance (>= 0)", self.coil_jitter_mm, "e.g. 10")
+        for key, low, high in _AUGMENT_RANGES:
+            r = getattr(self, key)
+            if not (isinstance(r, (list, tuple)) and len(r) == 2 and low <= r[0] <= r[1] <= high):
+                raise ConfigError(where, f"augment.{key} is a range [low, high] with {low} <= low <= high <= {high}",
+                                  r, f"e.g. the default, augment.{key}: {getattr(AugmentConfig(), key)}")
+
+
+# The scanner ranges' bounds (segment.acquisition): key, lowest low, highest high.
+_AUGMENT_RANGES = (("coil_gain", 0.0, float("inf")), ("coil_falloff_mm", 1e-3, float("inf")),
+                   ("coil_offset_mm", 0.0, float("inf")), ("lowsnr_snr", 1e-3, float("inf")),
+                   ("field_contrast", 1e-3, 1.0), ("field_blur", 0.0, float("inf")))
 
 
 @dataclass(frozen=True)

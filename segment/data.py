@@ -23,6 +23,7 @@ from mricore.preprocess import PreprocessSpec
 
 from .caseprep import GLAND_UNKNOWN, TEACHER_LABEL, TEACHER_ZONES, label_key_for  # noqa: F401  (home: caseprep)
 from .caseprep import cached_cases, prepare_case, usable
+from .acquisition import PatchGrid
 from .transforms import augment_patch
 from .config import AugmentConfig
 
@@ -117,11 +118,12 @@ class PatchSampler:
     """
 
     def __init__(self, items: list[Item], patch: list[int], spatial_dims: int, context: int,
-                 foreground_p: float, augment: AugmentConfig | None):
+                 foreground_p: float, augment: AugmentConfig | None, grid: PatchGrid | None = None):
         if not items:
             raise InputError("training set", "no labelled cases", 0, "check data.root, data.datasets and data.label")
         self.items, self.patch, self.dims = items, list(patch), spatial_dims
         self.context, self.fg_p, self.aug = context, foreground_p, augment
+        self.grid = grid  # the working grid's spacing and posterior (segment.acquisition), for the coil field
 
     def sample(self, rng: np.random.Generator):
         it = self.items[rng.integers(len(self.items))]
@@ -148,7 +150,7 @@ class PatchSampler:
             img = crop_pad(image, [si, sj, sk], [pi + 2 * m, pj + 2 * m, pk], fill)
             lab = crop_pad(label, [si, sj, sk], [pi + 2 * m, pj + 2 * m, pk], 0)
         if self.aug is not None:
-            img, lab = augment_patch(rng, self.aug, img, lab, (slice(m, m + pi), slice(m, m + pj)))
+            img, lab = augment_patch(rng, self.aug, img, lab, (slice(m, m + pi), slice(m, m + pj)), self.grid)
         return img, lab
 
     def batch(self, rng: np.random.Generator, n: int):

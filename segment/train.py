@@ -20,10 +20,11 @@ from mricore.config import to_dict
 from mricore.datasets import load_dataset
 from mricore.errors import ConfigError, InputError
 from mricore.outputs import write_csv
-from mricore.modelfolder import load_weights, read_model, run_folder, start_run
+from mricore.modelfolder import run_folder, start_run
 from mricore.protocol import Fold, Selection
 
 from .config import SegmentConfig
+from .acquisition import PatchGrid
 from .data import GLAND_UNKNOWN, PatchSampler, config_items
 from .folds import resolve_split, teacher_datalist
 from .torch_segmenter import Segmenter
@@ -31,6 +32,7 @@ from .loop import (Optimisation, barrier, dist_rank, epoch_loader, from_rank0, r
                    schedule, seed_epoch, set_rng_state, train_one_epoch, validate, wrap)
 from .losses import PartialDiceCE
 from .networks import build_network, encoder_modules
+from .pretrain import init_weights
 
 
 @dataclass
@@ -83,7 +85,8 @@ def train(cfg: SegmentConfig, fold: int | str = 0, resume: bool = False, init_fr
     run = Run(cfg, fold, run_dir, last, rank, world, device, split,
               Segmenter(net, cfg.model, cfg.preprocess, cfg.train.patch, cfg.predict))
     sampler = PatchSampler(train_items, cfg.train.patch, cfg.model.spatial_dims, cfg.model.context,
-                           cfg.train.foreground_p, cfg.augment if cfg.augment.mode == "online" else None)
+                           cfg.train.foreground_p, cfg.augment if cfg.augment.mode == "online" else None,
+                           PatchGrid.of_spec(cfg.preprocess))
     _fit(run, optim, sampler, inner_items, state, progress, on_iteration)
     if rank == 0:
         _finish(run, state)
@@ -111,21 +114,12 @@ def load_data(cfg: SegmentConfig, fold, rank: int, world: int = 1) -> tuple[Fold
 
 
 def build_model(cfg: SegmentConfig, device: torch.device, init_from: str | None) -> torch.nn.Module:
-    """The network of cfg.model on `device`; with `init_from` (a model folder) every tensor that matches
-    by name and shape is loaded (count reported). Raises InputError when none matches."""
+    """The network of cfg.model on `device`; with `init_from` (a model folder, e.g. of `segment pretrain`)
+    every tensor that matches by name and shape is loaded (segment.pretrain.init_weights: counts and
+    skipped tensors reported). Raises InputError when none matches or a pretrain folder's network differs."""
     net = build_network(cfg.model, len(cfg.preprocess.channels)).to(device)
     if init_from:
-        source = read_model(init_from).model.get("name")
-        src = load_weights(init_from)
-        own = net.state_dict()
-        matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
-        if not matched:
-            raise InputError(init_from, "no tensor of the source model matches this architecture (name and shape)",
-                             f"source {source}, target {cfg.model.name}",
-                             "initialise from a model of the same architecture and channels")
-        own.update(matched)
-        net.load_state_dict(own)
-        print(f"init-from {init_from}: {len(matched)}/{len(own)} tensors loaded (arch {source})")
+        init_weights(net, cfg.model, cfg.preprocess.channels, init_from)
     return net
 
 

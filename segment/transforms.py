@@ -10,6 +10,14 @@ default) reads the deformed mask: each label value's region, edges softened in-p
 additive shift in every image channel (a 2.5D model's neighbouring slices take the centre slice's
 mask), so zone contrast varies as it does across scanners; the mask itself is never changed.
 
+Scanner and coil (off by default; models in segment.acquisition, ranges measured by
+bench/coil_probe.py): an endorectal coil's gain field peaked behind the patch mask's posterior edge
+and falling off with distance in mm; Rician noise at a drawn SNR; a 1.5 T-like lower tissue contrast
+with a softer in-plane image. They need the patch's voxel spacing and which way is posterior: a
+`PatchGrid` (PatchGrid.of_spec of the training spec; without one, the default 0.6 mm LPS working grid).
+Their random numbers are drawn only when enabled and after every other draw, so a config that leaves
+them off draws exactly what it drew before they existed (a checksum test holds it).
+
 Why elasticdeform and not MONAI's elastic transforms: bench/augment_bench.py measured per sample, one
 thread, on the shared 2-core machine: 2D 160x160 patch 0.014 s (elasticdeform, crop) vs 0.017 s
 (Rand2DElasticd); 3D 96x96x16 patch, 2 channels + mask, 0.049 s vs 0.34 s (Rand3DElasticd, which
@@ -22,6 +30,8 @@ Example:
     >>> a, b = apply_spatial(img, msk, p, crop=(slice(8, 56), slice(8, 56)))
     >>> a.shape, b.shape
     ((1, 48, 48), (48, 48))
+    >>> coil = AugmentConfig(coil_p=1.0, lowsnr_p=1.0)  # an endorectal-coil study at low SNR
+    >>> a, b = augment_patch(rng, coil, img + 1, msk, (slice(8, 56), slice(8, 56)), PatchGrid())
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from dataclasses import dataclass
 import elasticdeform
 import numpy as np
 
+from .acquisition import PatchGrid, coil_draw, endorectal_coil, field_strength, rician
 from .config import AugmentConfig
 
 
@@ -53,6 +64,9 @@ class Draw:
     blur: float | None               # in-plane Gaussian sigma, voxels
     seed: int                        # for the noise field
     zone: np.ndarray | None = None   # additive shift per label value 1..ZONE_VALUES (image std units)
+    coil: np.ndarray | None = None   # endorectal coil: amplitude, falloff mm, offset mm, lateral mm, through mm
+    snr: float | None = None         # Rician noise: tissue level over sigma
+    field: np.ndarray | None = None  # 1.5 T-like: contrast factor (<= 1), in-plane blur sigma (voxels)
 
 
 def draw(rng: np.random.Generator, cfg: AugmentConfig) -> Draw:
@@ -74,6 +88,12 @@ def draw(rng: np.random.Generator, cfg: AugmentConfig) -> Draw:
         seed=int(rng.integers(2**31)),
         # last, and drawn only when enabled: configs without it keep their random streams exactly
         zone=rng.uniform(-cfg.zone_shift, cfg.zone_shift, ZONE_VALUES) if cfg.zone_p > 0 and maybe(cfg.zone_p) else None,
+        # after zone, each drawn only when enabled, in this order: configs that leave them off keep
+        # every random number they drew before (tests/segment/test_coil_augment.py holds the checksum)
+        coil=coil_draw(rng, cfg) if cfg.coil_p > 0 and maybe(cfg.coil_p) else None,
+        snr=float(rng.uniform(*cfg.lowsnr_snr)) if cfg.lowsnr_p > 0 and maybe(cfg.lowsnr_p) else None,
+        field=np.array([rng.uniform(*cfg.field_contrast), rng.uniform(*cfg.field_blur)])
+        if cfg.field_p > 0 and maybe(cfg.field_p) else None,
     )
 
 
@@ -111,9 +131,11 @@ def zone_field(mask: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return gaussian_filter(field, [1.0, 1.0] + [0] * (mask.ndim - 2))
 
 
-def apply_intensity(image: np.ndarray, d: Draw, mask: np.ndarray | None = None) -> np.ndarray:
+def apply_intensity(image: np.ndarray, d: Draw, mask: np.ndarray | None = None,
+                    grid: PatchGrid | None = None) -> np.ndarray:
     """Intensity changes on a normalised (C, ...) image; masks are never touched. `mask` (the patch's
-    label, same in-plane grid) is read only by the per-zone shift."""
+    label, same in-plane grid) is read by the per-zone shift and places the coil's peak; `grid` (None:
+    PatchGrid()) gives the coil field its millimetres and the patient's posterior."""
     from scipy.ndimage import gaussian_filter
 
     x = image
@@ -137,11 +159,19 @@ def apply_intensity(image: np.ndarray, d: Draw, mask: np.ndarray | None = None) 
         x = x * field.reshape(field.shape + (1,) * (x.ndim - 3))
     if d.noise_std:
         x = x + np.random.default_rng(d.seed).normal(0, d.noise_std, x.shape)
+    # acquisition order: tissue contrast and resolution (field strength), coil reception, then noise
+    if d.field is not None:
+        x = field_strength(x, *d.field)
+    if d.coil is not None:
+        x = endorectal_coil(x, mask, d.coil, grid or PatchGrid())
+    if d.snr is not None:
+        x = rician(x, d.snr, np.random.default_rng([d.seed, 1]))
     return x.astype(np.float32, copy=False)
 
 
-def augment_patch(rng, cfg: AugmentConfig, image, mask, crop):
-    """One draw, applied to image and mask: the online augmentation of one training sample."""
+def augment_patch(rng, cfg: AugmentConfig, image, mask, crop, grid: PatchGrid | None = None):
+    """One draw, applied to image and mask: the online augmentation of one training sample. `grid`:
+    the sample's voxel spacing and posterior (PatchGrid.of_spec of the training spec; None: PatchGrid())."""
     d = draw(rng, cfg)
     img, msk = apply_spatial(image, mask, d, crop)
-    return apply_intensity(img, d, msk), msk
+    return apply_intensity(img, d, msk, grid), msk

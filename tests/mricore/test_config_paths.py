@@ -50,6 +50,12 @@ def test_repository_configs_point_at_the_shared_data_and_the_runs_folder(path, m
         return
 
     monkeypatch.chdir(tmp_path)
+    if path.name.startswith("pretrain_"):  # `segment pretrain`: its root, and the segment config it names
+        from segment.pretrain import load_pretrain_config
+
+        cfg, seg = load_pretrain_config(path)
+        assert Path(cfg.root) == (ROOT.parent / "shared" / "data").resolve() and Path(seg.output_dir).is_relative_to(ROOT)
+        return
     cls = LocalizeConfig if path.parent.name == "localize" else SegmentConfig
     cfg = load_config(cls, path)
     assert Path(cfg.data.root) == (ROOT.parent / "shared" / "data").resolve()

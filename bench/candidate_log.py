@@ -124,6 +124,27 @@ def rows() -> list[list[str]]:
                     ABLATION_OUTCOME.get(key, "n/a")])
     out.append(["probe", "the fourth bundle at in-plane scales 0.6-1.2x", "scale_probe.json",
                 added_in("scale_probe.json"), "none (a diagnostic)", "", "", "n/a (shaped the scale candidates)"])
+    return out + finetune_rows()
+
+
+def finetune_rows() -> list[list[str]]:
+    """The one-fold fine-tune arms of bench/finetune_probe.py (scored on that fold's held-out patients)."""
+    if not (RESULTS / "finetune_probe.json").is_file():
+        return []
+    fp = json.loads((RESULTS / "finetune_probe.json").read_text())
+    control, out = fp["arms"].get("control"), []
+    for arm in ("control", "coil", "shapes"):
+        if arm not in fp["arms"]:
+            continue
+        a = fp["arms"][arm]
+        held = a["held_out_mean"]
+        minus = diffs({z: held[z] - control["held_out_mean"][z] for z in ZONES}) if control and arm != "control" else ""
+        outcome = ("baseline of the arms" if arm == "control" else
+                   "passed: worth training the families with" if fp["passes"].get(arm) else "failed its rule")
+        out.append(["probe", f"fold {fp['fold']} DynUNet fine-tune: {arm} (held-out n = {len(a['held_out'])}; "
+                    f"Case00 WG {a['case00_wg']:.3f})", "finetune_probe.json", added_in("finetune_probe.json"),
+                    fp["rule"].get(arm, "none (the control arm)") + " (53de675)",
+                    " / ".join(f"{held[z]:.3f}" for z in ZONES), minus, outcome])
     return out
 
 
@@ -142,7 +163,7 @@ def render() -> str:
              "do not edit.", "",
              f"The 5 expert-labelled patients have served **{n['total']} comparisons**: {n['bundle']} bundle "
              f"generations, {n['candidate']} candidates put to a rule fixed before their score, "
-             f"{n['ablation']} ablation rows and {n['probe']} probe. Figures are cross-validated mean DSC (n = 5; "
+             f"{n['ablation']} ablation rows and {n['probe']} probes. Figures are cross-validated mean DSC (n = 5; "
              "WG / TZ / PZ); \"minus baseline\" is the paired mean difference to the bundle it was measured "
              "against (for an ablation, its row a minus row b). The plain and selection-corrected figures of "
              "the shipped recipe are in docs/RESULTS.md.", "",

@@ -7,7 +7,7 @@ are not on this machine), so the arms differ only in what they name:
 - coil: the same file as it is (endorectal-coil gain, low SNR, 1.5 T-like contrast; segment.acquisition);
 - shapes: control plus the expert-shape pairs of `segment shape-pairs` (runs/shape_pairs/datalist.json) as
   extra training studies (each pair's patient is its donor's, so the fold guard keeps held-out donors out).
-Each run folder is scored as a one-member ensemble behind the shipped locator (configs/ensemble/default.yaml
+Each run folder is scored as a one-member ensemble behind the shipped locator (the bundle's ensemble.yaml
 with `--set members=[DIR]`), as `ensemble predict` runs it: PROMISE12 Case00 (endorectal coil, never trained
 on) WG DSC, and the fold's held-out expert patients (from the member's splits.json, scored by nothing else)
 WG / TZ / PZ DSC; the shipped member itself is scored the same way for reference.
@@ -33,7 +33,7 @@ from bench.common import ENSEMBLE, RESULTS, ROOT, add_data, add_out, command, pa
 from mricore.io import read_label
 from mricore.metrics import dice
 
-LOCATOR_CONFIG = ROOT / "configs" / "ensemble" / "default.yaml"
+LOCATOR_CONFIG = ROOT / "ensemble" / "models" / "default" / "ensemble.yaml"  # the bundle (PyTorch members), its locator
 ZONES = {"WG": (1, 2), "TZ": (1,), "PZ": (2,)}
 RULE = {"coil": "Case00 WG >= control + 0.10 and no zone's held-out mean below control - 0.02",
         "shapes": "held-out PZ >= control + 0.03 and WG, TZ not below control - 0.02"}

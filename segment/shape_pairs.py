@@ -25,6 +25,7 @@ import numpy as np
 
 from mricore.errors import InputError
 from mricore.outputs import check_absent, check_output_dir
+from mricore.results import ZONES_NII
 
 from .caseprep import TEACHER_ZONES
 from .shapes import ShapeSettings
@@ -200,7 +201,7 @@ def datalist_row(record: dict) -> dict:
     """A pair's datalist row (paths relative to OUT): the donor's patient id, training-only zones."""
     pid = record["pair_id"]
     return {"case_id": pid, "patient_id": record["donor_patient"], "dataset": DATASET,
-            "T2W": f"{pid}/t2.nii.gz", TEACHER_ZONES: f"{pid}/zones.nii.gz"}
+            "T2W": f"{pid}/t2.nii.gz", TEACHER_ZONES: f"{pid}/{ZONES_NII}"}
 
 
 def _run(jobs: list, workers: int):
@@ -250,5 +251,5 @@ def _pair_job(job) -> tuple[dict, dict | None]:
     reasons = verdict(f)
     with staged_dir(out / pid) as stage:
         write_nifti(warped.array[0], target, stage / "t2.nii.gz", dtype=np.float32, force=True)
-        write_nifti(target.array[0], target, stage / "zones.nii.gz", dtype=np.uint8, force=True)
+        write_nifti(target.array[0], target, stage / ZONES_NII, dtype=np.uint8, force=True)
     return base | f | {"accepted": not reasons, "reasons": reasons}, preview(warped, target, facts.jacobian_map)

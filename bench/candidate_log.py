@@ -128,23 +128,24 @@ def rows() -> list[list[str]]:
 
 
 def finetune_rows() -> list[list[str]]:
-    """The one-fold fine-tune arms of bench/finetune_probe.py (scored on that fold's held-out patients)."""
-    if not (RESULTS / "finetune_probe.json").is_file():
-        return []
-    fp = json.loads((RESULTS / "finetune_probe.json").read_text())
-    control, out = fp["arms"].get("control"), []
-    for arm in ("control", "coil", "shapes"):
-        if arm not in fp["arms"]:
-            continue
-        a = fp["arms"][arm]
-        held = a["held_out_mean"]
-        minus = diffs({z: held[z] - control["held_out_mean"][z] for z in ZONES}) if control and arm != "control" else ""
-        outcome = ("baseline of the arms" if arm == "control" else
-                   "passed: worth training the families with" if fp["passes"].get(arm) else "failed its rule")
-        out.append(["probe", f"fold {fp['fold']} DynUNet fine-tune: {arm} (held-out n = {len(a['held_out'])}; "
-                    f"Case00 WG {a['case00_wg']:.3f})", "finetune_probe.json", added_in("finetune_probe.json"),
-                    fp["rule"].get(arm, "none (the control arm)") + " (53de675)",
-                    " / ".join(f"{held[z]:.3f}" for z in ZONES), minus, outcome])
+    """The one-fold fine-tune arms of bench/finetune_probe.py, one JSON per fold (each scored on that fold's
+    held-out patients)."""
+    out = []
+    for path in sorted(RESULTS.glob("finetune_probe*.json")):
+        fp = json.loads(path.read_text())
+        control = fp["arms"].get("control")
+        for arm in ("control", "coil", "shapes"):
+            if arm not in fp["arms"]:
+                continue
+            a = fp["arms"][arm]
+            held = a["held_out_mean"]
+            minus = diffs({z: held[z] - control["held_out_mean"][z] for z in ZONES}) if control and arm != "control" else ""
+            outcome = ("baseline of the arms" if arm == "control" else
+                       "passed on this fold" if fp["passes"].get(arm) else "failed its rule")
+            out.append(["probe", f"fold {fp['fold']} DynUNet fine-tune: {arm} (held-out n = {len(a['held_out'])}; "
+                        f"Case00 WG {a['case00_wg']:.3f})", path.name, added_in(path.name),
+                        fp["rule"].get(arm, "none (the control arm)") + " (53de675)",
+                        " / ".join(f"{held[z]:.3f}" for z in ZONES), minus, outcome])
     return out
 
 

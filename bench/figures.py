@@ -294,17 +294,21 @@ def more_data_section() -> list[str]:
              f"{cp['reference_3t_min_median_max']['adjacent_posterior_over_anterior'][1]}), SNR from air {c['snr_air']}; "
              "these set the ranges of the coil, low-SNR and 1.5 T-like augmentations (off by default).", "",
              source("coil_probe.json"), ""]
-    if not (RESULTS / "finetune_probe.json").is_file():
+    probes = [load(p.name) for p in sorted(RESULTS.glob("finetune_probe*.json"))]
+    if not probes:
         return lines
-    fp = load("finetune_probe.json")
-    rows = [[arm, f"{a['case00_wg']:.3f}", *(f"{a['held_out_mean'][z]:.3f}" for z in ("WG", "TZ", "PZ")),
-             {True: "passed", False: "failed"}.get(fp["passes"].get(arm), "")] for arm, a in fp["arms"].items()]
-    return lines + [f"One fold ({fp['fold']}), one family (2D DynUNet): the shipped member fine-tuned with each change "
-                    f"against a control fine-tune, scored behind the shipped locator on Case00 and on the fold's "
-                    f"{len(fp['arms']['shipped']['held_out'])} held-out expert patients; rules fixed before: "
-                    + "; ".join(f"{k}: {v}" for k, v in fp["rule"].items()) + ".", "",
-                    *table(["arm", "Case00 WG", "held-out WG", "held-out TZ", "held-out PZ", "rule"], rows), "",
-                    source("finetune_probe.json"), ""]
+    rows = [[fp["fold"], arm, f"{a['case00_wg']:.3f}", ", ".join(a["held_out"]),
+             *(f"{a['held_out_mean'][z]:.3f}" for z in ("WG", "TZ", "PZ")),
+             {True: "passed", False: "failed"}.get(fp["passes"].get(arm), "")]
+            for fp in probes for arm, a in fp["arms"].items()]
+    return lines + ["Each fold, one family (2D DynUNet): the shipped member fine-tuned with each change against a control "
+                    "fine-tune, scored behind the shipped locator on Case00 and on the fold's held-out expert patients; "
+                    "rules fixed before (bench/finetune_probe.py): "
+                    + "; ".join(f"{k}: {v}" for k, v in probes[0]["rule"].items())
+                    + ". A rule passed on one fold is not a result until the other folds agree.", "",
+                    *table(["fold", "arm", "Case00 WG", "held-out patients", "WG", "TZ", "PZ", "rule"], rows), "",
+                    "Sources: " + ", ".join(f"`bench/results/{p.name}`" for p in sorted(RESULTS.glob("finetune_probe*.json")))
+                    + f" ({probes[0]['command']}, per fold); measured {probes[0]['machine']['date']}.", ""]
 
 
 def results_md() -> str:

@@ -61,6 +61,11 @@ def prepare_case(case: Case, spec: PreprocessSpec, key: str, label: str, registe
     return {"image": prep.array, "label": y, "fg": np.argwhere(y > 0)}
 
 
+def source_stamps(refs: dict) -> dict:
+    """{name: [file stamp, index]} of image/label references: the cache's one rule for a source's identity."""
+    return {n: [_file_stamp(r.path), r.index] for n, r in refs.items()}
+
+
 def _file_stamp(path: Path) -> list:
     """What identifies a source's content cheaply: size and modification time of the file, or of every
     file of a DICOM folder."""
@@ -77,7 +82,7 @@ def case_key(case: Case, spec: PreprocessSpec, key: str, label: str, register: b
     refs = {c: case.images[c] for c in spec.channels} | {"label": case.labels[key]}
     return entry_key({"case": case.case_id, "spec": spec.key(), "label_key": key,
                       "teacher_gland": key == TEACHER_LABEL and key != label, "register": register,
-                      "sources": {n: [_file_stamp(r.path), r.index] for n, r in refs.items()}})
+                      "sources": source_stamps(refs)})
 
 
 def ensure_entry(root: str, ck: str, case: Case, spec: PreprocessSpec, key: str, label: str, register: bool) -> str:

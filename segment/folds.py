@@ -16,6 +16,15 @@ from .config import SegmentConfig
 from .data import TEACHER_LABEL, TEACHER_ZONES
 
 
+def config_cases(cfg: SegmentConfig) -> list:
+    """The expert and silver cases a config names (data.root / data.files, only data.datasets if set);
+    the teacher datalist's are added by the caller (`teacher_datalist`)."""
+    from mricore.datasets import load_dataset
+
+    cases = load_dataset(cfg.data.root, cfg.data.files)
+    return [c for c in cases if c.dataset in cfg.data.datasets] if cfg.data.datasets else cases
+
+
 def teacher_datalist(cfg: SegmentConfig, fold: int | str) -> str | None:
     """`data.teacher` for `fold`: a `{fold}` in the path names the fold's own labels (segment.pseudo)."""
     return cfg.data.teacher.replace("{fold}", str(fold)) if cfg.data.teacher else None

@@ -26,7 +26,7 @@ from mricore.config import ConfigError
 from mricore.datasets import Case, load_case
 from mricore.preprocess import PreprocessSpec, preprocess
 
-from .caseprep import _file_stamp, default_workers  # the cache's identity of a source file: one rule
+from .caseprep import default_workers, source_stamps
 from .data import PatchSampler
 
 NO_FOREGROUND = np.empty((0, 3), np.int64)
@@ -86,7 +86,7 @@ class ImageItem:
 def image_key(case: Case, spec: PreprocessSpec, register: bool) -> str:
     """The cache key of a study's image-only entry: its channels' source files, the spec, registration."""
     return entry_key({"case": case.case_id, "spec": spec.key(), "register": register, "content": "image only",
-                      "sources": {c: [_file_stamp(case.images[c].path), case.images[c].index] for c in spec.channels}})
+                      "sources": source_stamps({c: case.images[c] for c in spec.channels})})
 
 
 def ensure_image(root: str, key: str, case: Case, spec: PreprocessSpec, register: bool) -> tuple:

@@ -26,7 +26,7 @@ from mricore.protocol import Fold
 
 from .caseprep import TEACHER_LABEL, TEACHER_ZONES
 from .config import SegmentConfig
-from .folds import resolve_split, teacher_datalist
+from .folds import config_cases, resolve_split, teacher_datalist
 
 
 def folder_config(folder: Path, base: Path) -> SegmentConfig:
@@ -41,10 +41,11 @@ def folder_config(folder: Path, base: Path) -> SegmentConfig:
     return from_dict(SegmentConfig, resolve_paths(yaml.safe_load(path.read_text()) or {}, base.resolve()), str(path))
 
 
-def teacher_path(folder: str | Path, base: str | Path) -> Path | None:
+def teacher_path(folder: str | Path, base: str | Path, cfg: SegmentConfig | None = None) -> Path | None:
     """The teacher datalist model folder `folder` trained with (data.teacher, `{fold}` filled in, relative
-    paths against `base`), or None when it had none. Whether the file is still there is not checked."""
-    cfg = folder_config(Path(folder), Path(base))
+    paths against `base`), or None when it had none. Whether the file is still there is not checked.
+    `cfg`: the folder's config when the caller has read it already (`folder_config`)."""
+    cfg = cfg or folder_config(Path(folder), Path(base))
     return Path(teacher_datalist(cfg, read_model(folder).fold)) if cfg.data.teacher else None
 
 
@@ -61,9 +62,8 @@ def training_fold(folder: str | Path, base: str | Path, teacher: list[Case] | No
     the folder's splits.json; ConfigError for a config that no longer loads."""
     folder, base = Path(folder), Path(base)
     meta, cfg = read_model(folder), folder_config(folder, base)
-    cases = [c for c in load_dataset(cfg.data.root, cfg.data.files)
-             if not cfg.data.datasets or c.dataset in cfg.data.datasets]
-    path = teacher_path(folder, base)
+    cases = config_cases(cfg)
+    path = teacher_path(folder, base, cfg)
     if teacher is None and path is not None:
         if not path.is_file():
             raise InputError(path, f"{folder.name} trained with this teacher datalist, which is not here",

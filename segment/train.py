@@ -26,7 +26,7 @@ from mricore.protocol import Fold, Selection
 from .config import SegmentConfig
 from .acquisition import PatchGrid
 from .data import GLAND_UNKNOWN, PatchSampler, config_items
-from .folds import resolve_split, teacher_datalist
+from .folds import config_cases, resolve_split, teacher_datalist
 from .torch_segmenter import Segmenter
 from .loop import (Optimisation, barrier, dist_rank, epoch_loader, from_rank0, rank0_first, rng_state, save_checkpoint,
                    schedule, seed_epoch, set_rng_state, train_one_epoch, validate, wrap)
@@ -99,9 +99,7 @@ def load_data(cfg: SegmentConfig, fold, rank: int, world: int = 1) -> tuple[Fold
     (segment.data.config_items). Rank 0 builds what the cache lacks while the other ranks wait (a node
     that does not share the folder builds its own). Only rank 0 validates: the other ranks never read
     the inner cases. Raises InputError on an empty training set."""
-    cases = load_dataset(cfg.data.root, cfg.data.files)
-    if cfg.data.datasets:
-        cases = [c for c in cases if c.dataset in cfg.data.datasets]
+    cases = config_cases(cfg)
     if cfg.data.teacher:  # extra studies with a teacher's gland or zones: training only (resolve_split)
         cases += load_dataset(teacher_datalist(cfg, fold))
     split = resolve_split(cfg, cases, fold)

@@ -58,6 +58,7 @@ def associate(port, calling=SCU, contexts=(MR,)):
     from pynetdicom import AE
 
     ae = AE(ae_title=calling)
+    ae.dimse_timeout = ae.network_timeout = 120  # correctness, not latency: a loaded 2-core CI may be slow
     for c in contexts:
         ae.add_requested_context(c)
     return ae.associate("127.0.0.1", port, ae_title=AET)
@@ -71,7 +72,11 @@ def send(port, files: list[bytes], abort_after: int | None = None) -> None:
         if i == abort_after:
             assoc.abort()
             return
-        assert assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status == 0
+        start = time.monotonic()
+        status = assoc.send_c_store(pydicom.dcmread(io.BytesIO(data)))
+        assert status.get("Status") == 0, (f"instance {i + 1} of {len(files)}: no success after "
+                                           f"{time.monotonic() - start:.1f} s ({status}); association "
+                                           f"{'aborted' if assoc.is_aborted else 'open'}")
     assoc.release()
 
 

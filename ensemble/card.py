@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from mricore.modelfolder import ModelMeta
@@ -26,6 +27,41 @@ def training_record(src: Path) -> dict:
     config = yaml.safe_load((src / "config.yaml").read_text()) if (src / "config.yaml").is_file() else None
     splits = json.loads((src / "splits.json").read_text()) if (src / "splits.json").is_file() else None
     return {"config": config if isinstance(config, dict) else {}, "splits": splits if isinstance(splits, list) else []}
+
+
+def member_table(names: list[str], metas: list[ModelMeta], cv: dict | None) -> list[str]:
+    """Per-member held-out DSC: at the crop the member gets at inference (its family's cross-validated
+    per-case DSC on the member's own held-out cases, from `ensemble evaluate --cv`: the locator's crop,
+    scored on the input grid, as `ensemble predict` runs it) beside the figure `segment train` wrote to
+    model.json (a crop centred on the reference gland, scored on the working grid). On the shipped bundle
+    the first is the higher in most cells: the ensemble's pass and grid differ, not only its crop centre."""
+    per_case = (cv or {}).get("per_case_dsc", {})
+    head = ["## Per-member held-out DSC (own held-out fold)", ""]
+    if per_case:
+        head += ["At inference: the locator's crop, scored on the input grid (`ensemble evaluate --cv`, per case). "
+                 "At training: model.json, what `segment train` prints: a crop centred on the reference gland, scored "
+                 "on the working grid, not the crop or grid the member gets in `ensemble predict`.", "",
+                 "| member | WG at inference | TZ at inference | PZ at inference | WG / TZ / PZ at training |",
+                 "| --- | --- | --- | --- | --- |"]
+    else:
+        head += ["model.json (`segment train`): a crop centred on the reference gland, scored on the working grid, "
+                 "not the crop or grid the member gets in `ensemble predict`; no `ensemble evaluate --cv` report "
+                 "here to give that.", "",
+                 "| member | WG | TZ | PZ |", "| --- | --- | --- | --- |"]
+    for n, m in zip(names, metas):
+        v = m.validation or {}
+        train = [f"{v.get(z + '_mean', float('nan')):.3f} (n={v.get(z + '_n', 0)})" for z in ("WG", "TZ", "PZ")]
+        if not per_case:
+            head.append(f"| {n} | " + " | ".join(train) + " |")
+            continue
+        family, cases = m.name or n, v.get("cases", [])
+        cells = []
+        for z in ("WG", "TZ", "PZ"):
+            got = [per_case.get(z, {}).get(family, {}).get(c) for c in cases]
+            got = [x for x in got if x is not None and np.isfinite(x)]
+            cells.append(f"{np.mean(got):.3f} (n={len(got)})" if got else "n/a")
+        head.append(f"| {n} | " + " | ".join(cells) + " | " + " / ".join(t.split(" ")[0] for t in train) + " |")
+    return head
 
 
 def model_card(names: list[str], metas: list[ModelMeta], records: list[dict], cv: dict | None, half: bool) -> str:
@@ -57,12 +93,7 @@ def model_card(names: list[str], metas: list[ModelMeta], records: list[dict], cv
               "threshold); its weights are the last epoch of a fixed schedule (`fixed`) or the best epoch on an "
               "inner split of its training patients (`inner`), and the held-out patients are scored once, after "
               "training, in eval mode.", ""]
-    lines += ["## Per-member held-out DSC (own held-out fold, working grid)", "",
-              "| member | WG | TZ | PZ |", "| --- | --- | --- | --- |"]
-    for n, m in zip(names, metas):
-        v = m.validation or {}
-        cells = [f"{v.get(z + '_mean', float('nan')):.3f} (n={v.get(z + '_n', 0)})" for z in ("WG", "TZ", "PZ")]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += member_table(names, metas, cv)
     if cv is not None:
         lines += ["", "## Cross-validated DSC on the input grid (`ensemble evaluate --cv`)", "",
                   f"Each expert-labelled case is scored only by the members of the fold that held it out "

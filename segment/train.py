@@ -269,6 +269,13 @@ def _finish(run: Run, state: RunState) -> None:
     seg.save(run.run_dir, **training_record(cfg, run.fold, split, inner, held, best_epoch, len(state.history)))
 
 
+def held_out_crop(spec) -> str:
+    """The crop and grid model.json's held-out DSC is scored on (`ensemble evaluate --cv`: the ensemble's)."""
+    if spec.crop_mm is not None and spec.crop_centre == "gland":
+        return "centred on the reference gland (in an ensemble: on the locator's gland), working grid"
+    return f"as in prediction ({'whole field of view' if spec.crop_mm is None else 'volume centre'}), working grid"
+
+
 def training_record(cfg: SegmentConfig, fold, split: Fold, inner: dict | None, held: dict | None, epoch: int,
                     history_epochs: int) -> dict:
     """What a training run adds to its segmenter's model folder description (Segmenter.describe)."""
@@ -288,5 +295,6 @@ def training_record(cfg: SegmentConfig, fold, split: Fold, inner: dict | None, h
             "split": f"fold {fold} of {cfg.data.folds} (patient-level), expert labels '{cfg.data.label}'; "
                      "held out: scored once after training, used for no decision",
             "cases": [c.case_id for c in split.held_out],
+            "crop": held_out_crop(cfg.preprocess),
             **metrics(held)},
     }

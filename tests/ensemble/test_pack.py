@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -149,3 +150,22 @@ def test_pack_and_export_carry_the_locator(data_dir, members, tmp_path):
         side = json.loads((tmp_path / f"out_{name}" / "zones.json").read_text())
         assert side["locator"]["used"] or "no gland" in side["locator"]["reason"]
         assert side["timings_s"]["locator"] > 0
+
+
+def test_card_gives_each_members_held_out_dsc_at_the_inference_crop():
+    """The card's per-member table takes each member's own held-out cases from model.json and their DSC at
+    the crop the member gets in `ensemble predict` from cv_evaluate.json (its family's per-case rows)."""
+    from ensemble.card import render_card
+    from mricore.modelfolder import read_model
+
+    folder = Path(__file__).resolve().parents[2] / "ensemble" / "models" / "default"
+    cv = json.loads((folder / "cv_evaluate.json").read_text())
+    card = render_card(folder)
+    for name in ("unet2d_long_fold0", "dynunet2d_long_fold2"):
+        meta = read_model(folder / name, "segmenter")
+        row = next(ln for ln in card.splitlines() if ln.startswith(f"| {name} |") and "at inference" not in ln
+                   and ln.count("|") == 6)
+        for zone, cell in zip(("WG", "TZ", "PZ"), row.split("|")[2:5]):
+            want = np.mean([cv["per_case_dsc"][zone][meta.name][c] for c in meta.validation["cases"]])
+            assert cell.strip() == f"{want:.3f} (n={len(meta.validation['cases'])})", (name, zone, row)
+        assert row.split("|")[5].strip() == " / ".join(f"{meta.validation[z + '_mean']:.3f}" for z in ("WG", "TZ", "PZ"))

@@ -120,6 +120,7 @@ def test_fixed_selection_keeps_the_last_epoch_and_scores_the_held_out_fold_once(
     meta = read_model(out)
     assert meta.best_epoch == 1 and meta.selection["cases"] == [] and "fixed" in meta.selection["rule"]
     assert meta.validation["cases"] and "used for no decision" in meta.validation["split"]
+    assert meta.validation["crop"] == "as in prediction (volume centre), working grid"  # the tiny config's crop
     last = torch.load(out / "checkpoint_last.pt", weights_only=True)["model"]
     final = torch.load(out / "weights.pt", weights_only=True)
     assert all(torch.equal(last[k], final[k]) for k in final)

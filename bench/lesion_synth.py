@@ -14,7 +14,10 @@ sensitivity/specificity at the Youden point, lesion sensitivity at 0.5/1/2 false
 and Grad-CAM faithfulness on the top patch of each held-out case with a lesion (deletion and insertion
 areas against random orders). At the default contrast also: a classifier on the bundled DynUNet
 segmenter's encoder, transferred (freeze then unfreeze) versus from scratch, at several numbers of
-training patients. Prints and writes bench/results/lesion_synth.json.
+training patients; with `--pretrained` (issue 37 item 2) also from the encoder of a `segment pretrain`
+folder (masked-image reconstruction, no labels). RULE for that arm, fixed before its first score: the
+pre-trained encoder helps the classifier if its patient AUC is at least scratch's + 0.05 at every
+training-set size run. Prints and writes bench/results/lesion_synth.json.
 
     python -m bench.lesion_synth [--out runs/lesion_synth] [--contrasts 0 0.1 0.2 0.4]
 """
@@ -175,7 +178,8 @@ def cross_validate(datalist: Path, runs: Path, name: str, sets: list[str], expla
     return out
 
 
-def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int, contrast: float) -> list[dict]:
+def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int, contrast: float,
+             pretrained: Path | None = None) -> list[dict]:
     """dynunet_encoder from scratch versus from the bundled segmenter's encoder (frozen for the first
     third of the epochs), at several numbers of training patients per fold, both on the same fixed
     schedule (last epoch); patient AUC of the held-out cases (patient score = highest patch probability)."""
@@ -188,6 +192,8 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int, contrast
             f"model.encoder_args={json.dumps({'channels': seg['channels'], 'strides': seg['strides'], 'norm': seg['norm']})}",
             f"train.epochs={epochs}", "train.selection=fixed"]
     init = {"scratch": [], "segmenter": [f"train.init_from={SEGMENTER}", f"train.freeze_encoder_epochs={epochs // 3}"]}
+    if pretrained is not None:  # the same transfer schedule from the self-supervised encoder
+        init["pretrain"] = [f"train.init_from={pretrained}", f"train.freeze_encoder_epochs={epochs // 3}"]
     cases = {c.case_id: c for c in load_dataset(datalist)}
     rows = []
     for n in sizes:
@@ -209,6 +215,16 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int, contrast
     return rows
 
 
+def pretrain_passes(rows: list[dict]) -> dict:
+    """The docstring's RULE per contrast: pretrain AUC >= scratch + 0.05 at every size."""
+    out = {}
+    for c in sorted({r["contrast"] for r in rows}):
+        auc = {(r["init"], r["max_train_patients"]): r["patient_auc"] for r in rows if r["contrast"] == c}
+        sizes = sorted({n for _, n in auc})
+        out[str(c)] = bool(all(auc[("pretrain", n)] >= auc[("scratch", n)] + 0.05 for n in sizes))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     add_data(ap)
@@ -218,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[3, 10], help="training patients (transfer)")
     ap.add_argument("--transfer-epochs", type=int, default=8)
     ap.add_argument("--transfer-contrasts", type=float, nargs="+", default=[0.9])
+    ap.add_argument("--pretrained", type=Path, default=None, help="segment pretrain folder: a third transfer arm")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--parts", nargs="+", default=["sweep", "transfer"], choices=["sweep", "transfer"],
@@ -253,15 +270,19 @@ def main(argv: list[str] | None = None) -> int:
             datalist = out / f"data_c{c:g}" / "datalist.csv"
             if not datalist.exists():
                 build(bases, c, datalist.parent, args.seed, args.variants)
-            rows += [{"contrast": c, **r} for r in transfer(datalist, out / "runs", args.sizes, args.transfer_epochs, c)]
+            rows += [{"contrast": c, **r} for r in transfer(datalist, out / "runs", args.sizes, args.transfer_epochs, c,
+                                                            args.pretrained)]
         result["transfer"] = {"segmenter": str(SEGMENTER.relative_to(ROOT)),
                               "rows": sorted(kept + rows, key=lambda r: (r["contrast"], r["max_train_patients"]))}
+        if args.pretrained is not None:
+            result["transfer"] |= {"pretrained": str(args.pretrained), "pretrain_passes": pretrain_passes(rows)}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     # The command without --data / --out (this machine's folders); the run's own folders are under --out.
     result["command"] = ("python -m bench.lesion_synth --parts " + " ".join(args.parts)
                          + (f" --contrasts {' '.join(map(str, args.contrasts))}" if "sweep" in args.parts else "")
                          + (f" --transfer-contrasts {' '.join(map(str, args.transfer_contrasts))}"
-                            if "transfer" in args.parts else ""))
+                            if "transfer" in args.parts else "")
+                         + (f" --pretrained {args.pretrained}" if args.pretrained is not None else ""))
     write_result(result, path)
     print(f"wrote bench/results/lesion_synth.json ({result['seconds']} s)")
     return 0

@@ -124,7 +124,7 @@ def rows() -> list[list[str]]:
                     ABLATION_OUTCOME.get(key, "n/a")])
     out.append(["probe", "the fourth bundle at in-plane scales 0.6-1.2x", "scale_probe.json",
                 added_in("scale_probe.json"), "none (a diagnostic)", "", "", "n/a (shaped the scale candidates)"])
-    return out + finetune_rows()
+    return out + finetune_rows() + ssl_rows()
 
 
 def finetune_rows() -> list[list[str]]:
@@ -146,6 +146,24 @@ def finetune_rows() -> list[list[str]]:
                         f"Case00 WG {a['case00_wg']:.3f})", path.name, added_in(path.name),
                         fp["rule"].get(arm, "none (the control arm)") + " (53de675)",
                         " / ".join(f"{held[z]:.3f}" for z in ZONES), minus, outcome])
+    return out
+
+
+def ssl_rows() -> list[list[str]]:
+    """bench/ssl_probe.py: scratch and SSL at each number of expert training patients (pooled orders)."""
+    path = RESULTS / "ssl_probe.json"
+    if not path.exists():
+        return []
+    sp, out = json.loads(path.read_text()), []
+    for n, p in sp["pooled"].items():
+        for arm in ("scratch", "ssl"):
+            minus = diffs({z: p["ssl"][z] - p["scratch"][z] for z in ZONES}) if arm == "ssl" else ""
+            outcome = ("baseline of the arms" if arm == "scratch" else
+                       "passed its rule" if sp["passes"]["helps_at_n"][n] else "failed its rule")
+            out.append(["probe", f"DynUNet on {n} expert patient(s): {arm} (held-out rows = {p[arm]['rows']})",
+                        path.name, added_in(path.name),
+                        sp["rule"]["helps_at_n"] if arm == "ssl" else "none (the scratch arm)",
+                        " / ".join(f"{p[arm][z]:.3f}" for z in ZONES), minus, outcome])
     return out
 
 

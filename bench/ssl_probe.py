@@ -46,7 +46,7 @@ def run_dir(arm: str, tag: str) -> Path:
 
 def train_command(arm: str, tag: str, pretrained: Path) -> list[str]:
     cmd = [str(ROOT / ".venv" / "bin" / "segment"), "train", "--config", str(CONFIG), "--fold", "0", "--force",
-           "--set", f"name=ssl_probe_{arm}_{tag}", f"data.splits_file={SPLITS / f'{tag}.json'}"]
+           "--set", f"name=ssl_probe_{arm}_{tag}", "--set", f"data.splits_file={SPLITS / f'{tag}.json'}"]
     return cmd + (["--init-from", str(pretrained)] if arm == "ssl" else [])
 
 

@@ -37,9 +37,13 @@ def source(name: str) -> str:
     d = load(name) if not name.startswith("/") else json.loads(open(name).read())
     m = d.get("machine")
     if isinstance(m, dict):
-        where = f"{m.get('cpu', '?')} x {m.get('cpus', '?')}, Python {m.get('python', '?')}"
+        where = (m["description"] + " (CPU model not recorded)" if m.get("description") else
+                 f"{m.get('cpu', '?')} x {m.get('cpus', '?')}, Python {m.get('python', '?')}" if "cpus" in m or "cpu" in m
+                 else "not recorded")
         where += f", commit {m['commit']}" if m.get("commit") else ""
         when = m.get("date") or "not recorded"
+        if m.get("date_source"):  # backfilled from git for a JSON written before benches recorded the date
+            when = f"on or before {when} (the date of the commit that last changed the JSON)"
     else:
         where, when = (f"{m} (CPU model not recorded)" if m else "not recorded"), "not recorded"
     cmd = f" (`{d['command']}`)" if isinstance(d.get("command"), str) else ""

@@ -160,7 +160,8 @@ def ssl_rows() -> list[list[str]]:
             minus = diffs({z: p["ssl"][z] - p["scratch"][z] for z in ZONES}) if arm == "ssl" else ""
             outcome = ("baseline of the arms" if arm == "scratch" else
                        "passed its rule" if sp["passes"]["helps_at_n"][n] else "failed its rule")
-            out.append(["probe", f"DynUNet on {n} expert patient(s): {arm} (held-out rows = {p[arm]['rows']})",
+            what = "full CV, expert + silver" if n == "cv" else f"{n} expert patient(s)"
+            out.append(["probe", f"SSL probe, DynUNet on {what}: {arm} (held-out rows = {p[arm]['rows']})",
                         path.name, added_in(path.name),
                         sp["rule"]["helps_at_n"] if arm == "ssl" else "none (the scratch arm)",
                         " / ".join(f"{p[arm][z]:.3f}" for z in ZONES), minus, outcome])

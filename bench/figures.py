@@ -322,7 +322,7 @@ def ssl_section() -> list[str]:
     if not (RESULTS / "ssl_probe.json").exists():
         return []
     sp = load("ssl_probe.json")
-    rows = [[n, arm, p[arm]["rows"], *(f"{p[arm][z]:.3f}" for z in ("WG", "TZ", "PZ", "zones_mean")),
+    rows = [["full CV (+ silver)" if n == "cv" else n, arm, p[arm]["rows"], *(f"{p[arm][z]:.3f}" for z in ("WG", "TZ", "PZ", "zones_mean")),
              {True: "helps", False: "does not help"}[sp["passes"]["helps_at_n"][n]] if arm == "ssl" else ""]
             for n, p in sp["pooled"].items() for arm in ("scratch", "ssl")]
     verdict = "worth training the bundle from" if sp["passes"]["worth_it"] else "not worth training the bundle from"
@@ -330,7 +330,8 @@ def ssl_section() -> list[str]:
             "The 2D DynUNet family on 1, 2 or 4 expert patients only (two orders of the 5 patients; 30 x 40 steps), "
             "from scratch or from `segment pretrain` (masked-image reconstruction on every T2W study here, labels "
             "never read), scored behind the shipped locator on the patients each run held out, pooled over both "
-            f"orders. Rules fixed before (bench/ssl_probe.py): {sp['rule']['helps_at_n']}; {sp['rule']['worth_it']}. "
+            "orders; full CV: the shipped members' 3 folds with the silver ProstateX zones, teacher glands off. "
+            f"Rules fixed before (bench/ssl_probe.py): {sp['rule']['helps_at_n']}; {sp['rule']['worth_it']}. "
             f"Verdict: **{verdict}**.", "",
             *table(["expert patients", "init", "held-out rows", "WG", "TZ", "PZ", "mean of zones", "rule"], rows), "",
             source("ssl_probe.json"), ""]

@@ -10,15 +10,21 @@ trains on order A's first n patients and holds out the other 5 - n. Each run fol
 bench/finetune_probe.py scores one: a one-member ensemble behind the shipped locator, as `ensemble predict`
 runs it, on its held-out expert patients (WG / TZ / PZ DSC) and on PROMISE12 Case00 (WG, never trained on).
 
-RULE (fixed in this file before any run was scored). At each n, the held-out scores of orders A and B are
-pooled (one row per held-out patient per run: 8, 6 and 2 rows at n = 1, 2, 4):
-- ssl helps at n if its pooled mean of the three zones' DSC is at least scratch's + 0.03 and no zone's pooled
-  mean is more than 0.02 below scratch's;
-- ssl is worth training the bundle's families from if it helps at n = 4 (the bundle trains on 3-4 expert
-  patients per fold) and is more than 0.02 below scratch in no zone at any n.
+With `--cv`, also at full CV: the shipped members' 3 patient-level folds (their splits.json) with the
+bundle's training data less the TAPS teacher glands (expert + silver ProstateX zones; the teacher is not on
+this machine), same schedule, each fold scored on its held-out patients (5 rows in all).
+
+RULE (fixed in this file before any run was scored; the full-CV arm added before any score too). At each n,
+the held-out scores of orders A and B are pooled (one row per held-out patient per run: 8, 6 and 2 rows at
+n = 1, 2, 4); at full CV the 5 held-out patients are:
+- ssl helps at n (or at full CV) if its pooled mean of the three zones' DSC is at least scratch's + 0.03 and
+  no zone's pooled mean is more than 0.02 below scratch's;
+- ssl is worth training the bundle's families from if it helps at full CV (where run; else at n = 4, the
+  nearest to the bundle's 3-4 expert patients per fold) and is more than 0.02 below scratch in no zone at
+  any n or at full CV.
 One family and a third of the bundle's schedule: no arm ships from this probe.
 
-    python -m bench.ssl_probe --pretrained runs/ssl/pretrain --train   # 12 trainings, 2 at a time, then scores
+    python -m bench.ssl_probe --pretrained runs/ssl/pretrain --train [--cv]   # 12 (18) trainings, 2 at a time
 """
 
 from __future__ import annotations
@@ -36,24 +42,34 @@ CONFIG = ROOT / "configs" / "segment" / "ssl_probe_dynunet2d.yaml"
 SPLITS = ROOT / "configs" / "segment" / "ssl_probe_splits"
 RUNS = ROOT / "runs" / "ssl"
 TAGS = ["A4", "B4", "A2", "B2", "A1", "B1"]  # training order: the rule's deciding n first
-RULE = {"helps_at_n": "pooled mean of WG/TZ/PZ >= scratch + 0.03 and no zone's pooled mean below scratch - 0.02",
-        "worth_it": "helps at n = 4 and no zone below scratch - 0.02 at any n"}
+CV_TAGS = ["C0", "C1", "C2"]                 # full CV: fold k of the shipped members' splits
+SHIPPED_SPLITS = ROOT / "ensemble" / "models" / "default" / "dynunet2d_long_fold0" / "splits.json"
+CV_DATA = ["data.datasets=[prostate158,i2cvb,prostatex]", "data.silver_label=zones_ai"]
+RULE = {"helps_at_n": "pooled mean of WG/TZ/PZ >= scratch + 0.03 and no zone's pooled mean below scratch - 0.02 "
+                      "(the same at full CV)",
+        "worth_it": "helps at full CV (where run; else at n = 4) and no zone below scratch - 0.02 at any n or at full CV"}
+
+
+def fold_of(tag: str) -> int:
+    return int(tag[1]) if tag in CV_TAGS else 0
 
 
 def run_dir(arm: str, tag: str) -> Path:
-    return RUNS / f"ssl_probe_{arm}_{tag}" / "fold_0"
+    return RUNS / f"ssl_probe_{arm}_{tag}" / f"fold_{fold_of(tag)}"
 
 
 def train_command(arm: str, tag: str, pretrained: Path) -> list[str]:
-    cmd = [str(ROOT / ".venv" / "bin" / "segment"), "train", "--config", str(CONFIG), "--fold", "0", "--force",
-           "--set", f"name=ssl_probe_{arm}_{tag}", "--set", f"data.splits_file={SPLITS / f'{tag}.json'}"]
+    splits = SHIPPED_SPLITS if tag in CV_TAGS else SPLITS / f"{tag}.json"
+    cmd = [str(ROOT / ".venv" / "bin" / "segment"), "train", "--config", str(CONFIG), "--fold", str(fold_of(tag)),
+           "--force", "--set", f"name=ssl_probe_{arm}_{tag}", "--set", f"data.splits_file={splits}"]
+    cmd += [a for kv in (CV_DATA if tag in CV_TAGS else []) for a in ("--set", kv)]
     return cmd + (["--init-from", str(pretrained)] if arm == "ssl" else [])
 
 
-def train_all(pretrained: Path) -> None:
+def train_all(pretrained: Path, tags: list[str]) -> None:
     """Every run not trained yet, the two arms of one split side by side, one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    for tag in TAGS:
+    for tag in tags:
         procs = []
         for arm in ("scratch", "ssl"):
             if (run_dir(arm, tag) / "weights.pt").exists():
@@ -66,11 +82,11 @@ def train_all(pretrained: Path) -> None:
                 raise SystemExit(f"a training of {tag} failed (exit {p.returncode}); see {RUNS}/train_*_{tag}.log")
 
 
-def pooled(runs: dict, n: int) -> dict:
-    """Per arm: the pooled held-out mean of each zone and of the three, over orders A and B at n."""
+def pooled(runs: dict, tags: list[str]) -> dict:
+    """Per arm: the pooled held-out mean of each zone and of the three over the runs `tags`."""
     out = {}
     for arm in ("scratch", "ssl"):
-        rows = [z for tag in (f"A{n}", f"B{n}") for z in runs[arm][tag]["held_out"].values()]
+        rows = [z for tag in tags for z in runs[arm][tag]["held_out"].values()]
         mean = {z: round(sum(r[z] for r in rows) / len(rows), 4) for z in ZONES}
         out[arm] = {**mean, "zones_mean": round(sum(mean.values()) / len(ZONES), 4), "rows": len(rows)}
     return out
@@ -82,7 +98,9 @@ def verdicts(by_n: dict) -> dict:
         return any(p["ssl"][z] < p["scratch"][z] - 0.02 for z in ZONES)
     helps = {n: bool(p["ssl"]["zones_mean"] >= p["scratch"]["zones_mean"] + 0.03 and not harms(p))
              for n, p in by_n.items()}
-    return {"helps_at_n": helps, "worth_it": bool(helps["4"] and not any(harms(p) for p in by_n.values()))}
+    deciding = "cv" if "cv" in by_n else "4"
+    return {"helps_at_n": helps, "decided_by": deciding,
+            "worth_it": bool(helps[deciding] and not any(harms(p) for p in by_n.values()))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,18 +108,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--pretrained", type=Path, default=RUNS / "pretrain", help="segment pretrain output folder")
     ap.add_argument("--train", action="store_true", help="train the runs not trained yet (about 1 h on 2 cores)")
+    ap.add_argument("--cv", action="store_true", help="also at full CV (6 more trainings, about 35 min)")
     add_data(ap)
     add_out(ap, RESULTS / "ssl_probe.json")
     args = ap.parse_args(argv)
     RUNS.mkdir(parents=True, exist_ok=True)
+    tags = TAGS + (CV_TAGS if args.cv else [])
     if args.train:
-        train_all(args.pretrained)
+        train_all(args.pretrained, tags)
     runs = {arm: {} for arm in ("scratch", "ssl")}
-    for tag in TAGS:
+    for tag in tags:
         for arm in runs:
-            runs[arm][tag] = score(run_dir(arm, tag), 0, args.data, RUNS / "scores" / f"{arm}_{tag}")
+            runs[arm][tag] = score(run_dir(arm, tag), fold_of(tag), args.data, RUNS / "scores" / f"{arm}_{tag}")
             print(arm, tag, json.dumps(runs[arm][tag]), flush=True)
-    by_n = {str(n): pooled(runs, n) for n in (1, 2, 4)}
+    by_n = {str(n): pooled(runs, [f"A{n}", f"B{n}"]) for n in (1, 2, 4)}
+    if args.cv:
+        by_n["cv"] = pooled(runs, CV_TAGS)
     result = {"command": command("ssl_probe", argv), "rule": RULE, "pretrained": str(args.pretrained),
               "runs": runs, "pooled": by_n, "passes": verdicts(by_n)}
     write_result(result, args.out)

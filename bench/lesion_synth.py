@@ -41,9 +41,11 @@ from mricore.io import read_label, read_nifti, write_nifti
 from mricore.outputs import write_json
 
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
-# The bundle's first DynUNet member: its encoder is the transfer-learning source.
+# The bundle's first 2D DynUNet member (one slice in, as the classifier's patches): its encoder is the
+# transfer-learning source.
 SEGMENTER = next(Path(m) for m in load_ensemble_config(BUNDLE / "ensemble.yaml").members
-                 if Path(m).name.startswith("dynunet"))
+                 if (meta := json.loads((Path(m) / "model.json").read_text())["model"])["name"] == "dynunet"
+                 and not meta.get("context"))
 DEFAULT_CONTRAST = 0.6
 LESION_COUNTS, LESION_ODDS = (0, 1, 2), (0.4, 0.4, 0.2)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from bench import candidate_log
 from bench.common import BUNDLE, RESULTS, ROOT, TAPS_WG_DSC, parser
@@ -251,7 +252,27 @@ def lesion_section() -> list[str]:
             source("localize_cv.json"), "",
             f"Synthetic lesions in real anatomy (default contrast {ls['default_contrast']}):", "",
             *table(["contrast", "patient AUC", "lesion sensitivity at 0.5 / 1 / 2 FP per case",
-                    "Grad-CAM deletion better than random"], synth), "", source("lesion_synth.json"), ""]
+                    "Grad-CAM deletion better than random"], synth), "", *transfer_lines(ls), source("lesion_synth.json"), ""]
+
+
+def transfer_lines(ls: dict) -> list[str]:
+    """The classifier's encoder from scratch, from the bundle's 2D DynUNet, from `segment pretrain`."""
+    t = ls.get("transfer") or {}
+    rows = [[r["contrast"], r["max_train_patients"],
+             r["init"] + (f" ({Path(r['transfer']['from']).name})" if r["init"] == "segmenter" else ""),
+             f"{r['patient_auc']:.3f}", r["n_cases"]] for r in t.get("rows", [])]
+    if not rows:
+        return []
+    rule = ""
+    if "pretrain_passes" in t:
+        rule = (" The self-supervised encoder's rule (AUC at least scratch's + 0.05 at every size, fixed before its "
+                "score): " + ", ".join(f"contrast {c}: {'passed' if v else 'failed'}" for c, v in t["pretrain_passes"].items())
+                + ".")
+    return ["The lesion classifier's DynUNet encoder (patient AUC on held-out synthetic cases, 3 patient-level folds): "
+            "from scratch, from a bundle segmenter's encoder (the row names it; frozen for the first third of the "
+            "epochs) and, where run, from `segment pretrain` (masked-image reconstruction, no labels), same schedule; "
+            "each contrast's rows come from one run." + rule,
+            "", *table(["contrast", "training patients", "encoder from", "patient AUC", "cases"], rows), ""]
 
 
 def scale_section() -> list[str]:

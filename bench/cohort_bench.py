@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import DATA, ENSEMBLE, RESULTS, ROOT, add_data, add_out, command, parser, write_result
+from bench.common import DATA, ENSEMBLE, RESULTS, ROOT, add_data, add_out, command, data_missing, parser, write_result
 from ensemble.config import bundled_config
 
 WORK = ROOT / "runs" / "cohort_bench"
@@ -186,8 +186,7 @@ def _args(argv: list[str]):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _args(argv)
-    if not args.data.is_dir():
-        print(f"skipped: no data folder at {args.data}")
+    if data_missing(args.data):
         return 0
     cohort, manifest = build_cohort(args.data, args.n, args.seed)
     print(f"cohort: {args.n} studies in {cohort}", flush=True)

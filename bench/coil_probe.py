@@ -49,7 +49,7 @@ import sys
 
 import numpy as np
 
-from bench.common import RESULTS, add_data, add_out, command, parser, write_result
+from bench.common import RESULTS, add_data, add_out, command, data_missing, parser, write_result
 
 # Case00: the endorectal-coil study; the others for contrast (a 3 T surface-coil training study each
 # from Prostate158 and ProstateX, and the 1.5 T Philips studies of known scanner).
@@ -209,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data(ap)
     add_out(ap, RESULTS / "coil_probe.json")
     args = ap.parse_args(argv)
-    if not args.data.is_dir():
-        print(f"skipped: no data folder at {args.data}")
+    if data_missing(args.data):
         return 0
     from mricore.datasets import load_dataset, read_ref
 

@@ -41,6 +41,14 @@ def add_data(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data", type=Path, default=DATA, help="the data folder (default: ../shared/data)")
 
 
+def data_missing(data: Path) -> bool:
+    """True (after saying so) when the data folder is absent: a bench that needs it then skips."""
+    if not Path(data).is_dir():
+        print(f"skipped: no data folder at {data}")
+        return True
+    return False
+
+
 def add_out(ap: argparse.ArgumentParser, default: Path | None = None) -> None:
     """--out: the result JSON (a Path); required when there is no default."""
     where = f" (default: {default.relative_to(ROOT)})" if default else " (bench/results/...)"

@@ -27,14 +27,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 from bench.common import ENSEMBLE, RESULTS, ROOT, add_data, add_out, command, parser, write_result
 from mricore.io import read_label
 from mricore.metrics import dice
+from mricore.zones import SELECTORS
 
 LOCATOR_CONFIG = ROOT / "ensemble" / "models" / "default" / "ensemble.yaml"  # the bundle (PyTorch members), its locator
-ZONES = {"WG": (1, 2), "TZ": (1,), "PZ": (2,)}
+ZONES = tuple(SELECTORS)  # WG, TZ, PZ
 RULE = {"coil": "Case00 WG >= control + 0.10 and no zone's held-out mean below control - 0.02",
         "shapes": "held-out PZ >= control + 0.03 and WG, TZ not below control - 0.02"}
 
@@ -52,21 +54,29 @@ def held_out(member: Path, fold: int) -> list[str]:
     return next(s["val"] for s in splits if s["fold"] == fold)
 
 
-def expert_case(data: Path, case_id: str) -> Path:
-    return next(p for p in (data / "prostate158" / case_id, data / "i2cvb" / case_id) if p.is_dir())
+@lru_cache(maxsize=None)
+def cases_of(data: Path) -> dict:
+    """{(dataset, case id): Case} of the data folder (mricore.datasets: its files and labels)."""
+    from mricore.datasets import load_dataset
+
+    return {(c.dataset, c.case_id): c for c in load_dataset(data)}
+
+
+def expert_case(data: Path, case_id: str):
+    return next(c for (d, i), c in cases_of(data).items() if i == case_id and d in ("prostate158", "i2cvb"))
 
 
 def score(member: Path, fold: int, data: Path, work: Path) -> dict:
     """Case00 WG DSC and the held-out cases' zone DSCs of one member folder."""
-    c00 = data / "promise12" / "Case00"
-    pred = read_label(predict(member, c00 / "t2.nii.gz", work / "case00")).array[0]
-    result = {"case00_wg": round(float(dice(pred > 0, read_label(c00 / "wg.nii.gz").array[0] > 0)), 4), "held_out": {}}
+    c00 = cases_of(data)[("promise12", "Case00")]
+    pred = read_label(predict(member, c00.images["T2W"].path, work / "case00")).array[0]
+    result = {"case00_wg": round(float(dice(pred > 0, read_label(c00.labels["wg"].path).array[0] > 0)), 4),
+              "held_out": {}}
     for case_id in held_out(member, fold):
         case = expert_case(data, case_id)
-        pred = read_label(predict(member, case / "t2.nii.gz", work / case_id)).array[0]
-        ref = read_label(case / "zones.nii.gz").array[0]
-        result["held_out"][case_id] = {z: round(float(dice(sum(pred == v for v in vs) > 0, sum(ref == v for v in vs) > 0)), 4)
-                                       for z, vs in ZONES.items()}
+        pred = read_label(predict(member, case.images["T2W"].path, work / case_id)).array[0]
+        ref = read_label(case.labels["zones"].path).array[0]
+        result["held_out"][case_id] = {z: round(float(dice(SELECTORS[z](pred), SELECTORS[z](ref))), 4) for z in ZONES}
     result["held_out_mean"] = {z: round(sum(c[z] for c in result["held_out"].values()) / len(result["held_out"]), 4)
                                for z in ZONES}
     return result

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, add_data, add_out, command, parser, write_result
+from bench.common import RESULTS, ROOT, add_data, add_out, command, data_missing, parser, write_result
 
 WORK = ROOT / "runs" / "scale_bench"
 CONFIG = ROOT / "configs" / "segment" / "zonal_t2w_2d.yaml"
@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data(ap)
     add_out(ap, RESULTS / "scale_bench.json")
     args = ap.parse_args(argv)
-    if not args.data.is_dir():
-        print(f"skipped: no data folder at {args.data}")
+    if data_missing(args.data):
         return 0
     runs = {}
     for n in args.sizes:

@@ -20,7 +20,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bench.common import BUNDLE, add_data, add_out, command, parser, write_result
+from bench.common import BUNDLE, add_data, add_out, command, data_missing, parser, write_result
 from ensemble.evaluate import cv_groups
 from ensemble.members import read_members
 from ensemble.predict import infer_case, read_case, resolve_config, source_from_case
@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data(ap)
     add_out(ap)
     args = ap.parse_args(argv)
-    if not args.data.is_dir():
-        print(f"skipped: no data folder at {args.data}")
+    if data_missing(args.data):
         return 0
     cfg = resolve_config(args.config)
     members = read_members(cfg.members)

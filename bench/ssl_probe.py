@@ -74,9 +74,9 @@ def train_all(pretrained: Path, tags: list[str]) -> None:
         for arm in ("scratch", "ssl"):
             if (run_dir(arm, tag) / "weights.pt").exists():
                 continue
-            log = open(RUNS / f"train_{arm}_{tag}.log", "w")
-            procs.append(subprocess.Popen(train_command(arm, tag, pretrained), stdout=log, stderr=subprocess.STDOUT,
-                                          env=env))
+            with open(RUNS / f"train_{arm}_{tag}.log", "w") as log:  # the child keeps its own handle
+                procs.append(subprocess.Popen(train_command(arm, tag, pretrained), stdout=log,
+                                              stderr=subprocess.STDOUT, env=env))
         for p in procs:
             if p.wait() != 0:
                 raise SystemExit(f"a training of {tag} failed (exit {p.returncode}); see {RUNS}/train_*_{tag}.log")

@@ -104,18 +104,25 @@ bundle-pack: venv
 # - the gland reference of the review's volume and TZ-share checks (mricore/gland_reference.json);
 # - the fitted review limits, in the review section of the bundle's ensemble.yaml only (code and the
 #   training-side configs/ensemble/default.yaml carry none; a config without them takes the bundle's):
-#   `review-limits` fits them on the rows bench/qa_bench.py measured (bench/results/qa_bench.json) and
-#   exports ONNX again so that its ensemble.yaml says the same; `review-bench` measures those rows
-#   again with the current bundle first (22 min on 2 cores).
+#   `review-limits` fits them on half A of the out-of-sample rows bench/qa_oos.py measured
+#   (bench/results/qa_oos.json: every study mapped by members that never saw it) and writes them into
+#   the bundle's ensemble.yaml and its ONNX export's; `review-bench` measures those rows again first:
+#   the in-sample run (bench/qa_bench.py, 22 min), the calibration folds (bench/calibration_folds.py,
+#   about 70 min) and the out-of-sample run, 2 cores.
 gland-reference: venv
 	$(BIN)/python -m mricore.gland_reference --data $(DATA) --force
 
+CALIBRATION := --config runs/bundle/calibration/ensemble.yaml --locators runs/bundle/locator_calA/fold_all runs/bundle/locator_calB/fold_all
+
 review-limits: venv
-	$(BIN)/python -m mricore.review_limits bench/results/qa_bench.json --config $(BUNDLE_YAML) --force
-	$(BIN)/ensemble export --config $(BUNDLE_YAML) -o ensemble/models/default/onnx --force
+	for y in $(BUNDLE_YAML) ensemble/models/default/onnx/ensemble.yaml; do \
+	  $(BIN)/python -m mricore.review_limits bench/results/qa_oos.json --config $$y --force || exit 1; done
+	$(BIN)/python -m bench.qa_oos --data $(DATA) $(CALIBRATION) --rows bench/results/qa_oos.json
 
 review-bench: venv
 	$(BIN)/python -m bench.qa_bench --data $(DATA)
+	$(BIN)/python -m bench.calibration_folds --data $(DATA)
+	$(BIN)/python -m bench.qa_oos --data $(DATA) $(CALIBRATION)
 	$(MAKE) review-limits
 
 # Every published figure (docs/RESULTS.md, docs/candidates.md, the figures of the model card and the

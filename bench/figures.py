@@ -116,7 +116,9 @@ def review_section() -> list[str]:
             f"{q.get('n_variants')} variants; a failure is {q.get('failure_rule')}. Limits are fitted on one half of the "
             "studies (split by patient) and scored on the other. The maps come from the shipped bundle, whose members "
             "trained on nearly all of these studies (expert, silver and teacher labels): these rates describe "
-            "corrupted copies of training studies, not unseen ones. The shipped limits are the fit on half A.", "",
+            "corrupted copies of training studies, not unseen ones. "
+            + ("The shipped limits are not this fit but the out-of-sample one below." if load("qa_oos.json").get(
+                "shipped_from_this_run") else "The shipped limits are the fit on half A."), "",
             *table(["held-out half", "failures detected", "false alarms on uncorrupted studies", "failure-score ROC AUC"],
                    rows), "", source("qa_bench.json"), "", *oos_review_lines()]
 
@@ -146,28 +148,31 @@ def oos_review_lines() -> list[str]:
     left: dict[str, list[str]] = {}
     for s, x in o["left_out"].items():  # grouped by the label the members trained with ("dataset/case (label)")
         left.setdefault(", ".join(sorted({t.rsplit("(", 1)[1].rstrip(")") for t in x["trained_as"]})), []).append(s)
-    sh = o["shipped_on_out_of_sample_maps"]
-    return [f"**Out of sample** (bench/qa_oos.py): the {o['n_studies']} of these studies ({o['n_patients']} patients) "
-            "that some members never trained on, each segmented only by those members (no study of its patient in "
-            "their training, patient ids compared across datasets) with the bundle's locator and combination, and "
-            f"the same corrupted variants ({o['n_variants']}); nothing was retrained. Bootstrap 95 % CIs resample "
-            "studies, not variants; detection by study counts a study whose every failure was flagged, with its "
-            "exact CI.", "",
+    sh, ins = o["shipped_on_out_of_sample_maps"], o["shipped_on_in_sample_maps_same_studies"]
+    cal = sorted({m for p in o["studies"].values() for m in p["members"] if "_cal" in m})
+    how = (f"members of calibration folds ({', '.join(cal)}: bench/calibration_folds.py) trained without half of the "
+           "silver and teacher studies, and cross-validation members for the expert ones" if cal else
+           "the bundle's members that never trained on it; nothing was retrained")
+    return [f"**Out of sample** (bench/qa_oos.py): {o['n_studies']} of these studies ({o['n_patients']} patients), "
+            "each segmented only by members that never trained on a study of its patient (patient ids compared across "
+            f"datasets): {how}; the bundle's combination, and the same corrupted variants ({o['n_variants']}). "
+            "Bootstrap 95 % CIs resample studies, not variants; detection by study counts a study whose every "
+            "failure was flagged, with its exact CI.", "",
             *table(["limits", "studies", "failures detected (CI)", "studies with every failure detected (exact CI)",
                     "false alarms on uncorrupted studies (CI)", "failure-score ROC AUC (CI)"], rows), "",
-            f"**The shipped limits are fitted in sample** (half A of the in-sample run). On out-of-sample maps they "
-            f"detect {sh['failures_detected']} of {sh['failures']} failures and flag {sh['false_alarms']} of "
-            f"{sh['normal']} uncorrupted studies that did not fail ("
-            + "; ".join(f"{c}: {', '.join(r)}" for c, r in o["shipped_false_alarms_out_of_sample"].items())
-            + "); on the same studies' in-sample maps, "
-            f"{o['shipped_on_in_sample_maps_same_studies']['false_alarms']} of "
-            f"{o['shipped_on_in_sample_maps_same_studies']['normal']}. The re-fits rest on the uncorrupted studies "
-            f"of their half that did not fail: {'; '.join(fits)}.", "",
+            ("**The shipped limits are this run's half-A fit** (make review-limits): half B's row is their held-out "
+             "figure. " if o.get("shipped_from_this_run") else
+             "**The shipped limits are fitted in sample** (half A of the in-sample run). ")
+            + f"On out-of-sample maps they detect {sh['failures_detected']} of {sh['failures']} failures and flag "
+            f"{sh['false_alarms']} of {sh['normal']} uncorrupted studies that did not fail"
+            + "".join(f"; {c}: {', '.join(r)}" for c, r in o["shipped_false_alarms_out_of_sample"].items())
+            + (f". On the same studies' in-sample maps, {ins['false_alarms']} of {ins['normal']}" if ins else "")
+            + f". The re-fits rest on the uncorrupted studies of their half that did not fail: {'; '.join(fits)}.", "",
             "Whole-gland DSC of each uncorrupted study (the in-sample run against this one):", "",
             *table(["study", "half", "members that never saw it", "WG DSC in sample", "WG DSC out of sample"], dsc), "",
-            "Left out, every member having trained on a study of the patient: "
-            + "; ".join(f"{', '.join(v)} (label {k})" for k, v in left.items())
-            + f". Teacher datalist: {o['teacher_datalist']}.", "", *[f"- {c}" for c in o["caveats"]], "",
+            ("Left out, every member having trained on a study of the patient: "
+             + "; ".join(f"{', '.join(v)} (label {k})" for k, v in left.items()) + ". " if left else "")
+            + f"Teacher datalist: {o['teacher_datalist']}.", "", *[f"- {c}" for c in o["caveats"]], "",
             source("qa_oos.json"), ""]
 
 
@@ -381,12 +386,21 @@ def card_figures() -> str:
 
 def review_headline(q: dict) -> str:
     """One sentence: the shipped review limits on maps from members that never trained on the study."""
-    r = q["shipped_on_out_of_sample_maps"]
-    return (f"Review verdict, out of sample: on the {q['n_studies']} studies ({q['n_patients']} patients) that some "
-            f"members never trained on, maps from those members only, the shipped limits (fitted in sample) detect "
+    if not q.get("shipped_from_this_run"):
+        r = q["shipped_on_out_of_sample_maps"]
+        return (f"Review verdict, out of sample: on the {q['n_studies']} studies ({q['n_patients']} patients) that "
+                f"some members never trained on, maps from those members only, the shipped limits (fitted in sample) "
+                f"detect {r['failures_detected']} of {r['failures']} failures and flag {r['false_alarms']} of "
+                f"{r['normal']} uncorrupted studies that did not fail; failure-score AUC {r['auc']:.2f} "
+                f"({r['auc_ci95'][0]:.2f}-{r['auc_ci95'][1]:.2f}).")
+    r, b = q["held_out_pooled"], q["shipped_on_out_of_sample_maps_half_B"]
+    return (f"Review verdict, out of sample: {q['n_studies']} studies ({q['n_patients']} patients), each mapped by "
+            f"members that never saw it; limits fitted on one half and scored on the other detect "
             f"{r['failures_detected']} of {r['failures']} failures and flag {r['false_alarms']} of {r['normal']} "
             f"uncorrupted studies that did not fail; failure-score AUC {r['auc']:.2f} "
-            f"({r['auc_ci95'][0]:.2f}-{r['auc_ci95'][1]:.2f}). Too few studies to re-fit the limits.")
+            f"({r['auc_ci95'][0]:.2f}-{r['auc_ci95'][1]:.2f}). The shipped limits are the half-A fit: on half B "
+            f"({b['n_studies']} studies) {b['failures_detected']} of {b['failures']} failures, {b['false_alarms']} of "
+            f"{b['normal']} false alarms.")
 
 
 def readme(text: str) -> str:

@@ -20,11 +20,12 @@ the members that never trained on it, with the same combination rules and the bu
   by qa_bench on its half A) on these maps, and for the shipped limits on the same studies' in-sample
   maps (bench/results/qa_bench.json's rows) for contrast. The CIs hold the fitted limits fixed.
 
-When members trained for calibration folds exist (each trained without a group of these studies), list
-them in an ensemble config and pass it as --config: every study then finds members that never saw it,
-with nothing else changed here.
+When members trained for calibration folds exist (each trained without a group of these studies,
+bench/calibration_folds.py), pass their ensemble config as --config and their locators as --locators:
+every study then finds members, and a locator, that never saw it (a study the bundle's locator saw takes
+the first of --locators that did not), with nothing else changed here.
 
-    python -m bench.qa_oos [--data ../shared/data] [--config ENSEMBLE_YAML] [--rows JSON]   # minutes on 2 cores
+    python -m bench.qa_oos [--data ../shared/data] [--config ENSEMBLE_YAML] [--locators DIR ...] [--rows JSON]
 """
 
 from __future__ import annotations
@@ -78,25 +79,36 @@ def trained_folder(member) -> Path:
     return member.parent.parent / onnx["exported_from"] if onnx else member
 
 
-def provenance(cfg, data: Path) -> dict:
-    """{"members": {name: {patient: studies}}, "locator": {patient: studies}, "teacher": how it was known}."""
+def provenance(cfg, data: Path, locators: list[Path] = ()) -> dict:
+    """{"members": {name: {patient: studies}}, "locators": {path: {patient: studies}} (the config's first,
+    then `locators`), "teacher": how it was known}."""
     from segment.provenance import seen_studies
 
     teacher, how = teacher_stand_in(cfg, data)
-    members = {Path(m).name: seen_studies(trained_folder(m), ROOT, teacher) for m in cfg.members}
-    locator = seen_studies(trained_folder(cfg.locator), ROOT, teacher) if cfg.locator else {}
-    return {"members": members, "locator": locator, "teacher": how}
+    members = {member_name(m): seen_studies(trained_folder(m), ROOT, teacher) for m in cfg.members}
+    located = {str(p): seen_studies(trained_folder(p), ROOT, teacher) for p in [cfg.locator, *locators] if p}
+    return {"members": members, "locators": located, "teacher": how}
+
+
+def member_name(path) -> str:
+    """A member's name in the JSON: its folder's, or for a `fold_all` training folder its run's
+    (runs/bundle/unet2d_long_calA/fold_all -> unet2d_long_calA)."""
+    path = Path(path)
+    return path.parent.name if path.name.startswith("fold_") else path.name
 
 
 def plan(studies: list[dict], patients: dict[str, str], seen: dict) -> tuple[dict, dict]:
-    """For qa_bench's studies: ({study: {patient, members, locator_out_of_sample}} of those with an
-    out-of-sample member, {study: {patient, reason, trained_as}} of the others)."""
+    """For qa_bench's studies: ({study: {patient, members, locator, locator_out_of_sample}} of those with
+    an out-of-sample member, {study: {patient, reason, trained_as}} of the others). The locator is the
+    first of seen["locators"] that never saw the study, else the first (in sample)."""
     keep, left_out = {}, {}
     for s in studies:
         p = patients[s["id"]]
         free = [m for m, pats in seen["members"].items() if p not in pats]
+        loc = next((lo for lo, pats in seen["locators"].items() if p not in pats), next(iter(seen["locators"]), None))
         if free:
-            keep[s["id"]] = {"patient": p, "members": free, "locator_out_of_sample": p not in seen["locator"]}
+            keep[s["id"]] = {"patient": p, "members": free, "locator": loc and member_name(loc),
+                             "locator_out_of_sample": loc is not None and p not in seen["locators"][loc]}
         else:
             left_out[s["id"]] = {"patient": p, "reason": "every member trained on a study of this patient",
                                  "trained_as": sorted({x for pats in seen["members"].values() for x in pats.get(p, [])})}
@@ -105,13 +117,15 @@ def plan(studies: list[dict], patients: dict[str, str], seen: dict) -> tuple[dic
 
 # ----------------------------------------------------------------------------- measure
 
-def measure(data: Path, studies: list[dict], half_of: dict, keep: dict, cfg, t0: float) -> list[dict]:
-    """qa_bench's rows for the studies in `keep`, each segmented by its out-of-sample members only."""
+def measure(data: Path, studies: list[dict], half_of: dict, keep: dict, cfg, locators: list, t0: float) -> list[dict]:
+    """qa_bench's rows for the studies in `keep`, each segmented by its out-of-sample members only, with
+    its locator (`keep`'s, among the config's and `locators`)."""
     from ensemble.members import read_members
     from mricore.io import read_nifti
     from mricore.volume import Volume
 
-    by_name = {Path(m).name: m for m in cfg.members}
+    by_name = {member_name(m): m for m in cfg.members}
+    locators = {member_name(p): str(p) for p in [cfg.locator, *locators] if p}
     loaded: dict[tuple, list] = {}
     rows: list[dict] = []
     rng = np.random.default_rng(0)  # qa_bench's stream: every study draws, in qa_bench's order
@@ -125,7 +139,8 @@ def measure(data: Path, studies: list[dict], half_of: dict, keep: dict, cfg, t0:
         if names not in loaded:  # one load per set of members
             loaded[names] = read_members([by_name[m] for m in names])
         members = loaded[names]
-        study, _ = measure_study(b, n, half_of[b["id"]], members, cfg, rng)
+        loc = keep[b["id"]]["locator"]
+        study, _ = measure_study(b, n, half_of[b["id"]], members, replace(cfg, locator=locators.get(loc, cfg.locator)), rng)
         rows += study
         print(f"[{time.perf_counter() - t0:6.0f} s] {b['id']} ({len(names)} members): normal DSC "
               f"{study[0]['dsc_wg']:.3f}, {len(study) - 1} variants", flush=True)
@@ -200,18 +215,21 @@ def _r(x):
     return None if isinstance(x, float) and not np.isfinite(x) else round(x, 4) if isinstance(x, float) else x
 
 
-def caveats(keep: dict, n_members: int) -> list[str]:
+def caveats(keep: dict, n_bundle: int, shipped_from_here: bool) -> list[str]:
     """What the out-of-sample figures still share with training, or how they differ from the bundle's, in words
-    for the JSON and the docs (`n_members`: the bundle's)."""
+    for the JSON and the docs (`n_bundle`: the bundle's member count; `shipped_from_here`: whether the shipped
+    limits are this run's half-A fit)."""
     loc = sorted(s for s, k in keep.items() if not k["locator_out_of_sample"])
+    used = sorted({str(k.get("locator", "locator")) for k in keep.values()})
     sizes = " or ".join(str(n) for n in sorted({len(k["members"]) for k in keep.values()}))
-    return [("The bundle's locator trained on " + ", ".join(loc) + ": its crop of those studies is in sample") if loc
-            else "The bundle's locator trained on none of these studies (silver and teacher studies only).",
-            (f"A study's map comes from the members that never saw it ({sizes} of the {n_members}); with fewer than "
-             "all, its member disagreement and entropy are those of a smaller ensemble than the shipped limits were "
-             "fitted on."),
+    return [("The locator trained on " + ", ".join(loc) + ": its crop of those studies is in sample") if loc
+            else f"No study's crop comes from a locator that trained on it (locators used: {', '.join(used)}).",
+            (f"A study's map comes from the {sizes} members that never saw it (the bundle has {n_bundle}); where "
+             "fewer, its member disagreement and entropy are those of a smaller ensemble than the bundle's."),
             ("The gland-volume and TZ-share checks use fixed margins around a reference that includes the Prostate158 "
              "expert zones (mricore/gland_reference.py); nothing of it is fitted here."),
+            ("The shipped limits are this run's half-A fit on out-of-sample maps: half B's figures with them are held "
+             "out, and the pooled figure scores each study with limits fitted without it.") if shipped_from_here else
             ("The shipped limits were fitted by bench/qa_bench.py on the in-sample maps of its half A, which holds some "
              "of these studies; half B's studies took no part in that fit."),
             "The CIs resample studies and hold the fitted limits fixed; with so few studies they are wide."]
@@ -247,17 +265,26 @@ def shipped(rows: list[dict], ins: list[dict], cfg, reference: dict) -> dict:
             "shipped_on_in_sample_maps_same_studies": fixed(ins)}
 
 
+def bundle_size() -> int:
+    from ensemble.config import load_ensemble_config
+    return len(load_ensemble_config().members)
+
+
 def report(rows, half_of, keep, left_out, how_teacher, cfg, reference, out_path, seconds, cmd: str) -> int:
     ins = [r for r in (json.loads(IN_SAMPLE.read_text())["rows"] if IN_SAMPLE.exists() else []) if r["case"] in keep]
     variants = [[(r["case"], r["kind"], r["shape"]) for r in rs] for rs in (rows, ins)]
 
     def normal_dsc(rs, s):
         return next((r["dsc_wg"] for r in rs if r["case"] == s and r["kind"] == "normal"), None)
+    fits = refit(rows, cfg, reference)
+    from_here = ((fits["calibrate_A_test_B"].get("calibration") or {}).get("limits")
+                 == {k: getattr(cfg.review, k) for k in FITTED})
     out = {"command": cmd, "failure_rule": f"WG DSC < {FAIL_DSC} against the reference", "margin": MARGIN,
            "n_boot": N_BOOT, "teacher_datalist": how_teacher, "studies": keep, "left_out": left_out,
            "n_studies": len(keep), "n_patients": len({s["patient"] for s in keep.values()}), "n_variants": len(rows),
            "same_variants_as_qa_bench": variants[0] == variants[1], "halves": {s: half_of[s] for s in keep},
-           **refit(rows, cfg, reference), **shipped(rows, ins, cfg, reference), "caveats": caveats(keep, len(cfg.members)),
+           **fits, **shipped(rows, ins, cfg, reference), "shipped_from_this_run": from_here,
+           "caveats": caveats(keep, bundle_size(), from_here),
            "normal_dsc_wg": {s: {"out_of_sample": normal_dsc(rows, s), "in_sample": normal_dsc(ins, s)} for s in keep},
            "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], "seconds": seconds}
     write_result(out, out_path)
@@ -275,12 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, default=None,
                     help="ensemble config whose members to draw from (default: the bundled one); e.g. one listing "
                          "calibration-fold members, so that every study has members that never saw it")
+    ap.add_argument("--locators", type=Path, nargs="*", default=[],
+                    help="more locator folders: a study the config's locator saw takes the first that did not")
     add_out(ap, RESULTS / "qa_oos.json")
     ap.add_argument("--rows", help="a JSON this script wrote: re-score its measured rows without running the ensemble")
     args = ap.parse_args(argv)
-    if not args.data.exists() or (args.config and not args.config.is_file()):
-        bad = f"--config {args.config}: not a file" if args.data.exists() else f"{args.data}: data folder not found"
-        print(f"qa_oos: {bad}; fix: pass an existing path (--data ../shared/data)", file=sys.stderr)
+    bad = ([f"{args.data}: data folder not found"] if not args.data.exists() else []) + (
+        [f"--config {args.config}: not a file"] if args.config and not args.config.is_file() else []) + [
+        f"--locators {p}: no model.json" for p in args.locators if not (p / "model.json").is_file()]
+    if bad:
+        print(f"qa_oos: {bad[0]}; fix: pass an existing path (--data ../shared/data)", file=sys.stderr)
         return 2
     from ensemble.config import load_ensemble_config
     from mricore.datasets import load_dataset
@@ -295,10 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         return report(p["rows"], half_of, p["studies"], p["left_out"], p["teacher_datalist"], cfg, reference,
                       args.out, p["seconds"], p["command"])
     patients = {f"{c.dataset}/{c.case_id}": c.patient_id for c in load_dataset(args.data)}
-    seen = provenance(cfg, args.data)
+    seen = provenance(cfg, args.data, args.locators)
     keep, left_out = plan(studies, patients, seen)
     print(f"out of sample: {len(keep)} studies, left out: {len(left_out)}; teacher datalist {seen['teacher']}", flush=True)
-    rows = measure(args.data, studies, half_of, keep, cfg, t0)
+    rows = measure(args.data, studies, half_of, keep, cfg, args.locators, t0)
     return report(rows, half_of, keep, left_out, seen["teacher"], cfg, reference, args.out,
                   round(time.perf_counter() - t0, 1), cmd)
 

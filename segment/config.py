@@ -23,6 +23,8 @@ class DataConfig:
     folds: int = 3                        # patient-level k-fold
     split_seed: int = 0
     splits_file: str | None = None        # reuse saved splits (JSON) instead of making them
+    exclude_patients: list[str] = field(default_factory=list)  # patient ids this run never reads, in any
+                                          # dataset (calibration folds: studies left unseen for out-of-sample maps)
     inner_val: int = 1                    # train.selection inner: expert patients drawn from the fold's
                                           # TRAINING patients to choose the epoch (never the held-out ones)
     register: bool = False                # rigid registration of other channels onto T2W

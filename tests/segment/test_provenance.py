@@ -60,6 +60,17 @@ def test_a_second_study_of_a_held_out_patient_is_seen_only_by_the_folds_that_tra
         "prostate158/001 (zones)", "elsewhere_teacher/001_second (wg_teacher)"]
 
 
+def test_excluded_patients_take_no_part_in_any_dataset(data_dir, tmp_path):
+    # A calibration-fold member (data.exclude_patients) never sees an excluded patient: not its silver
+    # study, not a teacher study of it elsewhere; the others train as before (the folds are unchanged).
+    twin = made_up_teacher(data_dir, "ProstateX-0002")
+    member = copy_member(tmp_path, exclude_patients=["ProstateX-0002", "ProstateX-0176"])
+    got = seen_studies(member, ROOT, teacher=[twin])
+    assert set(got) == (PROSTATEX - {"ProstateX-0002", "ProstateX-0176"}) | {"002", "Patient_52209036", "Patient_68619"}
+    before = seen_studies(BUNDLE / "unet2d_long_fold0", ROOT, teacher=[twin])
+    assert before["ProstateX-0002"][-1] == "elsewhere_teacher/ProstateX-0002_second (wg_teacher)" and "002" in before
+
+
 def test_the_locator_trained_on_silver_and_teacher_studies_only(data_dir):
     _, fold = training_fold(BUNDLE / "locator", ROOT, teacher=[made_up_teacher(data_dir, "Case00")])
     assert fold.held_out == [] and fold.splits is None  # fold 'all'

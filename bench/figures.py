@@ -151,7 +151,8 @@ def oos_review_lines() -> list[str]:
     sh, ins = o["shipped_on_out_of_sample_maps"], o["shipped_on_in_sample_maps_same_studies"]
     cal = sorted({m for p in o["studies"].values() for m in p["members"] if "_cal" in m})
     how = (f"members of calibration folds ({', '.join(cal)}: bench/calibration_folds.py) trained without half of the "
-           "silver and teacher studies, and cross-validation members for the expert ones" if cal else
+           "silver and teacher studies (two of the bundle's three families, and the locator), and the same two "
+           "families' cross-validation members for the expert ones" if cal else
            "the bundle's members that never trained on it; nothing was retrained")
     return [f"**Out of sample** (bench/qa_oos.py): {o['n_studies']} of these studies ({o['n_patients']} patients), "
             "each segmented only by members that never trained on a study of its patient (patient ids compared across "
@@ -168,7 +169,8 @@ def oos_review_lines() -> list[str]:
             + "".join(f"; {c}: {', '.join(r)}" for c, r in o["shipped_false_alarms_out_of_sample"].items())
             + (f". On the same studies' in-sample maps, {ins['false_alarms']} of {ins['normal']}" if ins else "")
             + f". The re-fits rest on the uncorrupted studies of their half that did not fail: {'; '.join(fits)}.", "",
-            "Whole-gland DSC of each uncorrupted study (the in-sample run against this one):", "",
+            "Whole-gland DSC of each uncorrupted study (the in-sample run against this one; a study without a label, "
+            "unlabelled/ and philips/, is judged against its own uncorrupted map, so it scores 1 by construction):", "",
             *table(["study", "half", "members that never saw it", "WG DSC in sample", "WG DSC out of sample"], dsc), "",
             ("Left out, every member having trained on a study of the patient: "
              + "; ".join(f"{', '.join(v)} (label {k})" for k, v in left.items()) + ". " if left else "")

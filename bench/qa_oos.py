@@ -225,7 +225,8 @@ def caveats(keep: dict, n_bundle: int, shipped_from_here: bool) -> list[str]:
     return [("The locator trained on " + ", ".join(loc) + ": its crop of those studies is in sample") if loc
             else f"No study's crop comes from a locator that trained on it (locators used: {', '.join(used)}).",
             (f"A study's map comes from the {sizes} members that never saw it (the bundle has {n_bundle}); where "
-             "fewer, its member disagreement and entropy are those of a smaller ensemble than the bundle's."),
+             "fewer, its member disagreement and entropy are those of a smaller ensemble than the bundle's, which "
+             "disagrees less, so limits on them fitted here are looser on the bundle's own maps."),
             ("The gland-volume and TZ-share checks use fixed margins around a reference that includes the Prostate158 "
              "expert zones (mricore/gland_reference.py); nothing of it is fitted here."),
             ("The shipped limits are this run's half-A fit on out-of-sample maps: half B's figures with them are held "

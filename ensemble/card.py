@@ -114,7 +114,8 @@ def model_card(names: list[str], metas: list[ModelMeta], records: list[dict], cv
               *known_limits(metas, records),
               "- Every prediction gets a review verdict (ok / review / reject) from input and output quality "
               "checks (mricore.review); their limits are in ensemble.yaml and their measured detection and "
-              "false-alarm rates in docs/RESULTS.md (bench/qa_bench.py). A verdict of ok is not a guarantee.", "",
+              "false-alarm rates in docs/RESULTS.md (in sample: bench/qa_bench.py; out of sample, the fit that "
+              "ships: bench/qa_oos.py). A verdict of ok is not a guarantee.", "",
               "## Retraining", "", "`make bundle` (see the Makefile) retrains every member from scratch with "
               "`segment train`, scores them with `ensemble evaluate --cv` and packs them with `ensemble pack`.", ""]
     return "\n".join(lines)

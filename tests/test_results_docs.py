@@ -91,3 +91,20 @@ def test_candidate_log_counts_its_rows():
     assert n["total"] == len(rows()) == sum(v for k, v in n.items() if k != "total")
     assert f"**{n['total']} comparisons**" in render()
     assert n["candidate"] >= 10 and n["bundle"] == 5
+
+
+def test_the_shipped_review_limits_are_the_out_of_sample_half_a_fit():
+    # The fitted limits in the bundle's ensemble.yaml and its ONNX export's are fit_limits on half A of the
+    # rows bench/qa_oos.py measured, where every study was mapped by members and a locator that never saw it.
+    import yaml
+
+    from mricore.review_limits import FITTED, fit_limits
+
+    oos = json.loads((ROOT / "bench" / "results" / "qa_oos.json").read_text())
+    assert not oos["left_out"] and all(s["members"] and s["locator_out_of_sample"] for s in oos["studies"].values())
+    assert oos["n_studies"] == 23 and oos["shipped_from_this_run"]
+    fitted = fit_limits(oos["rows"], "A")
+    assert fitted == oos["calibrate_A_test_B"]["calibration"]["limits"]
+    for path in ("ensemble.yaml", "onnx/ensemble.yaml"):
+        review = yaml.safe_load((ROOT / "ensemble" / "models" / "default" / path).read_text())["review"]
+        assert {k: review[k] for k in FITTED} == fitted, path

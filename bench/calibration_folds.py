@@ -27,14 +27,12 @@ bundle's). The calibration locators are passed to bench/qa_oos.py by --locators:
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
-from bench.common import BUNDLE, ROOT, add_data, parser
+from bench.common import BUNDLE, ROOT, add_data, parser, run_side_by_side
 
 FAMILIES = ("unet2d_long", "dynunet2d_long")  # the bundle's families retrained (not dynunet25d_scale)
 RUNS = ROOT / "runs" / "bundle"
@@ -56,21 +54,15 @@ def excluded(data: Path) -> dict[str, list[str]]:
     return out
 
 
-def commands(exclude: dict[str, list[str]]) -> list[list[str]]:
-    """One `segment train` per family and half, the locator's last (they are the shortest)."""
-    out = []
+def commands(exclude: dict[str, list[str]]) -> dict[str, list[str]]:
+    """{run name: its `segment train`}, one per family and half, the locator's last (they are the shortest)."""
+    out = {}
     for family in (*FAMILIES, "locator"):
         for half, patients in exclude.items():
-            out.append([str(SEGMENT), "train", "--config", f"configs/bundle/{family}.yaml", "--fold", "all", "--force",
-                        "--set", f"name={family}_cal{half}", "--set", f"data.exclude_patients=[{', '.join(patients)}]"])
+            name = f"{family}_cal{half}"
+            out[name] = [str(SEGMENT), "train", "--config", f"configs/bundle/{family}.yaml", "--fold", "all", "--force",
+                         "--set", f"name={name}", "--set", f"data.exclude_patients=[{', '.join(patients)}]"]
     return out
-
-
-def run(cmd: list[str], log: Path) -> int:
-    """One training on one thread (two side by side share the 2 cores), its output in `log`."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with log.open("w") as f:
-        return subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
 def write_config(path: Path) -> Path:
@@ -106,14 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"half {half}: {len(patients)} silver and teacher patients left out: {', '.join(patients)}")
     cmds = commands(exclude)
     if not args.dry_run:
-        logs = [RUNS / f"{c[c.index('--set') + 1].split('=')[1]}.log" for c in cmds]
         RUNS.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(args.jobs) as pool:
-            codes = list(pool.map(run, cmds, logs))
-        if any(codes):
-            print(f"calibration_folds: failed: {[str(l) for l, c in zip(logs, codes) if c]}", file=sys.stderr)
+        codes = run_side_by_side([(c, RUNS / f"{name}.log") for name, c in cmds.items()], args.jobs)
+        if failed := [f"{RUNS / name}.log" for name, code in zip(cmds, codes) if code]:
+            print(f"calibration_folds: failed: {', '.join(failed)}", file=sys.stderr)
             return 1
-    for c in cmds:
+    for c in cmds.values():
         print(" ".join(c[1:]))
     print(f"wrote {write_config(args.config_out)}")
     return 0

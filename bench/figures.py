@@ -104,7 +104,7 @@ def cv_section() -> list[str]:
 
 
 def review_section() -> list[str]:
-    q = load("qa_bench.json")
+    q, o = load("qa_bench.json"), load("qa_oos.json")
     rows = []
     for key in ("calibrate_A_test_B", "calibrate_B_test_A"):
         h = q.get(key, {}).get("held_out", {})
@@ -117,10 +117,10 @@ def review_section() -> list[str]:
             "studies (split by patient) and scored on the other. The maps come from the shipped bundle, whose members "
             "trained on nearly all of these studies (expert, silver and teacher labels): these rates describe "
             "corrupted copies of training studies, not unseen ones. "
-            + ("The shipped limits are not this fit but the out-of-sample one below." if load("qa_oos.json").get(
-                "shipped_from_this_run") else "The shipped limits are the fit on half A."), "",
+            + ("The shipped limits are not this fit but the out-of-sample one below." if o.get("shipped_from_this_run")
+               else "The shipped limits are the fit on half A."), "",
             *table(["held-out half", "failures detected", "false alarms on uncorrupted studies", "failure-score ROC AUC"],
-                   rows), "", source("qa_bench.json"), "", *oos_review_lines()]
+                   rows), "", source("qa_bench.json"), "", *oos_review_lines(o)]
 
 
 def _ci(h: dict, stat: str) -> str:
@@ -129,9 +129,8 @@ def _ci(h: dict, stat: str) -> str:
     return f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
 
 
-def oos_review_lines() -> list[str]:
-    """The review calibration out of sample (bench/results/qa_oos.json), printed after the in-sample one."""
-    o = load("qa_oos.json")
+def oos_review_lines(o: dict) -> list[str]:
+    """The review calibration out of sample (`o`: bench/results/qa_oos.json), printed after the in-sample one."""
     named = [("re-fitted on the other half (each study scored by limits fitted without it)", o["held_out_pooled"]),
              ("shipped", o["shipped_on_out_of_sample_maps"]),
              ("shipped, half B only (no part in their fit)", o["shipped_on_out_of_sample_maps_half_B"]),
@@ -149,7 +148,10 @@ def oos_review_lines() -> list[str]:
     for s, x in o["left_out"].items():  # grouped by the label the members trained with ("dataset/case (label)")
         left.setdefault(", ".join(sorted({t.rsplit("(", 1)[1].rstrip(")") for t in x["trained_as"]})), []).append(s)
     sh, ins = o["shipped_on_out_of_sample_maps"], o["shipped_on_in_sample_maps_same_studies"]
-    cal = sorted({m for p in o["studies"].values() for m in p["members"] if "_cal" in m})
+    import yaml
+
+    bundle = set(yaml.safe_load((BUNDLE / "ensemble.yaml").read_text())["members"])  # names, relative to it
+    cal = sorted({m for p in o["studies"].values() for m in p["members"] if m not in bundle})
     how = (f"members of calibration folds ({', '.join(cal)}: bench/calibration_folds.py) trained without half of the "
            "silver and teacher studies (two of the bundle's three families, and the locator), and the same two "
            "families' cross-validation members for the expert ones" if cal else

@@ -38,14 +38,14 @@ from localize.config import LocalizeConfig
 from localize.synth import crop_around, draw_lesions, insert
 from mricore.config import load_config
 from mricore.io import read_label, read_nifti, write_nifti
+from mricore.modelfolder import read_model
 from mricore.outputs import write_json
 
 CONFIG = ROOT / "configs/localize/lesion_t2w_2d.yaml"
 # The bundle's first 2D DynUNet member (one slice in, as the classifier's patches): its encoder is the
 # transfer-learning source.
 SEGMENTER = next(Path(m) for m in load_ensemble_config(BUNDLE / "ensemble.yaml").members
-                 if (meta := json.loads((Path(m) / "model.json").read_text())["model"])["name"] == "dynunet"
-                 and not meta.get("context"))
+                 if (net := read_model(m).model)["name"] == "dynunet" and not net.get("context"))
 DEFAULT_CONTRAST = 0.6
 LESION_COUNTS, LESION_ODDS = (0, 1, 2), (0.4, 0.4, 0.2)
 
@@ -189,7 +189,7 @@ def transfer(datalist: Path, runs: Path, sizes: list[int], epochs: int, contrast
     from mricore.datasets import load_dataset
     from mricore.metrics import roc_auc
 
-    seg = json.loads((SEGMENTER / "model.json").read_text())["model"]
+    seg = read_model(SEGMENTER).model
     arch = ["model.name=dynunet_encoder", "model.width=1.0", "model.cam_layer=null", "train.lr=0.001",
             f"model.encoder_args={json.dumps({'channels': seg['channels'], 'strides': seg['strides'], 'norm': seg['norm']})}",
             f"train.epochs={epochs}", "train.selection=fixed"]

@@ -79,15 +79,20 @@ def trained_folder(member) -> Path:
     return member.parent.parent / onnx["exported_from"] if onnx else member
 
 
-def provenance(cfg, data: Path, locators: list[Path] = ()) -> dict:
-    """{"members": {name: {patient: studies}}, "locators": {path: {patient: studies}} (the config's first,
-    then `locators`), "teacher": how it was known}."""
+def provenance(cfg, data: Path, locators: dict[str, str]) -> dict:
+    """{"members": {name: {patient: studies}}, "locators": {name: {patient: studies}} (of `locators`, in
+    their order), "teacher": how it was known}."""
     from segment.provenance import seen_studies
 
     teacher, how = teacher_stand_in(cfg, data)
     members = {member_name(m): seen_studies(trained_folder(m), ROOT, teacher) for m in cfg.members}
-    located = {str(p): seen_studies(trained_folder(p), ROOT, teacher) for p in [cfg.locator, *locators] if p}
+    located = {name: seen_studies(trained_folder(p), ROOT, teacher) for name, p in locators.items()}
     return {"members": members, "locators": located, "teacher": how}
+
+
+def locator_paths(cfg, extra: list[Path]) -> dict[str, str]:
+    """{name: folder} of the config's locator, then the `extra` ones (--locators)."""
+    return {member_name(p): str(p) for p in [cfg.locator, *extra] if p}
 
 
 def member_name(path) -> str:
@@ -107,7 +112,7 @@ def plan(studies: list[dict], patients: dict[str, str], seen: dict) -> tuple[dic
         free = [m for m, pats in seen["members"].items() if p not in pats]
         loc = next((lo for lo, pats in seen["locators"].items() if p not in pats), next(iter(seen["locators"]), None))
         if free:
-            keep[s["id"]] = {"patient": p, "members": free, "locator": loc and member_name(loc),
+            keep[s["id"]] = {"patient": p, "members": free, "locator": loc,
                              "locator_out_of_sample": loc is not None and p not in seen["locators"][loc]}
         else:
             left_out[s["id"]] = {"patient": p, "reason": "every member trained on a study of this patient",
@@ -117,15 +122,15 @@ def plan(studies: list[dict], patients: dict[str, str], seen: dict) -> tuple[dic
 
 # ----------------------------------------------------------------------------- measure
 
-def measure(data: Path, studies: list[dict], half_of: dict, keep: dict, cfg, locators: list, t0: float) -> list[dict]:
+def measure(data: Path, studies: list[dict], half_of: dict, keep: dict, cfg, locators: dict[str, str],
+            t0: float) -> list[dict]:
     """qa_bench's rows for the studies in `keep`, each segmented by its out-of-sample members only, with
-    its locator (`keep`'s, among the config's and `locators`)."""
+    its locator (`keep`'s, a name of `locators`)."""
     from ensemble.members import read_members
     from mricore.io import read_nifti
     from mricore.volume import Volume
 
     by_name = {member_name(m): m for m in cfg.members}
-    locators = {member_name(p): str(p) for p in [cfg.locator, *locators] if p}
     loaded: dict[tuple, list] = {}
     rows: list[dict] = []
     rng = np.random.default_rng(0)  # qa_bench's stream: every study draws, in qa_bench's order
@@ -139,8 +144,8 @@ def measure(data: Path, studies: list[dict], half_of: dict, keep: dict, cfg, loc
         if names not in loaded:  # one load per set of members
             loaded[names] = read_members([by_name[m] for m in names])
         members = loaded[names]
-        loc = keep[b["id"]]["locator"]
-        study, _ = measure_study(b, n, half_of[b["id"]], members, replace(cfg, locator=locators.get(loc, cfg.locator)), rng)
+        located = replace(cfg, locator=locators.get(keep[b["id"]]["locator"]))
+        study, _ = measure_study(b, n, half_of[b["id"]], members, located, rng)
         rows += study
         print(f"[{time.perf_counter() - t0:6.0f} s] {b['id']} ({len(names)} members): normal DSC "
               f"{study[0]['dsc_wg']:.3f}, {len(study) - 1} variants", flush=True)
@@ -327,10 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         return report(p["rows"], half_of, p["studies"], p["left_out"], p["teacher_datalist"], cfg, reference,
                       args.out, p["seconds"], p["command"])
     patients = {f"{c.dataset}/{c.case_id}": c.patient_id for c in load_dataset(args.data)}
-    seen = provenance(cfg, args.data, args.locators)
+    locators = locator_paths(cfg, args.locators)
+    seen = provenance(cfg, args.data, locators)
     keep, left_out = plan(studies, patients, seen)
     print(f"out of sample: {len(keep)} studies, left out: {len(left_out)}; teacher datalist {seen['teacher']}", flush=True)
-    rows = measure(args.data, studies, half_of, keep, cfg, args.locators, t0)
+    rows = measure(args.data, studies, half_of, keep, cfg, locators, t0)
     return report(rows, half_of, keep, left_out, seen["teacher"], cfg, reference, args.out,
                   round(time.perf_counter() - t0, 1), cmd)
 

@@ -30,12 +30,10 @@ One family and a third of the bundle's schedule: no arm ships from this probe.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, add_data, add_out, command, parser, write_result
+from bench.common import RESULTS, ROOT, add_data, add_out, command, parser, run_side_by_side, write_result
 from bench.finetune_probe import ZONES, score
 
 CONFIG = ROOT / "configs" / "segment" / "ssl_probe_dynunet2d.yaml"
@@ -67,19 +65,11 @@ def train_command(arm: str, tag: str, pretrained: Path) -> list[str]:
 
 
 def train_all(pretrained: Path, tags: list[str]) -> None:
-    """Every run not trained yet, the two arms of one split side by side, one thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    for tag in tags:
-        procs = []
-        for arm in ("scratch", "ssl"):
-            if (run_dir(arm, tag) / "weights.pt").exists():
-                continue
-            with open(RUNS / f"train_{arm}_{tag}.log", "w") as log:  # the child keeps its own handle
-                procs.append(subprocess.Popen(train_command(arm, tag, pretrained), stdout=log,
-                                              stderr=subprocess.STDOUT, env=env))
-        for p in procs:
-            if p.wait() != 0:
-                raise SystemExit(f"a training of {tag} failed (exit {p.returncode}); see {RUNS}/train_*_{tag}.log")
+    """Every run not trained yet, in `tags` order (the two arms of one split side by side), one thread each."""
+    todo = [(arm, tag) for tag in tags for arm in ("scratch", "ssl") if not (run_dir(arm, tag) / "weights.pt").exists()]
+    codes = run_side_by_side([(train_command(arm, tag, pretrained), RUNS / f"train_{arm}_{tag}.log") for arm, tag in todo])
+    if failed := [f"{arm} {tag}" for (arm, tag), code in zip(todo, codes) if code]:
+        raise SystemExit(f"trainings failed: {', '.join(failed)}; see {RUNS}/train_<arm>_<tag>.log")
 
 
 def pooled(runs: dict, tags: list[str]) -> dict:

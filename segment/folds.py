@@ -37,8 +37,8 @@ def resolve_split(cfg: SegmentConfig, cases, fold: int | str) -> Fold:
     datasets: a second study of a held-out patient must not teach the fold what it is scored on).
     Patients in data.exclude_patients take no part at all. Raises InputError when no case has the
     expert or a silver label."""
-    if cfg.data.exclude_patients:
-        cases = [c for c in cases if c.patient_id not in set(cfg.data.exclude_patients)]
+    excluded = set(cfg.data.exclude_patients)
+    cases = [c for c in cases if c.patient_id not in excluded]
     expert = [c for c in cases if cfg.data.label in c.labels]
     silver = [c for c in cases if cfg.data.label not in c.labels and (
         (cfg.data.silver_label and cfg.data.silver_label in c.labels) or TEACHER_LABEL in c.labels

@@ -45,3 +45,12 @@ def test_command_line_of_a_result_drops_machine_paths():
     command = common.command
     assert command("x", ["--data", "/d", "--cases", "a", "--out=o.json"]) == "python -m bench.x --cases a --out=o.json"
     assert command("x", ["--data=/d", "--out", "o"], drop=("--data", "--out")) == "python -m bench.x"
+
+
+def test_side_by_side_runs_give_exit_codes_in_order_with_one_thread_each(tmp_path):
+    from bench.common import run_side_by_side
+
+    probe = "import os, sys; print(os.environ['OMP_NUM_THREADS'], os.getcwd()); sys.exit(int(sys.argv[1]))"
+    jobs = [([sys.executable, "-c", probe, str(code)], tmp_path / f"{i}.log") for i, code in enumerate((0, 3, 0))]
+    assert run_side_by_side(jobs) == [0, 3, 0]
+    assert [(tmp_path / f"{i}.log").read_text().split() for i in range(3)] == [["1", str(ROOT)]] * 3
